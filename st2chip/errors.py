@@ -1,0 +1,45 @@
+"""Errors that st2chip reports to users as one clear line.
+
+Every error that the CLI turns into exit code 2 derives from :class:`St2chipError`;
+its message names what is wrong and where (file, node, field, layer).
+"""
+
+from __future__ import annotations
+
+
+class St2chipError(Exception):
+    """Base class for errors caused by the user's input, not by a bug."""
+
+    exit_code = 2
+
+
+class InputError(St2chipError):
+    """A file or argument could not be read or understood."""
+
+
+class GraphError(St2chipError):
+    """A NIR graph is malformed; names the node and field at fault."""
+
+    def __init__(self, reason: str, *, node: str | None = None, field: str | None = None,
+                 source: str | None = None) -> None:
+        where = []
+        if source:
+            where.append(str(source))
+        if node is not None:
+            where.append(f"node '{node}'")
+        if field is not None:
+            where.append(f"field '{field}'")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {reason}" if prefix else reason)
+        self.reason = reason
+        self.node = node
+        self.field = field
+        self.source = source
+
+
+class ChipRangeError(St2chipError):
+    """A ChipGraph value lies outside the range the chip can hold."""
+
+
+class FitError(St2chipError):
+    """A layer does not fit the chip's resources; names the layer and the limit."""

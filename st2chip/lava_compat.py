@@ -1,0 +1,71 @@
+"""Import lava-nc on Python 3.11+ without touching site-packages.
+
+lava-nc 0.10.0's ``lava/magma/compiler/var_model.py`` gives dataclass fields a
+mutable default (``x: ByteEncoder = ByteEncoder()``), which Python 3.11 rejects
+at import. Where that import fails, :func:`ensure_lava` installs an import hook
+that compiles that one module from its source with the defaults rewritten to
+``field(default_factory=ByteEncoder)``. Where lava imports cleanly it does
+nothing. Everything in st2chip imports lava through this module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import re
+import sys
+
+_TARGET = "lava.magma.compiler.var_model"
+_MUTABLE_DEFAULT = re.compile(r"(:\s*ByteEncoder\s*=\s*)ByteEncoder\(\)")
+_patched = False
+
+
+class _VarModelLoader(importlib.machinery.SourceFileLoader):
+    """Loads var_model.py with its mutable dataclass defaults made factories."""
+
+    def get_code(self, fullname):  # type: ignore[override]
+        # Always compile from source: a cached .pyc holds the unpatched module.
+        path = self.get_filename(fullname)
+        source = importlib.util.decode_source(self.get_data(path))
+        source = _MUTABLE_DEFAULT.sub(r"\1__import__('dataclasses').field(default_factory=ByteEncoder)", source)
+        return compile(source, path, "exec", dont_inherit=True)
+
+
+class _VarModelFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _TARGET:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.origin:
+                spec.loader = _VarModelLoader(fullname, spec.origin)
+                return spec
+        return None
+
+
+def _needs_patch() -> bool:
+    try:
+        importlib.import_module(_TARGET)
+        return False
+    except ValueError as err:
+        if "mutable default" not in str(err):
+            raise
+        for name in [m for m in sys.modules if m == _TARGET or m.startswith(_TARGET + ".")]:
+            del sys.modules[name]
+        return True
+
+
+def ensure_lava() -> bool:
+    """Make ``import lava...`` work; return True when the compat fix was applied."""
+    global _patched
+    if _patched:
+        return True
+    if _needs_patch():
+        sys.meta_path.insert(0, _VarModelFinder())
+        importlib.import_module(_TARGET)
+        _patched = True
+    return _patched

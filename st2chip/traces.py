@@ -1,0 +1,42 @@
+"""Spike and voltage traces from any backend, in one layout.
+
+Every backend (float NIR simulation, fixed-point reference, Lava) returns a
+:class:`Traces`: per layer (NIR node name), arrays ``(samples, steps, neurons)``
+with neurons in the layer's own order, plus the readout scores. verify compares
+them and energy counts synaptic operations from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Traces:
+    """What one backend produced for a batch of samples.
+
+    ``inputs``: input name -> spikes ``(B, T, n)``; ``spikes``: layer -> spikes
+    ``(B, T, n)`` (uint8); ``voltages``: layer -> voltage after reset ``(B, T, n)``
+    (chip units for fixed-point backends, float otherwise); ``scores``: readout
+    layer values at the last step ``(B, classes)``.
+    """
+
+    backend: str
+    inputs: dict[str, np.ndarray]
+    spikes: dict[str, np.ndarray]
+    voltages: dict[str, np.ndarray]
+    scores: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        return int(self.scores.shape[0])
+
+    def predictions(self) -> np.ndarray:
+        """Class with the highest readout score per sample."""
+        return np.argmax(self.scores, axis=1)
+
+    def accuracy(self, labels: np.ndarray) -> float:
+        return float(np.mean(self.predictions() == np.asarray(labels)))
