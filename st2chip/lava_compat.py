@@ -5,7 +5,9 @@ mutable default (``x: ByteEncoder = ByteEncoder()``), which Python 3.11 rejects
 at import. Where that import fails, :func:`ensure_lava` installs an import hook
 that compiles that one module from its source with the defaults rewritten to
 ``field(default_factory=ByteEncoder)``. Where lava imports cleanly it does
-nothing. Everything in st2chip imports lava through this module.
+nothing. It also lets lava's runtime import after something else (tqdm's lock, for
+one) has already fixed multiprocessing's start method to the ``fork`` that lava
+sets unconditionally. Everything in st2chip imports lava through this module.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import sys
 
 _TARGET = "lava.magma.compiler.var_model"
+_RUNTIME_MP = "lava.magma.runtime.message_infrastructure.multiprocessing"
 _MUTABLE_DEFAULT = re.compile(r"(:\s*ByteEncoder\s*=\s*)ByteEncoder\(\)")
 _patched = False
 
@@ -59,13 +62,37 @@ def _needs_patch() -> bool:
         return True
 
 
+def _import_runtime() -> None:
+    """Import lava's multiprocessing runtime, tolerating an already chosen ``fork`` start method."""
+    import multiprocessing as mp
+
+    if _RUNTIME_MP in sys.modules:
+        return
+    current = mp.get_start_method(allow_none=True)
+    if current is None:
+        importlib.import_module(_RUNTIME_MP)
+        return
+    if current != "fork":
+        raise RuntimeError(f"lava needs the 'fork' multiprocessing start method, but '{current}' is set")
+    original = mp.set_start_method
+
+    def keep_fork(method: str, force: bool = False) -> None:
+        if method != current:
+            original(method, force)
+
+    mp.set_start_method = keep_fork
+    try:
+        importlib.import_module(_RUNTIME_MP)
+    finally:
+        mp.set_start_method = original
+
+
 def ensure_lava() -> bool:
-    """Make ``import lava...`` work; return True when the compat fix was applied."""
+    """Make ``import lava...`` work; return True when the var_model fix was applied."""
     global _patched
-    if _patched:
-        return True
-    if _needs_patch():
+    if not _patched and _needs_patch():
         sys.meta_path.insert(0, _VarModelFinder())
         importlib.import_module(_TARGET)
         _patched = True
+    _import_runtime()
     return _patched

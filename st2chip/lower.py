@@ -5,7 +5,7 @@ Steps, each measured in ``ChipGraph.report``:
 1. **Discrete-time reading.** Every neuron node becomes
    :math:`v \leftarrow \beta v + g\,(W x + b) + (1-\beta) v_{leak}` with
    :math:`\beta = 1 - dt/\tau`, input gain :math:`g = (dt/\tau)\, r` (LIF, LI),
-   :math:`\beta = 1, g = r` (IF) or :math:`\beta = 1, g = dt\, r` (I). Chains of
+   :math:`\beta = 1, g = dt\, r` (IF, I). Chains of
    Affine nodes (a DSP low-rank layer exported as U then V) are multiplied out.
 2. **Threshold folding.** Lava's LIF has one threshold per process, sLIF one per
    neuron. Dividing neuron :math:`i`'s incoming weights and bias by
@@ -62,7 +62,7 @@ def _read_neuron(name: str, node: nir.NIRNode, dt: float) -> _Layer:
         if np.any(node.v_reset != 0):
             raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
         n = node.r.size
-        return _Layer(name, np.ones(n), node.r, np.zeros(n), node.v_threshold, True)
+        return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), node.v_threshold, True)
     if isinstance(node, nir.LI):
         ratio = dt / node.tau
         return _Layer(name, 1 - ratio, ratio * node.r, ratio * node.v_leak, np.ones(node.r.size), False)

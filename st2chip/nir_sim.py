@@ -13,7 +13,7 @@ one step (no synaptic delays); the inputs of a node add up. With
   this is :math:`v \leftarrow \beta v + I`.
 - ``CubaLIF``: :math:`i \leftarrow i + \tfrac{dt}{\tau_{syn}}(w_{in} I - i)`, then
   :math:`v \leftarrow v + \tfrac{dt}{\tau_{mem}}(v_{leak} - v + r i)`; spike and reset as LIF.
-- ``IF``: :math:`v \leftarrow v + r I`; spike and reset as LIF.
+- ``IF``: :math:`v \leftarrow v + dt\, r I` (NIR's :math:`\dot v = R I`); spike and reset as LIF.
 - ``LI``: :math:`v \leftarrow v + \tfrac{dt}{\tau}(v_{leak} - v + r I)`;
   ``I``: :math:`v \leftarrow v + dt\, r I`; neither spikes.
 
@@ -109,7 +109,7 @@ def _step_neuron(node: nir.NIRNode, v: np.ndarray, i_syn: np.ndarray | None, dri
         v += dt / node.tau * (node.v_leak - v + node.r * drive)
         return v.copy()
     if isinstance(node, nir.IF):
-        v += node.r * drive
+        v += dt * node.r * drive
     elif isinstance(node, nir.LIF):
         v += dt / node.tau * (node.v_leak - v + node.r * drive)
     else:  # CubaLIF

@@ -51,6 +51,7 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray]) -> Traces:
     ensure_lava()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.sink import RingBuffer as SpikeSink
     from lava.proc.monitor.process import Monitor
 
     steps, depth = chip.steps, chip.depth
@@ -63,21 +64,21 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray]) -> Traces:
         padded[:, :steps] = x
         source_data[name] = padded.reshape(total, x.shape[2]).T.copy()
     procs = _processes(chip, source_data, window)
-    monitors = {}
+    # Spikes go to a RingBuffer sink, voltages to a Monitor (a Monitor takes one Var probe).
+    sinks, monitors = {}, {}
     for pop in chip.populations:
-        mon_s, mon_v = Monitor(), Monitor()
-        mon_s.probe(procs[pop.name].s_out, total)
-        mon_v.probe(procs[pop.name].v, total)
-        monitors[pop.name] = (mon_s, mon_v)
+        sinks[pop.name] = SpikeSink(shape=(pop.size,), buffer=total)
+        procs[pop.name].s_out.connect(sinks[pop.name].a_in)
+        monitors[pop.name] = Monitor()
+        monitors[pop.name].probe(procs[pop.name].v, total)
     anchor = procs[chip.populations[0].name]
     try:
         anchor.run(condition=RunSteps(num_steps=total), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
         raw = {}
         for pop in chip.populations:
-            mon_s, mon_v = monitors[pop.name]
-            s = mon_s.get_data()[pop.name]["s_out"]
-            v = mon_v.get_data()[pop.name]["v"]
-            raw[pop.name] = (np.asarray(s).reshape(total, pop.size), np.asarray(v).reshape(total, pop.size))
+            s = np.asarray(sinks[pop.name].data.get()).T
+            v = np.asarray(monitors[pop.name].get_data()[pop.name]["v"]).reshape(total, pop.size)
+            raw[pop.name] = (s, v)
     finally:
         anchor.stop()
     depths = chip.depths()

@@ -79,8 +79,8 @@ def test_cubalif_by_hand():
 
 
 def test_if_strict_threshold_and_reset_value():
-    # v <- v + r I with r = 0.5: 0.5, 1.0 (not > 1), 1.5 -> spike, reset to -0.25, then 0.25
-    node = nir.IF(r=np.array([0.5]), v_threshold=np.array([1.0]), v_reset=np.array([-0.25]))
+    # v <- v + dt r I with dt r = 0.5: 0.5, 1.0 (not > 1), 1.5 -> spike, reset to -0.25, then 0.25
+    node = nir.IF(r=np.array([0.5 / DT]), v_threshold=np.array([1.0]), v_reset=np.array([-0.25]))
     tr = simulate(chain(one(), ("if", node), n_in=1), np.ones((1, 4, 1)))
     np.testing.assert_allclose(tr.voltages["if"][0, :, 0], [0.5, 1.0, -0.25, 0.25])
     np.testing.assert_array_equal(tr.spikes["if"][0, :, 0], [0, 0, 1, 0])
