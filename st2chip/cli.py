@@ -196,7 +196,7 @@ COMMANDS = {"demo": _cmd_demo, "export": _cmd_export, "map": _cmd_map, "simulate
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``st2chip`` console script."""
     args = _parser().parse_args(argv)
-    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    handler = COMMANDS.get(args.command) or getattr(args, "func")
     try:
         return handler(args)
     except St2chipError as err:
