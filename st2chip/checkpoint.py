@@ -43,14 +43,35 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def load_mlp(path: str | os.PathLike) -> SpikingMLP:
-    """Rebuild a :class:`SpikingMLP` from a checkpoint written by :func:`save_checkpoint`."""
+def _model_classes(kind: str):
+    """Config and model class of a checkpoint ``kind`` (``mlp`` or ``st``)."""
+    if kind == "mlp":
+        return MLPConfig, SpikingMLP
+    if kind == "st":
+        from .transformer import SpikingTransformer, STConfig
+        return STConfig, SpikingTransformer
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict]:
+    """Rebuild the model of a checkpoint; returns ``(kind, model, extra)``."""
     payload = read_checkpoint(path)
-    if payload["kind"] != "mlp":
-        raise InputError(f"{path}: checkpoint holds a '{payload['kind']}' model, expected 'mlp'")
+    kind = payload["kind"]
+    classes = _model_classes(kind)
+    if classes is None:
+        raise InputError(f"{path}: checkpoint kind {kind!r} is not one of mlp, st")
+    config_cls, model_cls = classes
     try:
-        model = SpikingMLP(MLPConfig(**payload["config"]))
+        model = model_cls(config_cls(**payload["config"]))
         model.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError) as err:
         raise InputError(f"{path}: checkpoint does not match its config: {str(err).splitlines()[0]}") from None
-    return model
+    return kind, model, dict(payload.get("extra", {}))
+
+
+def load_mlp(path: str | os.PathLike) -> SpikingMLP:
+    """Rebuild a :class:`SpikingMLP` from a checkpoint written by :func:`save_checkpoint`."""
+    kind = read_checkpoint(path)["kind"]
+    if kind != "mlp":
+        raise InputError(f"{path}: checkpoint holds a '{kind}' model, expected 'mlp'")
+    return load_checkpoint(path)[1]

@@ -8,11 +8,11 @@ results to stdout or files.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from .cli_train import register as register_train
 from .errors import St2chipError
 
 EPILOG_EXIT = "exit codes: 0 ok, 1 verification found a difference, 2 bad input"
@@ -94,12 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="45nm", help="energy profile name (45nm, loihi2) or JSON path")
     p.add_argument("-o", "--output", default=None, help="folder for energy.json/.md/.png")
 
-    try:
-        from .cli_train import register
-    except ImportError:
-        register = None
-    if register is not None:
-        register(sub)
+    register_train(sub)
     return parser
 
 

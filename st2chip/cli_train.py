@@ -1,61 +1,28 @@
 """``st2chip train`` and ``st2chip prune``: train a spiking classifier, prune it, write checkpoints.
 
-A checkpoint is ``torch.save({"kind", "config", "state_dict", "summary"})``, readable
-with ``torch.load(path, weights_only=True)``; ``kind`` is ``"mlp"`` or ``"st"`` and
-``config`` rebuilds the model (including low-rank ranks after DSP).
+Checkpoints are written and read by :mod:`st2chip.checkpoint` (``kind`` is ``"mlp"``
+or ``"st"``; ``config`` rebuilds the model, including low-rank ranks after DSP; the
+run's summary is stored as ``extra``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import compensation, pruning
 from .data import load_digits_split
+from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import InputError
-from .io import atomic_path
 from .models import MLPConfig, SpikingMLP
 from .sops import count_sops
 from .training import default_device, evaluate, train_classifier
 from .transformer import SpikingTransformer, STConfig
 
-MODELS = {"mlp": (MLPConfig, SpikingMLP), "st": (STConfig, SpikingTransformer)}
-
-
-def save_checkpoint(path: str | os.PathLike, kind: str, model: nn.Module, summary: dict) -> Path:
-    """Write a checkpoint atomically (pruning masks must already be permanent)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"kind": kind, "config": asdict(model.config), "state_dict": state, "summary": summary}, tmp)
-    return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict]:
-    """Read a checkpoint written by :func:`save_checkpoint`; :class:`InputError` names the file and problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint file")
-    try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise InputError(f"{path}: not a readable st2chip checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict) or not {"kind", "config", "state_dict"} <= set(data):
-        raise InputError(f"{path}: not a st2chip checkpoint (expected keys kind, config, state_dict)")
-    kind = data["kind"]
-    if kind not in MODELS:
-        raise InputError(f"{path}: checkpoint kind {kind!r} is not one of {', '.join(MODELS)}")
-    config_cls, model_cls = MODELS[kind]
-    try:
-        model = model_cls(config_cls(**data["config"]))
-        model.load_state_dict(data["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{path}: config or weights do not fit a {kind} model ({exc})") from exc
-    return kind, model, dict(data.get("summary", {}))
+MODELS = ("mlp", "st")
 
 
 def _build(args: argparse.Namespace) -> nn.Module:
@@ -80,7 +47,7 @@ def run_train(args: argparse.Namespace) -> int:
                               device=device, desc=f"train {args.model}")
     summary = {"test_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
                "epochs": args.epochs, "seed": args.seed, "device": result.device}
-    save_checkpoint(args.out, args.model, model, summary)
+    save_checkpoint(model, args.model, asdict(model.config), args.out, summary)
     print(f"trained {args.model} ({args.neuron}, {_n_params(model):,} parameters) on digits for {args.epochs} "
           f"epochs on {result.device}: test accuracy {100 * result.test_accuracy:.1f}% "
           f"(train {100 * result.train_accuracy:.1f}%) -> {args.out}")
@@ -124,7 +91,7 @@ def run_prune(args: argparse.Namespace) -> int:
                "accuracy_before": before, "accuracy_pruned": pruned, "sparsity": pruning.weight_sparsity(model),
                "nonzero_block_weights": nonzero, "block_weights": total, "ranks": dict(getattr(model.config, "ranks", {})),
                "sops_per_sample": sops.sops, "energy_pj_per_sample": sops.energy_pj(), "device": result.device}
-    save_checkpoint(args.out, kind, model, summary)
+    save_checkpoint(model, kind, asdict(model.config), args.out, summary)
     what = (f"sparsity {100 * summary['sparsity']:.1f}% ({args.scope})" if args.method == "l1p"
             else f"ranks {sorted(set(summary['ranks'].values()))}")
     print(f"{args.method} {kind}: {what}, {nonzero:,}/{total:,} non-zero block weights; test accuracy "
@@ -148,7 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a spiking classifier on digits and write a checkpoint", formatter_class=fmt,
         description="Train a spiking MLP or spiking Transformer (ST) on the embedded 8x8 digits data.\n\n"
                     "example:\n  st2chip train --model st --neuron lif --epochs 30 --out st.pt")
-    t.add_argument("--model", choices=sorted(MODELS), default="st", help="mlp or st (default st)")
+    t.add_argument("--model", choices=MODELS, default="st", help="mlp or st (default st)")
     t.add_argument("--neuron", choices=["slif", "lif"], default="slif",
                    help="sLIF (per-neuron learnable threshold and leak) or plain LIF (default slif)")
     t.add_argument("--out", required=True, help="checkpoint file to write")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from st2chip import compensation, pruning
-from st2chip.cli_train import load_checkpoint, register, save_checkpoint
+from st2chip.checkpoint import load_checkpoint, save_checkpoint
+from st2chip.cli_train import register
 from st2chip.data import Split, load_digits_split
 from st2chip.errors import InputError
 from st2chip.neurons import SLIF
@@ -154,7 +156,7 @@ def test_bad_checkpoints_raise_input_error_naming_the_file(tmp_path: Path) -> No
         load_checkpoint(junk)
     wrong = tmp_path / "wrong.pt"
     model = _model()
-    save_checkpoint(wrong, "cnn", model, {})
+    save_checkpoint(model, "cnn", asdict(model.config), wrong)
     with pytest.raises(InputError, match="wrong.pt: checkpoint kind 'cnn'"):
         load_checkpoint(wrong)
     with pytest.raises(InputError, match="wrong.pt"):
