@@ -1,0 +1,212 @@
+"""Pruning benchmark: accuracy, sparsity, SOPs and energy of the tiny spiking Transformer on digits.
+
+For every seed: train a dense plain-LIF ST; then
+- L1P: train with the L1 penalty, prune to each sparsity (global magnitude), fine-tune;
+- DSP: factorize (SVD), train with the group penalty, truncate to each rank, fine-tune;
+each fine-tuning once in the LIF arm (thresholds/leaks frozen) and once in the sLIF
+arm (per-neuron thresholds/leaks learn; see st2chip.compensation). Each row reports
+test accuracy (mean and standard deviation over seeds), parameters, non-zero weights,
+synaptic operations counted from the real spikes on the test set, and 45 nm energy.
+
+    python benchmarks/pruning.py --quick     # smoke run, about a minute or two
+    python benchmarks/pruning.py             # the full table in docs/pruning.md
+
+Writes benchmarks/results/pruning.json and pruning.png; prints one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from st2chip import compensation, pruning  # noqa: E402
+from st2chip.data import load_digits_split  # noqa: E402
+from st2chip.io import atomic_path, write_json  # noqa: E402
+from st2chip.sops import count_sops, load_energy_profile  # noqa: E402
+from st2chip.training import default_device, evaluate, seed_everything, train_classifier  # noqa: E402
+from st2chip.transformer import SpikingTransformer, STConfig  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+SETTINGS = {
+    "quick": dict(seeds=1, base_epochs=8, penalty_epochs=2, finetune_epochs=3,
+                  sparsities=[0.0, 0.9], ranks=[4]),
+    "full": dict(seeds=3, base_epochs=25, penalty_epochs=5, finetune_epochs=8,
+                 sparsities=[0.0, 0.5, 0.8, 0.9, 0.95], ranks=[16, 8, 4, 2]),
+}
+
+
+def measure(model: torch.nn.Module, test, device: torch.device) -> dict:
+    """Accuracy, parameter and weight counts, SOPs and energy of one model on the test set."""
+    sops = count_sops(model, test, device=device)
+    block_nonzero, block_total = pruning.nonzero_weights(model)
+    weights = [l for l in sops.layers.values() if l.kind != "spike-product"]
+    blocks = [l for l in weights if l.name.startswith("blocks.")]
+    return {"accuracy": evaluate(model, test, device=device),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "nonzero_weights": sum(l.nonzero_weights for l in weights),
+            "weights": sum(l.weights for l in weights),
+            "nonzero_block_weights": block_nonzero, "block_weights": block_total,
+            "sparsity": pruning.weight_sparsity(model),
+            "ranks": dict(model.config.ranks),
+            "acs": sops.acs, "macs": sops.macs, "sops": sops.sops, "energy_nj": sops.energy_pj() / 1e3,
+            "block_sops": sum(l.acs + l.macs for l in blocks) / sops.samples}
+
+
+def run_seed(seed: int, s: dict, lr: float, intrinsic_lr: float, train, test, device: torch.device,
+             bar: tqdm) -> list[dict]:
+    """All rows of one seed: dense, L1P at every sparsity, DSP at every rank, in both arms."""
+    seed_everything(seed)
+    dense = SpikingTransformer(STConfig.tiny_digits(neuron="lif"))
+    train_classifier(dense, train, test, epochs=s["base_epochs"], lr=5e-3, seed=seed, device=device,
+                     progress=False)
+    rows = [{"method": "dense", "level": None, "arm": "lif", "seed": seed, **measure(dense, test, device)}]
+    bar.update()
+
+    l1 = copy.deepcopy(dense)
+    train_classifier(l1, train, test, epochs=s["penalty_epochs"], lr=lr, seed=seed, device=device,
+                     penalty=pruning.l1_penalty(s["l1_strength"]), progress=False)
+    low = copy.deepcopy(dense)
+    pruning.factorize(low)
+    train_classifier(low, train, test, epochs=s["penalty_epochs"], lr=lr, seed=seed, device=device,
+                     penalty=pruning.group_penalty(s["group_strength"]), progress=False)
+
+    jobs = [("l1p", sp, l1) for sp in s["sparsities"]] + [("dsp", r, low) for r in s["ranks"]]
+    for method, level, start in jobs:
+        for arm in ("lif", "slif"):
+            model = copy.deepcopy(start)
+            if method == "l1p":
+                pruning.magnitude_prune(model, level, "global")
+            else:
+                pruning.truncate(model, rank=level)
+            pruned_accuracy = evaluate(model, test, device=device)
+            model, _ = compensation.finetune(model, train, test, learn_intrinsic=arm == "slif",
+                                             epochs=s["finetune_epochs"], lr=lr, intrinsic_lr=intrinsic_lr,
+                                             seed=seed, device=device, progress=False)
+            pruning.make_permanent(model)
+            rows.append({"method": method, "level": level, "arm": arm, "seed": seed,
+                         "accuracy_pruned": pruned_accuracy, **measure(model, test, device)})
+            bar.update()
+    return rows
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (method, level, arm): mean and standard deviation over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["level"], r["arm"]), []).append(r)
+    table = []
+    for (method, level, arm), rs in groups.items():
+        mean = lambda k: statistics.fmean(r[k] for r in rs)
+        std = lambda k: statistics.stdev([r[k] for r in rs]) if len(rs) > 1 else 0.0
+        row = {"method": method, "level": level, "arm": arm, "seeds": len(rs),
+               "accuracy_mean": mean("accuracy"), "accuracy_std": std("accuracy")}
+        if "accuracy_pruned" in rs[0]:
+            row["accuracy_pruned_mean"] = mean("accuracy_pruned")
+        for k in ("parameters", "nonzero_weights", "weights", "nonzero_block_weights", "block_weights",
+                  "sparsity", "acs", "macs", "sops", "energy_nj", "block_sops"):
+            row[k] = mean(k)
+        row["sops_std"] = std("sops")
+        row["ranks"] = sorted(set(rs[0]["ranks"].values()))
+        table.append(row)
+    return table
+
+
+def pareto_plot(table: list[dict], target: Path, title: str) -> Path:
+    """Accuracy versus SOPs per sample, one marker per method and arm, with the Pareto front."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {("dense", "lif"): ("k", "*"), ("l1p", "lif"): ("tab:blue", "o"), ("l1p", "slif"): ("tab:orange", "o"),
+              ("dsp", "lif"): ("tab:blue", "s"), ("dsp", "slif"): ("tab:orange", "s")}
+    for (method, arm), (color, marker) in styles.items():
+        rs = [r for r in table if r["method"] == method and r["arm"] == arm]
+        if not rs:
+            continue
+        ax.errorbar([r["sops"] for r in rs], [100 * r["accuracy_mean"] for r in rs],
+                    yerr=[100 * r["accuracy_std"] for r in rs], fmt=marker, color=color, capsize=3,
+                    label=f"{method.upper() if method != 'dense' else 'dense'} ({arm})",
+                    mfc="none" if method == "dsp" else color)
+        for r in rs:
+            if r["level"] is not None:
+                tag = f"{100 * r['level']:.0f}%" if method == "l1p" else f"r{r['level']}"
+                ax.annotate(tag, (r["sops"], 100 * r["accuracy_mean"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    front, best = [], -1.0
+    for r in sorted(table, key=lambda r: r["sops"]):
+        if r["accuracy_mean"] > best:
+            front.append(r)
+            best = r["accuracy_mean"]
+    ax.step([r["sops"] for r in front], [100 * r["accuracy_mean"] for r in front], where="post",
+            color="grey", lw=1, alpha=0.6, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("synaptic operations per sample (ACs + MACs, from test-set spikes)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few epochs, 2 sparsities, 1 rank")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1 quick, 3 full)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="weight learning rate of penalty and fine-tune phases")
+    parser.add_argument("--intrinsic-lr", type=float, default=1e-2, help="sLIF threshold/leak learning rate")
+    parser.add_argument("--l1", type=float, default=1e-4, help="L1 penalty strength")
+    parser.add_argument("--group", type=float, default=1e-3, help="DSP group penalty strength")
+    parser.add_argument("--out", type=Path, default=RESULTS / "pruning.json", help="JSON output (PNG beside it)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("ST2CHIP_THREADS", "2")))
+    mode = "quick" if args.quick else "full"
+    s = dict(SETTINGS[mode], l1_strength=args.l1, group_strength=args.group)
+    if args.seeds is not None:
+        s["seeds"] = args.seeds
+    device = default_device()
+    train, test = load_digits_split()
+    started = time.time()
+    runs = s["seeds"] * (1 + 2 * (len(s["sparsities"]) + len(s["ranks"])))
+    rows: list[dict] = []
+    with tqdm(total=runs, desc=f"pruning benchmark ({mode})") as bar:
+        for seed in range(s["seeds"]):
+            rows += run_seed(seed, s, args.lr, args.intrinsic_lr, train, test, device, bar)
+    table = aggregate(rows)
+    minutes = (time.time() - started) / 60
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)")
+    profile = load_energy_profile("45nm")
+    result = {"benchmark": "pruning", "mode": mode, "command": "python benchmarks/pruning.py" + (" --quick" if args.quick else ""),
+              "device": device_name, "torch": torch.__version__, "minutes": minutes,
+              "settings": {**s, "lr": args.lr, "intrinsic_lr": args.intrinsic_lr, "base_lr": 5e-3,
+                           "config": STConfig.tiny_digits(neuron="lif").to_dict()},
+              "energy_profile": {k: profile[k] for k in ("name", "E_AC_pJ", "E_MAC_pJ", "source")},
+              "table": table, "runs": rows}
+    write_json(args.out, result)
+    png = pareto_plot(table, args.out.with_suffix(".png"),
+                      f"tiny ST on digits, {s['seeds']} seed(s), {mode} run on {device_name}")
+    pick = lambda m, l, a: next((r for r in table if (r["method"], r["level"], r["arm"]) == (m, l, a)), None)
+    fmt = lambda r: f"{100 * r['accuracy_mean']:.1f}±{100 * r['accuracy_std']:.1f}%" if r else "n/a"
+    l1_level = 0.9 if 0.9 in s["sparsities"] else max(s["sparsities"])
+    rank = min(s["ranks"], key=lambda r: abs(r - 4))
+    print(f"pruning ({mode}, {s['seeds']} seeds, {device_name}, {minutes:.1f} min): dense {fmt(pick('dense', None, 'lif'))}; "
+          f"L1P {100 * l1_level:.0f}% LIF {fmt(pick('l1p', l1_level, 'lif'))} / sLIF {fmt(pick('l1p', l1_level, 'slif'))}; "
+          f"DSP rank {rank} LIF {fmt(pick('dsp', rank, 'lif'))} / sLIF {fmt(pick('dsp', rank, 'slif'))} -> {args.out}, {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
