@@ -21,6 +21,7 @@ import copy
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -64,9 +65,12 @@ def measure(model: torch.nn.Module, test, device: torch.device) -> dict:
             "block_sops": sum(l.acs + l.macs for l in blocks) / sops.samples}
 
 
-def run_seed(seed: int, s: dict, lr: float, intrinsic_lr: float, train, test, device: torch.device,
-             bar: tqdm) -> list[dict]:
-    """All rows of one seed: dense, L1P at every sparsity, DSP at every rank, in both arms."""
+def run_seed(seed: int, s: dict, lr: float, arms: list[tuple[str, float | None]], train, test,
+             device: torch.device, bar: tqdm, train_norm: bool = True) -> list[dict]:
+    """All rows of one seed: dense, L1P at every sparsity, DSP at every rank, in every arm.
+
+    ``arms``: (label, intrinsic learning rate), ``None`` for the frozen LIF arm.
+    """
     seed_everything(seed)
     dense = SpikingTransformer(STConfig.tiny_digits(neuron="lif"))
     train_classifier(dense, train, test, epochs=s["base_epochs"], lr=5e-3, seed=seed, device=device,
@@ -84,16 +88,16 @@ def run_seed(seed: int, s: dict, lr: float, intrinsic_lr: float, train, test, de
 
     jobs = [("l1p", sp, l1) for sp in s["sparsities"]] + [("dsp", r, low) for r in s["ranks"]]
     for method, level, start in jobs:
-        for arm in ("lif", "slif"):
+        for arm, intrinsic_lr in arms:
             model = copy.deepcopy(start)
             if method == "l1p":
                 pruning.magnitude_prune(model, level, "global")
             else:
                 pruning.truncate(model, rank=level)
             pruned_accuracy = evaluate(model, test, device=device)
-            model, _ = compensation.finetune(model, train, test, learn_intrinsic=arm == "slif",
-                                             epochs=s["finetune_epochs"], lr=lr, intrinsic_lr=intrinsic_lr,
-                                             seed=seed, device=device, progress=False)
+            model, _ = compensation.finetune(model, train, test, learn_intrinsic=intrinsic_lr is not None,
+                                             epochs=s["finetune_epochs"], lr=lr, intrinsic_lr=intrinsic_lr or 0.0,
+                                             seed=seed, device=device, train_norm=train_norm, progress=False)
             pruning.make_permanent(model)
             rows.append({"method": method, "level": level, "arm": arm, "seed": seed,
                          "accuracy_pruned": pruned_accuracy, **measure(model, test, device)})
@@ -126,8 +130,10 @@ def aggregate(rows: list[dict]) -> list[dict]:
 def pareto_plot(table: list[dict], target: Path, title: str) -> Path:
     """Accuracy versus SOPs per sample, one marker per method and arm, with the Pareto front."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {("dense", "lif"): ("k", "*"), ("l1p", "lif"): ("tab:blue", "o"), ("l1p", "slif"): ("tab:orange", "o"),
-              ("dsp", "lif"): ("tab:blue", "s"), ("dsp", "slif"): ("tab:orange", "s")}
+    arms = list(dict.fromkeys(r["arm"] for r in table if r["method"] != "dense"))
+    colors = dict(zip(arms, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
+    styles = {("dense", "lif"): ("k", "*")}
+    styles.update({(m, a): (colors[a], "o" if m == "l1p" else "s") for m in ("l1p", "dsp") for a in arms})
     for (method, arm), (color, marker) in styles.items():
         rs = [r for r in table if r["method"] == method and r["arm"] == arm]
         if not rs:
@@ -166,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few epochs, 2 sparsities, 1 rank")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1 quick, 3 full)")
     parser.add_argument("--lr", type=float, default=2e-3, help="weight learning rate of penalty and fine-tune phases")
-    parser.add_argument("--intrinsic-lr", type=float, default=1e-2, help="sLIF threshold/leak learning rate")
+    parser.add_argument("--intrinsic-lr", type=float, nargs="+", default=[1e-2],
+                        help="sLIF threshold/leak learning rate(s); several give one sLIF arm each")
+    parser.add_argument("--freeze-norm", action="store_true",
+                        help="freeze batch-norm scales/shifts during fine-tuning (both arms)")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=None, help="L1P sparsities (override)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=None, help="DSP ranks (override)")
     parser.add_argument("--l1", type=float, default=1e-4, help="L1 penalty strength")
     parser.add_argument("--group", type=float, default=1e-3, help="DSP group penalty strength")
     parser.add_argument("--out", type=Path, default=RESULTS / "pruning.json", help="JSON output (PNG beside it)")
@@ -174,24 +185,28 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("ST2CHIP_THREADS", "2")))
     mode = "quick" if args.quick else "full"
     s = dict(SETTINGS[mode], l1_strength=args.l1, group_strength=args.group)
-    if args.seeds is not None:
-        s["seeds"] = args.seeds
+    for key in ("seeds", "sparsities", "ranks"):
+        if getattr(args, key) is not None:
+            s[key] = getattr(args, key)
+    arms: list[tuple[str, float | None]] = [("lif", None)] + [
+        ("slif" if len(args.intrinsic_lr) == 1 else f"slif@{v:g}", v) for v in args.intrinsic_lr]
     device = default_device()
     train, test = load_digits_split()
     started = time.time()
-    runs = s["seeds"] * (1 + 2 * (len(s["sparsities"]) + len(s["ranks"])))
+    runs = s["seeds"] * (1 + len(arms) * (len(s["sparsities"]) + len(s["ranks"])))
     rows: list[dict] = []
     with tqdm(total=runs, desc=f"pruning benchmark ({mode})") as bar:
         for seed in range(s["seeds"]):
-            rows += run_seed(seed, s, args.lr, args.intrinsic_lr, train, test, device, bar)
+            rows += run_seed(seed, s, args.lr, arms, train, test, device, bar, train_norm=not args.freeze_norm)
     table = aggregate(rows)
     minutes = (time.time() - started) / 60
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)")
     profile = load_energy_profile("45nm")
-    result = {"benchmark": "pruning", "mode": mode, "command": "python benchmarks/pruning.py" + (" --quick" if args.quick else ""),
+    command = " ".join(["python benchmarks/pruning.py", *(sys.argv[1:] if argv is None else argv)])
+    result = {"benchmark": "pruning", "mode": mode, "command": command,
               "device": device_name, "torch": torch.__version__, "minutes": minutes,
-              "settings": {**s, "lr": args.lr, "intrinsic_lr": args.intrinsic_lr, "base_lr": 5e-3,
+              "settings": {**s, "lr": args.lr, "freeze_norm": args.freeze_norm, "intrinsic_lr": args.intrinsic_lr, "base_lr": 5e-3,
                            "config": STConfig.tiny_digits(neuron="lif").to_dict()},
               "energy_profile": {k: profile[k] for k in ("name", "E_AC_pJ", "E_MAC_pJ", "source")},
               "table": table, "runs": rows}
@@ -202,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     fmt = lambda r: f"{100 * r['accuracy_mean']:.1f}±{100 * r['accuracy_std']:.1f}%" if r else "n/a"
     l1_level = 0.9 if 0.9 in s["sparsities"] else max(s["sparsities"])
     rank = min(s["ranks"], key=lambda r: abs(r - 4))
+    slif = arms[1][0]
     print(f"pruning ({mode}, {s['seeds']} seeds, {device_name}, {minutes:.1f} min): dense {fmt(pick('dense', None, 'lif'))}; "
-          f"L1P {100 * l1_level:.0f}% LIF {fmt(pick('l1p', l1_level, 'lif'))} / sLIF {fmt(pick('l1p', l1_level, 'slif'))}; "
-          f"DSP rank {rank} LIF {fmt(pick('dsp', rank, 'lif'))} / sLIF {fmt(pick('dsp', rank, 'slif'))} -> {args.out}, {png}")
+          f"L1P {100 * l1_level:.0f}% LIF {fmt(pick('l1p', l1_level, 'lif'))} / {slif} {fmt(pick('l1p', l1_level, slif))}; "
+          f"DSP rank {rank} LIF {fmt(pick('dsp', rank, 'lif'))} / {slif} {fmt(pick('dsp', rank, slif))} -> {args.out}, {png}")
     return 0
 
 

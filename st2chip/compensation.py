@@ -55,11 +55,12 @@ def to_slif(model: nn.Module) -> nn.Module:
 
 def finetune(model: nn.Module, train: Split, test: Split, *, learn_intrinsic: bool, epochs: int = 10,
              lr: float = 2e-3, intrinsic_lr: float = 1e-2, seed: int = 0,
-             device: torch.device | str | None = None, desc: str = "finetune",
+             device: torch.device | str | None = None, desc: str = "finetune", train_norm: bool = True,
              progress: bool = True) -> tuple[nn.Module, TrainResult]:
     """Fine-tune a (pruned) model in the sLIF arm (``learn_intrinsic``) or the frozen LIF arm.
 
-    Returns the fine-tuned model (a new module in the sLIF arm, see :func:`to_slif`)
+    ``train_norm=False`` freezes the batch-norm scales and shifts, which can otherwise
+    emulate a per-neuron threshold (see docs/pruning.md). Returns the fine-tuned model (a new module in the sLIF arm, see :func:`to_slif`)
     and its training result. Pruning masks and low-rank factors stay as they are.
     """
     if learn_intrinsic:
@@ -72,6 +73,10 @@ def finetune(model: nn.Module, train: Split, test: Split, *, learn_intrinsic: bo
         intrinsic = []
         for p in intrinsic_parameters(model):
             p.requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for p in m.parameters():
+                p.requires_grad_(train_norm)
     ids = {id(p) for p in intrinsic}
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     groups = [{"params": weights, "lr": lr}]

@@ -161,3 +161,22 @@ def test_bad_checkpoints_raise_input_error_naming_the_file(tmp_path: Path) -> No
         load_checkpoint(wrong)
     with pytest.raises(InputError, match="wrong.pt"):
         _cli(["prune", str(wrong), "--method", "l1p", "--sparsity", "0.5", "--out", str(tmp_path / "o.pt")])
+
+
+def test_threshold_is_redundant_with_a_preceding_batch_norm() -> None:
+    """Reset-to-zero LIF: threshold theta_i on BN output = threshold 1 on BN scaled by 1/theta_i."""
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm1d(4).eval()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(6, 3, 4)
+    sn = SLIF(4, threshold=1.0, leak=0.75)
+    with torch.no_grad():
+        sn.threshold.copy_(torch.tensor([0.5, 1.0, 2.0, 4.0]))  # powers of two: the scaling is exact
+    reference = sn(bn(x.reshape(-1, 4)).reshape(x.shape))
+    with torch.no_grad():
+        bn.weight /= sn.threshold
+        bn.bias /= sn.threshold
+    unit = SLIF(4, threshold=1.0, leak=0.75)
+    assert reference.sum() > 0 and torch.equal(reference, unit(bn(x.reshape(-1, 4)).reshape(x.shape)))
