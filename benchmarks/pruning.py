@@ -11,7 +11,8 @@ synaptic operations counted from the real spikes on the test set, and 45 nm ener
     python benchmarks/pruning.py --quick     # smoke run, about a minute or two
     python benchmarks/pruning.py             # the full table in docs/pruning.md
 
-Writes benchmarks/results/pruning.json and pruning.png; prints one summary line.
+Writes benchmarks/results/pruning.json and pruning.png (pruning_quick.* with --quick);
+prints one summary line.
 """
 
 from __future__ import annotations
@@ -180,10 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=int, nargs="+", default=None, help="DSP ranks (override)")
     parser.add_argument("--l1", type=float, default=1e-4, help="L1 penalty strength")
     parser.add_argument("--group", type=float, default=1e-3, help="DSP group penalty strength")
-    parser.add_argument("--out", type=Path, default=RESULTS / "pruning.json", help="JSON output (PNG beside it)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON output, PNG beside it (default results/pruning.json, or pruning_quick.json with --quick)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("ST2CHIP_THREADS", "2")))
     mode = "quick" if args.quick else "full"
+    out = args.out or RESULTS / ("pruning_quick.json" if args.quick else "pruning.json")
     s = dict(SETTINGS[mode], l1_strength=args.l1, group_strength=args.group)
     for key in ("seeds", "sparsities", "ranks"):
         if getattr(args, key) is not None:
@@ -210,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                            "config": STConfig.tiny_digits(neuron="lif").to_dict()},
               "energy_profile": {k: profile[k] for k in ("name", "E_AC_pJ", "E_MAC_pJ", "source")},
               "table": table, "runs": rows}
-    write_json(args.out, result)
-    png = pareto_plot(table, args.out.with_suffix(".png"),
+    write_json(out, result)
+    png = pareto_plot(table, out.with_suffix(".png"),
                       f"tiny ST on digits, {s['seeds']} seed(s), {mode} run on {device_name}")
     pick = lambda m, l, a: next((r for r in table if (r["method"], r["level"], r["arm"]) == (m, l, a)), None)
     fmt = lambda r: f"{100 * r['accuracy_mean']:.1f}±{100 * r['accuracy_std']:.1f}%" if r else "n/a"
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     slif = arms[1][0]
     print(f"pruning ({mode}, {s['seeds']} seeds, {device_name}, {minutes:.1f} min): dense {fmt(pick('dense', None, 'lif'))}; "
           f"L1P {100 * l1_level:.0f}% LIF {fmt(pick('l1p', l1_level, 'lif'))} / {slif} {fmt(pick('l1p', l1_level, slif))}; "
-          f"DSP rank {rank} LIF {fmt(pick('dsp', rank, 'lif'))} / {slif} {fmt(pick('dsp', rank, slif))} -> {args.out}, {png}")
+          f"DSP rank {rank} LIF {fmt(pick('dsp', rank, 'lif'))} / {slif} {fmt(pick('dsp', rank, slif))} -> {out}, {png}")
     return 0
 
 
