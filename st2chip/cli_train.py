@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import compensation, pruning
-from .data import load_digits_split
+from .data import DATASETS, load_split
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import InputError
 from .models import MLPConfig, SpikingMLP
@@ -28,10 +28,13 @@ MODELS = ("mlp", "st")
 def _build(args: argparse.Namespace) -> nn.Module:
     neuron = args.neuron
     if args.model == "mlp":
+        if args.data != "digits":
+            raise InputError("--model mlp takes the flat 8x8 digits only; use --model st for cifar10")
         return SpikingMLP(MLPConfig(sizes=[64, args.hidden, 10], steps=args.steps or 16, neuron=neuron))
     overrides = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("heads", args.heads),
                                    ("steps", args.steps), ("mlp_hidden", args.mlp_hidden)) if v is not None}
-    return SpikingTransformer(STConfig.tiny_digits(neuron=neuron, **overrides))
+    preset = STConfig.cifar10 if args.data == "cifar10" else STConfig.tiny_digits
+    return SpikingTransformer(preset(neuron=neuron, **overrides))
 
 
 def _n_params(model: nn.Module) -> int:
@@ -39,16 +42,16 @@ def _n_params(model: nn.Module) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train a model on digits and write its checkpoint."""
+    """Train a model on digits (or CIFAR-10) and write its checkpoint."""
     device = torch.device(args.device) if args.device else default_device()
-    train, test = load_digits_split()
     model = _build(args)
+    train, test = load_split(args.data, args.data_root)
     result = train_classifier(model, train, test, epochs=args.epochs, lr=args.lr, seed=args.seed,
                               device=device, desc=f"train {args.model}")
     summary = {"test_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
-               "epochs": args.epochs, "seed": args.seed, "device": result.device}
+               "epochs": args.epochs, "seed": args.seed, "device": result.device, "data": args.data}
     save_checkpoint(model, args.model, asdict(model.config), args.out, summary)
-    print(f"trained {args.model} ({args.neuron}, {_n_params(model):,} parameters) on digits for {args.epochs} "
+    print(f"trained {args.model} ({args.neuron}, {_n_params(model):,} parameters) on {args.data} for {args.epochs} "
           f"epochs on {result.device}: test accuracy {100 * result.test_accuracy:.1f}% "
           f"(train {100 * result.train_accuracy:.1f}%) -> {args.out}")
     return 0
@@ -56,9 +59,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_prune(args: argparse.Namespace) -> int:
     """Prune a trained checkpoint by L1P or DSP, fine-tune (sLIF or LIF arm), write a new checkpoint."""
-    kind, model, _ = load_checkpoint(args.checkpoint)
+    kind, model, extra = load_checkpoint(args.checkpoint)
     device = torch.device(args.device) if args.device else default_device()
-    train, test = load_digits_split()
+    data = extra.get("data", "digits")
+    train, test = load_split(data, args.data_root)
     model.to(device)
     before = evaluate(model, test, device=device)
     if args.method == "l1p":
@@ -90,7 +94,8 @@ def run_prune(args: argparse.Namespace) -> int:
     summary = {"method": args.method, "compensate": args.compensate, "test_accuracy": result.test_accuracy,
                "accuracy_before": before, "accuracy_pruned": pruned, "sparsity": pruning.weight_sparsity(model),
                "nonzero_block_weights": nonzero, "block_weights": total, "ranks": dict(getattr(model.config, "ranks", {})),
-               "sops_per_sample": sops.sops, "energy_pj_per_sample": sops.energy_pj(), "device": result.device}
+               "sops_per_sample": sops.sops, "energy_pj_per_sample": sops.energy_pj(), "device": result.device,
+               "data": data}
     save_checkpoint(model, kind, asdict(model.config), args.out, summary)
     what = (f"sparsity {100 * summary['sparsity']:.1f}% ({args.scope})" if args.method == "l1p"
             else f"ranks {sorted(set(summary['ranks'].values()))}")
@@ -106,6 +111,8 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate of the weights (default {lr})")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization and data order (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding torchvision's 'cifar-10-batches-py' (cifar10 only; nothing is downloaded)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -113,12 +120,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     t = subparsers.add_parser(
         "train", help="train a spiking classifier on digits and write a checkpoint", formatter_class=fmt,
-        description="Train a spiking MLP or spiking Transformer (ST) on the embedded 8x8 digits data.\n\n"
+        description="Train a spiking MLP or spiking Transformer (ST) on the embedded 8x8 digits data,\n"
+                    "or an ST on CIFAR-10 from a local folder (--data cifar10 --data-root DIR).\n\n"
                     "example:\n  st2chip train --model st --neuron lif --epochs 30 --out st.pt")
     t.add_argument("--model", choices=MODELS, default="st", help="mlp or st (default st)")
     t.add_argument("--neuron", choices=["slif", "lif"], default="slif",
                    help="sLIF (per-neuron learnable threshold and leak) or plain LIF (default slif)")
     t.add_argument("--out", required=True, help="checkpoint file to write")
+    t.add_argument("--data", choices=DATASETS, default="digits",
+                   help="digits (embedded, default) or cifar10 (from --data-root; ST only)")
     t.add_argument("--steps", type=int, default=None, help="time steps T (default: the preset's)")
     t.add_argument("--dim", type=int, default=None, help="ST token width (default 32)")
     t.add_argument("--depth", type=int, default=None, help="ST blocks (default 1)")
