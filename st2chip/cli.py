@@ -50,12 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--retrain", action="store_true", help="train again even if runs/<name>/model.pt exists")
 
-    p = sub.add_parser("export", help="checkpoint (.pt) -> NIR file",
-                       description="Export an st2chip checkpoint to NIR 1.0. "
-                                   "Example: st2chip export runs/demo/model.pt -o model.nir",
+    p = sub.add_parser("export", help="checkpoint (.pt) -> NIR file (MLP) or deployment bundle folder (ST)",
+                       description="Export an st2chip checkpoint: an MLP to one NIR 1.0 file, a spiking "
+                                   "Transformer to a bundle folder (NIR parts, ONNX parts checked with "
+                                   "onnxruntime, manifest.json; see docs/bundle.md). "
+                                   "Example: st2chip export runs/demo/model.pt -o model.nir; "
+                                   "st2chip export runs/st/model.pt -o runs/st/bundle",
                        epilog=EPILOG_EXIT)
     p.add_argument("checkpoint", help="checkpoint written by st2chip (loaded with weights_only=True)")
-    p.add_argument("-o", "--output", required=True, help="NIR file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="NIR file (MLP) or bundle folder (ST; replaced atomically) to write")
     p.add_argument("--dt", type=float, default=1e-3, help="time step in seconds recorded in the graph (default 1e-3)")
 
     p = sub.add_parser("map", help="lower a NIR file to the chip and print the per-layer table",
@@ -122,7 +126,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from .pipeline import digits_inputs, run_backend, steps_of
     log, graph, chip = _pipeline(args)
     inputs, labels = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
-    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs)
+    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, args.output is not None)
     print(f"{args.backend}: accuracy {traces.accuracy(labels):.4f} on {len(labels)} digits test samples")
     if args.output:
         arrays = {f"spikes/{k}": v for k, v in traces.spikes.items()}
@@ -160,7 +164,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     log, graph, chip = _pipeline(args)
     inputs, _ = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
-    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs)
+    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, False)
     report = log.stage("energy", energy_report, chip, traces, profile)
     print(report.to_markdown())
     if args.output:
@@ -170,9 +174,14 @@ def _cmd_energy(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import load_mlp
+    from .checkpoint import load_checkpoint
+    kind, model, _ = load_checkpoint(args.checkpoint)
+    if kind == "st":
+        from .bundle_export import export_bundle
+        path = export_bundle(model, args.output, dt=args.dt)
+        print(f"deployment bundle written to {path} (manifest.json, NIR and ONNX parts)")
+        return 0
     from .nir_export import mlp_to_nir, write_nir
-    model = load_mlp(args.checkpoint)
     path = write_nir(mlp_to_nir(model, dt=args.dt), args.output)
     print(f"NIR graph written to {path}")
     return 0

@@ -81,8 +81,12 @@ def digits_inputs(graph: nir.NIRGraph, samples: int, steps: int) -> tuple[dict[s
     return {name: spikes}, test.y[:samples]
 
 
-def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict[str, np.ndarray]) -> Traces:
-    """Run one backend: ``float`` reads NIR; the chip backends read only the ChipGraph."""
+def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict[str, np.ndarray],
+                voltages: bool = True) -> Traces:
+    """Run one backend: ``float`` reads NIR; the chip backends read only the ChipGraph.
+
+    ``voltages=False`` lets Lava skip recording hidden voltages (faster).
+    """
     if backend == "float":
         return simulate(graph, next(iter(inputs.values())))
     if backend == "reference":
@@ -90,7 +94,7 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
         return reference.run(chip, inputs)
     if backend == "lava":
         from .targets import lava
-        return lava.run(chip, inputs)
+        return lava.run(chip, inputs, voltages=voltages)
     raise InputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
 
 

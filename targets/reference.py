@@ -78,16 +78,22 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray]) -> Traces:
 
 def assemble(chip: ChipGraph, backend: str, inputs: dict[str, np.ndarray],
              pop_spikes: dict[str, np.ndarray], pop_volts: dict[str, np.ndarray]) -> Traces:
-    """Gather per-population records ``(B, T, n_pop)`` into per-layer :class:`Traces`."""
+    """Gather per-population records ``(B, T, n_pop)`` into per-layer :class:`Traces`.
+
+    A layer gets voltages only when every one of its populations recorded them.
+    """
     batch = next(iter(inputs.values())).shape[0]
     spikes, volts = {}, {}
     for layer in chip.layers():
         n = chip.layer_size(layer)
+        pops = chip.layer_populations(layer)
         spikes[layer] = np.zeros((batch, chip.steps, n), np.uint8)
-        volts[layer] = np.zeros((batch, chip.steps, n), np.int64)
-        for pop in chip.layer_populations(layer):
+        for pop in pops:
             spikes[layer][:, :, pop.index] = pop_spikes[pop.name]
-            volts[layer][:, :, pop.index] = pop_volts[pop.name]
+        if all(pop.name in pop_volts for pop in pops):
+            volts[layer] = np.zeros((batch, chip.steps, n), np.int64)
+            for pop in pops:
+                volts[layer][:, :, pop.index] = pop_volts[pop.name]
     readouts = chip.readout_layers()
     if readouts:
         scores = np.concatenate([volts[layer][:, -1] for layer in readouts], axis=1)

@@ -50,3 +50,13 @@ def test_edge_cases_bit_exact():
     ref, lav = reference.run(chip, x), lava.run(chip, x)
     assert ref.spikes["h"].sum() > 0
     _assert_equal(ref, lav)
+
+
+def test_without_hidden_voltages_spikes_and_scores_still_match(random_mlp, digit_spikes):
+    chip = lower(mlp_to_nir(random_mlp()), decay_groups=2)
+    x = {"input": digit_spikes(3)}
+    ref, lav = reference.run(chip, x), lava.run(chip, x, voltages=False)
+    assert set(lav.voltages) == {"readout"}
+    for layer in ref.spikes:
+        np.testing.assert_array_equal(ref.spikes[layer], lav.spikes[layer])
+    np.testing.assert_array_equal(ref.scores, lav.scores)
