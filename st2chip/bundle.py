@@ -54,10 +54,10 @@ def _topological(graph: nir.NIRGraph) -> list[str]:
 
 def _lif(node: nir.LIF, dt: float, current: torch.Tensor) -> torch.Tensor:
     """Spikes ``(T, ...)`` of a NIR LIF driven by ``current`` ``(T, ...)``."""
-    f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=torch.float64)
-    g = dt / f32(node.tau)
-    decay, gain, offset = ((1 - g).float(), (g * f32(node.r)).float(), (g * f32(node.v_leak)).float())
-    theta, v_reset = f32(node.v_threshold).float(), f32(node.v_reset).float()
+    f64 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))
+    g = dt / f64(node.tau)  # decay and gain in float64, then float32 like the torch model: beta, 1
+    decay, gain, offset = (1 - g).float(), (g * f64(node.r)).float(), (g * f64(node.v_leak)).float()
+    theta, v_reset = f64(node.v_threshold).float(), f64(node.v_reset).float()
     v = torch.zeros_like(current[0])
     spikes = []
     for i_t in current:

@@ -47,7 +47,7 @@ from .errors import InputError, St2chipError
 from .io import write_json
 from .nir_export import DEFAULT_DT
 from .pruning import LowRankLinear
-from .transformer import SpikeProduct, SpikingTransformer, _ConvBNSN
+from .transformer import SpikingTransformer, _ConvBNSN
 
 Nodes = list[tuple[str, nir.NIRNode]]
 
@@ -209,8 +209,7 @@ def _write_parts(model: SpikingTransformer, folder: Path, dt: float) -> list[dic
                       "inputs": [_port(u, tokens, "input")],
                       "outputs": [_port(f"{p}.{n}", tokens, n) for n in ("q", "k", "v")]})
 
-        product = SpikeProduct(attn.product.heads, attn.product.scale)
-        _write_onnx(product, {n: (t, n_tok, d) for n in ("q", "k", "v")}, "a", folder / f"{p}.product.onnx")
+        _write_onnx(attn.product, {n: (t, n_tok, d) for n in ("q", "k", "v")}, "a", folder / f"{p}.product.onnx")
         steps.append({"name": f"{p}.product", "kind": "onnx", "file": f"{p}.product.onnx",
                       "inputs": [_port(f"{p}.{n}", tokens, n) for n in ("q", "k", "v")],
                       "outputs": [_port(f"{p}.a", tokens, "a")]})
