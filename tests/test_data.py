@@ -11,7 +11,7 @@ from st2chip.errors import InputError
 
 
 def test_digits_split_is_fixed():
-    (a_tr, a_te), (b_tr, b_te) = load_digits_split(), load_digits_split()
+    (a_tr, a_te), (_, b_te) = load_digits_split(), load_digits_split()
     np.testing.assert_array_equal(a_te.y, b_te.y)
     assert len(a_tr) + len(a_te) == 1797 and 0.0 <= a_tr.x.min() and a_tr.x.max() <= 1.0
 
