@@ -34,10 +34,14 @@ STAGES = (
 
 
 class Log:
-    """Prints stage progress to stderr when verbose."""
+    """Prints the pipeline (:data:`STAGES`) and each stage's time to stderr when verbose."""
 
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
+        if verbose:
+            print("[st2chip] pipeline:", file=sys.stderr)
+            for name, what in STAGES:
+                print(f"[st2chip]   {name:<15} {what}", file=sys.stderr)
 
     def stage(self, name: str, fn: Callable, *args, **kwargs):
         start = time.perf_counter()

@@ -118,3 +118,8 @@ def test_console_script_help_and_error():
     assert subprocess.run(exe + ["--help"], capture_output=True).returncode == 0
     res = subprocess.run(exe + ["verify", "/no/such/file.nir"], capture_output=True, text=True)
     assert res.returncode == 2 and "file.nir" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_verbose_prints_the_pipeline(good_nir, capsys):
+    code, out, err = _run(capsys, "-v", "map", str(good_nir))
+    assert code == 0 and "pipeline:" in err and "lower" in err and "lif1" in out
