@@ -40,6 +40,3 @@ class GraphError(St2chipError):
 class ChipRangeError(St2chipError):
     """A ChipGraph value lies outside the range the chip can hold."""
 
-
-class FitError(St2chipError):
-    """A layer does not fit the chip's resources; names the layer and the limit."""
