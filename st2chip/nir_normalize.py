@@ -95,6 +95,10 @@ def read_graph(path: str | os.PathLike) -> nir.NIRGraph:
     if not p.exists():
         raise InputError(f"{p}: no such file")
     if p.is_dir():
+        if (p / "manifest.json").is_file():
+            parts = ", ".join(sorted(f.name for f in p.glob("*.nir"))) or "none"
+            raise InputError(f"{p}: is a deployment bundle, not a .nir file; map one of its NIR parts "
+                             f"({parts})")
         raise InputError(f"{p}: is a directory, not a .nir file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")

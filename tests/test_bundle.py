@@ -124,3 +124,12 @@ def test_cli_export_st_checkpoint_replaces_bundle_atomically(tmp_path, digits, c
 def test_run_bundle_rejects_foreign_folder(tmp_path) -> None:
     with pytest.raises(InputError, match="manifest"):
         run_bundle(tmp_path, np.zeros((1, 64)))
+
+
+def test_map_on_a_bundle_folder_names_its_parts(tmp_path, capsys):
+    from st2chip.cli import main
+
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "head.nir").write_bytes(b"")
+    assert main(["map", str(tmp_path)]) == 2
+    assert "deployment bundle" in capsys.readouterr().err
