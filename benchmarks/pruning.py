@@ -36,7 +36,8 @@ from tqdm.auto import tqdm  # noqa: E402
 from st2chip import compensation, pruning  # noqa: E402
 from st2chip.data import load_digits_split  # noqa: E402
 from st2chip.io import atomic_path, write_json  # noqa: E402
-from st2chip.sops import count_sops, load_energy_profile  # noqa: E402
+from st2chip.energy import load_profile  # noqa: E402
+from st2chip.sops import count_sops  # noqa: E402
 from st2chip.training import default_device, evaluate, seed_everything, train_classifier  # noqa: E402
 from st2chip.transformer import SpikingTransformer, STConfig  # noqa: E402
 
@@ -205,13 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.time() - started) / 60
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)")
-    profile = load_energy_profile("45nm")
+    profile = load_profile("45nm")
     command = " ".join(["python benchmarks/pruning.py", *(sys.argv[1:] if argv is None else argv)])
     result = {"benchmark": "pruning", "mode": mode, "command": command,
               "device": device_name, "torch": torch.__version__, "minutes": minutes,
               "settings": {**s, "lr": args.lr, "freeze_norm": args.freeze_norm, "intrinsic_lr": args.intrinsic_lr, "base_lr": 5e-3,
                            "config": STConfig.tiny_digits(neuron="lif").to_dict()},
-              "energy_profile": {k: profile[k] for k in ("name", "E_AC_pJ", "E_MAC_pJ", "source")},
+              "energy_profile": {"name": profile.name, "E_AC_pJ": profile.e_ac_pj, "E_MAC_pJ": profile.e_mac_pj,
+                                 "source": profile.source},
               "table": table, "runs": rows}
     write_json(out, result)
     png = pareto_plot(table, out.with_suffix(".png"),

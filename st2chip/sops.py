@@ -25,10 +25,8 @@ Energy :math:`E = \mathrm{ACs}\,E_{AC} + \mathrm{MACs}\,E_{MAC}` with a profile 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -36,23 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Split
+from .energy import Profile, load_profile
 from .pruning import LowRankLinear
 from .transformer import SpikeProduct
 
-PROFILE_DIR = Path(__file__).parent / "profiles"
 _KIND_ORDER = ("spikes", "counts", "analog")
-
-
-def load_energy_profile(name_or_path: str | os.PathLike = "45nm") -> dict:
-    """An energy profile (``E_AC_pJ``, ``E_MAC_pJ``, ``name``, ``source``) by name or path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = PROFILE_DIR / f"{name_or_path}.json"
-    data = json.loads(path.read_text())
-    for key in ("E_AC_pJ", "E_MAC_pJ"):
-        if not isinstance(data.get(key), (int, float)):
-            raise ValueError(f"{path}: key '{key}' must be a number")
-    return data
 
 
 @dataclass
@@ -90,12 +76,12 @@ class SopReport:
         """Synaptic operations (ACs + MACs) per sample."""
         return self.acs + self.macs
 
-    def energy_pj(self, profile: dict | str | os.PathLike = "45nm") -> float:
-        """Energy per sample in pJ under ``profile``."""
-        p = profile if isinstance(profile, dict) else load_energy_profile(profile)
-        return self.acs * p["E_AC_pJ"] + self.macs * p["E_MAC_pJ"]
+    def energy_pj(self, profile: Profile | str | os.PathLike = "45nm") -> float:
+        """Energy per sample in pJ under ``profile`` (a Profile, name or path; see st2chip.energy)."""
+        p = profile if isinstance(profile, Profile) else load_profile(profile)
+        return self.acs * p.e_ac_pj + self.macs * p.e_mac_pj
 
-    def to_dict(self, profile: dict | str | os.PathLike = "45nm") -> dict:
+    def to_dict(self, profile: Profile | str | os.PathLike = "45nm") -> dict:
         """Per-sample totals and per-layer rows, for JSON."""
         n = max(self.samples, 1)
         return {"samples": self.samples, "acs": self.acs, "macs": self.macs, "sops": self.sops,

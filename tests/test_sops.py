@@ -8,7 +8,8 @@ from torch import nn
 from st2chip import pruning
 from st2chip.data import Split, load_digits_split
 from st2chip.pruning import LowRankLinear
-from st2chip.sops import SopCounter, count_sops, load_energy_profile
+from st2chip.energy import load_profile
+from st2chip.sops import SopCounter, count_sops
 from st2chip.transformer import SpikeProduct, SpikingTransformer, STConfig
 
 
@@ -78,6 +79,6 @@ def test_pruning_lowers_sops_and_counts_are_deterministic() -> None:
     q_dense, q_sparse = dense.layers["blocks.0.attn.q"], sparse.layers["blocks.0.attn.q"]
     assert q_sparse.nonzero_weights < q_dense.nonzero_weights
     assert sparse.acs < dense.acs
-    profile = load_energy_profile("45nm")
-    assert profile["E_AC_pJ"] == 0.9 and profile["E_MAC_pJ"] == 4.6
+    profile = load_profile("45nm")
+    assert profile.e_ac_pj == 0.9 and profile.e_mac_pj == 4.6
     assert dense.energy_pj() == dense.acs * 0.9 + dense.macs * 4.6
