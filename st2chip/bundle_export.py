@@ -45,7 +45,7 @@ from torch import nn
 from .bundle import FORMAT, MANIFEST, VERSION
 from .errors import InputError, St2chipError
 from .io import write_json
-from .nir_export import DEFAULT_DT
+from .nir_export import DEFAULT_DT, slif_to_nir, to_numpy
 from .pruning import LowRankLinear
 from .transformer import SpikingTransformer, _ConvBNSN
 
@@ -58,39 +58,28 @@ class BundleCheckError(St2chipError):
     exit_code = 1
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().double().numpy().copy()
-
-
 def _bn_fold(bn: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """Scale ``s`` and shift ``b'`` with ``BN(y) = s * y + b'`` in eval mode."""
-    s = _np(bn.weight) / np.sqrt(_np(bn.running_var) + bn.eps)
-    return s, _np(bn.bias) - s * _np(bn.running_mean)
-
-
-def _lif(neuron: nn.Module, shape: tuple[int, ...], dt: float) -> nir.LIF:
-    beta = np.broadcast_to(_np(neuron.beta), shape).copy()
-    theta = np.broadcast_to(_np(neuron.theta), shape).copy()
-    zeros = np.zeros(shape)
-    return nir.LIF(tau=dt / (1 - beta), r=1 / (1 - beta), v_leak=zeros, v_threshold=theta, v_reset=zeros.copy())
+    s = to_numpy(bn.weight) / np.sqrt(to_numpy(bn.running_var) + bn.eps)
+    return s, to_numpy(bn.bias) - s * to_numpy(bn.running_mean)
 
 
 def _matrix(name: str, m: nn.Module, bn: nn.Module) -> Nodes:
     """One Affine (dense or sparse) or two (``.V`` then ``.U``, low rank) with the BN folded in."""
     s, shift = _bn_fold(bn)
     if isinstance(m, LowRankLinear):
-        return [(f"{name}.V", nir.Affine(weight=_np(m.V), bias=np.zeros(m.rank))),
-                (f"{name}.U", nir.Affine(weight=s[:, None] * _np(m.U), bias=shift))]
-    return [(f"{name}", nir.Affine(weight=s[:, None] * _np(m.weight), bias=shift))]
+        return [(f"{name}.V", nir.Affine(weight=to_numpy(m.V), bias=np.zeros(m.rank))),
+                (f"{name}.U", nir.Affine(weight=s[:, None] * to_numpy(m.U), bias=shift))]
+    return [(f"{name}", nir.Affine(weight=s[:, None] * to_numpy(m.weight), bias=shift))]
 
 
 def _conv(name: str, layer: _ConvBNSN, hw: tuple[int, int], dt: float) -> tuple[Nodes, tuple[int, int]]:
     s, shift = _bn_fold(layer.bn)
     c = layer.conv
-    node = nir.Conv2d(input_shape=hw, weight=s[:, None, None, None] * _np(c.weight), stride=c.stride,
+    node = nir.Conv2d(input_shape=hw, weight=s[:, None, None, None] * to_numpy(c.weight), stride=c.stride,
                       padding=c.padding, dilation=c.dilation, groups=c.groups, bias=shift)
     out = tuple(int(v) for v in node.output_type["output"])
-    return [(f"{name}.conv", node), (f"{name}.lif", _lif(layer.sn, out, dt))], out[1:]
+    return [(f"{name}.conv", node), (f"{name}.lif", slif_to_nir(layer.sn, out, dt))], out[1:]
 
 
 class _Graph:
@@ -203,7 +192,8 @@ def _write_parts(model: SpikingTransformer, folder: Path, dt: float) -> list[dic
         graph = _Graph({"input": (d,)})
         for n in ("q", "k", "v"):
             m, bn, sn = (getattr(attn, f"{n}{s}") for s in ("", "_bn", "_sn"))
-            graph.output(n, graph.chain("input", [*_matrix(f"attn.{n}", m, bn), (f"attn.{n}.lif", _lif(sn, (d,), dt))]), (d,))
+            nodes = [*_matrix(f"attn.{n}", m, bn), (f"attn.{n}.lif", slif_to_nir(sn, (d,), dt))]
+            graph.output(n, graph.chain("input", nodes), (d,))
         graph.write(folder / f"{p}.qkv.nir", dt, t)
         steps.append({"name": f"{p}.qkv", "kind": "nir", "file": f"{p}.qkv.nir",
                       "inputs": [_port(u, tokens, "input")],
@@ -215,17 +205,17 @@ def _write_parts(model: SpikingTransformer, folder: Path, dt: float) -> list[dic
                       "outputs": [_port(f"{p}.a", tokens, "a")]})
 
         graph = _Graph({"input": (d,)})
-        last = graph.chain("input", [("attn.lif", _lif(attn.attn_sn, (d,), dt)),
+        last = graph.chain("input", [("attn.lif", slif_to_nir(attn.attn_sn, (d,), dt)),
                                      *_matrix("attn.proj", attn.proj, attn.proj_bn),
-                                     ("attn.proj.lif", _lif(attn.proj_sn, (d,), dt))])
+                                     ("attn.proj.lif", slif_to_nir(attn.proj_sn, (d,), dt))])
         graph.output("output", last, (d,))
         graph.write(folder / f"{p}.proj.nir", dt, t)
 
         graph_mlp = _Graph({"input": (d,)})
         last = graph_mlp.chain("input", [*_matrix("mlp.fc1", mlp.fc1, mlp.fc1_bn),
-                                         ("mlp.fc1.lif", _lif(mlp.fc1_sn, (c.mlp_hidden,), dt)),
+                                         ("mlp.fc1.lif", slif_to_nir(mlp.fc1_sn, (c.mlp_hidden,), dt)),
                                          *_matrix("mlp.fc2", mlp.fc2, mlp.fc2_bn),
-                                         ("mlp.fc2.lif", _lif(mlp.fc2_sn, (d,), dt))])
+                                         ("mlp.fc2.lif", slif_to_nir(mlp.fc2_sn, (d,), dt))])
         graph_mlp.output("output", last, (d,))
         graph_mlp.write(folder / f"{p}.mlp.nir", dt, t)
         steps += [
@@ -241,8 +231,8 @@ def _write_parts(model: SpikingTransformer, folder: Path, dt: float) -> list[dic
         u = f"{p}.u2"
 
     graph = _Graph({"input": (d,)})
-    graph.output("output", graph.chain("input", [("head", nir.Affine(weight=_np(model.head.weight),
-                                                                     bias=_np(model.head.bias)))]), (c.classes,))
+    graph.output("output", graph.chain("input", [("head", nir.Affine(weight=to_numpy(model.head.weight),
+                                                                     bias=to_numpy(model.head.bias)))]), (c.classes,))
     graph.write(folder / "head.nir", dt, t)
     per_token = [t, "B", n_tok, c.classes]
     _write_onnx(_Readout(), {"y": (t, n_tok, c.classes)}, "scores", folder / "readout.onnx", time_first_output=False)

@@ -22,16 +22,27 @@ from pathlib import Path
 
 import nir
 import numpy as np
+import torch
 
 from .errors import InputError
 from .io import atomic_path
 from .models import SpikingMLP
+from .neurons import SLIF
 
 DEFAULT_DT = 1e-3
 
 
-def _np(t) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A float64 numpy copy of a (possibly grad-carrying, GPU) tensor."""
     return t.detach().cpu().double().numpy().copy()
+
+
+def slif_to_nir(neuron: SLIF, shape: tuple[int, ...], dt: float) -> nir.LIF:
+    """The NIR LIF of an sLIF layer (mapping above), parameters broadcast to ``shape``."""
+    beta = np.broadcast_to(to_numpy(neuron.beta), shape).copy()
+    theta = np.broadcast_to(to_numpy(neuron.theta), shape).copy()
+    zeros = np.zeros(shape)
+    return nir.LIF(tau=dt / (1 - beta), r=1 / (1 - beta), v_leak=zeros, v_threshold=theta, v_reset=zeros.copy())
 
 
 def mlp_to_nir(model: SpikingMLP, dt: float = DEFAULT_DT) -> nir.NIRGraph:
@@ -43,17 +54,13 @@ def mlp_to_nir(model: SpikingMLP, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     edges: list[tuple[str, str]] = []
     previous = "input"
     for k, (linear, neuron) in enumerate(zip(model.linears[:-1], model.neurons), start=1):
-        n = linear.out_features
-        beta = np.broadcast_to(_np(neuron.beta), (n,)).copy()
-        theta = np.broadcast_to(_np(neuron.theta), (n,)).copy()
-        nodes[f"fc{k}"] = nir.Affine(weight=_np(linear.weight), bias=_np(linear.bias))
-        nodes[f"lif{k}"] = nir.LIF(tau=dt / (1 - beta), r=1 / (1 - beta), v_leak=np.zeros(n),
-                                   v_threshold=theta, v_reset=np.zeros(n))
+        nodes[f"fc{k}"] = nir.Affine(weight=to_numpy(linear.weight), bias=to_numpy(linear.bias))
+        nodes[f"lif{k}"] = slif_to_nir(neuron, (linear.out_features,), dt)
         edges += [(previous, f"fc{k}"), (f"fc{k}", f"lif{k}")]
         previous = f"lif{k}"
     last = model.linears[-1]
     k = len(model.linears)
-    nodes[f"fc{k}"] = nir.Affine(weight=_np(last.weight), bias=_np(last.bias))
+    nodes[f"fc{k}"] = nir.Affine(weight=to_numpy(last.weight), bias=to_numpy(last.bias))
     nodes["readout"] = nir.I(r=np.full(last.out_features, 1 / dt))
     nodes["output"] = nir.Output(output_type={"output": np.array([last.out_features])})
     edges += [(previous, f"fc{k}"), (f"fc{k}", "readout"), ("readout", "output")]
