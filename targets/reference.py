@@ -23,9 +23,9 @@ def _decay(x: np.ndarray, factor: int) -> np.ndarray:
     return np.sign(prod) * (np.abs(prod) >> DECAY_SHIFT)
 
 
-def _accumulate(syn: SynapseGroup, spikes: np.ndarray) -> np.ndarray:
-    """Synaptic input ``(sum_j 2 m_ij s_j) << exp`` for spikes ``(B, n_src)``."""
-    acc = spikes.astype(np.int64) @ (2 * syn.dense()).T
+def _accumulate(syn: SynapseGroup, weights_t: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+    """Synaptic input ``(sum_j 2 m_ij s_j) << exp`` for spikes ``(B, n_src)``; ``weights_t`` is ``(2 m)^T``."""
+    acc = spikes.astype(np.int64) @ weights_t
     return acc << syn.exp if syn.exp > 0 else acc >> -syn.exp
 
 
@@ -54,10 +54,11 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray]) -> Traces:
     spikes_prev |= {p.name: np.zeros((batch, p.size), bool) for p in chip.populations}
     rec_s = {p.name: np.zeros((batch, steps, p.size), np.uint8) for p in chip.populations}
     rec_v = {p.name: np.zeros((batch, steps, p.size), np.int64) for p in chip.populations}
+    weights_t = {syn.name: (2 * syn.dense()).T.copy() for syn in chip.synapses}
     for g in range(1, horizon + 1):
         a_in = {p.name: np.zeros((batch, p.size), np.int64) for p in chip.populations}
         for syn in chip.synapses:
-            a_in[syn.target] += _accumulate(syn, spikes_prev[syn.source])
+            a_in[syn.target] += _accumulate(syn, weights_t[syn.name], spikes_prev[syn.source])
         current = {name: (x[:, g - 1].astype(bool) if g <= steps else np.zeros_like(spikes_prev[name]))
                    for name, x in inputs.items()}
         for pop in chip.populations:
