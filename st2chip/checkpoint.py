@@ -53,9 +53,11 @@ def _model_classes(kind: str):
     return None
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict]:
-    """Rebuild the model of a checkpoint; returns ``(kind, model, extra)``."""
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[str, nn.Module, dict]:
+    """Rebuild the model of a checkpoint (of ``kind`` when given); returns ``(kind, model, extra)``."""
     payload = read_checkpoint(path)
+    if kind is not None and payload["kind"] != kind:
+        raise InputError(f"{path}: checkpoint holds a '{payload['kind']}' model, expected '{kind}'")
     kind = payload["kind"]
     classes = _model_classes(kind)
     if classes is None:
@@ -71,7 +73,4 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict]:
 
 def load_mlp(path: str | os.PathLike) -> SpikingMLP:
     """Rebuild a :class:`SpikingMLP` from a checkpoint written by :func:`save_checkpoint`."""
-    kind = read_checkpoint(path)["kind"]
-    if kind != "mlp":
-        raise InputError(f"{path}: checkpoint holds a '{kind}' model, expected 'mlp'")
-    return load_checkpoint(path)[1]
+    return load_checkpoint(path, "mlp")[1]
