@@ -123,9 +123,9 @@ def _cmd_map(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import numpy as np
     from .io import atomic_path
-    from .pipeline import digits_inputs, run_backend, steps_of
+    from .pipeline import digits_inputs, run_backend
     log, graph, chip = _pipeline(args)
-    inputs, labels = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
+    inputs, labels = digits_inputs(graph, args.samples, chip.steps)
     traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, args.output is not None)
     print(f"{args.backend}: accuracy {traces.accuracy(labels):.4f} on {len(labels)} digits test samples")
     if args.output:
@@ -142,14 +142,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .io import write_json
-    from .pipeline import BACKENDS, digits_inputs, run_backend, steps_of
+    from .pipeline import BACKENDS, digits_inputs, run_backend
     from .verify import verify
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
     log, graph, chip = _pipeline(args)
-    inputs, labels = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
+    inputs, labels = digits_inputs(graph, args.samples, chip.steps)
     traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs) for b in backends]
     report = log.stage("verify", verify, traces, labels)
     print(report.to_text())
@@ -160,10 +160,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_energy(args: argparse.Namespace) -> int:
     from .energy import energy_report, load_profile, write_energy_report
-    from .pipeline import digits_inputs, run_backend, steps_of
+    from .pipeline import digits_inputs, run_backend
     profile = load_profile(args.profile)
     log, graph, chip = _pipeline(args)
-    inputs, _ = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
+    inputs, _ = digits_inputs(graph, args.samples, chip.steps)
     traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, False)
     report = log.stage("energy", energy_report, chip, traces, profile)
     print(report.to_markdown())
@@ -190,7 +190,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     return run_demo(out=Path(args.out), samples=args.samples, decay_groups=args.decay_groups,
-                    epochs=args.epochs, seed=args.seed, retrain=args.retrain, verbose=args.verbose)
+                    epochs=args.epochs, seed=args.seed, retrain=args.retrain)
 
 
 COMMANDS = {"demo": _cmd_demo, "export": _cmd_export, "map": _cmd_map, "simulate": _cmd_simulate,

@@ -62,7 +62,7 @@ def _markdown(summary: dict, table: str, verify_text: str, energy_md: str) -> st
 
 
 def run_demo(out: Path = Path("runs/demo"), samples: int = 100, decay_groups: int = 4, epochs: int = 25,
-             seed: int = 0, retrain: bool = False, verbose: bool = False) -> int:
+             seed: int = 0, retrain: bool = False) -> int:
     """Run the demo; return 0 when reference and Lava agree exactly, else 1."""
     start = time.perf_counter()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
