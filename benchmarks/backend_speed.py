@@ -26,11 +26,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from st2chip.data import load_digits_split, rate_encode  # noqa: E402
+from st2chip.learn.data import load_digits_split, rate_encode  # noqa: E402
 from st2chip.io import atomic_path, write_json  # noqa: E402
-from st2chip.lower import lower  # noqa: E402
-from st2chip.models import MLPConfig, SpikingMLP  # noqa: E402
-from st2chip.nir_export import mlp_to_nir  # noqa: E402
+from st2chip.chip.lower import lower  # noqa: E402
+from st2chip.learn.mlp import MLPConfig, SpikingMLP  # noqa: E402
+from st2chip.converters.mlp import mlp_to_nir  # noqa: E402
 from st2chip.targets import lava, reference  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -33,13 +33,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from st2chip import compensation, pruning  # noqa: E402
-from st2chip.data import load_digits_split  # noqa: E402
+from st2chip.learn import compensation, pruning  # noqa: E402
+from st2chip.learn.data import load_digits_split  # noqa: E402
 from st2chip.io import atomic_path, write_json  # noqa: E402
-from st2chip.energy import load_profile  # noqa: E402
-from st2chip.sops import count_sops  # noqa: E402
-from st2chip.training import default_device, evaluate, seed_everything, train_classifier  # noqa: E402
-from st2chip.transformer import SpikingTransformer, STConfig  # noqa: E402
+from st2chip.analysis.energy import load_profile  # noqa: E402
+from st2chip.analysis.model_sops import count_sops  # noqa: E402
+from st2chip.learn.training import default_device, evaluate, seed_everything, train_classifier  # noqa: E402
+from st2chip.learn.transformer import SpikingTransformer, STConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {

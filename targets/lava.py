@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from st2chip.chipgraph import ChipGraph
-from st2chip.lava_compat import ensure_lava
+from st2chip.chip.chipgraph import ChipGraph
+from .lava_compat import ensure_lava
 from st2chip.traces import Traces
 
 from .reference import assemble

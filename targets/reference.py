@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from st2chip.chipgraph import ACT_SHIFT, DECAY_SHIFT, UV_MAX, ChipGraph, Population, SynapseGroup
+from st2chip.chip.chipgraph import ACT_SHIFT, DECAY_SHIFT, UV_MAX, ChipGraph, Population, SynapseGroup
 from st2chip.traces import Traces
 
 _UNITY = 1 << DECAY_SHIFT

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from st2chip.data import load_digits_split, rate_encode
-from st2chip.models import MLPConfig, SpikingMLP
+from st2chip.learn.data import load_digits_split, rate_encode
+from st2chip.learn.mlp import MLPConfig, SpikingMLP
 
 
 @pytest.fixture(scope="session")

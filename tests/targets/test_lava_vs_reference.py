@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from st2chip.chipgraph import ChipGraph, InputPort, Population, SynapseGroup
-from st2chip.lower import lower
-from st2chip.nir_export import mlp_to_nir
+from st2chip.chip.chipgraph import ChipGraph, InputPort, Population, SynapseGroup
+from st2chip.chip.lower import lower
+from st2chip.converters.mlp import mlp_to_nir
 from st2chip.targets import lava, reference
 
 

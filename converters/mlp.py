@@ -1,0 +1,75 @@
+r"""Export st2chip models to NIR 1.0.
+
+Mapping of the discrete-time sLIF (see :mod:`st2chip.neurons`) to NIR's
+continuous-time LIF, :math:`\tau \dot v = (v_{leak} - v) + r I`, read with a
+forward-Euler step of ``dt`` (stored in ``graph.metadata["dt"]``):
+
+.. math::
+
+    v[t] = \big(1 - \tfrac{dt}{\tau}\big) v[t-1] + \tfrac{dt}{\tau}\, r\, I[t]
+
+so :math:`\tau_i = dt / (1 - \beta_i)`, :math:`r_i = \tau_i / dt = 1/(1-\beta_i)`,
+:math:`v_{leak} = 0`, :math:`v_{threshold,i} = \theta_i`, :math:`v_{reset} = 0`;
+and back, :math:`\beta_i = 1 - dt/\tau_i`. The integrating readout is
+``nir.I`` with :math:`r = 1/dt` (:math:`v[t] = v[t-1] + I[t]`); its voltage after
+the last step is ``T`` times the torch model's scores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nir
+import numpy as np
+import torch
+
+from st2chip.errors import InputError
+from st2chip.io import atomic_path
+from st2chip.learn.mlp import SpikingMLP
+from st2chip.learn.neurons import SLIF
+
+DEFAULT_DT = 1e-3
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A float64 numpy copy of a (possibly grad-carrying, GPU) tensor."""
+    return t.detach().cpu().double().numpy().copy()
+
+
+def slif_to_nir(neuron: SLIF, shape: tuple[int, ...], dt: float) -> nir.LIF:
+    """The NIR LIF of an sLIF layer (mapping above), parameters broadcast to ``shape``."""
+    beta = np.broadcast_to(to_numpy(neuron.beta), shape).copy()
+    theta = np.broadcast_to(to_numpy(neuron.theta), shape).copy()
+    zeros = np.zeros(shape)
+    return nir.LIF(tau=dt / (1 - beta), r=1 / (1 - beta), v_leak=zeros, v_threshold=theta, v_reset=zeros.copy())
+
+
+def mlp_to_nir(model: SpikingMLP, dt: float = DEFAULT_DT) -> nir.NIRGraph:
+    """``Input -> (Affine -> LIF)* -> Affine -> I -> Output`` for a :class:`SpikingMLP`."""
+    if model.config.reset != "zero":
+        raise InputError("NIR 1.0 LIF resets to v_reset; only reset='zero' models can be exported")
+    sizes = model.config.sizes
+    nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array([sizes[0]])})}
+    edges: list[tuple[str, str]] = []
+    previous = "input"
+    for k, (linear, neuron) in enumerate(zip(model.linears[:-1], model.neurons), start=1):
+        nodes[f"fc{k}"] = nir.Affine(weight=to_numpy(linear.weight), bias=to_numpy(linear.bias))
+        nodes[f"lif{k}"] = slif_to_nir(neuron, (linear.out_features,), dt)
+        edges += [(previous, f"fc{k}"), (f"fc{k}", f"lif{k}")]
+        previous = f"lif{k}"
+    last = model.linears[-1]
+    k = len(model.linears)
+    nodes[f"fc{k}"] = nir.Affine(weight=to_numpy(last.weight), bias=to_numpy(last.bias))
+    nodes["readout"] = nir.I(r=np.full(last.out_features, 1 / dt))
+    nodes["output"] = nir.Output(output_type={"output": np.array([last.out_features])})
+    edges += [(previous, f"fc{k}"), (f"fc{k}", "readout"), ("readout", "output")]
+    metadata = {"dt": dt, "steps": model.config.steps, "encoding": "rate", "producer": "st2chip"}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+
+
+def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> Path:
+    """Write ``graph`` atomically with ``nir.write``."""
+    with atomic_path(path) as tmp:
+        nir.write(tmp, graph)
+    return Path(path)

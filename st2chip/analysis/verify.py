@@ -1,0 +1,124 @@
+"""Compare backends on the same samples: accuracy, per-layer agreement, first divergence.
+
+The float NIR simulation is what the trained model means; the fixed-point
+reference and Lava are what the chip does. Reference and Lava must agree exactly
+(spikes and voltages); float vs fixed-point agreement measures what lowering
+(folding, decay grouping, quantization) costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from st2chip.traces import Traces
+
+
+@dataclass
+class Divergence:
+    """Where two backends first differ: earliest time step, then layer order."""
+
+    layer: str
+    sample: int
+    step: int
+    neuron: int
+    what: str  # "spike" or "voltage"
+
+
+@dataclass
+class Comparison:
+    """Agreement of backend ``b`` with backend ``a``."""
+
+    a: str
+    b: str
+    spike_agreement: dict[str, float]
+    exact: bool
+    first_divergence: Divergence | None
+    prediction_agreement: float
+
+    @property
+    def overall_spike_agreement(self) -> float:
+        return float(np.mean(list(self.spike_agreement.values()))) if self.spike_agreement else 1.0
+
+
+@dataclass
+class VerifyReport:
+    samples: int
+    accuracy: dict[str, float]
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    @property
+    def chip_exact(self) -> bool:
+        """True when every fixed-point backend pair agreed exactly."""
+        return all(c.exact for c in self.comparisons if c.a != "float")
+
+    def to_dict(self) -> dict:
+        out = {"samples": self.samples, "accuracy": self.accuracy, "chip_exact": self.chip_exact,
+               "comparisons": []}
+        for c in self.comparisons:
+            d = asdict(c)
+            d["overall_spike_agreement"] = c.overall_spike_agreement
+            out["comparisons"].append(d)
+        return out
+
+    def to_text(self) -> str:
+        lines = [f"samples: {self.samples}"]
+        lines += [f"accuracy[{k}]: {v:.4f}" for k, v in self.accuracy.items()]
+        for c in self.comparisons:
+            lines.append(f"{c.a} vs {c.b}: spike agreement {100 * c.overall_spike_agreement:.3f} %, "
+                         f"prediction agreement {100 * c.prediction_agreement:.2f} %"
+                         + (" (exact)" if c.exact else ""))
+            for layer, agree in c.spike_agreement.items():
+                lines.append(f"  {layer:<16} {100 * agree:8.3f} %")
+            if c.first_divergence is not None:
+                d = c.first_divergence
+                lines.append(f"  first divergence: layer '{d.layer}', step {d.step}, sample {d.sample}, "
+                             f"neuron {d.neuron} ({d.what})")
+        return "\n".join(lines)
+
+
+def _first_difference(diff: np.ndarray) -> tuple[int, int, int] | None:
+    """(step, sample, neuron) of the earliest True in ``diff`` (B, T, n)."""
+    if not diff.any():
+        return None
+    b, t, n = np.nonzero(diff)
+    k = np.lexsort((n, b, t))[0]
+    return int(t[k]), int(b[k]), int(n[k])
+
+
+def compare(a: Traces, b: Traces, *, voltages: bool) -> Comparison:
+    """Per-layer spike agreement of ``b`` with ``a``; voltages too when both are fixed-point."""
+    agreement, first = {}, None
+    exact = True
+    for layer in a.spikes:
+        sa, sb = a.spikes[layer], b.spikes[layer]
+        agreement[layer] = float(np.mean(sa == sb)) if sa.size else 1.0
+        for what, diff in (("spike", sa != sb),
+                           ("voltage", a.voltages[layer] != b.voltages[layer] if voltages else None)):
+            if diff is None:
+                continue
+            hit = _first_difference(diff)
+            if hit is None:
+                continue
+            exact = False
+            if first is None or hit[0] < first.step:
+                first = Divergence(layer, hit[1], hit[0], hit[2], what)
+    if voltages:
+        exact = exact and np.array_equal(a.scores, b.scores)
+    else:
+        exact = exact and np.array_equal(a.predictions(), b.predictions())
+    pred = float(np.mean(a.predictions() == b.predictions()))
+    return Comparison(a.backend, b.backend, agreement, exact, first, pred)
+
+
+def verify(traces: list[Traces], labels: np.ndarray) -> VerifyReport:
+    """Accuracy of every backend and comparisons float→first chip backend, chip→chip."""
+    report = VerifyReport(samples=len(labels), accuracy={t.backend: t.accuracy(labels) for t in traces})
+    floats = [t for t in traces if t.backend == "float"]
+    chips = [t for t in traces if t.backend != "float"]
+    if floats and chips:
+        report.comparisons.append(compare(floats[0], chips[0], voltages=False))
+    for other in chips[1:]:
+        report.comparisons.append(compare(chips[0], other, voltages=True))
+    return report

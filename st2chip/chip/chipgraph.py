@@ -1,0 +1,236 @@
+r"""ChipGraph: the one chip-level IR that every backend consumes.
+
+A ChipGraph holds integer, chip-ready records: input ports, populations of
+fixed-point CUBA-LIF neurons (one Lava ``LIF`` process each) and synapse groups
+with 8-bit weight mantissas. Each record checks the chip's ranges at
+construction and names the field it refuses. Backends never read NIR.
+
+Timing: every synapse group delays spikes by one step (Lava's ``Dense`` sends at
+step ``t`` what it accumulated at ``t-1``). A population at depth ``d`` (longest
+chain of synapse groups from an input) sees a sample's first input at the
+sample's step ``d + 1``; its state is reset to zero right then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from st2chip.errors import ChipRangeError
+
+DECAY_MAX = 4095          # du, dv: unsigned 12 bit
+VTH_MAX = 2**17 - 1       # vth: unsigned 17 bit
+BIAS_MANT_RANGE = (-4096, 4095)  # signed 13 bit
+BIAS_EXP_RANGE = (0, 7)   # unsigned 3 bit
+WEIGHT_MANT_RANGE = (-128, 127)  # 8-bit signed mantissa (Lava stores it as 2*m, mixed sign)
+WEIGHT_EXP_RANGE = (-8, 7)
+UV_MAX = 2**23            # u and v are 24-bit signed
+ACT_SHIFT = 6             # synaptic input and threshold are left-shifted by 6 bits
+DECAY_SHIFT = 12
+
+
+def _check_int_range(record: str, name: str, value, lo: int, hi: int) -> None:
+    arr = np.asarray(value)
+    if arr.size == 0:
+        return
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ChipRangeError(f"{record}: field '{name}' must hold integers, got dtype {arr.dtype}")
+    if arr.min() < lo or arr.max() > hi:
+        raise ChipRangeError(
+            f"{record}: field '{name}' must lie in [{lo}, {hi}], got [{arr.min()}, {arr.max()}]")
+
+
+@dataclass
+class InputPort:
+    """Where spikes (or graded values) enter the chip from the host.
+
+    ``kind="spike"``: binary events, each costing one accumulate per non-zero
+    outgoing weight; ``kind="analog"``: graded inputs, each costing a MAC.
+    """
+
+    name: str
+    size: int
+    kind: Literal["spike", "analog"] = "spike"
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ChipRangeError(f"input '{self.name}': field 'size' must be positive, got {self.size}")
+
+
+@dataclass
+class Population:
+    r"""A group of Loihi fixed-point CUBA-LIF neurons sharing decays and threshold.
+
+    Per step, with synaptic input :math:`a` (integer) and 24-bit state:
+
+    .. math::
+
+        u &\leftarrow \operatorname{trunc}\big(u\,(4096 - du - 1) / 2^{12}\big) + (a \ll 6) \\
+        v &\leftarrow \operatorname{clip}\big(\operatorname{trunc}(v\,(4096 - dv) / 2^{12}) + u
+              + (b_m \ll b_e),\ \pm(2^{23}-1)\big) \\
+        s &= [\,v > (v_{th} \ll 6)\,], \qquad v \leftarrow 0 \text{ where } s
+
+    ``du``, ``dv`` are unsigned 12 bit, ``vth`` unsigned 17 bit, ``bias_mant``
+    signed 13 bit and ``bias_exp`` unsigned 3 bit per neuron (trunc rounds
+    toward zero; u wraps modulo 2^24). ``layer`` names the NIR node it came from
+    and ``index`` the positions of its neurons in that layer. A ``readout``
+    population never sends spikes; its voltage is the layer's output.
+    """
+
+    name: str
+    layer: str
+    index: np.ndarray
+    du: int
+    dv: int
+    vth: int
+    bias_mant: np.ndarray
+    bias_exp: np.ndarray
+    readout: bool = False
+
+    def __post_init__(self) -> None:
+        rec = f"population '{self.name}'"
+        self.index = np.asarray(self.index, dtype=np.int64)
+        self.bias_mant = np.broadcast_to(np.asarray(self.bias_mant), self.index.shape).astype(np.int64)
+        self.bias_exp = np.broadcast_to(np.asarray(self.bias_exp), self.index.shape).astype(np.int64)
+        for name, value, lo, hi in (("du", self.du, 0, DECAY_MAX), ("dv", self.dv, 0, DECAY_MAX),
+                                    ("vth", self.vth, 0, VTH_MAX),
+                                    ("bias_mant", self.bias_mant, *BIAS_MANT_RANGE),
+                                    ("bias_exp", self.bias_exp, *BIAS_EXP_RANGE)):
+            _check_int_range(rec, name, value, lo, hi)
+        self.du, self.dv, self.vth = int(self.du), int(self.dv), int(self.vth)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.size)
+
+    @property
+    def bias(self) -> np.ndarray:
+        """Effective bias ``bias_mant << bias_exp`` in voltage units."""
+        return self.bias_mant << self.bias_exp
+
+
+@dataclass
+class SynapseGroup:
+    r"""Weights from one source (input port or population) to one population.
+
+    Synaptic input to the target: :math:`a = (\sum_j 2 m_{ij} s_j) \ll e` (an
+    arithmetic right shift when :math:`e < 0`), with 8-bit signed mantissas
+    :math:`m` and one exponent :math:`e` per group. ``form`` records where the
+    weights came from: ``dense``, ``sparse`` (CSR; unstructured pruning) or
+    ``lowrank`` (a multiplied-out U·V). ``error`` is the relative quantization
+    error ``||W_q - W|| / ||W||`` against the folded float weights.
+    """
+
+    name: str
+    source: str
+    target: str
+    mantissa: np.ndarray | sp.csr_matrix
+    exp: int
+    form: Literal["dense", "sparse", "lowrank"] = "dense"
+    error: float = 0.0
+
+    def __post_init__(self) -> None:
+        rec = f"synapse group '{self.name}'"
+        values = self.mantissa.data if sp.issparse(self.mantissa) else self.mantissa
+        _check_int_range(rec, "mantissa", values, *WEIGHT_MANT_RANGE)
+        _check_int_range(rec, "exp", self.exp, *WEIGHT_EXP_RANGE)
+        if self.mantissa.ndim != 2:
+            raise ChipRangeError(f"{rec}: field 'mantissa' must be 2-D (targets x sources)")
+        self.exp = int(self.exp)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.mantissa.shape)  # type: ignore[return-value]
+
+    @property
+    def nnz(self) -> int:
+        """Non-zero weights: what the chip stores and what each spike costs."""
+        if sp.issparse(self.mantissa):
+            return int(self.mantissa.count_nonzero())
+        return int(np.count_nonzero(self.mantissa))
+
+    def dense(self) -> np.ndarray:
+        """Mantissas as a dense int64 array ``(targets, sources)``."""
+        m = self.mantissa.toarray() if sp.issparse(self.mantissa) else self.mantissa
+        return np.asarray(m, dtype=np.int64)
+
+    def fanout(self) -> np.ndarray:
+        """Non-zero outgoing weights per source neuron."""
+        return np.asarray((self.dense() != 0).sum(axis=0)).ravel()
+
+
+@dataclass
+class ChipGraph:
+    """Inputs, populations and synapse groups, plus how to read the result.
+
+    ``steps`` is the number of time steps of one sample and ``report`` holds what
+    lowering measured (quantization and decay-grouping errors per layer).
+    """
+
+    inputs: list[InputPort]
+    populations: list[Population]
+    synapses: list[SynapseGroup]
+    steps: int
+    report: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [i.name for i in self.inputs] + [p.name for p in self.populations]
+        if len(set(names)) != len(names):
+            raise ChipRangeError("ChipGraph: input and population names must be unique")
+        sizes = {i.name: i.size for i in self.inputs} | {p.name: p.size for p in self.populations}
+        pops = {p.name for p in self.populations}
+        for s in self.synapses:
+            if s.source not in sizes:
+                raise ChipRangeError(f"synapse group '{s.name}': field 'source' names unknown '{s.source}'")
+            if s.target not in pops:
+                raise ChipRangeError(f"synapse group '{s.name}': field 'target' names unknown population '{s.target}'")
+            if s.shape != (sizes[s.target], sizes[s.source]):
+                raise ChipRangeError(
+                    f"synapse group '{s.name}': field 'mantissa' has shape {s.shape}, "
+                    f"expected {(sizes[s.target], sizes[s.source])}")
+        if self.steps <= 0:
+            raise ChipRangeError(f"ChipGraph: field 'steps' must be positive, got {self.steps}")
+
+    def population(self, name: str) -> Population:
+        return next(p for p in self.populations if p.name == name)
+
+    def incoming(self, name: str) -> list[SynapseGroup]:
+        return [s for s in self.synapses if s.target == name]
+
+    def depths(self) -> dict[str, int]:
+        """Longest chain of synapse groups from any input to each population."""
+        depth = {i.name: 0 for i in self.inputs}
+        remaining = list(self.populations)
+        while remaining:
+            progressed = False
+            for pop in list(remaining):
+                srcs = [s.source for s in self.incoming(pop.name)]
+                if all(src in depth for src in srcs):
+                    depth[pop.name] = 1 + max((depth[s] for s in srcs), default=0)
+                    remaining.remove(pop)
+                    progressed = True
+            if not progressed:
+                raise ChipRangeError("ChipGraph: recurrent connections are not supported yet: "
+                                     + ", ".join(p.name for p in remaining))
+        return {p.name: depth[p.name] for p in self.populations}
+
+    @property
+    def depth(self) -> int:
+        """Steps from input to the deepest population; a sample needs ``steps + depth`` steps."""
+        return max(self.depths().values(), default=0)
+
+    def layers(self) -> list[str]:
+        """Layer names in the order their populations appear."""
+        return list(dict.fromkeys(p.layer for p in self.populations))
+
+    def layer_populations(self, layer: str) -> list[Population]:
+        return [p for p in self.populations if p.layer == layer]
+
+    def layer_size(self, layer: str) -> int:
+        return sum(p.size for p in self.layer_populations(layer))
+
+    def readout_layers(self) -> list[str]:
+        return list(dict.fromkeys(p.layer for p in self.populations if p.readout))

@@ -1,0 +1,226 @@
+r"""Lower a canonical NIR graph to a :class:`~st2chip.chipgraph.ChipGraph`.
+
+Steps, each measured in ``ChipGraph.report``:
+
+1. **Discrete-time reading.** Every neuron node becomes
+   :math:`v \leftarrow \beta v + g\,(W x + b) + (1-\beta) v_{leak}` with
+   :math:`\beta = 1 - dt/\tau`, input gain :math:`g = (dt/\tau)\, r` (LIF, LI),
+   :math:`\beta = 1, g = dt\, r` (IF, I). Chains of
+   Affine nodes (a DSP low-rank layer exported as U then V) are multiplied out.
+2. **Threshold folding.** Lava's LIF has one threshold per process, sLIF one per
+   neuron. Dividing neuron :math:`i`'s incoming weights and bias by
+   :math:`\theta_i` gives threshold 1 with identical spikes (exact for reset to
+   zero, before quantization).
+3. **Decay grouping.** Lava has one ``dv`` per process: the per-neuron
+   :math:`dv_i = \mathrm{round}(4096(1-\beta_i))` are clustered (1-D k-means,
+   ``decay_groups`` clusters) and each cluster becomes one population.
+4. **Quantization.** Per population a scale :math:`S` (threshold ``vth = S``)
+   makes the largest folded weight a full 8-bit mantissa; each incoming synapse
+   group gets the smallest exponent that fits; biases get 13-bit mantissas with
+   per-neuron exponents. The relative error of each step is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nir
+import numpy as np
+import scipy.sparse as sp
+
+from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, VTH_MAX, WEIGHT_EXP_RANGE,
+                        ChipGraph, InputPort, Population, SynapseGroup)
+from st2chip.errors import GraphError
+
+SPIKING = (nir.LIF, nir.IF)
+READOUT = (nir.LI, nir.I)
+NEURONS = SPIKING + READOUT
+MANT_FULL = 254          # largest even weight value 2*m with m = 127
+MAX_SCALE = 4096         # cap on vth: leaves 2^5 headroom for v below 2^23
+SPARSE_BELOW = 0.5       # store as CSR when fewer than this fraction of weights are non-zero
+
+
+@dataclass
+class _Layer:
+    """A neuron node read as a discrete-time layer, in float."""
+
+    name: str
+    beta: np.ndarray
+    gain: np.ndarray
+    bias: np.ndarray
+    threshold: np.ndarray
+    spiking: bool
+
+
+def _read_neuron(name: str, node: nir.NIRNode, dt: float) -> _Layer:
+    if isinstance(node, nir.LIF):
+        ratio = dt / node.tau
+        if np.any(node.v_reset != 0):
+            raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
+        return _Layer(name, 1 - ratio, ratio * node.r, (ratio * node.v_leak), node.v_threshold, True)
+    if isinstance(node, nir.IF):
+        if np.any(node.v_reset != 0):
+            raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
+        n = node.r.size
+        return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), node.v_threshold, True)
+    if isinstance(node, nir.LI):
+        ratio = dt / node.tau
+        return _Layer(name, 1 - ratio, ratio * node.r, ratio * node.v_leak, np.ones(node.r.size), False)
+    if isinstance(node, nir.I):
+        n = node.r.size
+        return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), np.ones(n), False)
+    raise GraphError(f"cannot lower node type {type(node).__name__}", node=name)
+
+
+def _decay_groups(dv: np.ndarray, groups: int) -> np.ndarray:
+    """Cluster 12-bit decays into at most ``groups`` values (deterministic 1-D k-means)."""
+    values = np.unique(dv)
+    if values.size <= groups:
+        return dv.copy()
+    centers = np.quantile(dv, (np.arange(groups) + 0.5) / groups)
+    for _ in range(100):
+        label = np.argmin(np.abs(dv[:, None] - centers[None, :]), axis=1)
+        new = np.array([dv[label == k].mean() if np.any(label == k) else centers[k] for k in range(groups)])
+        if np.allclose(new, centers):
+            break
+        centers = new
+    return np.rint(centers[label]).astype(np.int64)
+
+
+def _bias_fixed(bias_v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split voltage-unit biases into 13-bit mantissas and 3-bit exponents (smallest that fits)."""
+    lo, hi = BIAS_MANT_RANGE
+    with np.errstate(divide="ignore"):
+        need = np.ceil(np.log2(np.abs(bias_v) / (hi + 0.5)))
+    exp = np.clip(np.nan_to_num(need, neginf=0.0), *BIAS_EXP_RANGE).astype(np.int64)
+    mant = np.clip(np.rint(bias_v / 2.0**exp), lo, hi).astype(np.int64)
+    return mant, exp
+
+
+def _rel_error(approx: np.ndarray, exact: np.ndarray) -> float:
+    norm = np.linalg.norm(exact)
+    return float(np.linalg.norm(approx - exact) / norm) if norm > 0 else float(np.linalg.norm(approx))
+
+
+def _affine_chain(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]]
+                  ) -> tuple[str, np.ndarray | None, np.ndarray | None, int]:
+    """Walk back from a node through Affine/Flatten nodes to a neuron or Input.
+
+    Returns the source's name, the product weight and bias of the chain
+    (``None`` when the chain holds no Affine) and how many Affines it held.
+    """
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    count = 0
+    while True:
+        sources = preds.get(name, [])
+        if len(sources) != 1:
+            raise GraphError(f"expected exactly one input edge, found {len(sources)}", node=name)
+        name = sources[0]
+        node = graph.nodes[name]
+        if isinstance(node, nir.Affine):
+            if weight is None:
+                weight, bias = node.weight.copy(), node.bias.copy()
+            else:
+                bias = bias + weight @ node.bias
+                weight = weight @ node.weight
+            count += 1
+        elif not isinstance(node, nir.Flatten):
+            return name, weight, bias, count
+
+
+def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, steps: int | None = None) -> ChipGraph:
+    """Map a canonical NIR graph (see :mod:`st2chip.graph.normalize`) onto the chip.
+
+    ``decay_groups`` bounds the number of populations (distinct ``dv``) per layer;
+    ``steps`` defaults to ``graph.metadata["steps"]``.
+    """
+    if decay_groups < 1:
+        raise GraphError("decay_groups must be at least 1", field="decay_groups")
+    dt = float(graph.metadata.get("dt", 1e-3))
+    steps = int(steps if steps is not None else graph.metadata.get("steps", 0))
+    if steps <= 0:
+        raise GraphError("number of time steps unknown: pass steps or set metadata['steps']", field="steps")
+    preds: dict[str, list[str]] = {}
+    for src, dst in graph.edges:
+        preds.setdefault(dst, []).append(src)
+
+    inputs: list[InputPort] = []
+    populations: list[Population] = []
+    synapses: list[SynapseGroup] = []
+    layer_pops: dict[str, list[Population]] = {}
+    report: dict = {"dt": dt, "layers": {}}
+
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.Input):
+            size = int(np.prod(next(iter(node.input_type.values()))))
+            inputs.append(InputPort(name, size))
+            layer_pops[name] = []
+            continue
+        if not isinstance(node, NEURONS):
+            if not isinstance(node, (nir.Affine, nir.Flatten, nir.Output)):
+                raise GraphError(f"cannot lower node type {type(node).__name__}", node=name)
+            continue
+        layer = _read_neuron(name, node, dt)
+        source, weight, bias, affines = _affine_chain(graph, name, preds)
+        if weight is None:
+            raise GraphError("a neuron layer must be fed through an Affine or Linear node", node=name)
+        if not (isinstance(graph.nodes[source], nir.Input) or isinstance(graph.nodes[source], SPIKING)):
+            raise GraphError(f"input comes from '{source}', which does not emit spikes", node=name)
+        n = weight.shape[0]
+        if np.any(layer.beta < 0) or np.any(layer.beta > 1):
+            raise GraphError("leak factor 1 - dt/tau must lie in [0, 1]; tau is shorter than dt",
+                             node=name, field="tau")
+        if np.any(layer.threshold <= 0):
+            raise GraphError("thresholds must be positive", node=name, field="v_threshold")
+        # 2. fold per-neuron thresholds into weights and bias (threshold becomes 1)
+        scale = layer.gain / layer.threshold
+        w_fold = weight * scale[:, None]
+        b_fold = bias * scale + layer.bias / layer.threshold
+        # 3. decay groups
+        dv_exact = 4096.0 * (1.0 - layer.beta)
+        dv = np.clip(np.rint(dv_exact), 0, DECAY_MAX).astype(np.int64)
+        dv_grouped = _decay_groups(dv, decay_groups)
+        beta_chip = 1.0 - dv_grouped / 4096.0
+        groups = np.unique(dv_grouped)
+        layer_report = {
+            "kind": type(node).__name__, "neurons": n, "affines": affines, "source": source,
+            "decay_groups": int(groups.size),
+            "leak_error": float(np.max(np.abs(beta_chip - layer.beta))) if n else 0.0,
+            "threshold_range": [float(layer.threshold.min()), float(layer.threshold.max())],
+        }
+        dense = np.count_nonzero(weight) >= SPARSE_BELOW * weight.size
+        form = "lowrank" if affines > 1 else ("dense" if dense else "sparse")
+        src_pops = layer_pops[source]
+        src_parts = [(source, np.arange(weight.shape[1]))] if not src_pops else [(p.name, p.index) for p in src_pops]
+        errors, bias_errors = [], []
+        pops = []
+        for g, dv_g in enumerate(groups):
+            index = np.flatnonzero(dv_grouped == dv_g)
+            pname = name if groups.size == 1 else f"{name}/g{g}"
+            w_rows = w_fold[index]
+            wmax = float(np.max(np.abs(w_rows))) if w_rows.size else 0.0
+            s_scale = int(np.clip(np.floor(MANT_FULL / wmax), 1, MAX_SCALE)) if wmax > 0 else MAX_SCALE
+            bias_v = b_fold[index] * s_scale * 64.0
+            mant_b, exp_b = _bias_fixed(bias_v)
+            bias_errors.append(_rel_error((mant_b << exp_b) / (s_scale * 64.0), b_fold[index]))
+            pop = Population(pname, name, index, du=DECAY_MAX, dv=int(dv_g),
+                             vth=s_scale if layer.spiking else VTH_MAX,
+                             bias_mant=mant_b, bias_exp=exp_b, readout=not layer.spiking)
+            pops.append(pop)
+            for src_name, cols in src_parts:
+                w_sub = w_rows[:, cols]
+                smax = float(np.max(np.abs(w_sub))) if w_sub.size else 0.0
+                exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * s_scale / MANT_FULL) - 1e-12))
+                exp = int(np.clip(exp, *WEIGHT_EXP_RANGE))
+                mant = np.clip(np.rint(w_sub * s_scale / 2.0**exp / 2), -128, 127).astype(np.int64)
+                err = _rel_error(2 * mant * 2.0**exp / s_scale, w_sub)
+                errors.append(err)
+                stored = sp.csr_matrix(mant) if form == "sparse" else mant
+                synapses.append(SynapseGroup(f"{src_name}->{pname}", src_name, pname, stored, exp, form, err))
+        layer_report["weight_error"] = float(max(errors, default=0.0))
+        layer_report["bias_error"] = float(max(bias_errors, default=0.0))
+        report["layers"][name] = layer_report
+        layer_pops[name] = pops
+        populations += pops
+    return ChipGraph(inputs, populations, synapses, steps, report)

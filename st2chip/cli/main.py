@@ -1,0 +1,219 @@
+"""The ``st2chip`` command line.
+
+Exit codes: 0 ok, 1 verification found a difference, 2 bad input (one line on
+stderr naming the file, node, field or layer at fault). Progress goes to stderr,
+results to stdout or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from st2chip.cli.train import register as register_train
+from st2chip.errors import St2chipError
+
+EPILOG_EXIT = "exit codes: 0 ok, 1 verification found a difference, 2 bad input"
+
+
+def _add_graph_args(p: argparse.ArgumentParser, samples: int = 100) -> None:
+    p.add_argument("model", help="NIR file (.nir) to map")
+    p.add_argument("--decay-groups", type=int, default=4, metavar="K",
+                   help="at most K distinct voltage decays (one Lava process each) per layer (default 4)")
+    p.add_argument("--steps", type=int, default=None, help="time steps per sample (default: graph metadata)")
+    p.add_argument("--dt", type=float, default=None, help="time step in seconds (default: graph metadata or 1e-3)")
+    p.add_argument("--samples", type=int, default=samples,
+                   help=f"digits test samples to run (default {samples})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="st2chip",
+        description="Deploy trained spiking networks (sLIF) to Loihi-class chips: NIR -> ChipGraph -> "
+                    "Lava fixed_pt and a bit-exact reference, with verification and energy reports.",
+        epilog=EPILOG_EXIT)
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each pipeline stage as it runs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("demo", help="train, export, map, simulate on Lava, verify and cost a digits model",
+                       description="End to end on the embedded digits data: train an sLIF MLP (cached in "
+                                   "runs/), export NIR, lower, run Lava fixed_pt and the reference, verify, "
+                                   "count SOPs. Example: st2chip demo --out runs/demo",
+                       epilog=EPILOG_EXIT)
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--samples", type=int, default=100,
+                   help="test samples run through float, reference and Lava (default 100; the split has 360)")
+    p.add_argument("--decay-groups", type=int, default=4, metavar="K", help="decay groups per layer (default 4)")
+    p.add_argument("--epochs", type=int, default=25, help="training epochs (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--retrain", action="store_true", help="train again even if runs/<name>/model.pt exists")
+
+    p = sub.add_parser("export", help="checkpoint (.pt) -> NIR file (MLP) or deployment bundle folder (ST)",
+                       description="Export an st2chip checkpoint: an MLP to one NIR 1.0 file, a spiking "
+                                   "Transformer to a bundle folder (NIR parts, ONNX parts checked with "
+                                   "onnxruntime, manifest.json; see docs/bundle.md). "
+                                   "Example: st2chip export runs/demo/model.pt -o model.nir; "
+                                   "st2chip export runs/st/model.pt -o runs/st/bundle",
+                       epilog=EPILOG_EXIT)
+    p.add_argument("checkpoint", help="checkpoint written by st2chip (loaded with weights_only=True)")
+    p.add_argument("-o", "--output", required=True,
+                   help="NIR file (MLP) or bundle folder (ST; replaced atomically) to write")
+    p.add_argument("--dt", type=float, default=1e-3, help="time step in seconds recorded in the graph (default 1e-3)")
+
+    p = sub.add_parser("map", help="lower a NIR file to the chip and print the per-layer table",
+                       description="Normalize, validate and lower a NIR graph; print the ChipGraph per layer. "
+                                   "Example: st2chip map model.nir --decay-groups 2",
+                       epilog=EPILOG_EXIT)
+    _add_graph_args(p)
+    p.add_argument("--json", help="also write the table as JSON here")
+
+    p = sub.add_parser("simulate", help="run a NIR file on one backend and report accuracy",
+                       description="Run digits test samples through one backend. "
+                                   "Example: st2chip simulate model.nir --backend lava --samples 50",
+                       epilog=EPILOG_EXIT)
+    _add_graph_args(p)
+    p.add_argument("--backend", default="lava", choices=["float", "reference", "lava"],
+                   help="float NIR simulation, fixed-point reference or Lava fixed_pt (default lava)")
+    p.add_argument("-o", "--output", help="write the traces (.npz) here")
+
+    p = sub.add_parser("verify", help="float vs fixed-point reference vs Lava on the same samples",
+                       description="Accuracy of each backend, per-layer spike agreement and the first "
+                                   "diverging layer/step/neuron. Exit 0 when reference and Lava agree "
+                                   "exactly, 1 when they do not. Example: st2chip verify model.nir",
+                       epilog=EPILOG_EXIT)
+    _add_graph_args(p)
+    p.add_argument("--backends", default="float,reference,lava",
+                   help="comma-separated backends to compare (default float,reference,lava)")
+    p.add_argument("--json", help="also write the report as JSON here")
+
+    p = sub.add_parser("energy", help="synaptic operations and energy per layer from real spike traces",
+                       description="Count SOPs (one accumulate per non-zero outgoing weight per spike) and "
+                                   "energy from a profile. Example: st2chip energy model.nir --profile loihi2",
+                       epilog=EPILOG_EXIT)
+    _add_graph_args(p)
+    p.add_argument("--backend", default="reference", choices=["reference", "lava"],
+                   help="where the spike traces come from (default reference: bit-exact with Lava, faster)")
+    p.add_argument("--profile", default="45nm", help="energy profile name (45nm, loihi2) or JSON path")
+    p.add_argument("-o", "--output", default=None, help="folder for energy.json/.md/.png")
+
+    register_train(sub)
+    return parser
+
+
+def _pipeline(args: argparse.Namespace):
+    from st2chip.cli.pipeline import Log, load_graph, map_graph
+    log = Log(args.verbose)
+    graph = log.stage("read+normalize", load_graph, args.model, args.dt)
+    chip = log.stage("lower", map_graph, graph, args.decay_groups, args.steps)
+    return log, graph, chip
+
+
+def _cmd_map(args: argparse.Namespace) -> int:
+    from st2chip.chip.table import format_table, layer_rows
+    from st2chip.io import write_json
+    _, _, chip = _pipeline(args)
+    print(format_table(chip))
+    if args.json:
+        write_json(args.json, {"layers": layer_rows(chip), "report": chip.report})
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import numpy as np
+    from st2chip.io import atomic_path
+    from st2chip.cli.pipeline import digits_inputs, run_backend
+    log, graph, chip = _pipeline(args)
+    inputs, labels = digits_inputs(graph, args.samples, chip.steps)
+    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, args.output is not None)
+    print(f"{args.backend}: accuracy {traces.accuracy(labels):.4f} on {len(labels)} digits test samples")
+    if args.output:
+        arrays = {f"spikes/{k}": v for k, v in traces.spikes.items()}
+        arrays |= {f"voltages/{k}": v for k, v in traces.voltages.items()}
+        arrays |= {f"inputs/{k}": v for k, v in traces.inputs.items()}
+        with atomic_path(args.output, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, scores=traces.scores, labels=labels, **arrays)
+        print(f"traces written to {args.output}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from st2chip.errors import InputError
+    from st2chip.io import write_json
+    from st2chip.cli.pipeline import BACKENDS, digits_inputs, run_backend
+    from st2chip.analysis.verify import verify
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
+    log, graph, chip = _pipeline(args)
+    inputs, labels = digits_inputs(graph, args.samples, chip.steps)
+    traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs) for b in backends]
+    report = log.stage("verify", verify, traces, labels)
+    print(report.to_text())
+    if args.json:
+        write_json(args.json, report.to_dict())
+    return 0 if report.chip_exact else 1
+
+
+def _cmd_energy(args: argparse.Namespace) -> int:
+    from st2chip.analysis.energy import energy_report, load_profile, write_energy_report
+    from st2chip.cli.pipeline import digits_inputs, run_backend
+    profile = load_profile(args.profile)
+    log, graph, chip = _pipeline(args)
+    inputs, _ = digits_inputs(graph, args.samples, chip.steps)
+    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, False)
+    report = log.stage("energy", energy_report, chip, traces, profile)
+    print(report.to_markdown())
+    if args.output:
+        paths = write_energy_report(report, args.output)
+        print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from st2chip.learn.checkpoint import load_checkpoint
+    kind, model, _ = load_checkpoint(args.checkpoint)
+    if kind == "st":
+        from st2chip.converters.transformer import export_bundle
+        path = export_bundle(model, args.output, dt=args.dt)
+        print(f"deployment bundle written to {path} (manifest.json, NIR and ONNX parts)")
+        return 0
+    from st2chip.converters.mlp import mlp_to_nir, write_nir
+    path = write_nir(mlp_to_nir(model, dt=args.dt), args.output)
+    print(f"NIR graph written to {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from st2chip.cli.demo import run_demo
+    return run_demo(out=Path(args.out), samples=args.samples, decay_groups=args.decay_groups,
+                    epochs=args.epochs, seed=args.seed, retrain=args.retrain)
+
+
+COMMANDS = {"demo": _cmd_demo, "export": _cmd_export, "map": _cmd_map, "simulate": _cmd_simulate,
+            "verify": _cmd_verify, "energy": _cmd_energy}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``st2chip`` console script."""
+    args = _parser().parse_args(argv)
+    handler = COMMANDS.get(args.command) or getattr(args, "func")
+    try:
+        return handler(args)
+    except St2chipError as err:
+        print(f"st2chip: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"st2chip: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("st2chip: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The pipeline's stages in one place: NIR file -> canonical NIR -> ChipGraph -> traces.
+
+Each stage is a function from one representation to the next; :data:`STAGES`
+lists them so that ``--verbose`` can print the pipeline as it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+import nir
+import numpy as np
+
+from st2chip.chip.chipgraph import ChipGraph
+from st2chip.learn.data import load_digits_split, rate_encode
+from st2chip.errors import InputError
+from st2chip.chip.lower import lower
+from st2chip.graph.normalize import normalize
+from st2chip.graph.simulate import simulate
+from st2chip.traces import Traces
+
+BACKENDS = ("float", "reference", "lava")
+
+STAGES = (
+    ("read+normalize", "NIR file or graph -> canonical NIR (numpy arrays, shapes, topological order)"),
+    ("lower", "canonical NIR -> ChipGraph (fold thresholds, group decays, quantize weights)"),
+    ("simulate", "ChipGraph -> spike traces (fixed-point reference, Lava fixed_pt); NIR -> float traces"),
+    ("verify", "traces -> accuracy, per-layer agreement, first divergence"),
+    ("energy", "ChipGraph + traces -> synaptic operations and energy"),
+)
+
+
+class Log:
+    """Prints the pipeline (:data:`STAGES`) and each stage's time to stderr when verbose."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        if verbose:
+            print("[st2chip] pipeline:", file=sys.stderr)
+            for name, what in STAGES:
+                print(f"[st2chip]   {name:<15} {what}", file=sys.stderr)
+
+    def stage(self, name: str, fn: Callable, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        if self.verbose:
+            print(f"[st2chip] {name:<15} {time.perf_counter() - start:7.2f} s", file=sys.stderr)
+        return result
+
+
+def load_graph(path: str | os.PathLike | nir.NIRGraph, dt: float | None = None) -> nir.NIRGraph:
+    """Read (if a path) and normalize a NIR graph."""
+    return normalize(path, dt=dt)
+
+
+def input_name_and_size(graph: nir.NIRGraph) -> tuple[str, int]:
+    inputs = [(name, node) for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(inputs) != 1:
+        raise InputError(f"the graph has {len(inputs)} Input nodes; digits input needs exactly one")
+    name, node = inputs[0]
+    return name, int(np.prod(next(iter(node.input_type.values()))))
+
+
+def steps_of(graph: nir.NIRGraph, steps: int | None) -> int:
+    steps = steps if steps is not None else graph.metadata.get("steps")
+    if steps is None:
+        raise InputError("the graph's metadata has no 'steps'; pass --steps")
+    return int(steps)
+
+
+def digits_inputs(graph: nir.NIRGraph, samples: int, steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Rate-coded digits test samples ``(B, T, 64)`` for the graph's one input, with labels."""
+    name, size = input_name_and_size(graph)
+    _, test = load_digits_split()
+    if size != test.x.shape[1]:
+        raise InputError(f"input node '{name}' takes {size} values; the digits data set has "
+                         f"{test.x.shape[1]} (8x8 images)")
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    samples = min(samples, len(test))
+    spikes = rate_encode(test.x[:samples], steps).numpy().transpose(1, 0, 2).astype(np.uint8)
+    return {name: spikes}, test.y[:samples]
+
+
+def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict[str, np.ndarray],
+                voltages: bool = True) -> Traces:
+    """Run one backend: ``float`` reads NIR; the chip backends read only the ChipGraph.
+
+    ``voltages=False`` lets Lava skip recording hidden voltages (faster).
+    """
+    if backend == "float":
+        return simulate(graph, next(iter(inputs.values())))
+    if backend == "reference":
+        from st2chip.targets import reference
+        return reference.run(chip, inputs)
+    if backend == "lava":
+        from st2chip.targets import lava
+        return lava.run(chip, inputs, voltages=voltages)
+    raise InputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+
+
+def map_graph(graph: nir.NIRGraph, decay_groups: int, steps: int | None) -> ChipGraph:
+    return lower(graph, decay_groups=decay_groups, steps=steps_of(graph, steps))

@@ -1,0 +1,165 @@
+"""``st2chip train`` and ``st2chip prune``: train a spiking classifier, prune it, write checkpoints.
+
+Checkpoints are written and read by :mod:`st2chip.checkpoint` (``kind`` is ``"mlp"``
+or ``"st"``; ``config`` rebuilds the model, including low-rank ranks after DSP; the
+run's summary is stored as ``extra``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from st2chip.learn import compensation, pruning
+from st2chip.learn.data import DATASETS, load_split
+from st2chip.learn.checkpoint import load_checkpoint, save_checkpoint
+from st2chip.errors import InputError
+from st2chip.learn.mlp import MLPConfig, SpikingMLP
+from st2chip.analysis.model_sops import count_sops
+from st2chip.learn.training import default_device, evaluate, train_classifier
+from st2chip.learn.transformer import SpikingTransformer, STConfig
+
+MODELS = ("mlp", "st")
+
+
+def _build(args: argparse.Namespace) -> nn.Module:
+    neuron = args.neuron
+    if args.model == "mlp":
+        if args.data != "digits":
+            raise InputError("--model mlp takes the flat 8x8 digits only; use --model st for cifar10")
+        return SpikingMLP(MLPConfig(sizes=[64, args.hidden, 10], steps=args.steps or 16, neuron=neuron))
+    overrides = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("heads", args.heads),
+                                   ("steps", args.steps), ("mlp_hidden", args.mlp_hidden)) if v is not None}
+    preset = STConfig.cifar10 if args.data == "cifar10" else STConfig.tiny_digits
+    return SpikingTransformer(preset(neuron=neuron, **overrides))
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train a model on digits (or CIFAR-10) and write its checkpoint."""
+    device = torch.device(args.device) if args.device else default_device()
+    model = _build(args)
+    train, test = load_split(args.data, args.data_root)
+    result = train_classifier(model, train, test, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                              device=device, desc=f"train {args.model}")
+    summary = {"test_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
+               "epochs": args.epochs, "seed": args.seed, "device": result.device, "data": args.data}
+    save_checkpoint(model, args.model, asdict(model.config), args.out, summary)
+    print(f"trained {args.model} ({args.neuron}, {_n_params(model):,} parameters) on {args.data} for {args.epochs} "
+          f"epochs on {result.device}: test accuracy {100 * result.test_accuracy:.1f}% "
+          f"(train {100 * result.train_accuracy:.1f}%) -> {args.out}")
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """Prune a trained checkpoint by L1P or DSP, fine-tune (sLIF or LIF arm), write a new checkpoint."""
+    kind, model, extra = load_checkpoint(args.checkpoint)
+    device = torch.device(args.device) if args.device else default_device()
+    data = extra.get("data", "digits")
+    train, test = load_split(data, args.data_root)
+    model.to(device)
+    before = evaluate(model, test, device=device)
+    if args.method == "l1p":
+        if args.sparsity is None:
+            raise InputError("prune --method l1p needs --sparsity (a fraction in [0, 1))")
+        if not 0.0 <= args.sparsity < 1.0:
+            raise InputError(f"--sparsity must lie in [0, 1), got {args.sparsity}")
+        if args.penalty_epochs:
+            train_classifier(model, train, test, epochs=args.penalty_epochs, lr=args.lr, seed=args.seed,
+                             device=device, penalty=pruning.l1_penalty(args.penalty), desc="L1 penalty")
+        pruning.magnitude_prune(model, args.sparsity, args.scope)
+    else:
+        if kind != "st":
+            raise InputError(f"{args.checkpoint}: DSP prunes ST block matrices; this checkpoint is kind {kind!r}")
+        if args.rank is None and args.threshold is None:
+            raise InputError("prune --method dsp needs --rank R and/or --threshold F")
+        pruning.factorize(model)
+        if args.penalty_epochs:
+            train_classifier(model, train, test, epochs=args.penalty_epochs, lr=args.lr, seed=args.seed,
+                             device=device, penalty=pruning.group_penalty(args.penalty), desc="group penalty")
+        pruning.truncate(model, rank=args.rank, threshold=args.threshold or 0.0)
+    pruned = evaluate(model, test, device=device)
+    model, result = compensation.finetune(
+        model, train, test, learn_intrinsic=args.compensate == "slif", epochs=args.epochs, lr=args.lr,
+        intrinsic_lr=args.intrinsic_lr, seed=args.seed, device=device, desc=f"fine-tune ({args.compensate})")
+    pruning.make_permanent(model)
+    sops = count_sops(model, test, device=device)
+    nonzero, total = pruning.nonzero_weights(model)
+    summary = {"method": args.method, "compensate": args.compensate, "test_accuracy": result.test_accuracy,
+               "accuracy_before": before, "accuracy_pruned": pruned, "sparsity": pruning.weight_sparsity(model),
+               "nonzero_block_weights": nonzero, "block_weights": total, "ranks": dict(getattr(model.config, "ranks", {})),
+               "sops_per_sample": sops.sops, "energy_pj_per_sample": sops.energy_pj(), "device": result.device,
+               "data": data}
+    save_checkpoint(model, kind, asdict(model.config), args.out, summary)
+    what = (f"sparsity {100 * summary['sparsity']:.1f}% ({args.scope})" if args.method == "l1p"
+            else f"ranks {sorted(set(summary['ranks'].values()))}")
+    print(f"{args.method} {kind}: {what}, {nonzero:,}/{total:,} non-zero block weights; test accuracy "
+          f"{100 * before:.1f}% -> {100 * pruned:.1f}% pruned -> {100 * result.test_accuracy:.1f}% after "
+          f"{args.epochs} epochs {args.compensate} fine-tuning; {sops.sops:,.0f} SOPs and "
+          f"{sops.energy_pj() / 1e3:,.1f} nJ per sample (45nm) -> {args.out}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
+    p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate of the weights (default {lr})")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialization and data order (default 0)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding torchvision's 'cifar-10-batches-py' (cifar10 only; nothing is downloaded)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` and ``prune`` subcommands; each sets ``func(args) -> exit code``."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    t = subparsers.add_parser(
+        "train", help="train a spiking classifier on digits and write a checkpoint", formatter_class=fmt,
+        description="Train a spiking MLP or spiking Transformer (ST) on the embedded 8x8 digits data,\n"
+                    "or an ST on CIFAR-10 from a local folder (--data cifar10 --data-root DIR).\n\n"
+                    "example:\n  st2chip train --model st --neuron lif --epochs 30 --out st.pt")
+    t.add_argument("--model", choices=MODELS, default="st", help="mlp or st (default st)")
+    t.add_argument("--neuron", choices=["slif", "lif"], default="slif",
+                   help="sLIF (per-neuron learnable threshold and leak) or plain LIF (default slif)")
+    t.add_argument("--out", required=True, help="checkpoint file to write")
+    t.add_argument("--data", choices=DATASETS, default="digits",
+                   help="digits (embedded, default) or cifar10 (from --data-root; ST only)")
+    t.add_argument("--steps", type=int, default=None, help="time steps T (default: the preset's)")
+    t.add_argument("--dim", type=int, default=None, help="ST token width (default 32)")
+    t.add_argument("--depth", type=int, default=None, help="ST blocks (default 1)")
+    t.add_argument("--heads", type=int, default=None, help="ST attention heads (default 2)")
+    t.add_argument("--mlp-hidden", type=int, default=None, help="ST MLP hidden width (default 64)")
+    t.add_argument("--hidden", type=int, default=128, help="MLP hidden width (default 128)")
+    _common(t, epochs=30, lr=5e-3)
+    t.set_defaults(func=run_train)
+
+    p = subparsers.add_parser(
+        "prune", help="prune a trained checkpoint (L1P or DSP) and fine-tune it", formatter_class=fmt,
+        description="Prune the block weight matrices of a trained checkpoint and fine-tune it, with sLIF\n"
+                    "compensation (thresholds and leaks learn) or plain LIF (frozen). See docs/pruning.md.\n\n"
+                    "examples:\n  st2chip prune st.pt --method l1p --sparsity 0.9 --out st-l1p90.pt\n"
+                    "  st2chip prune st.pt --method dsp --rank 4 --compensate lif --out st-r4.pt")
+    p.add_argument("checkpoint", help="checkpoint written by 'st2chip train'")
+    p.add_argument("--method", choices=["l1p", "dsp"], required=True,
+                   help="l1p: unstructured magnitude pruning; dsp: low-rank factors U, V")
+    p.add_argument("--sparsity", type=float, default=None, help="l1p: fraction of block weights set to zero")
+    p.add_argument("--scope", choices=["global", "layer"], default="global",
+                   help="l1p: one magnitude threshold over all matrices, or one per matrix (default global)")
+    p.add_argument("--rank", type=int, default=None, help="dsp: keep at most R rank components per matrix")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="dsp: drop components with singular value below F * the largest")
+    p.add_argument("--penalty", type=float, default=1e-4,
+                   help="strength of the L1 (l1p) or group (dsp) penalty before pruning (default 1e-4)")
+    p.add_argument("--penalty-epochs", type=int, default=5, help="epochs trained with the penalty (default 5)")
+    p.add_argument("--compensate", choices=["slif", "lif"], default="slif",
+                   help="fine-tune with learning thresholds/leaks (slif) or frozen ones (lif) (default slif)")
+    p.add_argument("--intrinsic-lr", type=float, default=1e-2,
+                   help="learning rate of thresholds and leaks in the slif arm (default 1e-2)")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    _common(p, epochs=10, lr=2e-3)
+    p.set_defaults(func=run_prune)

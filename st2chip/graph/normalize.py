@@ -1,0 +1,434 @@
+r"""Read NIR graphs from any frontend and bring them into st2chip's canonical form.
+
+Every later stage (simulate, lower) reads only canonical graphs, so the quirks
+of each frontend are absorbed here once. :func:`normalize` returns a new graph
+and never touches its input.
+
+Canonical form
+--------------
+- Node types: ``Input``, ``Output``, ``Affine``, ``Flatten``, ``LIF``,
+  ``CubaLIF``, ``IF``, ``LI``, ``I``. ``Linear`` becomes ``Affine`` with a zero
+  bias; a nested ``NIRGraph`` node is flattened into its parent, its nodes
+  named ``outer.inner`` and the edges through its ``Input``/``Output`` nodes
+  rewired.
+- Every signal is a flat vector: a node's size is the number of its values
+  (an ``Input`` of shape ``(1, 4)`` carries 4 values), and ``Flatten`` is the
+  identity.
+- Every array is a fresh ``numpy.float64`` array (torch tensors, 0-d scalars,
+  Python floats and lists are converted). ``Affine.weight`` is 2-D
+  ``(out, in)`` and ``Affine.bias`` 1-D ``(out,)``.
+- Every neuron parameter is 1-D with one value per neuron; scalars are
+  broadcast, the node size coming from its other parameters or from the
+  connected nodes. A missing ``v_reset`` is zero, a missing ``w_in`` one.
+- ``Input``/``Output``/``Flatten`` carry 1-D ``input_type``/``output_type``
+  shapes ``[n]``.
+- ``graph.nodes`` is in topological order (dict insertion order, ties kept in
+  the input's order); ``graph.edges`` is sorted the same way. Several edges into
+  one node add up. Cycles are refused (no recurrent connections).
+- ``graph.metadata`` is a copy of the input's (NumPy scalars turned into Python
+  ones), with ``metadata["dt"]`` in seconds: the ``dt`` argument, else the
+  graph's own ``metadata["dt"]``, else :data:`DEFAULT_DT`. Node metadata is kept.
+- Values are checked: all finite, time constants and ``r`` positive, at least
+  one ``Input`` and one ``Output``, every node reachable from an ``Input``.
+  A time constant below ``dt`` (forward Euler overshoots there) only warns with
+  :class:`TimeConstantWarning`: it usually means a frontend's units went
+  astray. norse 1.1's ``to_nir`` writes ``tau = dt / tau_mem_inv`` (norse issue
+  #411), 1e-5 s for its default neuron; SpikingJelly 2.0 exports for
+  ``dt = 1e-4`` s without storing dt, so its graphs need ``dt=1e-4``.
+
+What cannot be accepted raises :class:`~st2chip.errors.GraphError` naming the
+file, node and field; a file that cannot be read raises
+:class:`~st2chip.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import h5py
+import nir
+import numpy as np
+
+from st2chip.errors import GraphError, InputError
+
+DEFAULT_DT = 1e-3  # seconds, used when neither the caller nor the graph gives dt
+
+NEURON_FIELDS: dict[type, tuple[str, ...]] = {
+    nir.LIF: ("tau", "r", "v_leak", "v_threshold", "v_reset"),
+    nir.CubaLIF: ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"),
+    nir.IF: ("r", "v_threshold", "v_reset"),
+    nir.LI: ("tau", "r", "v_leak"),
+    nir.I: ("r",),
+}
+SPIKING_TYPES = (nir.LIF, nir.CubaLIF, nir.IF)
+SUPPORTED_TYPES = ("Input", "Output", "Affine", "Linear", "Flatten", "LIF", "CubaLIF", "IF", "LI", "I",
+                   "NIRGraph (nested, flattened)")
+_DEFAULT_FILL = {"v_reset": 0.0, "w_in": 1.0}  # value of a neuron field left as None
+_POSITIVE = ("tau", "tau_syn", "tau_mem", "r")
+_TIME_CONSTANTS = ("tau", "tau_syn", "tau_mem")
+
+Edge = tuple[str, str]
+
+
+class TimeConstantWarning(UserWarning):
+    """A neuron's time constant lies below dt: likely a frontend's unit mix-up."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def read_graph(path: str | os.PathLike) -> nir.NIRGraph:
+    """Read a ``.nir`` file as written; any problem becomes a one-line :class:`InputError` naming the file.
+
+    nir's type check is off: it rejects some frontends' graphs (snnTorch 1.0,
+    batch dims in Input shapes) and silently adds Input/Output nodes, while
+    normalize infers and checks shapes itself.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        if (p / "manifest.json").is_file():
+            parts = ", ".join(sorted(f.name for f in p.glob("*.nir"))) or "none"
+            raise InputError(f"{p}: is a deployment bundle, not a .nir file; map one of its NIR parts "
+                             f"({parts})")
+        raise InputError(f"{p}: is a directory, not a .nir file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: file is empty")
+    try:
+        with h5py.File(p, "r") as f:
+            if "node" not in f:
+                raise InputError(f"{p}: HDF5 file holds no NIR graph (no 'node' group)")
+    except OSError as exc:  # h5py: not HDF5, truncated, unreadable
+        raise InputError(f"{p}: not a readable NIR (HDF5) file ({_one_line(exc)})") from None
+    try:
+        graph = nir.read(p, type_check=False)
+    except Exception as exc:  # any parse failure of an untrusted file is the user's input
+        raise InputError(f"{p}: cannot read NIR graph ({_one_line(exc)})") from None
+    if not isinstance(graph, nir.NIRGraph):
+        raise InputError(f"{p}: holds a single {type(graph).__name__} node, not a NIR graph")
+    return graph
+
+
+def normalize(graph: nir.NIRGraph | str | os.PathLike, *, dt: float | None = None,
+              source: str | None = None) -> nir.NIRGraph:
+    """Return a new canonical copy of ``graph`` (or of the ``.nir`` file it names).
+
+    ``dt`` (seconds) overrides ``graph.metadata["dt"]``; ``source`` names the
+    file in error messages (set automatically for a path).
+    """
+    if isinstance(graph, (str, os.PathLike)):
+        source = source or str(graph)
+        graph = read_graph(graph)
+    if not isinstance(graph, nir.NIRGraph):
+        raise GraphError(f"expected a nir.NIRGraph or a .nir path, got {type(graph).__name__}", source=source)
+    ctx = _Context(source)
+    nodes, edges = ctx.flatten(graph)
+    ctx.check_node_types(nodes)
+    ctx.check_edges(nodes, edges)
+    order = ctx.topological_order(nodes, edges)
+    ctx.check_io(nodes, edges, order)
+    arrays = {name: ctx.node_arrays(name, nodes[name]) for name in order}
+    sizes = ctx.infer_sizes(nodes, arrays, edges, order)
+    step = ctx.resolve_dt(dt, graph.metadata)
+    new_nodes = {name: ctx.build(name, nodes[name], arrays[name], sizes[name], step) for name in order}
+    rank = {name: i for i, name in enumerate(order)}
+    new_edges = sorted(edges, key=lambda e: (rank[e[0]], rank[e[1]]))
+    metadata = _plain(graph.metadata if isinstance(graph.metadata, dict) else {})
+    metadata["dt"] = step
+    return nir.NIRGraph(nodes=new_nodes, edges=new_edges, metadata=metadata, type_check=False)
+
+
+def _plain(value: Any) -> Any:
+    """Deep copy of metadata with NumPy scalars (as nir.read returns them) made Python scalars."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return copy.deepcopy(value)
+
+
+def _float_array(value: Any) -> np.ndarray:
+    """A fresh float64 array from a torch tensor, NumPy array, scalar or list."""
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu().double().numpy()
+    return np.array(value, dtype=np.float64)
+
+
+class _Context:
+    """The normalize passes, sharing the source file name for their errors."""
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+
+    def error(self, reason: str, node: str | None = None, field: str | None = None) -> GraphError:
+        return GraphError(reason, node=node, field=field, source=self.source)
+
+    # -- structure ---------------------------------------------------------------
+
+    def flatten(self, graph: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, Any], list[Edge]]:
+        """Inline nested graphs; their Input/Output nodes become pass-throughs, then vanish."""
+        nodes: dict[str, Any] = {}
+        ports: dict[str, tuple[list[str], list[str]]] = {}  # subgraph -> (its Inputs, its Outputs)
+        edges: list[Edge] = []
+
+        def add(full: str, node: Any) -> None:
+            if full in nodes:
+                raise self.error("name clashes with a node of a flattened nested graph", node=full)
+            nodes[full] = node
+
+        for name, node in graph.nodes.items():
+            full = f"{prefix}{name}"
+            if not isinstance(node, nir.NIRGraph):
+                add(full, node)
+                continue
+            inner_nodes, inner_edges = self.flatten(node, prefix=f"{full}.")
+            ins = [k for k, v in inner_nodes.items() if isinstance(v, nir.Input)]
+            outs = [k for k, v in inner_nodes.items() if isinstance(v, nir.Output)]
+            if not ins or not outs:
+                raise self.error("nested graph needs at least one Input and one Output node to be flattened",
+                                 node=full)
+            for inner, inner_node in inner_nodes.items():
+                add(inner, inner_node)
+            edges.extend(inner_edges)
+            ports[full] = (ins, outs)
+        for edge in graph.edges:
+            if not isinstance(edge, (tuple, list)) or len(edge) != 2:
+                raise self.error(f"edge {edge!r} is not a (source, target) pair", field="edges")
+            pre, post = edge
+            edges.append((self._port(f"{prefix}{pre}", ports, 1), self._port(f"{prefix}{post}", ports, 0)))
+        for ins, outs in ports.values():
+            for marker in ins + outs:
+                del nodes[marker]
+                preds = [a for a, b in edges if b == marker]
+                succs = [b for a, b in edges if a == marker]
+                edges = [e for e in edges if marker not in e] + [(a, b) for a in preds for b in succs]
+        return nodes, edges
+
+    def _port(self, name: str, ports: dict[str, tuple[list[str], list[str]]], side: int) -> str:
+        """Resolve an edge end naming a whole subgraph to its single Input (side 0) or Output (1)."""
+        if name not in ports:
+            return name
+        candidates = ports[name][side]
+        if len(candidates) != 1:
+            kind = ("Input", "Output")[side]
+            raise self.error(f"nested graph has {len(candidates)} {kind} nodes ({', '.join(candidates)}); "
+                             f"an edge must name one of them, not the whole graph", node=name, field="edges")
+        return candidates[0]
+
+    def check_node_types(self, nodes: dict[str, Any]) -> None:
+        supported = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Flatten, *NEURON_FIELDS)
+        for name, node in nodes.items():
+            if not isinstance(node, supported):
+                what = "None (the frontend exported nothing for this layer)" if node is None \
+                    else f"'{type(node).__name__}'"
+                raise self.error(f"unsupported node type {what}; supported: {', '.join(SUPPORTED_TYPES)}",
+                                 node=name)
+
+    def check_edges(self, nodes: dict[str, Any], edges: list[Edge]) -> None:
+        seen: set[Edge] = set()
+        for edge in edges:
+            for end in edge:
+                if end not in nodes:
+                    raise self.error(f"edge {edge[0]!r} -> {edge[1]!r} refers to unknown node {end!r}; "
+                                     f"known nodes: {', '.join(nodes)}", node=end, field="edges")
+            if edge in seen:
+                raise self.error(f"duplicate edge {edge[0]!r} -> {edge[1]!r}", node=edge[1], field="edges")
+            seen.add(edge)
+
+    def topological_order(self, nodes: dict[str, Any], edges: list[Edge]) -> list[str]:
+        """Kahn's algorithm, ties broken by the input's node order; a cycle is an error."""
+        position = {name: i for i, name in enumerate(nodes)}
+        indegree = {name: 0 for name in nodes}
+        succs: dict[str, list[str]] = {name: [] for name in nodes}
+        for a, b in edges:
+            indegree[b] += 1
+            succs[a].append(b)
+        ready = [(position[n], n) for n, d in indegree.items() if d == 0]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            _, name = heapq.heappop(ready)
+            order.append(name)
+            for b in succs[name]:
+                indegree[b] -= 1
+                if indegree[b] == 0:
+                    heapq.heappush(ready, (position[b], b))
+        if len(order) < len(nodes):
+            stuck = self._cycle_nodes(set(nodes) - set(order), succs)
+            names = sorted(stuck, key=position.get)
+            raise self.error(f"graph has a cycle through nodes {', '.join(names)}; "
+                             f"recurrent connections are not supported", node=names[0], field="edges")
+        return order
+
+    @staticmethod
+    def _cycle_nodes(remaining: set[str], succs: dict[str, list[str]]) -> set[str]:
+        """Drop nodes that only lead out of the unsorted rest, leaving those on cycles."""
+        changed = True
+        while changed:
+            changed = False
+            for name in list(remaining):
+                if not any(b in remaining for b in succs[name]):
+                    remaining.discard(name)
+                    changed = True
+        return remaining
+
+    def check_io(self, nodes: dict[str, Any], edges: list[Edge], order: list[str]) -> None:
+        inputs = [n for n in order if isinstance(nodes[n], nir.Input)]
+        outputs = [n for n in order if isinstance(nodes[n], nir.Output)]
+        if not inputs:
+            raise self.error("graph has no Input node", field="nodes")
+        if not outputs:
+            raise self.error("graph has no Output node", field="nodes")
+        for a, b in edges:
+            if isinstance(nodes[b], nir.Input):
+                raise self.error(f"Input node has an incoming edge from '{a}'", node=b, field="edges")
+            if isinstance(nodes[a], nir.Output):
+                raise self.error(f"Output node has an outgoing edge to '{b}'", node=a, field="edges")
+        reached = set(inputs)
+        for name in order:  # topological order: predecessors are settled first
+            if any(a in reached for a, b in edges if b == name):
+                reached.add(name)
+        lost = [n for n in order if n not in reached]
+        if lost:
+            raise self.error(f"not reachable from any Input node (unreachable: {', '.join(lost)})",
+                             node=lost[0])
+
+    # -- arrays and sizes --------------------------------------------------------
+
+    def array(self, value: Any, node: str, field: str) -> np.ndarray:
+        try:
+            arr = _float_array(value)
+        except (TypeError, ValueError) as exc:
+            raise self.error(f"not a numeric array ({_one_line(exc)})", node=node, field=field) from None
+        bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise self.error(f"{bad} of {arr.size} values are NaN or infinite", node=node, field=field)
+        return arr
+
+    def node_arrays(self, name: str, node: Any) -> dict[str, np.ndarray]:
+        """Numeric fields of a node as float64 arrays, shapes checked but not yet broadcast."""
+        if isinstance(node, (nir.Affine, nir.Linear)):
+            weight = self.array(node.weight, name, "weight")
+            if weight.ndim != 2:
+                raise self.error(f"weight must be 2-D (out, in), got shape {weight.shape}", node=name, field="weight")
+            raw_bias = getattr(node, "bias", None)
+            bias = np.zeros(weight.shape[0]) if raw_bias is None else self.array(raw_bias, name, "bias")
+            if bias.ndim == 0:
+                bias = np.full(weight.shape[0], float(bias))
+            if bias.size != weight.shape[0]:
+                raise self.error(f"bias has {bias.size} values but weight has {weight.shape[0]} rows "
+                                 f"(weight shape {weight.shape})", node=name, field="bias")
+            return {"weight": weight, "bias": bias.reshape(-1)}
+        fields = NEURON_FIELDS.get(type(node), ())
+        arrays = {}
+        for field in fields:
+            value = getattr(node, field, None)
+            if value is None and field not in _DEFAULT_FILL:
+                raise self.error("parameter is missing", node=name, field=field)
+            arrays[field] = self.array(_DEFAULT_FILL[field] if value is None else value, name, field).reshape(-1)
+        return arrays
+
+    def declared_size(self, name: str, node: Any, arrays: dict[str, np.ndarray]) -> int | None:
+        """Size a node fixes by itself, or None when it takes it from its neighbours."""
+        if isinstance(node, (nir.Input, nir.Output, nir.Flatten)):
+            key, attr = ("output", "output_type") if isinstance(node, nir.Output) else ("input", "input_type")
+            shape = (getattr(node, attr, None) or {}).get(key)
+            if shape is None or np.size(shape) == 0:
+                return None
+            try:
+                dims = np.asarray(shape, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                raise self.error(f"shape is not a list of integers: {shape!r}", node=name, field=attr) from None
+            if np.any(dims <= 0) or np.any(dims != np.round(dims)):
+                raise self.error(f"shape must hold positive integers, got {dims.tolist()}", node=name, field=attr)
+            return int(np.prod(dims.astype(np.int64)))
+        sizes = {f: a.size for f, a in arrays.items() if a.size != 1}
+        if not sizes:
+            return None
+        first, n = next(iter(sizes.items()))
+        for field, size in sizes.items():
+            if size != n:
+                raise self.error(f"has {size} values but the node has {n} neurons (from '{first}')",
+                                 node=name, field=field)
+        return n
+
+    def infer_sizes(self, nodes: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]],
+                    edges: list[Edge], order: list[str]) -> dict[str, int]:
+        """Per-node size (output size for Affine): declared, else propagated along edges."""
+        affine = {n for n in order if isinstance(nodes[n], (nir.Affine, nir.Linear))}
+        size: dict[str, int | None] = {
+            n: arrays[n]["weight"].shape[0] if n in affine else self.declared_size(n, nodes[n], arrays[n])
+            for n in order}
+
+        def size_in(n: str) -> int | None:
+            return arrays[n]["weight"].shape[1] if n in affine else size[n]
+
+        rank = {n: i for i, n in enumerate(order)}
+        ordered_edges = sorted(edges, key=lambda e: (rank[e[0]], rank[e[1]]))
+        changed = True
+        while changed:
+            changed = False
+            for a, b in ordered_edges:
+                if size[b] is None and size[a] is not None:
+                    size[b] = size[a]
+                    changed = True
+                if size[a] is None and size_in(b) is not None:
+                    size[a] = size_in(b)
+                    changed = True
+        for a, b in ordered_edges:
+            if size[a] != size_in(b):
+                raise self.error(f"size mismatch on edge '{a}' -> '{b}': '{a}' gives {size[a]} values, "
+                                 f"'{b}' takes {size_in(b)}", node=b, field="input")
+        unknown = [n for n in order if size[n] is None]
+        if unknown:
+            raise self.error("cannot infer the number of neurons from the node or its neighbours",
+                             node=unknown[0])
+        return {n: int(s) for n, s in size.items()}
+
+    def resolve_dt(self, dt: float | None, metadata: Any) -> float:
+        raw = dt
+        if raw is None:
+            raw = metadata.get("dt", DEFAULT_DT) if isinstance(metadata, dict) else DEFAULT_DT
+        try:
+            value = float(np.asarray(raw, dtype=np.float64).reshape(()))
+        except (TypeError, ValueError):
+            raise self.error(f"dt must be one number (seconds), got {raw!r}", field="dt") from None
+        if not np.isfinite(value) or value <= 0:
+            raise self.error(f"dt must be a positive number of seconds, got {value}", field="dt")
+        return value
+
+    # -- canonical nodes ---------------------------------------------------------
+
+    def build(self, name: str, node: Any, arrays: dict[str, np.ndarray], n: int, dt: float) -> nir.NIRNode:
+        """The canonical node: broadcast parameters, checked values, 1-D shapes."""
+        meta = _plain(getattr(node, "metadata", None) or {})
+        if isinstance(node, nir.Input):
+            return nir.Input(input_type={"input": np.array([n])}, metadata=meta)
+        if isinstance(node, nir.Output):
+            return nir.Output(output_type={"output": np.array([n])}, metadata=meta)
+        if isinstance(node, nir.Flatten):
+            return nir.Flatten(input_type={"input": np.array([n])}, start_dim=0, end_dim=-1, metadata=meta)
+        if isinstance(node, (nir.Affine, nir.Linear)):
+            return nir.Affine(weight=arrays["weight"], bias=arrays["bias"], metadata=meta)
+        params = {field: np.broadcast_to(a, (n,)).copy() for field, a in arrays.items()}
+        for field in _POSITIVE:
+            if field in params and np.any(params[field] <= 0):
+                i = int(np.argmax(params[field] <= 0))
+                why = "a time constant" if field in _TIME_CONSTANTS else "r <= 0 ignores or inverts the input"
+                raise self.error(f"must be > 0 ({why}); neuron {i} has {params[field][i]}", node=name, field=field)
+        for field in _TIME_CONSTANTS:
+            if field in params and np.any(params[field] < dt):
+                warnings.warn(
+                    f"node '{name}': {field} = {params[field].min():g} s is below dt = {dt:g} s, so forward Euler "
+                    f"overshoots (dt/{field} = {dt / params[field].min():g}); check the dt the frontend assumed "
+                    f"(pass normalize(..., dt=...)) or its time constants (norse 1.1's to_nir writes "
+                    f"tau = dt/tau_mem_inv, norse issue #411)", TimeConstantWarning)
+        return type(node)(**params, metadata=meta)

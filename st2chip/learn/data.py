@@ -1,0 +1,119 @@
+"""Data sets and spike encoding.
+
+The embedded default is scikit-learn's bundled ``load_digits`` (8x8 images,
+1,797 samples), split once with a fixed seed so that every command sees the same
+test set. CIFAR-10 is read from a local folder in torchvision's layout
+(``<root>/cifar-10-batches-py``). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from st2chip.errors import InputError
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images scaled to [0, 1] (``N x 64`` for digits) with integer labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def load_digits_split(seed: int = DIGITS_SPLIT_SEED) -> tuple[Split, Split]:
+    """Train and test splits of the digits data, stratified, fixed by ``seed``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=DIGITS_TEST_FRACTION, random_state=seed, stratify=y)
+    return Split(x_tr, y_tr), Split(x_te, y_te)
+
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST = ("test_batch",)
+DATASETS = ("digits", "cifar10")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a data file never runs code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise InputError(f"{path}: CIFAR-10 batch file missing (expected torchvision's "
+                         f"'{CIFAR10_FOLDER}' layout; nothing is downloaded)")
+    try:
+        with open(path, "rb") as fh:
+            batch = _ArrayUnpickler(fh, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: not a CIFAR-10 batch ({err})") from None
+    if len(data) != len(labels):
+        raise InputError(f"{path}: {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def load_cifar10_split(root: str | os.PathLike) -> tuple[Split, Split]:
+    """Train (50,000) and test (10,000) CIFAR-10 images ``(N, 3, 32, 32)`` in [0, 1] from ``root``."""
+    folder = Path(root) / CIFAR10_FOLDER
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no CIFAR-10 folder here; pass --data-root pointing at the folder "
+                         f"that holds '{CIFAR10_FOLDER}' (torchvision's layout; nothing is downloaded)")
+
+    def split(names: tuple[str, ...]) -> Split:
+        parts = [_cifar_batch(folder / name) for name in names]
+        x = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
+        return Split(x, np.concatenate([p[1] for p in parts]))
+
+    return split(CIFAR10_TRAIN), split(CIFAR10_TEST)
+
+
+def load_split(name: str, root: str | os.PathLike | None = None) -> tuple[Split, Split]:
+    """Train and test splits of a data set by name (``digits`` or ``cifar10`` with ``root``)."""
+    if name == "digits":
+        return load_digits_split()
+    if name == "cifar10":
+        if root is None:
+            raise InputError("cifar10 needs --data-root (a local folder in torchvision's layout)")
+        return load_cifar10_split(root)
+    raise InputError(f"unknown data set '{name}' (choose from {', '.join(DATASETS)})")
+
+
+def rate_encode(x: np.ndarray | torch.Tensor, steps: int) -> torch.Tensor:
+    """Deterministic rate code: intensity ``p`` in [0, 1] spikes ``floor(p * t)`` times by step ``t``.
+
+    Returns binary spikes of shape ``(steps, *x.shape)``. Deterministic, so the
+    float model, the fixed-point reference and Lava see the same input spikes.
+    """
+    x = torch.as_tensor(x, dtype=torch.float32).clamp(0.0, 1.0)
+    t = torch.arange(1, steps + 1, dtype=torch.float32).view(-1, *([1] * x.dim()))
+    counts = torch.floor(x.unsqueeze(0) * t + 1e-6)
+    previous = torch.cat([torch.zeros_like(counts[:1]), counts[:-1]])
+    return (counts - previous).clamp(0, 1)

@@ -1,0 +1,125 @@
+"""The CLI: one clear line and exit 2 on bad input, nothing on disk touched; verify exit codes."""
+
+import json
+import subprocess
+import sys
+
+import nir
+import numpy as np
+import pytest
+
+from st2chip.learn.checkpoint import save_checkpoint
+from st2chip.cli.main import main
+from st2chip.converters.mlp import mlp_to_nir, write_nir
+
+
+@pytest.fixture
+def good_nir(random_mlp, tmp_path):
+    return write_nir(mlp_to_nir(random_mlp()), tmp_path / "good.nir")
+
+
+def _graph(random_mlp):
+    return mlp_to_nir(random_mlp())
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _write(graph, path):
+    nir.write(path, graph)
+    return path
+
+
+def _bad_files(random_mlp, tmp_path):
+    empty = tmp_path / "empty.nir"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.nir"
+    garbage.write_bytes(b"\x00not hdf5 at all" * 10)
+    good = _write(_graph(random_mlp), tmp_path / "whole.nir")
+    truncated = tmp_path / "truncated.nir"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    nan = _graph(random_mlp)
+    nan.nodes["fc1"].weight[0, 0] = np.nan
+    shape = _graph(random_mlp)
+    shape.nodes["fc2"].bias = np.zeros(3)
+    unknown_edge = _graph(random_mlp)
+    unknown_edge.edges.append(("lif1", "ghost"))
+    unknown_type = _graph(random_mlp)
+    unknown_type.nodes["pool"] = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
+                                               padding=np.array([0, 0]))
+    unknown_type.edges += [("lif1", "pool")]
+    return {
+        "missing": (tmp_path / "nope.nir", "nope.nir"),
+        "empty": (empty, "empty.nir"),
+        "garbage": (garbage, "garbage.nir"),
+        "truncated": (truncated, "truncated.nir"),
+        "nan": (_write(nan, tmp_path / "nan.nir"), "fc1"),
+        "shape": (_write(shape, tmp_path / "shape.nir"), "fc2"),
+        "edge": (_write(unknown_edge, tmp_path / "edge.nir"), "ghost"),
+        "type": (_write(unknown_type, tmp_path / "type.nir"), "SumPool2d"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "garbage", "truncated", "nan", "shape", "edge", "type"])
+@pytest.mark.parametrize("command", ["map", "verify", "energy"])
+def test_bad_input_exit_2_one_line(random_mlp, tmp_path, capsys, case, command):
+    path, named = _bad_files(random_mlp, tmp_path)[case]
+    report = tmp_path / "out.json"
+    report.write_text("keep me")
+    extra = ["--json", str(report)] if command != "energy" else ["-o", str(tmp_path / "energy")]
+    code, out, err = _run(capsys, command, str(path), *extra)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("st2chip: error:")
+    assert named in lines[0]
+    assert "Traceback" not in err
+    assert report.read_text() == "keep me"
+    assert not (tmp_path / "energy").exists()
+
+
+def test_bad_arguments_exit_2(good_nir, capsys):
+    code, _, err = _run(capsys, "map", str(good_nir), "--decay-groups", "0")
+    assert code == 2 and "decay_groups" in err
+    code, _, err = _run(capsys, "verify", str(good_nir), "--backends", "float,gpu")
+    assert code == 2 and "gpu" in err
+    code, _, err = _run(capsys, "energy", str(good_nir), "--profile", "nonexistent")
+    assert code == 2 and "nonexistent" in err
+
+
+def test_export_rejects_bad_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    code, _, err = _run(capsys, "export", str(bad), "-o", str(tmp_path / "m.nir"))
+    assert code == 2 and "bad.pt" in err
+    assert not (tmp_path / "m.nir").exists()
+
+
+def test_export_map_verify_energy_end_to_end(random_mlp, tmp_path, capsys):
+    model = random_mlp(steps=6)
+    ckpt = save_checkpoint(model, "mlp", model.config.to_dict(), tmp_path / "m.pt")
+    nir_path = tmp_path / "m.nir"
+    assert _run(capsys, "export", str(ckpt), "-o", str(nir_path))[0] == 0
+    code, out, _ = _run(capsys, "map", str(nir_path), "--decay-groups", "2")
+    assert code == 0 and "lif1" in out and "readout" in out
+    report = tmp_path / "verify.json"
+    code, out, _ = _run(capsys, "verify", str(nir_path), "--samples", "4", "--json", str(report))
+    assert code == 0, out
+    data = json.loads(report.read_text())
+    assert data["chip_exact"] is True and data["samples"] == 4
+    code, out, _ = _run(capsys, "energy", str(nir_path), "--samples", "4", "-o", str(tmp_path / "e"))
+    assert code == 0 and (tmp_path / "e" / "energy.png").exists()
+
+
+def test_console_script_help_and_error():
+    exe = [sys.executable, "-m", "st2chip.cli"]
+    assert subprocess.run(exe + ["--help"], capture_output=True).returncode == 0
+    res = subprocess.run(exe + ["verify", "/no/such/file.nir"], capture_output=True, text=True)
+    assert res.returncode == 2 and "file.nir" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_verbose_prints_the_pipeline(good_nir, capsys):
+    code, out, err = _run(capsys, "-v", "map", str(good_nir))
+    assert code == 0 and "pipeline:" in err and "lower" in err and "lif1" in out

@@ -1,0 +1,71 @@
+"""The folders are the pipeline: each layer imports only the layers before it."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Package folder -> dotted package, in pipeline order. A module may import its own
+# layer and the layers listed before it, never one listed after it.
+LAYERS = [
+    ("st2chip/errors.py st2chip/io.py st2chip/traces.py", "base"),
+    ("st2chip/learn", "st2chip.learn"),
+    ("st2chip/graph", "st2chip.graph"),
+    ("converters", "st2chip.converters"),
+    ("st2chip/chip", "st2chip.chip"),
+    ("targets", "st2chip.targets"),
+    ("st2chip/analysis", "st2chip.analysis"),
+    ("st2chip/cli", "st2chip.cli"),
+]
+BASE_MODULES = {"st2chip.errors", "st2chip.io", "st2chip.traces"}
+
+
+def _rank_of_module(name: str) -> int | None:
+    if name in BASE_MODULES:
+        return 0
+    for rank, (_, package) in enumerate(LAYERS):
+        if name == package or name.startswith(package + "."):
+            return rank
+    return None
+
+
+def _files(rank: int) -> list[Path]:
+    spec = LAYERS[rank][0]
+    out: list[Path] = []
+    for part in spec.split():
+        path = ROOT / part
+        out += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return out
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return [n for n in names if n.startswith("st2chip")]
+
+
+def test_imports_follow_the_pipeline():
+    wrong = []
+    for rank in range(len(LAYERS)):
+        for path in _files(rank):
+            for name in _imports(path):
+                target = _rank_of_module(name)
+                if target is not None and target > rank:
+                    wrong.append(f"{path.relative_to(ROOT)} imports {name} (a later layer)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_relative_imports_outside_a_layer():
+    """Relative imports stay inside their own folder, so a move cannot hide a layer crossing."""
+    wrong = []
+    for rank in range(len(LAYERS)):
+        for path in _files(rank):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level > 1:
+                    wrong.append(f"{path.relative_to(ROOT)}: from {'.' * node.level}{node.module or ''}")
+    assert not wrong, "\n".join(wrong)
