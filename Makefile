@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEPS := pyproject.toml requirements/base.txt requirements/lava.txt
+DEPS := pyproject.toml requirements/base.txt requirements/nodeps.txt
 
 .PHONY: demo test install clean-venv
 
@@ -22,7 +22,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python $(DEPS)
 	$(BIN)/pip install -r requirements/base.txt
-	$(BIN)/pip install --no-deps --ignore-requires-python -r requirements/lava.txt
+	$(BIN)/pip install --no-deps --ignore-requires-python -r requirements/nodeps.txt
 	$(BIN)/pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -58,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the model (default 0)")
     args = parser.parse_args(argv)
 
-    graph = mlp_to_nir(_model(args.seed))
+    model = _model(args.seed)
+    graph, steps = mlp_to_nir(model), model.config.steps
     _, test = load_digits_split()
     rows = []
     for groups in (1, 4):
         chip = lower(graph, decay_groups=groups)
-        x = {"input": rate_encode(test.x[:args.samples], chip.steps).numpy().transpose(1, 0, 2).astype(np.uint8)}
-        sample_steps = args.samples * (chip.steps + chip.depth)
+        x = {"input": rate_encode(test.x[:args.samples], steps).numpy().transpose(1, 0, 2).astype(np.uint8)}
+        sample_steps = args.samples * (steps + chip.depth)
         ref, t_ref = _timed(reference.run, chip, x)
         rows.append({"backend": "reference", "decay_groups": groups, "voltages": "all",
                      "seconds": t_ref, "steps_per_s": sample_steps / t_ref, "exact": True})

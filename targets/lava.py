@@ -17,7 +17,7 @@ from st2chip.chip.chipgraph import ChipGraph
 from .lava_compat import ensure_lava
 from st2chip.traces import Traces
 
-from .reference import assemble
+from .reference import batch_steps, assemble
 
 
 def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int):
@@ -59,9 +59,8 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
     from lava.proc.io.sink import RingBuffer as SpikeSink
     from lava.proc.monitor.process import Monitor
 
-    steps, depth = chip.steps, chip.depth
-    window = steps + depth
-    batch = next(iter(inputs.values())).shape[0]
+    batch, steps = batch_steps(inputs)
+    window = steps + chip.depth
     total = batch * window
     source_data = {}
     for name, x in inputs.items():

@@ -44,8 +44,7 @@ def neuron_step(pop: Population, u: np.ndarray, v: np.ndarray, a_in: np.ndarray
 
 def run(chip: ChipGraph, inputs: dict[str, np.ndarray]) -> Traces:
     """Run ``inputs`` (name -> spikes ``(B, T, n)``) through ``chip``; traces per layer."""
-    steps = chip.steps
-    batch = next(iter(inputs.values())).shape[0]
+    batch, steps = batch_steps(inputs)
     depths = chip.depths()
     horizon = steps + chip.depth
     state = {p.name: (np.zeros((batch, p.size), np.int64), np.zeros((batch, p.size), np.int64))
@@ -77,22 +76,30 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray]) -> Traces:
     return assemble(chip, "reference", inputs, rec_s, rec_v)
 
 
+def batch_steps(inputs: dict[str, np.ndarray]) -> tuple[int, int]:
+    """Batch size and time steps shared by all input arrays ``(B, T, n)``."""
+    shapes = {name: np.shape(x)[:2] for name, x in inputs.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"inputs disagree in (batch, steps): {shapes}")
+    return next(iter(shapes.values()))
+
+
 def assemble(chip: ChipGraph, backend: str, inputs: dict[str, np.ndarray],
              pop_spikes: dict[str, np.ndarray], pop_volts: dict[str, np.ndarray]) -> Traces:
     """Gather per-population records ``(B, T, n_pop)`` into per-layer :class:`Traces`.
 
     A layer gets voltages only when every one of its populations recorded them.
     """
-    batch = next(iter(inputs.values())).shape[0]
+    batch, steps = batch_steps(inputs)
     spikes, volts = {}, {}
     for layer in chip.layers():
         n = chip.layer_size(layer)
         pops = chip.layer_populations(layer)
-        spikes[layer] = np.zeros((batch, chip.steps, n), np.uint8)
+        spikes[layer] = np.zeros((batch, steps, n), np.uint8)
         for pop in pops:
             spikes[layer][:, :, pop.index] = pop_spikes[pop.name]
         if all(pop.name in pop_volts for pop in pops):
-            volts[layer] = np.zeros((batch, chip.steps, n), np.int64)
+            volts[layer] = np.zeros((batch, steps, n), np.int64)
             for pop in pops:
                 volts[layer][:, :, pop.index] = pop_volts[pop.name]
     readouts = chip.readout_layers()

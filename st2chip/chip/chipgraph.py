@@ -166,14 +166,14 @@ class SynapseGroup:
 class ChipGraph:
     """Inputs, populations and synapse groups, plus how to read the result.
 
-    ``steps`` is the number of time steps of one sample and ``report`` holds what
-    lowering measured (quantization and decay-grouping errors per layer).
+    ``report`` holds what lowering measured (dt, quantization and decay-grouping
+    errors per layer). A mapping does not depend on run length: the number of
+    time steps comes with the inputs of each run.
     """
 
     inputs: list[InputPort]
     populations: list[Population]
     synapses: list[SynapseGroup]
-    steps: int
     report: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -191,8 +191,6 @@ class ChipGraph:
                 raise ChipRangeError(
                     f"synapse group '{s.name}': field 'mantissa' has shape {s.shape}, "
                     f"expected {(sizes[s.target], sizes[s.source])}")
-        if self.steps <= 0:
-            raise ChipRangeError(f"ChipGraph: field 'steps' must be positive, got {self.steps}")
 
     def population(self, name: str) -> Population:
         return next(p for p in self.populations if p.name == name)

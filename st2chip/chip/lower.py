@@ -129,18 +129,14 @@ def _affine_chain(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]]
             return name, weight, bias, count
 
 
-def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, steps: int | None = None) -> ChipGraph:
+def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
     """Map a canonical NIR graph (see :mod:`st2chip.graph.normalize`) onto the chip.
 
-    ``decay_groups`` bounds the number of populations (distinct ``dv``) per layer;
-    ``steps`` defaults to ``graph.metadata["steps"]``.
+    ``decay_groups`` bounds the number of populations (distinct ``dv``) per layer.
     """
     if decay_groups < 1:
         raise GraphError("decay_groups must be at least 1", field="decay_groups")
     dt = float(graph.metadata.get("dt", 1e-3))
-    steps = int(steps if steps is not None else graph.metadata.get("steps", 0))
-    if steps <= 0:
-        raise GraphError("number of time steps unknown: pass steps or set metadata['steps']", field="steps")
     preds: dict[str, list[str]] = {}
     for src, dst in graph.edges:
         preds.setdefault(dst, []).append(src)
@@ -223,4 +219,4 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, steps: int | None = Non
         report["layers"][name] = layer_report
         layer_pops[name] = pops
         populations += pops
-    return ChipGraph(inputs, populations, synapses, steps, report)
+    return ChipGraph(inputs, populations, synapses, report)

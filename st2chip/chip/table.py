@@ -51,5 +51,5 @@ def format_table(chip: ChipGraph) -> str:
     total_nnz = sum(r["nonzero"] for r in rows)
     out.append(f"{len(chip.populations)} populations, {sum(r['neurons'] for r in rows)} neurons, "
                f"{len(chip.synapses)} synapse groups, {total_nnz}/{total_syn} non-zero weights, "
-               f"T={chip.steps}, pipeline depth {chip.depth}")
+               f"dt={chip.report['dt']:g} s, pipeline depth {chip.depth}")
     return "\n".join(out)

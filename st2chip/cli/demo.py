@@ -73,12 +73,12 @@ def run_demo(out: Path = Path("runs/demo"), samples: int = 100, decay_groups: in
     torch_acc = evaluate(model, test)
     nir_path = write_nir(mlp_to_nir(model), out / "model.nir")
     graph = log.stage("read+normalize", load_graph, nir_path)
-    chip = log.stage("lower", map_graph, graph, decay_groups, None)
-    inputs, labels = digits_inputs(graph, samples, chip.steps)
+    chip = log.stage("lower", map_graph, graph, decay_groups)
+    inputs, labels = digits_inputs(graph, samples, model.config.steps)
     traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs)
               for b in ("float", "reference", "lava")]
     report = verify(traces, labels)
-    all_inputs, all_labels = digits_inputs(graph, len(test), chip.steps)
+    all_inputs, all_labels = digits_inputs(graph, len(test), model.config.steps)
     reference_all = log.stage("simulate:ref-all", run_backend, "reference", graph, chip, all_inputs)
     lava_traces = traces[2]
     energy = log.stage("energy", energy_report, chip, lava_traces, "45nm")

@@ -106,7 +106,7 @@ def _pipeline(args: argparse.Namespace):
     from st2chip.cli.pipeline import Log, load_graph, map_graph
     log = Log(args.verbose)
     graph = log.stage("read+normalize", load_graph, args.model, args.dt)
-    chip = log.stage("lower", map_graph, graph, args.decay_groups, args.steps)
+    chip = log.stage("lower", map_graph, graph, args.decay_groups)
     return log, graph, chip
 
 
@@ -123,9 +123,9 @@ def _cmd_map(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import numpy as np
     from st2chip.io import atomic_path
-    from st2chip.cli.pipeline import digits_inputs, run_backend
+    from st2chip.cli.pipeline import digits_inputs, run_backend, steps_of
     log, graph, chip = _pipeline(args)
-    inputs, labels = digits_inputs(graph, args.samples, chip.steps)
+    inputs, labels = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
     traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, args.output is not None)
     print(f"{args.backend}: accuracy {traces.accuracy(labels):.4f} on {len(labels)} digits test samples")
     if args.output:
@@ -142,14 +142,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from st2chip.errors import InputError
     from st2chip.io import write_json
-    from st2chip.cli.pipeline import BACKENDS, digits_inputs, run_backend
+    from st2chip.cli.pipeline import BACKENDS, digits_inputs, run_backend, steps_of
     from st2chip.analysis.verify import verify
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
     log, graph, chip = _pipeline(args)
-    inputs, labels = digits_inputs(graph, args.samples, chip.steps)
+    inputs, labels = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
     traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs) for b in backends]
     report = log.stage("verify", verify, traces, labels)
     print(report.to_text())
@@ -160,10 +160,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_energy(args: argparse.Namespace) -> int:
     from st2chip.analysis.energy import energy_report, load_profile, write_energy_report
-    from st2chip.cli.pipeline import digits_inputs, run_backend
+    from st2chip.cli.pipeline import digits_inputs, run_backend, steps_of
     profile = load_profile(args.profile)
     log, graph, chip = _pipeline(args)
-    inputs, _ = digits_inputs(graph, args.samples, chip.steps)
+    inputs, _ = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
     traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, False)
     report = log.stage("energy", energy_report, chip, traces, profile)
     print(report.to_markdown())

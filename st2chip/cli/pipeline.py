@@ -102,5 +102,5 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
     raise InputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
 
 
-def map_graph(graph: nir.NIRGraph, decay_groups: int, steps: int | None) -> ChipGraph:
-    return lower(graph, decay_groups=decay_groups, steps=steps_of(graph, steps))
+def map_graph(graph: nir.NIRGraph, decay_groups: int) -> ChipGraph:
+    return lower(graph, decay_groups=decay_groups)

@@ -79,6 +79,10 @@ class TimeConstantWarning(UserWarning):
     """A neuron's time constant lies below dt: likely a frontend's unit mix-up."""
 
 
+class DtAssumedWarning(UserWarning):
+    """Neither the caller nor the graph gives dt, so :data:`DEFAULT_DT` is assumed."""
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -118,18 +122,21 @@ def read_graph(path: str | os.PathLike) -> nir.NIRGraph:
 
 
 def normalize(graph: nir.NIRGraph | str | os.PathLike, *, dt: float | None = None,
-              source: str | None = None) -> nir.NIRGraph:
+              source: str | None = None, notes: list[str] | None = None) -> nir.NIRGraph:
     """Return a new canonical copy of ``graph`` (or of the ``.nir`` file it names).
 
     ``dt`` (seconds) overrides ``graph.metadata["dt"]``; ``source`` names the
-    file in error messages (set automatically for a path).
+    file in error messages (set automatically for a path). When ``notes`` is a
+    list, one line per change made to the graph is appended to it (what
+    ``st2chip import`` prints). When neither ``dt`` nor the graph gives dt, a
+    :class:`DtAssumedWarning` says which dt is assumed.
     """
     if isinstance(graph, (str, os.PathLike)):
         source = source or str(graph)
         graph = read_graph(graph)
     if not isinstance(graph, nir.NIRGraph):
         raise GraphError(f"expected a nir.NIRGraph or a .nir path, got {type(graph).__name__}", source=source)
-    ctx = _Context(source)
+    ctx = _Context(source, notes)
     nodes, edges = ctx.flatten(graph)
     ctx.check_node_types(nodes)
     ctx.check_edges(nodes, edges)
@@ -165,8 +172,9 @@ def _float_array(value: Any) -> np.ndarray:
 class _Context:
     """The normalize passes, sharing the source file name for their errors."""
 
-    def __init__(self, source: str | None) -> None:
+    def __init__(self, source: str | None, notes: list[str] | None = None) -> None:
         self.source = source
+        self.notes = notes if notes is not None else []
 
     def error(self, reason: str, node: str | None = None, field: str | None = None) -> GraphError:
         return GraphError(reason, node=node, field=field, source=self.source)
@@ -199,6 +207,7 @@ class _Context:
                 add(inner, inner_node)
             edges.extend(inner_edges)
             ports[full] = (ins, outs)
+            self.notes.append(f"node '{full}': nested graph flattened into its parent ({full}.*)")
         for edge in graph.edges:
             if not isinstance(edge, (tuple, list)) or len(edge) != 2:
                 raise self.error(f"edge {edge!r} is not a (source, target) pair", field="edges")
@@ -224,13 +233,21 @@ class _Context:
         return candidates[0]
 
     def check_node_types(self, nodes: dict[str, Any]) -> None:
+        """Refuse every node of an unsupported type, all named in one error."""
         supported = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Flatten, *NEURON_FIELDS)
+        bad = []
         for name, node in nodes.items():
             if not isinstance(node, supported):
                 what = "None (the frontend exported nothing for this layer)" if node is None \
                     else f"'{type(node).__name__}'"
-                raise self.error(f"unsupported node type {what}; supported: {', '.join(SUPPORTED_TYPES)}",
-                                 node=name)
+                bad.append((name, what))
+        if len(bad) == 1:
+            name, what = bad[0]
+            raise self.error(f"unsupported node type {what}; supported: {', '.join(SUPPORTED_TYPES)}", node=name)
+        if bad:
+            listed = "; ".join(f"node '{name}' ({what})" for name, what in bad)
+            raise self.error(f"{len(bad)} nodes of unsupported types: {listed}; supported: "
+                             f"{', '.join(SUPPORTED_TYPES)}", field="nodes")
 
     def check_edges(self, nodes: dict[str, Any], edges: list[Edge]) -> None:
         seen: set[Edge] = set()
@@ -333,6 +350,8 @@ class _Context:
             value = getattr(node, field, None)
             if value is None and field not in _DEFAULT_FILL:
                 raise self.error("parameter is missing", node=name, field=field)
+            if value is None:
+                self.notes.append(f"node '{name}': {field} missing, set to {_DEFAULT_FILL[field]:g}")
             arrays[field] = self.array(_DEFAULT_FILL[field] if value is None else value, name, field).reshape(-1)
         return arrays
 
@@ -394,15 +413,22 @@ class _Context:
         return {n: int(s) for n, s in size.items()}
 
     def resolve_dt(self, dt: float | None, metadata: Any) -> float:
-        raw = dt
+        """dt from the argument, else the graph's metadata, else :data:`DEFAULT_DT` with a warning."""
+        stored = metadata.get("dt") if isinstance(metadata, dict) else None
+        raw, origin = (dt, "given") if dt is not None else (stored, "from the graph's metadata")
         if raw is None:
-            raw = metadata.get("dt", DEFAULT_DT) if isinstance(metadata, dict) else DEFAULT_DT
+            warnings.warn(f"{self.source or 'graph'}: no dt given (--dt) and none in the graph's metadata; "
+                          f"assuming dt = {DEFAULT_DT:g} s", DtAssumedWarning)
+            raw, origin = DEFAULT_DT, "assumed (the graph stores none)"
         try:
             value = float(np.asarray(raw, dtype=np.float64).reshape(()))
         except (TypeError, ValueError):
             raise self.error(f"dt must be one number (seconds), got {raw!r}", field="dt") from None
         if not np.isfinite(value) or value <= 0:
             raise self.error(f"dt must be a positive number of seconds, got {value}", field="dt")
+        if dt is not None and stored is not None:
+            origin = f"given; the graph's metadata says {stored}"
+        self.notes.append(f"dt = {value:g} s ({origin})")
         return value
 
     # -- canonical nodes ---------------------------------------------------------
@@ -417,7 +443,12 @@ class _Context:
         if isinstance(node, nir.Flatten):
             return nir.Flatten(input_type={"input": np.array([n])}, start_dim=0, end_dim=-1, metadata=meta)
         if isinstance(node, (nir.Affine, nir.Linear)):
+            if isinstance(node, nir.Linear):
+                self.notes.append(f"node '{name}': Linear -> Affine with zero bias")
             return nir.Affine(weight=arrays["weight"], bias=arrays["bias"], metadata=meta)
+        scalars = [field for field, a in arrays.items() if a.size == 1 and n > 1]
+        if scalars:
+            self.notes.append(f"node '{name}': {', '.join(scalars)} broadcast from one value to {n} neurons")
         params = {field: np.broadcast_to(a, (n,)).copy() for field, a in arrays.items()}
         for field in _POSITIVE:
             if field in params and np.any(params[field] <= 0):
@@ -428,7 +459,8 @@ class _Context:
             if field in params and np.any(params[field] < dt):
                 warnings.warn(
                     f"node '{name}': {field} = {params[field].min():g} s is below dt = {dt:g} s, so forward Euler "
-                    f"overshoots (dt/{field} = {dt / params[field].min():g}); check the dt the frontend assumed "
-                    f"(pass normalize(..., dt=...)) or its time constants (norse 1.1's to_nir writes "
-                    f"tau = dt/tau_mem_inv, norse issue #411)", TimeConstantWarning)
+                    f"overshoots (dt/{field} = {dt / params[field].min():g}); pass the dt the frontend assumed "
+                    f"with --dt (normalize(..., dt=...)), or import the file with st2chip import --from "
+                    f"<framework> (norse 1.1's to_nir writes tau = dt/tau_mem_inv, norse issue #411)",
+                    TimeConstantWarning)
         return type(node)(**params, metadata=meta)

@@ -34,8 +34,7 @@ def _chip(w1: np.ndarray = W1, kind: str = "spike") -> ChipGraph:
         inputs=[InputPort("x", 4, kind)],
         populations=[_pop("h", "fc1", [0, 1, 2]), _pop("o", "out", [0, 1], readout=True)],
         synapses=[SynapseGroup("x->h", "x", "h", w1, exp=0),
-                  SynapseGroup("h->o", "h", "o", sp.csr_matrix(W2), exp=0, form="sparse")],
-        steps=3)
+                  SynapseGroup("h->o", "h", "o", sp.csr_matrix(W2), exp=0, form="sparse")])
 
 
 def _split_chip() -> ChipGraph:
@@ -47,8 +46,7 @@ def _split_chip() -> ChipGraph:
         synapses=[SynapseGroup("x->hA", "x", "hA", W1[a], exp=0),
                   SynapseGroup("x->hB", "x", "hB", W1[b], exp=0),
                   SynapseGroup("hA->o", "hA", "o", W2[:, a], exp=0),
-                  SynapseGroup("hB->o", "hB", "o", W2[:, b], exp=0)],
-        steps=3)
+                  SynapseGroup("hB->o", "hB", "o", W2[:, b], exp=0)])
 
 
 def _traces(x: np.ndarray, h: np.ndarray) -> Traces:

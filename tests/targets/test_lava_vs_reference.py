@@ -44,8 +44,7 @@ def test_edge_cases_bit_exact():
         synapses=[
             SynapseGroup("x->h", "x", "h", sp.csr_matrix(m1), exp=2, form="sparse"),
             SynapseGroup("h->o", "h", "o", rng.integers(-128, 128, size=(n_out, n_hid)), exp=-3),
-        ],
-        steps=steps)
+        ])
     x = {"x": (rng.random((3, steps, n_in)) < 0.5).astype(np.uint8)}
     ref, lav = reference.run(chip, x), lava.run(chip, x)
     assert ref.spikes["h"].sum() > 0

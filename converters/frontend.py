@@ -1,0 +1,48 @@
+"""What every framework converter shares: the result type and the last step to canonical NIR.
+
+A framework converter is one module in ``converters/`` (``norse``, ``snntorch``,
+``spikingjelly``) with
+
+- ``NAME``: the ``--from`` name of ``st2chip import``;
+- ``DEFAULT_DT``: the step (seconds) the framework's export assumes when the graph
+  does not store one;
+- ``repair(graph, dt) -> (graph, notes)``: absorbs the framework's quirks in a graph
+  as the framework exported it (or as read back from its ``.nir`` file), returning
+  a graph that :func:`~st2chip.graph.normalize.normalize` accepts and one line per change;
+- ``to_nir(model, ...) -> Converted``: runs the framework's own export on a model
+  object, then ``repair`` and :func:`finish`.
+
+Quirks are absorbed here (or in normalize), never in the backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nir
+
+from st2chip.errors import InputError
+from st2chip.graph.normalize import normalize
+
+
+@dataclass
+class Converted:
+    """A canonical NIR graph (``metadata`` holds ``dt`` and, when known, ``steps``) and what was changed."""
+
+    graph: nir.NIRGraph
+    notes: list[str] = field(default_factory=list)
+
+
+def finish(graph: nir.NIRGraph, *, dt: float, steps: int | None = None, notes: list[str] | None = None,
+           source: str | None = None, producer: str | None = None) -> Converted:
+    """Normalize a repaired graph with ``dt`` (and ``steps``) recorded in its metadata."""
+    notes = list(notes or [])
+    canonical = normalize(graph, dt=dt, source=source, notes=notes)
+    if steps is not None:
+        if int(steps) < 1:
+            raise InputError(f"--steps must be at least 1, got {steps}")
+        canonical.metadata["steps"] = int(steps)
+        notes.append(f"steps = {int(steps)} recorded in the metadata")
+    if producer is not None:
+        canonical.metadata.setdefault("producer", producer)
+    return Converted(canonical, notes)
