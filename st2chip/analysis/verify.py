@@ -64,7 +64,7 @@ class VerifyReport:
 
     def to_text(self) -> str:
         lines = [f"samples: {self.samples}"]
-        lines += [f"accuracy[{k}]: {v:.4f}" for k, v in self.accuracy.items()]
+        lines += [f"accuracy[{k}]: {v:.4f}" for k, v in self.accuracy.items()] or ["accuracy: no labels given"]
         for c in self.comparisons:
             lines.append(f"{c.a} vs {c.b}: spike agreement {100 * c.overall_spike_agreement:.3f} %, "
                          f"prediction agreement {100 * c.prediction_agreement:.2f} %"
@@ -112,9 +112,10 @@ def compare(a: Traces, b: Traces, *, voltages: bool) -> Comparison:
     return Comparison(a.backend, b.backend, agreement, exact, first, pred)
 
 
-def verify(traces: list[Traces], labels: np.ndarray) -> VerifyReport:
-    """Accuracy of every backend and comparisons float→first chip backend, chip→chip."""
-    report = VerifyReport(samples=len(labels), accuracy={t.backend: t.accuracy(labels) for t in traces})
+def verify(traces: list[Traces], labels: np.ndarray | None = None) -> VerifyReport:
+    """Accuracy of every backend (when ``labels`` are given) and comparisons float→first chip backend, chip→chip."""
+    accuracy = {t.backend: t.accuracy(labels) for t in traces} if labels is not None else {}
+    report = VerifyReport(samples=traces[0].samples, accuracy=accuracy)
     floats = [t for t in traces if t.backend == "float"]
     chips = [t for t in traces if t.backend != "float"]
     if floats and chips:
