@@ -40,3 +40,7 @@ class GraphError(St2chipError):
 class ChipRangeError(St2chipError):
     """A ChipGraph value lies outside the range the chip can hold."""
 
+
+
+class St2chipWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as one line."""

@@ -9,23 +9,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from st2chip.cli.train import register as register_train
-from st2chip.errors import St2chipError
+from st2chip.converters.registry import EXPORT_DT, FRAMEWORKS
+from st2chip.errors import St2chipError, St2chipWarning
 
 EPILOG_EXIT = "exit codes: 0 ok, 1 verification found a difference, 2 bad input"
 
 
-def _add_graph_args(p: argparse.ArgumentParser, samples: int = 100) -> None:
-    p.add_argument("model", help="NIR file (.nir) to map")
+
+def _add_graph_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="NIR file (.nir), as written by st2chip export or st2chip import")
     p.add_argument("--decay-groups", type=int, default=4, metavar="K",
                    help="at most K distinct voltage decays (one Lava process each) per layer (default 4)")
-    p.add_argument("--steps", type=int, default=None, help="time steps per sample (default: graph metadata)")
-    p.add_argument("--dt", type=float, default=None, help="time step in seconds (default: graph metadata or 1e-3)")
-    p.add_argument("--samples", type=int, default=samples,
-                   help=f"digits test samples to run (default {samples})")
+    p.add_argument("--dt", type=float, default=None,
+                   help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    _add_graph_args(p)
+    p.add_argument("--inputs", metavar="FILE",
+                   help="spikes to run: .npy (B, T, n) or (B, T, *input_shape) for one Input node, or .npz "
+                        "with one array per Input node name and optional 'labels' (default: digits test split)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="time steps per sample (default: the inputs' T; for digits, the graph's metadata)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples to run (default: all of --inputs; 100 digits test samples)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,16 +76,18 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("map", help="lower a NIR file to the chip and print the per-layer table",
                        description="Normalize, validate and lower a NIR graph; print the ChipGraph per layer. "
+                                   "A mapping does not depend on run length. "
                                    "Example: st2chip map model.nir --decay-groups 2",
                        epilog=EPILOG_EXIT)
     _add_graph_args(p)
     p.add_argument("--json", help="also write the table as JSON here")
 
     p = sub.add_parser("simulate", help="run a NIR file on one backend and report accuracy",
-                       description="Run digits test samples through one backend. "
-                                   "Example: st2chip simulate model.nir --backend lava --samples 50",
+                       description="Run input spikes (--inputs, or digits test samples) through one backend; "
+                                   "accuracy when labels are known. Example: st2chip simulate f.nir "
+                                   "--inputs x.npy --dt 1e-4 --backend lava -o traces.npz",
                        epilog=EPILOG_EXIT)
-    _add_graph_args(p)
+    _add_run_args(p)
     p.add_argument("--backend", default="lava", choices=["float", "reference", "lava"],
                    help="float NIR simulation, fixed-point reference or Lava fixed_pt (default lava)")
     p.add_argument("-o", "--output", help="write the traces (.npz) here")
@@ -81,22 +95,41 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="float vs fixed-point reference vs Lava on the same samples",
                        description="Accuracy of each backend, per-layer spike agreement and the first "
                                    "diverging layer/step/neuron. Exit 0 when reference and Lava agree "
-                                   "exactly, 1 when they do not. Example: st2chip verify model.nir",
+                                   "exactly, 1 when they do not. Example: st2chip verify model.nir "
+                                   "--inputs spikes.npz",
                        epilog=EPILOG_EXIT)
-    _add_graph_args(p)
+    _add_run_args(p)
     p.add_argument("--backends", default="float,reference,lava",
                    help="comma-separated backends to compare (default float,reference,lava)")
     p.add_argument("--json", help="also write the report as JSON here")
 
     p = sub.add_parser("energy", help="synaptic operations and energy per layer from real spike traces",
                        description="Count SOPs (one accumulate per non-zero outgoing weight per spike) and "
-                                   "energy from a profile. Example: st2chip energy model.nir --profile loihi2",
+                                   "energy from a profile. Example: st2chip energy model.nir --inputs x.npy "
+                                   "--profile loihi2",
                        epilog=EPILOG_EXIT)
-    _add_graph_args(p)
+    _add_run_args(p)
     p.add_argument("--backend", default="reference", choices=["reference", "lava"],
                    help="where the spike traces come from (default reference: bit-exact with Lava, faster)")
     p.add_argument("--profile", default="45nm", help="energy profile name (45nm, loihi2) or JSON path")
     p.add_argument("-o", "--output", default=None, help="folder for energy.json/.md/.png")
+
+    p = sub.add_parser("import", help="a framework's .nir file -> canonical .nir that every command takes",
+                       description="Read a graph as norse, snnTorch, SpikingJelly or plain NIR wrote it, absorb "
+                                   "that framework's quirks (0-d tensors, norse's tau, the dt the export assumed, "
+                                   "the reset convention) and write a canonical NIR file with dt (and steps) in its "
+                                   "metadata. Prints one line per change. "
+                                   "Example: st2chip import sj.nir --from spikingjelly -o model.nir",
+                       epilog=EPILOG_EXIT)
+    p.add_argument("file", help="the .nir file the framework wrote")
+    p.add_argument("--from", dest="framework", required=True, choices=FRAMEWORKS,
+                   help="which framework wrote it (nir: a plain NIR file, no quirks assumed)")
+    p.add_argument("--dt", type=float, default=None,
+                   help="time step in seconds (default: what the framework's export assumes: "
+                        + ", ".join(f"{k} {v:g}" for k, v in EXPORT_DT.items() if k != "nir")
+                        + "; for nir, the file's metadata)")
+    p.add_argument("--steps", type=int, default=None, help="time steps per sample, recorded in the metadata")
+    p.add_argument("-o", "--output", required=True, help="canonical .nir file to write (replaced atomically)")
 
     register_train(sub)
     return parser
@@ -108,6 +141,13 @@ def _pipeline(args: argparse.Namespace):
     graph = log.stage("read+normalize", load_graph, args.model, args.dt)
     chip = log.stage("lower", map_graph, graph, args.decay_groups)
     return log, graph, chip
+
+
+def _run_inputs(args: argparse.Namespace, graph):
+    from st2chip.cli.inputs import resolve_inputs
+    inputs = resolve_inputs(graph, args.inputs, args.samples, args.steps)
+    print(f"inputs: {inputs.describe()}")
+    return inputs
 
 
 def _cmd_map(args: argparse.Namespace) -> int:
@@ -122,36 +162,42 @@ def _cmd_map(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import numpy as np
+    from st2chip.cli.pipeline import run_backend
     from st2chip.io import atomic_path
-    from st2chip.cli.pipeline import digits_inputs, run_backend, steps_of
     log, graph, chip = _pipeline(args)
-    inputs, labels = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
-    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, args.output is not None)
-    print(f"{args.backend}: accuracy {traces.accuracy(labels):.4f} on {len(labels)} digits test samples")
+    inputs = _run_inputs(args, graph)
+    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, args.output is not None)
+    if inputs.labels is not None:
+        print(f"{args.backend}: accuracy {traces.accuracy(inputs.labels):.4f} on {inputs.samples} samples")
+    else:
+        counts = ", ".join(f"{layer} {int(s.sum())}" for layer, s in traces.spikes.items())
+        print(f"{args.backend}: no labels, accuracy skipped; spikes per layer: {counts}")
     if args.output:
         arrays = {f"spikes/{k}": v for k, v in traces.spikes.items()}
         arrays |= {f"voltages/{k}": v for k, v in traces.voltages.items()}
         arrays |= {f"inputs/{k}": v for k, v in traces.inputs.items()}
+        if inputs.labels is not None:
+            arrays["labels"] = inputs.labels
         with atomic_path(args.output, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, scores=traces.scores, labels=labels, **arrays)
+                np.savez_compressed(fh, scores=traces.scores, **arrays)
         print(f"traces written to {args.output}")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from st2chip.analysis.verify import verify
+    from st2chip.cli.pipeline import BACKENDS, run_backend
     from st2chip.errors import InputError
     from st2chip.io import write_json
-    from st2chip.cli.pipeline import BACKENDS, digits_inputs, run_backend, steps_of
-    from st2chip.analysis.verify import verify
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
     log, graph, chip = _pipeline(args)
-    inputs, labels = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
-    traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs) for b in backends]
-    report = log.stage("verify", verify, traces, labels)
+    inputs = _run_inputs(args, graph)
+    traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs.spikes) for b in backends]
+    report = log.stage("verify", verify, traces, inputs.labels)
     print(report.to_text())
     if args.json:
         write_json(args.json, report.to_dict())
@@ -160,16 +206,31 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_energy(args: argparse.Namespace) -> int:
     from st2chip.analysis.energy import energy_report, load_profile, write_energy_report
-    from st2chip.cli.pipeline import digits_inputs, run_backend, steps_of
+    from st2chip.cli.pipeline import run_backend
     profile = load_profile(args.profile)
     log, graph, chip = _pipeline(args)
-    inputs, _ = digits_inputs(graph, args.samples, steps_of(graph, args.steps))
-    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs, False)
+    inputs = _run_inputs(args, graph)
+    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, False)
     report = log.stage("energy", energy_report, chip, traces, profile)
     print(report.to_markdown())
     if args.output:
         paths = write_energy_report(report, args.output)
         print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from st2chip.converters.mlp import write_nir
+    from st2chip.converters.registry import import_file
+    converted = import_file(args.file, args.framework, dt=args.dt, steps=args.steps)
+    if args.dt is None and args.framework != "nir":
+        converted.notes.insert(0, f"{args.framework}'s export does not store dt; using its default "
+                                  f"{EXPORT_DT[args.framework]:g} s (pass --dt to change)")
+    print(f"importing {args.file} (from {args.framework}):")
+    for line in converted.notes:
+        print(f"  {line}")
+    path = write_nir(converted.graph, args.output)
+    print(f"canonical NIR written to {path}")
     return 0
 
 
@@ -193,14 +254,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     epochs=args.epochs, seed=args.seed, retrain=args.retrain)
 
 
-COMMANDS = {"demo": _cmd_demo, "export": _cmd_export, "map": _cmd_map, "simulate": _cmd_simulate,
-            "verify": _cmd_verify, "energy": _cmd_energy}
+COMMANDS = {"demo": _cmd_demo, "export": _cmd_export, "import": _cmd_import, "map": _cmd_map,
+            "simulate": _cmd_simulate, "verify": _cmd_verify, "energy": _cmd_energy}
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as one ``st2chip: warning: ...`` line on stderr."""
+    text = " ".join(str(message).split())
+    if not issubclass(category, St2chipWarning):
+        text = f"{category.__name__}: {text}"
+    print(f"st2chip: warning: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``st2chip`` console script."""
     args = _parser().parse_args(argv)
     handler = COMMANDS.get(args.command) or getattr(args, "func")
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _run(handler, args)
+
+
+def _run(handler, args: argparse.Namespace) -> int:
     try:
         return handler(args)
     except St2chipError as err:

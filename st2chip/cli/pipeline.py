@@ -15,7 +15,6 @@ import nir
 import numpy as np
 
 from st2chip.chip.chipgraph import ChipGraph
-from st2chip.learn.data import load_digits_split, rate_encode
 from st2chip.errors import InputError
 from st2chip.chip.lower import lower
 from st2chip.graph.normalize import normalize
@@ -56,35 +55,6 @@ def load_graph(path: str | os.PathLike | nir.NIRGraph, dt: float | None = None) 
     return normalize(path, dt=dt)
 
 
-def input_name_and_size(graph: nir.NIRGraph) -> tuple[str, int]:
-    inputs = [(name, node) for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
-    if len(inputs) != 1:
-        raise InputError(f"the graph has {len(inputs)} Input nodes; digits input needs exactly one")
-    name, node = inputs[0]
-    return name, int(np.prod(next(iter(node.input_type.values()))))
-
-
-def steps_of(graph: nir.NIRGraph, steps: int | None) -> int:
-    steps = steps if steps is not None else graph.metadata.get("steps")
-    if steps is None:
-        raise InputError("the graph's metadata has no 'steps'; pass --steps")
-    return int(steps)
-
-
-def digits_inputs(graph: nir.NIRGraph, samples: int, steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Rate-coded digits test samples ``(B, T, 64)`` for the graph's one input, with labels."""
-    name, size = input_name_and_size(graph)
-    _, test = load_digits_split()
-    if size != test.x.shape[1]:
-        raise InputError(f"input node '{name}' takes {size} values; the digits data set has "
-                         f"{test.x.shape[1]} (8x8 images)")
-    if samples < 1:
-        raise InputError(f"--samples must be at least 1, got {samples}")
-    samples = min(samples, len(test))
-    spikes = rate_encode(test.x[:samples], steps).numpy().transpose(1, 0, 2).astype(np.uint8)
-    return {name: spikes}, test.y[:samples]
-
-
 def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict[str, np.ndarray],
                 voltages: bool = True) -> Traces:
     """Run one backend: ``float`` reads NIR; the chip backends read only the ChipGraph.
@@ -92,7 +62,8 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
     ``voltages=False`` lets Lava skip recording hidden voltages (faster).
     """
     if backend == "float":
-        return simulate(graph, next(iter(inputs.values())))
+        order = [name for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
+        return simulate(graph, np.concatenate([inputs[name] for name in order], axis=2))
     if backend == "reference":
         from st2chip.targets import reference
         return reference.run(chip, inputs)

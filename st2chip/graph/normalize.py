@@ -54,7 +54,7 @@ import h5py
 import nir
 import numpy as np
 
-from st2chip.errors import GraphError, InputError
+from st2chip.errors import GraphError, InputError, St2chipWarning
 
 DEFAULT_DT = 1e-3  # seconds, used when neither the caller nor the graph gives dt
 
@@ -75,11 +75,11 @@ _TIME_CONSTANTS = ("tau", "tau_syn", "tau_mem")
 Edge = tuple[str, str]
 
 
-class TimeConstantWarning(UserWarning):
+class TimeConstantWarning(St2chipWarning):
     """A neuron's time constant lies below dt: likely a frontend's unit mix-up."""
 
 
-class DtAssumedWarning(UserWarning):
+class DtAssumedWarning(St2chipWarning):
     """Neither the caller nor the graph gives dt, so :data:`DEFAULT_DT` is assumed."""
 
 

@@ -1,0 +1,41 @@
+"""The frameworks ``st2chip import --from`` knows, and reading a file one of them wrote.
+
+Kept free of framework imports so that ``st2chip --help`` stays fast: each
+converter module is imported only when used. :data:`EXPORT_DT` repeats each
+module's ``DEFAULT_DT`` (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from st2chip.converters.frontend import Converted, finish
+from st2chip.graph.normalize import read_graph
+
+# the dt (seconds) each framework's NIR export assumes without storing it
+EXPORT_DT = {"norse": 1e-3, "snntorch": 1e-4, "spikingjelly": 1e-4, "nir": 1e-3}
+FRAMEWORKS = tuple(EXPORT_DT)
+
+
+def converter(framework: str):
+    """The converter module of ``framework`` (``norse``, ``snntorch``, ``spikingjelly``)."""
+    if framework not in FRAMEWORKS or framework == "nir":
+        raise ValueError(f"no converter module for {framework!r}")
+    return importlib.import_module(f"st2chip.converters.{framework}")
+
+
+def import_file(path: str | os.PathLike, framework: str, *, dt: float | None = None,
+                steps: int | None = None) -> Converted:
+    """Read a ``.nir`` file as ``framework`` wrote it and return the canonical graph with the changes made.
+
+    ``dt`` defaults to the framework's export default (:data:`EXPORT_DT`); for
+    ``nir``, to the file's own ``metadata["dt"]`` (else 1 ms, with a warning).
+    """
+    graph = read_graph(path)
+    notes: list[str] = []
+    if framework == "nir":
+        return finish(graph, dt=dt, steps=steps, source=str(path))
+    dt = EXPORT_DT[framework] if dt is None else dt
+    graph, notes = converter(framework).repair(graph, dt)
+    return finish(graph, dt=dt, steps=steps, notes=notes, source=str(path), producer=framework)

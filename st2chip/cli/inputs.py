@@ -1,0 +1,170 @@
+"""Input spikes for a run: the user's own file (``--inputs``) or the embedded digits test split.
+
+``--inputs`` takes
+
+- ``.npy``: one array of spikes ``(B, T, n)`` or ``(B, T, *input_shape)`` for a
+  graph with one Input node;
+- ``.npz``: one array per Input node, stored under the node's name, and an
+  optional ``labels`` array ``(B,)`` of class indices.
+
+Files are read with ``allow_pickle=False``. Spikes are 0/1 (any numeric or bool
+dtype). The run length is the inputs' ``T`` unless ``--steps`` asks for fewer.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nir
+import numpy as np
+
+from st2chip.errors import InputError
+
+
+@dataclass
+class RunInputs:
+    """Spikes per Input node ``(B, T, n)`` (uint8), labels when known, and where they came from."""
+
+    spikes: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    origin: str
+
+    @property
+    def samples(self) -> int:
+        return int(next(iter(self.spikes.values())).shape[0])
+
+    @property
+    def steps(self) -> int:
+        return int(next(iter(self.spikes.values())).shape[1])
+
+    def describe(self) -> str:
+        return f"{self.samples} samples x {self.steps} steps from {self.origin}"
+
+
+def input_sizes(graph: nir.NIRGraph) -> dict[str, int]:
+    """Input node name -> number of values, for a canonical graph."""
+    return {name: int(np.prod(node.input_type["input"])) for name, node in graph.nodes.items()
+            if isinstance(node, nir.Input)}
+
+
+def _as_spikes(source: str, name: str, array: np.ndarray, size: int) -> np.ndarray:
+    """``(B, T, *shape)`` -> uint8 ``(B, T, size)``, refusing what is not a spike train for this input."""
+    if array.ndim < 3:
+        raise InputError(f"{source}: array for input '{name}' has shape {array.shape}; expected (batch, steps, "
+                         f"{size}) or (batch, steps, *input_shape)")
+    b, t = array.shape[:2]
+    if b == 0 or t == 0:
+        raise InputError(f"{source}: array for input '{name}' is empty (shape {array.shape})")
+    if int(np.prod(array.shape[2:])) != size:
+        raise InputError(f"{source}: array for input '{name}' has {int(np.prod(array.shape[2:]))} values per "
+                         f"step (shape {array.shape}); the graph's input '{name}' takes {size}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InputError(f"{source}: array for input '{name}' has dtype {array.dtype}; expected 0/1 spikes")
+    values = array.reshape(b, t, size)
+    bad = ~np.isin(values, (0, 1))
+    if bad.any():
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        raise InputError(f"{source}: input '{name}' must hold spikes (0 or 1); sample {i[0]}, step {i[1]}, "
+                         f"value {i[2]} is {values[i]!r}")
+    return values.astype(np.uint8)
+
+
+def load_inputs(path: str | os.PathLike, graph: nir.NIRGraph) -> RunInputs:
+    """Read ``--inputs`` (``.npy`` or ``.npz``) for ``graph``; every problem names the file and the input."""
+    p = Path(path)
+    sizes = input_sizes(graph)
+    try:
+        loaded = np.load(p, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{p}: is a directory, not a .npy or .npz file") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(f"{p}: not a readable .npy/.npz array file ({' '.join(str(err).split())})") from None
+    labels = None
+    if isinstance(loaded, np.ndarray):
+        if len(sizes) != 1:
+            raise InputError(f"{p}: a .npy file feeds a graph with one Input node; this graph has {len(sizes)} "
+                             f"({', '.join(sizes)}): use a .npz with one array per input name")
+        (name, size), = sizes.items()
+        spikes = {name: _as_spikes(str(p), name, loaded, size)}
+    else:
+        with loaded:
+            keys = set(loaded.files)
+            missing = [n for n in sizes if n not in keys]
+            if missing:
+                raise InputError(f"{p}: no array for input node(s) {', '.join(missing)}; the file holds "
+                                 f"{', '.join(sorted(keys)) or 'nothing'}")
+            unknown = sorted(keys - set(sizes) - {"labels"})
+            if unknown:
+                raise InputError(f"{p}: arrays {', '.join(unknown)} match no Input node of the graph "
+                                 f"({', '.join(sizes)}) and are not 'labels'")
+            spikes = {n: _as_spikes(str(p), n, loaded[n], s) for n, s in sizes.items()}
+            if "labels" in keys:
+                labels = _labels(str(p), loaded["labels"])
+    shapes = {n: s.shape[:2] for n, s in spikes.items()}
+    if len(set(shapes.values())) != 1:
+        raise InputError(f"{p}: inputs disagree in (batch, steps): {shapes}")
+    if labels is not None and labels.shape[0] != next(iter(shapes.values()))[0]:
+        raise InputError(f"{p}: 'labels' has {labels.shape[0]} entries for {next(iter(shapes.values()))[0]} samples")
+    return RunInputs(spikes, labels, str(p))
+
+
+def _labels(source: str, labels: np.ndarray) -> np.ndarray:
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{source}: 'labels' must be a 1-D integer array of class indices, got "
+                         f"{labels.dtype} {labels.shape}")
+    return labels.astype(np.int64)
+
+
+def limit(inputs: RunInputs, samples: int | None, steps: int | None) -> RunInputs:
+    """The first ``samples`` samples and ``steps`` steps (``None``: all)."""
+    if samples is not None and samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    if steps is not None:
+        if steps < 1:
+            raise InputError(f"--steps must be at least 1, got {steps}")
+        if steps > inputs.steps:
+            raise InputError(f"--steps {steps} asks for more steps than the inputs hold ({inputs.steps}, "
+                             f"{inputs.origin})")
+    b = slice(None, samples)
+    spikes = {n: x[b, :steps] for n, x in inputs.spikes.items()}
+    labels = None if inputs.labels is None else inputs.labels[b]
+    return RunInputs(spikes, labels, inputs.origin)
+
+
+def digits_inputs(graph: nir.NIRGraph, samples: int, steps: int) -> RunInputs:
+    """Rate-coded digits test samples ``(B, T, 64)`` for the graph's one input, with labels."""
+    from st2chip.learn.data import load_digits_split, rate_encode
+
+    sizes = input_sizes(graph)
+    if len(sizes) != 1:
+        raise InputError(f"the graph has {len(sizes)} Input nodes; the digits data feed exactly one "
+                         f"(give --inputs FILE.npz with one array per input)")
+    (name, size), = sizes.items()
+    _, test = load_digits_split()
+    if size != test.x.shape[1]:
+        raise InputError(f"input node '{name}' takes {size} values; the digits data set has "
+                         f"{test.x.shape[1]} (8x8 images): give your own spikes with --inputs FILE.npy")
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    if steps < 1:
+        raise InputError(f"--steps must be at least 1, got {steps}")
+    samples = min(samples, len(test))
+    spikes = rate_encode(test.x[:samples], steps).numpy().transpose(1, 0, 2).astype(np.uint8)
+    return RunInputs({name: spikes}, test.y[:samples], "the digits test split")
+
+
+def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, steps: int | None,
+                   default_samples: int = 100) -> RunInputs:
+    """``--inputs`` when given (``--steps`` defaults to its T), else digits (``--steps`` or metadata)."""
+    if path is not None:
+        return limit(load_inputs(path, graph), samples, steps)
+    steps = steps if steps is not None else graph.metadata.get("steps")
+    if steps is None:
+        raise InputError("the number of time steps is unknown: the graph's metadata has no 'steps'; "
+                         "pass --steps T, or --inputs FILE whose arrays are (batch, T, ...)")
+    return digits_inputs(graph, samples if samples is not None else default_samples, int(steps))

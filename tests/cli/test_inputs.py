@@ -1,0 +1,170 @@
+"""--inputs: the user's own spikes for simulate, verify and energy; dt made visible; import of plain NIR."""
+
+import nir
+import numpy as np
+import pytest
+
+from st2chip.cli.inputs import load_inputs
+from st2chip.cli.main import main
+from st2chip.errors import InputError
+from st2chip.graph.normalize import normalize
+from st2chip.graph.simulate import simulate
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_lif(threshold: float = 1.0) -> nir.NIRGraph:
+    """A 1-wide input into one LIF neuron; no dt and no steps in the metadata."""
+    return nir.NIRGraph(nodes={
+        "in": nir.Input(input_type={"input": np.array([1])}),
+        "w": nir.Affine(weight=np.array([[1.0]]), bias=np.array([0.0])),
+        "lif": nir.LIF(tau=np.array([2e-3]), r=np.array([10.0]), v_leak=np.array([0.0]),
+                       v_threshold=np.array([threshold]), v_reset=np.array([0.0])),
+        "out": nir.Output(output_type={"output": np.array([1])})},
+        edges=[("in", "w"), ("w", "lif"), ("lif", "out")], metadata={})
+
+
+@pytest.fixture
+def one_lif(tmp_path):
+    path = tmp_path / "f.nir"
+    nir.write(path, _one_lif())
+    spikes = (np.random.default_rng(0).random((3, 30, 1)) < 0.9).astype(np.uint8)
+    np.save(tmp_path / "x.npy", spikes)
+    return path, tmp_path / "x.npy", spikes
+
+
+def test_simulate_lava_with_own_inputs_and_dt(one_lif, tmp_path, capsys):
+    """The acceptance case: 1-wide input, no dt, no steps; Lava traces at the float simulation's steps."""
+    path, x_path, spikes = one_lif
+    out = tmp_path / "t.npz"
+    code, stdout, err = _run(capsys, "simulate", path, "--inputs", x_path, "--dt", "1e-4", "--backend", "lava",
+                             "-o", out)
+    assert code == 0, err
+    assert "no labels" in stdout and "assuming dt" not in err
+    with np.load(out) as traces:
+        lava_spikes = traces["spikes/lif"]
+    floats = simulate(normalize(path, dt=1e-4), spikes)
+    assert lava_spikes.shape == (3, 30, 1)
+    assert lava_spikes.sum() > 0
+    np.testing.assert_array_equal(lava_spikes, floats.spikes["lif"])
+
+
+def test_dt_changes_the_result_and_an_assumed_dt_is_said_once(one_lif, capsys):
+    path, x_path, _ = one_lif
+    code, out_default, err = _run(capsys, "simulate", path, "--inputs", x_path, "--backend", "float")
+    assert code == 0
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == [f"st2chip: warning: {path}: no dt given (--dt) and none in the graph's metadata; "
+                        f"assuming dt = 0.001 s"]
+    _, out_small, _ = _run(capsys, "simulate", path, "--inputs", x_path, "--backend", "float", "--dt", "1e-4")
+    assert out_default != out_small  # dt = 1 ms and 0.1 ms give different spike counts
+
+
+def test_map_needs_no_steps_and_shows_dt(one_lif, capsys):
+    path, _, _ = one_lif
+    code, out, _ = _run(capsys, "map", path, "--dt", "1e-4")
+    assert code == 0 and "dt=0.0001 s" in out
+
+
+def test_verify_and_energy_with_npz_labels(one_lif, tmp_path, capsys):
+    path, _, spikes = one_lif
+    npz = tmp_path / "x.npz"
+    np.savez(npz, **{"in": spikes, "labels": np.zeros(3, dtype=np.int64)})
+    code, out, err = _run(capsys, "verify", path, "--inputs", npz, "--dt", "1e-4", "--backends", "float,reference")
+    assert code == 0, err
+    assert "accuracy[float]" in out and "3 samples x 30 steps" in out
+    code, out, err = _run(capsys, "energy", path, "--inputs", npz, "--dt", "1e-4", "--steps", "10")
+    assert code == 0, err
+    assert "3 samples x 10 steps" in out
+
+
+def test_digits_without_steps_asks_for_them(one_lif, capsys):
+    path, _, _ = one_lif
+    code, _, err = _run(capsys, "simulate", path, "--backend", "float", "--dt", "1e-3")
+    assert code == 2 and "--steps" in err and "--inputs" in err
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("wrong_width", "takes 1"),
+    ("not_spikes", "must hold spikes"),
+    ("two_dims", "expected (batch, steps"),
+    ("pickle", "not a readable"),
+    ("unknown_npz_key", "match no Input node"),
+    ("missing_npz_key", "no array for input node(s) in"),
+    ("bad_labels", "'labels'"),
+    ("too_many_steps", "more steps than the inputs hold"),
+])
+def test_bad_inputs_exit_2_naming_the_problem(one_lif, tmp_path, capsys, case, needle):
+    path, _, spikes = one_lif
+    bad = tmp_path / f"{case}.npz" if "npz" in case or case == "bad_labels" else tmp_path / f"{case}.npy"
+    extra = []
+    if case == "wrong_width":
+        np.save(bad, np.zeros((2, 5, 3)))
+    elif case == "not_spikes":
+        np.save(bad, np.full((2, 5, 1), 0.5))
+    elif case == "two_dims":
+        np.save(bad, np.zeros((2, 5)))
+    elif case == "pickle":
+        np.save(bad, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif case == "unknown_npz_key":
+        np.savez(bad, **{"in": spikes, "other": spikes})
+    elif case == "missing_npz_key":
+        np.savez(bad, other=spikes)
+    elif case == "bad_labels":
+        np.savez(bad, **{"in": spikes, "labels": np.zeros(2)})
+    elif case == "too_many_steps":
+        np.save(bad, spikes)
+        extra = ["--steps", "99"]
+    code, out, err = _run(capsys, "simulate", path, "--inputs", bad, "--backend", "float", "--dt", "1e-3", *extra)
+    assert code == 2, (out, err)
+    assert needle in err and bad.name in err and len(err.strip().splitlines()) == 1
+
+
+def test_npy_input_shape_may_be_the_input_shape(tmp_path):
+    graph = normalize(nir.NIRGraph(nodes={
+        "in": nir.Input(input_type={"input": np.array([2, 3])}),
+        "w": nir.Affine(weight=np.ones((2, 6)), bias=np.zeros(2)),
+        "lif": nir.LIF(tau=np.ones(2), r=np.ones(2), v_leak=np.zeros(2), v_threshold=np.ones(2),
+                       v_reset=np.zeros(2)),
+        "out": nir.Output(output_type={"output": np.array([2])})},
+        edges=[("in", "w"), ("w", "lif"), ("lif", "out")], metadata={"dt": 1e-3}, type_check=False))
+    np.save(tmp_path / "x.npy", np.ones((4, 7, 2, 3), dtype=bool))
+    inputs = load_inputs(tmp_path / "x.npy", graph)
+    assert inputs.spikes["in"].shape == (4, 7, 6) and inputs.labels is None
+    with pytest.raises(InputError, match="takes 6"):
+        np.save(tmp_path / "y.npy", np.ones((4, 7, 5)))
+        load_inputs(tmp_path / "y.npy", graph)
+
+
+def test_import_plain_nir_writes_canonical_file_and_lists_changes(tmp_path, capsys):
+    raw = _one_lif()
+    raw.nodes["lif"] = nir.LIF(tau=np.array([2e-3]), r=np.array([10.0]), v_leak=np.array([0.0]),
+                               v_threshold=np.array([1.0]), v_reset=np.array([0.0]))  # one value for 2 neurons
+    raw.nodes["w"] = nir.Linear(weight=np.ones((2, 1)))
+    raw.nodes["out"] = nir.Output(output_type={"output": np.array([2])})
+    nir.write(tmp_path / "raw.nir", raw)
+    out = tmp_path / "canon.nir"
+    code, stdout, err = _run(capsys, "import", tmp_path / "raw.nir", "--from", "nir", "--dt", "1e-4",
+                             "--steps", "12", "-o", out)
+    assert code == 0, err
+    assert "Linear -> Affine" in stdout and "broadcast" in stdout and "dt = 0.0001 s" in stdout
+    graph = nir.read(out)
+    assert graph.metadata["dt"] == pytest.approx(1e-4) and graph.metadata["steps"] == 12
+    assert graph.nodes["lif"].tau.shape == (2,)
+    code, stdout, _ = _run(capsys, "map", out)
+    assert code == 0 and "dt=0.0001 s" in stdout
+
+
+def test_unsupported_nodes_are_all_named_with_the_file(tmp_path, capsys):
+    g = _one_lif()
+    g.nodes["pool"] = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0]))
+    g.nodes["delay"] = nir.Delay(delay=np.array([1.0]))
+    g.edges += [("lif", "pool"), ("lif", "delay")]
+    nir.write(tmp_path / "two.nir", g)
+    code, _, err = _run(capsys, "map", tmp_path / "two.nir", "--dt", "1e-3")
+    assert code == 2
+    assert "two.nir" in err and "node 'pool' ('SumPool2d')" in err and "node 'delay' ('Delay')" in err
