@@ -69,3 +69,17 @@ def test_no_relative_imports_outside_a_layer():
                 if isinstance(node, ast.ImportFrom) and node.level > 1:
                     wrong.append(f"{path.relative_to(ROOT)}: from {'.' * node.level}{node.module or ''}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_module_imports():
+    """A move or rename cannot leave a module importing a name that is gone."""
+    import importlib
+    import pkgutil
+
+    import st2chip
+
+    names = [m.name for m in pkgutil.walk_packages(st2chip.__path__, "st2chip.")
+             if not m.name.endswith("__main__")]
+    assert "st2chip.cli.demo" in names and "st2chip.targets.lava" in names
+    for name in names:
+        importlib.import_module(name)

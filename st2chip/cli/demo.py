@@ -21,7 +21,8 @@ from st2chip.analysis.energy import energy_report, write_energy_report
 from st2chip.io import write_json, write_text
 from st2chip.learn.mlp import MLPConfig, SpikingMLP
 from st2chip.converters.mlp import mlp_to_nir, write_nir
-from st2chip.cli.pipeline import Log, digits_inputs, load_graph, map_graph, run_backend
+from st2chip.cli.inputs import digits_inputs
+from st2chip.cli.pipeline import Log, load_graph, map_graph, run_backend
 from st2chip.learn.training import evaluate, seed_everything, train_classifier
 from st2chip.analysis.verify import verify
 
@@ -74,12 +75,12 @@ def run_demo(out: Path = Path("runs/demo"), samples: int = 100, decay_groups: in
     nir_path = write_nir(mlp_to_nir(model), out / "model.nir")
     graph = log.stage("read+normalize", load_graph, nir_path)
     chip = log.stage("lower", map_graph, graph, decay_groups)
-    inputs, labels = digits_inputs(graph, samples, model.config.steps)
-    traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs)
+    run = digits_inputs(graph, samples, model.config.steps)
+    traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, run.spikes)
               for b in ("float", "reference", "lava")]
-    report = verify(traces, labels)
-    all_inputs, all_labels = digits_inputs(graph, len(test), model.config.steps)
-    reference_all = log.stage("simulate:ref-all", run_backend, "reference", graph, chip, all_inputs)
+    report = verify(traces, run.labels)
+    everything = digits_inputs(graph, len(test), model.config.steps)
+    reference_all = log.stage("simulate:ref-all", run_backend, "reference", graph, chip, everything.spikes)
     lava_traces = traces[2]
     energy = log.stage("energy", energy_report, chip, lava_traces, "45nm")
     energy_files = write_energy_report(energy, out)
@@ -90,7 +91,7 @@ def run_demo(out: Path = Path("runs/demo"), samples: int = 100, decay_groups: in
         "sizes": model.config.sizes, "steps": model.config.steps, "samples": report.samples,
         "test_samples": len(test), "decay_groups": decay_groups, "trained_now": trained,
         "accuracy": {"torch": torch_acc, **report.accuracy,
-                     "reference_all": reference_all.accuracy(all_labels)},
+                     "reference_all": reference_all.accuracy(everything.labels)},
         "chip_exact": report.chip_exact,
         "reference_vs_lava_agreement": ref_vs_lava.overall_spike_agreement,
         "float_vs_chip_agreement": float_vs_chip.overall_spike_agreement,
