@@ -77,9 +77,13 @@ def test_every_module_imports():
     import pkgutil
 
     import st2chip
+    import st2chip.converters
+    import st2chip.targets
 
-    names = [m.name for m in pkgutil.walk_packages(st2chip.__path__, "st2chip.")
-             if not m.name.endswith("__main__")]
+    names = []
+    for package in (st2chip, st2chip.converters, st2chip.targets):
+        names += [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
+                  if not m.name.endswith("__main__")]
     assert "st2chip.cli.demo" in names and "st2chip.targets.lava" in names
     for name in names:
         importlib.import_module(name)
