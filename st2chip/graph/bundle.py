@@ -6,21 +6,15 @@ A bundle (written by :func:`st2chip.converters.transformer.export_bundle`) is a 
 The manifest lists ordered ``steps``; each reads named tensors and writes named
 tensors, all time-first ``(T, B, ...)``. Step kinds:
 
-- ``nir``: a NIR graph run by :func:`run_nir` over whole time sequences. Its
-  Input/Output node names are the ``port`` of each tensor. A graph describes one
-  sample (and, for token parts, one token): the leading axes of a tensor beyond
-  the graph's per-sample type are time (axis 0) and batch (and tokens).
+- ``nir``: a NIR graph run by :func:`st2chip.graph.simulate.run_graph` (st2chip's one
+  NIR interpreter) in float32 over whole time sequences. Its Input/Output node
+  names are the ``port`` of each tensor. A graph describes one sample (and, for
+  token parts, one token): the leading axes of a tensor beyond the graph's
+  per-sample type are time (axis 0) and batch (and tokens).
 - ``onnx``: an ONNX model run with onnxruntime; ``port`` is the ONNX input/output name.
 - ``op``: ``add`` (element-wise sum of the inputs: a residual sum of spike trains).
 
-NIR semantics (discrete time, forward Euler with ``dt = manifest["dt"]``, state
-zero at the start of every sample; a node's inputs add up):
-
-- ``Affine``: :math:`y = W x + b` over the last axis;
-- ``Conv2d``: 2-D convolution with bias of ``(C, H, W)`` maps;
-- ``LIF``: :math:`v \leftarrow (1 - \tfrac{dt}{\tau}) v + \tfrac{dt}{\tau}(v_{leak} + r I)`,
-  spike :math:`s = [v > v_{threshold}]`, then :math:`v \leftarrow v_{reset}` where :math:`s`;
-  with st2chip's mapping (:mod:`st2chip.converters.mlp`) this is sLIF's :math:`v \leftarrow \beta v + I`.
+NIR semantics are those of :mod:`st2chip.graph.simulate`, with ``dt = manifest["dt"]``.
 """
 
 from __future__ import annotations
@@ -32,81 +26,13 @@ from pathlib import Path
 import nir
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from st2chip.errors import GraphError, InputError
+from st2chip.errors import InputError
+from st2chip.graph.simulate import run_graph
 
 MANIFEST = "manifest.json"
 FORMAT = "st2chip-bundle"
 VERSION = 1
-
-
-def _topological(graph: nir.NIRGraph) -> list[str]:
-    preds = {n: [a for a, b in graph.edges if b == n] for n in graph.nodes}
-    order: list[str] = []
-    while len(order) < len(preds):
-        ready = [n for n, p in preds.items() if n not in order and all(a in order for a in p)]
-        if not ready:
-            raise GraphError("the graph has a cycle; bundle NIR parts must be feed-forward")
-        order += ready
-    return order
-
-
-def _lif(node: nir.LIF, dt: float, current: torch.Tensor) -> torch.Tensor:
-    """Spikes ``(T, ...)`` of a NIR LIF driven by ``current`` ``(T, ...)``."""
-    f64 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))
-    g = dt / f64(node.tau)  # decay and gain in float64, then float32 like the torch model: beta, 1
-    decay, gain, offset = (1 - g).float(), (g * f64(node.r)).float(), (g * f64(node.v_leak)).float()
-    theta, v_reset = f64(node.v_threshold).float(), f64(node.v_reset).float()
-    v = torch.zeros_like(current[0])
-    spikes = []
-    for i_t in current:
-        v = decay * v + gain * i_t + offset
-        s = v > theta
-        v = torch.where(s, v_reset.expand_as(v), v)
-        spikes.append(s.to(current.dtype))
-    return torch.stack(spikes)
-
-
-def _apply(name: str, node: nir.NIRNode, x: torch.Tensor, dt: float) -> torch.Tensor:
-    t32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)
-    if isinstance(node, (nir.Input, nir.Output)):
-        return x
-    if isinstance(node, nir.Affine):
-        return F.linear(x, t32(node.weight), t32(node.bias))
-    if isinstance(node, nir.Conv2d):
-        lead = x.shape[:-3]
-        y = F.conv2d(x.reshape(-1, *x.shape[-3:]), t32(node.weight), t32(node.bias),
-                     tuple(node.stride), node.padding if isinstance(node.padding, str) else tuple(node.padding),
-                     tuple(node.dilation), node.groups)
-        return y.reshape(*lead, *y.shape[1:])
-    if isinstance(node, nir.LIF):
-        return _lif(node, dt, x)
-    raise GraphError(f"bundle NIR parts hold Input, Output, Affine, Conv2d and LIF only, not {type(node).__name__}",
-                     node=name)
-
-
-def run_nir(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float) -> dict[str, torch.Tensor]:
-    """Run a feed-forward NIR graph on whole sequences ``(T, ...)``; returns each Output node's value by name.
-
-    Node by node in topological order (each node sees its inputs' full sequences):
-    exact for graphs without recurrence and delays, as the bundle's are.
-    """
-    missing = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input) and n not in inputs]
-    if missing:
-        raise InputError(f"NIR part needs inputs {missing}")
-    values: dict[str, torch.Tensor] = {}
-    for name in _topological(graph):
-        node = graph.nodes[name]
-        if isinstance(node, nir.Input):
-            x = inputs[name].float()
-        else:
-            preds = [values[a] for a, b in graph.edges if b == name]
-            if not preds:
-                raise GraphError("node has no input edge", node=name)
-            x = preds[0] if len(preds) == 1 else torch.stack(preds).sum(0)
-        values[name] = _apply(name, node, x, dt)
-    return {n: values[n] for n, node in graph.nodes.items() if isinstance(node, nir.Output)}
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
@@ -140,7 +66,9 @@ def run_bundle(folder: str | os.PathLike, x: np.ndarray | torch.Tensor) -> np.nd
     for step in manifest["steps"]:
         args = {p.get("port", p["tensor"]): env[p["tensor"]] for p in step["inputs"]}
         if step["kind"] == "nir":
-            results = run_nir(nir.read(folder / step["file"]), args, dt)
+            graph = nir.read(folder / step["file"])
+            values = run_graph(graph, args, dt, dtype=torch.float32).values
+            results = {n: values[n] for n, node in graph.nodes.items() if isinstance(node, nir.Output)}
         elif step["kind"] == "onnx":
             session = ort.InferenceSession(str(folder / step["file"]), providers=["CPUExecutionProvider"])
             names = [o.name for o in session.get_outputs()]

@@ -136,5 +136,5 @@ def test_wrong_input_shape_is_an_input_error(shape):
 def test_non_canonical_graph_is_refused():
     g = two_lif_with_readout()
     g.nodes["fc1"] = nir.Linear(weight=np.ones((2, 2)))
-    with pytest.raises(GraphError, match=r"node 'fc1'.*run normalize first"):
+    with pytest.raises(GraphError, match=r"'fc1' \(Linear\).*run normalize first"):
         simulate(g, X)
