@@ -69,7 +69,12 @@ def _read_neuron(name: str, node: nir.NIRNode, dt: float) -> _Layer:
     if isinstance(node, nir.I):
         n = node.r.size
         return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), np.ones(n), False)
-    raise GraphError(f"cannot lower node type {type(node).__name__}", node=name)
+    raise _not_lowered(name, node)
+
+
+def _not_lowered(name: str, node: nir.NIRNode) -> GraphError:
+    return GraphError(f"cannot lower node type {type(node).__name__}: only LIF, IF, LI and I neurons are mapped "
+                      f"to the chip so far (the float simulation runs it)", node=name)
 
 
 def _decay_groups(dv: np.ndarray, groups: int) -> np.ndarray:
@@ -155,7 +160,7 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
             continue
         if not isinstance(node, NEURONS):
             if not isinstance(node, (nir.Affine, nir.Flatten, nir.Output)):
-                raise GraphError(f"cannot lower node type {type(node).__name__}", node=name)
+                raise _not_lowered(name, node)
             continue
         layer = _read_neuron(name, node, dt)
         source, weight, bias, affines = _affine_chain(graph, name, preds)

@@ -68,6 +68,17 @@ NEURON_FIELDS: dict[type, tuple[str, ...]] = {
 SPIKING_TYPES = (nir.LIF, nir.CubaLIF, nir.IF)
 SUPPORTED_TYPES = ("Input", "Output", "Affine", "Linear", "Flatten", "LIF", "CubaLIF", "IF", "LI", "I",
                    "NIRGraph (nested, flattened)")
+# Why a NIR primitive is not accepted yet (shown in the error and the README's coverage table)
+NOT_YET = {
+    "Conv1d": "convolutions are not mapped to synapse groups yet (bundles run them in float)",
+    "Conv2d": "convolutions are not mapped to synapse groups yet (bundles run them in float)",
+    "SumPool2d": "pooling is not composed into synapse groups yet",
+    "AvgPool2d": "pooling is not composed into synapse groups yet",
+    "Scale": "Scale is not composed into synapse groups yet",
+    "Delay": "synaptic delays are not mapped yet",
+    "Threshold": "a stateless threshold has no neuron model here yet",
+    "CubaLI": "no float or chip model of CubaLI yet",
+}
 _DEFAULT_FILL = {"v_reset": 0.0, "w_in": 1.0}  # value of a neuron field left as None
 _POSITIVE = ("tau", "tau_syn", "tau_mem", "r")
 _TIME_CONSTANTS = ("tau", "tau_syn", "tau_mem")
@@ -238,8 +249,9 @@ class _Context:
         bad = []
         for name, node in nodes.items():
             if not isinstance(node, supported):
+                kind = type(node).__name__
                 what = "None (the frontend exported nothing for this layer)" if node is None \
-                    else f"'{type(node).__name__}'"
+                    else f"'{kind}'" + (f": {NOT_YET[kind]}" if kind in NOT_YET else "")
                 bad.append((name, what))
         if len(bad) == 1:
             name, what = bad[0]

@@ -1,0 +1,384 @@
+r"""snnTorch 1.0 frontend: snnTorch models and their NIR exports -> canonical NIR.
+
+snnTorch's neurons are discrete-time: ``Leaky`` computes, per step ``t``
+(``snntorch/_neurons/leaky.py``, ``forward``/``_base_*``, with the default
+``reset_delay=True``)::
+
+    reset[t] = [mem[t-1] - threshold > 0]          # neurons.py mem_reset: the previous step's spike
+    "zero":     mem[t] = beta * (1 - reset[t]) * mem[t-1] + I[t]
+    "subtract": mem[t] = beta * mem[t-1] + I[t] - reset[t] * threshold
+    "none":     mem[t] = beta * mem[t-1] + I[t]
+    spk[t] = [mem[t] - threshold > 0]              # strict ">" (surrogate forward: (x > 0).float())
+
+with ``beta`` clamped to ``[0, 1]`` in the forward pass only. So with
+``reset_mechanism="zero"`` the reset of a spike at ``t-1`` is applied at the
+start of step ``t``, *before* the input is added, and step ``t`` keeps its whole
+input: exactly NIR's "integrate, spike when ``v > v_threshold``, then
+``v = v_reset``" read at the same step. (``mem`` as snnTorch returns it is the
+value before that reset; st2chip's voltage traces hold the value after it.)
+With ``reset_delay=False`` snnTorch zeroes ``mem`` in the step of the spike
+instead; the spikes are the same whenever ``threshold >= 0``.
+
+Parameter mapping
+-----------------
+``dt`` is st2chip's step; snnTorch's export assumes 1e-4 s.
+
+============================  ======================================  ===============================================
+snnTorch                      NIR as snnTorch exports it              st2chip reading after :func:`repair` at ``dt``
+============================  ======================================  ===============================================
+``nn.Linear``                 ``Affine`` (``Linear`` without bias)    ``y = W x + b``
+``Leaky`` reset "zero"        ``LIF``: ``tau = 1e-4/(1-beta)``,       ``tau = dt/(1-beta)``, ``r = 1/(1-beta)``:
+                              ``r = tau/1e-4``, ``v_leak = 0``,       ``v <- v + (dt/tau)(-v + r I) = beta v + I``;
+                              ``v_threshold = threshold``,            spike when ``v > threshold``, then ``v = 0``.
+                              ``v_reset = 0``                         Exact: the same spikes at the same steps.
+``Leaky`` with ``beta = 1``   ``LIF`` with ``tau = r = inf``          ``IF`` with ``r = 1/dt``: ``v <- v + I``. Exact.
+``Leaky`` "subtract", "none"  as "zero" (the mechanism is dropped)    read as reset to zero: spikes differ from the
+                                                                      first reset on; :func:`to_nir` refuses these
+                                                                      unless ``force_reset_zero=True``.
+``Synaptic(alpha, beta)``     ``CubaLIF``: ``tau_syn``, ``tau_mem``,  ``i <- alpha i + I``, ``v <- beta v + i``: exact
+                              ``r`` from alpha, beta as for LIF,      until the first spike; snnTorch's resets hold
+                              ``w_in = tau_syn/1e-4``                 ``mem`` at 0 for the step after a spike (NIR
+                                                                      cannot); not lowerable to the chip yet.
+============================  ======================================  ===============================================
+
+``beta`` is used clamped to ``[0, 1]`` (as snnTorch's forward does); thresholds,
+weights and biases are copied unchanged. snnTorch computes in float32 and
+st2chip's simulation in float64, so a membrane within float32 rounding
+(~1e-7 relative) of its threshold could spike in one and not the other; the
+dynamics are otherwise identical.
+
+Quirks absorbed here (snnTorch 1.0.0 with nir 1.0.8 and nirtorch 2.6)
+---------------------------------------------------------------------
+- ``export_to_nir`` ends with ``nir_graph.infer_types()`` (``export_nir.py``,
+  last line), which raises ``ValueError: Type inference error`` on a plain
+  Linear + Leaky net: a Leaky with scalar ``beta``/``threshold`` gets 0-d
+  parameters, so its NIR input type is ``[]`` (and a batched sample gives the
+  Input node a ``(batch, n)`` type). The graph nirtorch built before that line is
+  fine (``NIRGraph(..., type_check=False)``). :func:`to_nir` therefore runs the
+  same ``nirtorch.extract_nir_graph`` call as ``export_to_nir`` without the final
+  ``infer_types`` (no global state is patched), with the batch dimension ignored.
+- A Leaky with per-neuron ``beta`` and a scalar ``threshold`` (or the reverse)
+  makes snnTorch's own mapping fail (``nir.LIF``: "All parameters must have the
+  same shape"), and it ignores the forward pass's ``beta.clamp(0, 1)``.
+  :func:`to_nir` maps Leaky layers itself, in snnTorch's export convention, from
+  the clamped float64 ``beta``; every other module goes through snnTorch's
+  ``_extract_snntorch_module``.
+- The export writes time constants for dt = 1e-4 s and stores no dt;
+  :func:`repair` rescales them to the requested dt keeping each per-step decay
+  ``beta = 1 - 1e-4/tau``, and recomputes ``r = tau/1e-4`` in float64.
+- The export writes ``v_reset = 0`` whatever ``reset_mechanism`` was
+  (snnTorch's default is "subtract"). A file cannot tell; :func:`repair` reads
+  it as reset to zero and says so. :func:`to_nir` reads the mechanism from each
+  layer's ``state_function`` (what ``forward`` runs; it is chosen in
+  ``Leaky.__init__`` and not updated by the ``reset_mechanism`` setter).
+- Arrays are 0-d numpy arrays, numpy scalars or torch tensors, which
+  ``nir.write`` refuses; normalize turns them into 1-D float64 arrays.
+- ``graded_spikes_factor``, ``inhibition`` and ``state_quant`` are dropped by
+  the export; :func:`to_nir` refuses layers that use them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any
+
+import nir
+import numpy as np
+import snntorch as snn
+import torch
+from snntorch import export_nir as _snn_export
+
+from st2chip.converters.frontend import Converted, finish
+from st2chip.errors import GraphError, InputError
+
+NAME = "snntorch"
+DEFAULT_DT = 1e-4  # seconds: the dt hard-coded in snntorch/export_nir.py (``dt = 1e-4`` per neuron type)
+
+_MECHANISMS = {snn.Leaky._base_sub: "subtract", snn.Leaky._base_zero: "zero", snn.Leaky._base_int: "none"}
+_PASSIVE = (torch.nn.Linear, torch.nn.Flatten)
+
+
+def _array(value: Any) -> np.ndarray:
+    """A float64 numpy copy of a tensor, array or number."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    return np.array(value, dtype=np.float64)
+
+
+def _span(values: np.ndarray) -> str:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
+
+
+# -- repair: a graph as snnTorch exported it -> a graph normalize accepts ----------------------------
+
+def repair(graph: nir.NIRGraph, dt: float) -> tuple[nir.NIRGraph, list[str]]:
+    """Return a copy of an snnTorch export that means, under st2chip's reading at ``dt``, what the model computes.
+
+    ``graph`` is what ``export_to_nir`` (or :func:`to_nir`'s export step) built, in
+    memory or read back from a ``.nir`` file. Its time constants are taken to be
+    written for ``graph.metadata["dt"]``, else snnTorch's 1e-4 s. The input is not
+    modified; one note per change is returned.
+    """
+    return _repair(graph, dt, reset_known=False)
+
+
+def _repair(graph: nir.NIRGraph, dt: float, *, reset_known: bool) -> tuple[nir.NIRGraph, list[str]]:
+    if not isinstance(graph, nir.NIRGraph):
+        raise InputError(f"snntorch.repair takes a nir.NIRGraph, got {type(graph).__name__}")
+    dt = float(dt)
+    if not (math.isfinite(dt) and dt > 0):
+        raise InputError(f"dt must be a positive number of seconds, got {dt}")
+    notes: list[str] = []
+    meta = dict(graph.metadata or {})
+    if "dt" in meta:
+        src_dt = float(meta["dt"])
+    else:
+        src_dt = DEFAULT_DT
+        notes.append(f"snnTorch's export writes time constants for dt = {DEFAULT_DT:g} s and stores no dt: "
+                     f"read them for dt = {DEFAULT_DT:g} s")
+    scale = dt / src_dt
+    if scale != 1.0:
+        notes.append(f"time constants scaled by dt/{src_dt:g} s = {scale:g} to dt = {dt:g} s, keeping each "
+                     f"neuron's per-step decay beta = 1 - {src_dt:g}/tau")
+    meta["dt"] = dt
+    source = copy.deepcopy(graph)  # the caller's graph stays untouched
+    edges = [tuple(e) for e in source.edges]
+    nodes: dict[str, Any] = {}
+    batch: int | None = None
+    spiking: list[str] = []
+    for name, node in source.nodes.items():
+        if node is None:
+            raise GraphError("snnTorch's export wrote no NIR node for this module (export_nir maps Linear, Leaky, "
+                             "Synaptic, RLeaky, RSynaptic, Conv2d, AvgPool2d and Flatten only)", node=name)
+        if isinstance(node, nir.Input):
+            node, batch = _unbatch_input(name, node, source.nodes, edges, notes)
+        elif isinstance(node, nir.Output) and batch is not None:
+            node = _unbatch_output(name, node, batch, notes)
+        elif isinstance(node, nir.LIF):
+            node = _repair_lif(name, node, src_dt, dt, notes)
+            spiking.append(name)
+        elif isinstance(node, nir.CubaLIF):
+            node = _repair_cubalif(name, node, src_dt, dt, notes)
+            spiking.append(name)
+        nodes[name] = node
+    if spiking and not reset_known:
+        listed = ", ".join(f"'{n}'" for n in spiking)
+        notes.append(f"the file cannot tell the reset mechanism (snnTorch's export writes v_reset = 0 whatever "
+                     f"reset_mechanism was; its default is 'subtract'): {listed} read as reset to zero; "
+                     f"convert the model with to_nir to have it checked")
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False), notes
+
+
+def _shape(types: dict) -> np.ndarray:
+    return np.asarray(next(iter(types.values())), dtype=np.int64).reshape(-1)
+
+
+def _unbatch_input(name: str, node: nir.Input, nodes: dict, edges: list, notes: list[str]
+                   ) -> tuple[nir.Input, int | None]:
+    """Drop a leading batch dimension from an Input whose consumers' weights show it (sample of shape (B, n))."""
+    shape = _shape(node.input_type)
+    if shape.size < 2:
+        return node, None
+    widths = {int(np.shape(nodes[b].weight)[1]) for a, b in edges
+              if a == name and isinstance(nodes[b], (nir.Affine, nir.Linear))}
+    inner = int(np.prod(shape[1:]))
+    if widths == {inner} and int(np.prod(shape)) != inner:
+        notes.append(f"node '{name}': batch dimension {int(shape[0])} dropped from the input shape "
+                     f"{shape.tolist()} (snnTorch exports the sample's shape)")
+        return nir.Input(input_type={"input": shape[1:].copy()}), int(shape[0])
+    return node, None
+
+
+def _unbatch_output(name: str, node: nir.Output, batch: int, notes: list[str]) -> nir.Output:
+    shape = _shape(node.output_type)
+    if shape.size >= 2 and int(shape[0]) == batch:
+        notes.append(f"node '{name}': batch dimension {batch} dropped from the output shape {shape.tolist()}")
+        return nir.Output(output_type={"output": shape[1:].copy()})
+    return node
+
+
+def _gain(name: str, field: str, value: np.ndarray, expected: np.ndarray, notes: list[str]) -> np.ndarray:
+    """snnTorch writes ``r = tau/dt`` (``w_in = tau_syn/dt``), often in float32: recompute it in float64."""
+    if value.shape in ((), expected.shape) and np.allclose(value, expected, rtol=1e-6, atol=0):
+        return expected
+    notes.append(f"node '{name}': {field} does not follow snnTorch's {field} = tau/dt; kept as written")
+    return value
+
+
+def _repair_lif(name: str, node: nir.LIF, src_dt: float, dt: float, notes: list[str]) -> nir.LIF | nir.IF:
+    tau, r = _array(node.tau), _array(node.r)
+    thr, v_leak = _array(node.v_threshold), _array(node.v_leak)
+    v_reset = np.zeros_like(thr) if node.v_reset is None else _array(node.v_reset)
+    infinite = np.isinf(tau)
+    if np.any(infinite):
+        if not np.all(infinite):
+            raise GraphError("some neurons have beta = 1 (tau = inf) and others not; one NIR LIF node cannot hold "
+                             "both: give every neuron of the layer beta < 1 or beta = 1", node=name, field="tau")
+        notes.append(f"node '{name}': snnTorch Leaky with beta = 1 (tau = inf) becomes IF with r = 1/dt "
+                     f"(v <- v + I), threshold {_span(thr)}")
+        ones = np.ones(np.broadcast_shapes(tau.shape, thr.shape, v_reset.shape))
+        return nir.IF(r=ones / dt, v_threshold=thr * ones, v_reset=v_reset * ones)
+    beta = 1.0 - src_dt / tau
+    new_r = _gain(name, "r", r, tau / src_dt, notes)
+    notes.append(f"node '{name}': snnTorch Leaky read as v <- beta v + I with beta = {_span(beta)}, "
+                 f"spike when v > {_span(thr)}, then v = 0")
+    return nir.LIF(tau=tau * (dt / src_dt), r=new_r, v_leak=v_leak, v_threshold=thr, v_reset=v_reset)
+
+
+def _repair_cubalif(name: str, node: nir.CubaLIF, src_dt: float, dt: float, notes: list[str]) -> nir.CubaLIF:
+    tau_syn, tau_mem = _array(node.tau_syn), _array(node.tau_mem)
+    if np.any(np.isinf(tau_syn)) or np.any(np.isinf(tau_mem)):
+        raise GraphError("alpha = 1 or beta = 1 (infinite time constant) has no NIR CubaLIF form",
+                         node=name, field="tau_syn" if np.any(np.isinf(tau_syn)) else "tau_mem")
+    w_in = np.ones_like(tau_syn) if node.w_in is None else _array(node.w_in)
+    r = _gain(name, "r", _array(node.r), tau_mem / src_dt, notes)
+    w_in = _gain(name, "w_in", w_in, tau_syn / src_dt, notes)
+    thr = _array(node.v_threshold)
+    notes.append(f"node '{name}': snnTorch Synaptic read as i <- alpha i + I, v <- beta v + i with "
+                 f"alpha = {_span(1 - src_dt / tau_syn)}, beta = {_span(1 - src_dt / tau_mem)}; exact until its "
+                 f"first spike (snnTorch's reset holds mem at 0 for the next step, NIR cannot)")
+    return nir.CubaLIF(tau_syn=tau_syn * (dt / src_dt), tau_mem=tau_mem * (dt / src_dt), r=r,
+                       v_leak=_array(node.v_leak), v_threshold=thr,
+                       v_reset=np.zeros_like(thr) if node.v_reset is None else _array(node.v_reset), w_in=w_in)
+
+
+# -- to_nir: an snnTorch model object -> canonical NIR ----------------------------------------------
+
+def to_nir(model: torch.nn.Module, sample: torch.Tensor | np.ndarray, *, dt: float | None = None,
+           steps: int | None = None, force_reset_zero: bool = False) -> Converted:
+    """Export an snnTorch model (Leaky layers with ``init_hidden=True``) and return its canonical NIR graph.
+
+    ``sample``: one input step, ``(n_in,)`` or ``(batch, n_in)``. ``dt`` (seconds,
+    default :data:`DEFAULT_DT`) is the step recorded in the graph; the per-step
+    dynamics are the same for any dt. Every layer is checked first and all problems
+    are reported in one :class:`InputError`. A Leaky layer must use
+    ``reset_mechanism="zero"``; ``force_reset_zero=True`` converts "subtract" and
+    "none" layers (and Synaptic layers) as reset to zero anyway, with a note.
+    The model itself is not modified (the export runs on a copy).
+    """
+    step = DEFAULT_DT if dt is None else float(dt)
+    if not (math.isfinite(step) and step > 0):
+        raise InputError(f"dt must be a positive number of seconds, got {dt}")
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"to_nir takes an snnTorch model (torch.nn.Module), got {type(model).__name__}")
+    notes = _check_model(model, force_reset_zero)
+    graph = _export(model, sample)
+    graph, repair_notes = _repair(graph, step, reset_known=True)
+    return finish(graph, dt=step, steps=steps, notes=notes + repair_notes, producer=NAME)
+
+
+def _mechanism(layer: snn.Leaky) -> tuple[str, str]:
+    """(what forward runs, what reset_mechanism says) for a Leaky layer."""
+    runs = _MECHANISMS.get(getattr(layer.state_function, "__func__", None), "unknown")
+    return runs, str(layer.reset_mechanism)
+
+
+def _check_model(model: torch.nn.Module, force_reset_zero: bool) -> list[str]:
+    """Refuse (all at once) what the export would drop or st2chip cannot read; notes for forced conversions."""
+    problems: list[str] = []
+    notes: list[str] = []
+    forced = "converted as reset to zero because force_reset_zero=True; its spikes differ from snnTorch's"
+    for name, module in model.named_modules():
+        label = f"layer '{name or type(model).__name__}' ({type(module).__name__})"
+        if isinstance(module, (snn.RLeaky, snn.RSynaptic)):
+            problems.append(f"{label}: recurrent layers are not supported (st2chip refuses cycles)")
+        elif isinstance(module, snn.Leaky):
+            problems += _check_leaky(label, module, force_reset_zero, notes, forced)
+        elif isinstance(module, snn.Synaptic):
+            if force_reset_zero:
+                notes.append(f"{label}: {forced} after each spike (snnTorch holds mem at 0 for one step)")
+            else:
+                problems.append(f"{label}: snnTorch's Synaptic reset holds mem at 0 for the step after a spike, "
+                                f"which NIR's CubaLIF cannot express; use Leaky, or pass force_reset_zero=True")
+        elif isinstance(module, snn.SpikingNeuron):
+            problems.append(f"{label}: snnTorch's NIR export has no mapping for this neuron; use Leaky")
+        elif not list(module.children()) and not isinstance(module, _PASSIVE):
+            problems.append(f"{label}: not supported (st2chip converts nn.Linear, nn.Flatten and snn.Leaky)")
+    if problems:
+        raise InputError("cannot convert the snnTorch model: " + "; ".join(problems))
+    return notes
+
+
+def _check_leaky(label: str, layer: snn.Leaky, force_reset_zero: bool, notes: list[str], forced: str) -> list[str]:
+    problems = []
+    runs, says = _mechanism(layer)
+    if runs != says:
+        what = (f"reset_mechanism is '{says}' but forward still runs the '{runs}' update chosen when the layer was "
+                f"built (snnTorch 1.0's setter does not change it); rebuild it with reset_mechanism=\"zero\"")
+    elif runs != "zero":
+        default = " (snnTorch's default)" if runs == "subtract" else ""
+        what = (f"reset_mechanism='{runs}'{default} is not supported: NIR and the chip reset to zero; "
+                f"use reset_mechanism=\"zero\"")
+    else:
+        what = ""
+    if what:
+        if force_reset_zero:
+            notes.append(f"{label}: reset_mechanism '{runs}' {forced}")
+        else:
+            problems.append(f"{label}: {what}, or pass force_reset_zero=True to convert it as reset to zero")
+    if not layer.init_hidden:
+        problems.append(f"{label}: snnTorch's export traces layers built with init_hidden=True only")
+    if layer.inhibition:
+        problems.append(f"{label}: inhibition=True is not exported")
+    if layer.state_quant:
+        problems.append(f"{label}: state_quant is not exported")
+    if not torch.all(layer.graded_spikes_factor == 1):
+        problems.append(f"{label}: graded_spikes_factor != 1 is not exported")
+    if not layer.reset_delay and bool(torch.any(layer.threshold < 0)):
+        problems.append(f"{label}: reset_delay=False with a negative threshold resets differently from NIR")
+    beta = layer.beta.detach()
+    if bool(torch.any((beta < 0) | (beta > 1))):
+        notes.append(f"{label}: beta outside [0, 1] clamped to [0, 1], as snnTorch's forward pass does")
+    return problems
+
+
+def _leaky_to_nir(layer: snn.Leaky) -> nir.LIF:
+    """A Leaky layer in snnTorch's export convention (dt = 1e-4 s), from its clamped float64 beta.
+
+    Same fields as ``snntorch.export_nir`` writes, but with ``beta`` and ``threshold``
+    broadcast to one shape (nir.LIF requires it) and ``beta.clamp(0, 1)`` as in forward.
+    """
+    beta = layer.beta.detach().cpu().double().clamp(0, 1).numpy()
+    thr = layer.threshold.detach().cpu().double().numpy()
+    beta, thr = (np.array(a) for a in np.broadcast_arrays(beta, thr))
+    with np.errstate(divide="ignore"):
+        tau = DEFAULT_DT / (1.0 - beta)
+    return nir.LIF(tau=tau, r=tau / DEFAULT_DT, v_leak=np.zeros_like(beta), v_threshold=thr,
+                   v_reset=np.zeros_like(thr))
+
+
+def _model_map(module: torch.nn.Module) -> nir.NIRNode | None:
+    if isinstance(module, snn.Leaky):
+        return _leaky_to_nir(module)
+    return _snn_export._extract_snntorch_module(module)
+
+
+def _export(model: torch.nn.Module, sample: torch.Tensor | np.ndarray) -> nir.NIRGraph:
+    """``snntorch.export_to_nir`` without its failing ``infer_types()`` call, on a copy of the model.
+
+    Tracing runs the model's forward once, which would overwrite the hidden
+    state of ``init_hidden`` layers; the copy keeps the caller's model intact.
+    """
+    import nirtorch
+
+    x = torch.as_tensor(sample).detach()
+    if not x.is_floating_point():
+        x = x.float()
+    if x.dim() == 0:
+        raise InputError("sample must hold one input step, shape (n_in,) or (batch, n_in)")
+    net = copy.deepcopy(model)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # nirtorch: extract_nir_graph is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            graph = nirtorch.extract_nir_graph(net, _model_map, x, model_name="snntorch",
+                                               ignore_submodules_of=[snn.RLeaky, snn.RSynaptic],
+                                               ignore_dims=[0] if x.dim() > 1 else None)
+        except Exception as exc:  # a tracing failure of the user's model is their input
+            text = " ".join(str(exc).split())
+            raise InputError(f"snnTorch/nirtorch could not trace the model on a sample of shape "
+                             f"{tuple(x.shape)}: {type(exc).__name__}: {text}") from None
+    return graph

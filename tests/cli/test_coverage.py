@@ -1,0 +1,34 @@
+"""The README's NIR coverage table is generated from the code and must not go stale."""
+
+from pathlib import Path
+
+import nir
+
+from st2chip.cli import coverage
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_coverage_table_is_fresh():
+    assert coverage.main(["--check", str(README)]) == 0, \
+        "run: python -m st2chip.cli.coverage --write README.md"
+
+
+def test_every_primitive_is_probed_through_the_real_stages():
+    kinds = coverage.primitives()
+    assert {"LIF", "CubaLIF", "Conv2d", "Delay", "NIRGraph"} <= set(kinds)
+    assert len(kinds) == len({k for k in dir(nir) if isinstance(getattr(nir, k), type)
+                              and issubclass(getattr(nir, k), nir.NIRNode) and k != "NIRNode"})
+    assert coverage.status("LIF")[0] == "lowered to the chip"
+    assert coverage.status("CubaLIF")[0] == "float simulation only"
+    what, why = coverage.status("SumPool2d")
+    assert what == "refused" and "pooling" in why
+
+
+def test_check_fails_on_a_stale_table(tmp_path):
+    stale = tmp_path / "README.md"
+    stale.write_text(f"intro\n{coverage.BEGIN}\nold table\n{coverage.END}\n")
+    assert coverage.main(["--check", str(stale)]) == 1
+    assert coverage.main(["--write", str(stale)]) == 0
+    assert coverage.main(["--check", str(stale)]) == 0
+    assert stale.read_text().startswith("intro\n") and "`LIF` | lowered to the chip" in stale.read_text()
