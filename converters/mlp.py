@@ -17,15 +17,11 @@ the last step is ``T`` times the torch model's scores.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import nir
 import numpy as np
 import torch
 
 from st2chip.errors import InputError
-from st2chip.io import atomic_path
 from st2chip.learn.mlp import SpikingMLP
 from st2chip.learn.neurons import SLIF
 
@@ -66,10 +62,3 @@ def mlp_to_nir(model: SpikingMLP, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     edges += [(previous, f"fc{k}"), (f"fc{k}", "readout"), ("readout", "output")]
     metadata = {"dt": dt, "steps": model.config.steps, "encoding": "rate", "producer": "st2chip"}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
-
-
-def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> Path:
-    """Write ``graph`` atomically with ``nir.write``."""
-    with atomic_path(path) as tmp:
-        nir.write(tmp, graph)
-    return Path(path)

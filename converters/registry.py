@@ -11,7 +11,7 @@ import importlib
 import os
 
 from st2chip.converters.frontend import Converted, finish
-from st2chip.graph.normalize import read_graph
+from st2chip.graph.nirfile import read_graph
 
 # the dt (seconds) each framework's NIR export assumes without storing it
 EXPORT_DT = {"norse": 1e-3, "snntorch": 1e-4, "spikingjelly": 1e-4, "nir": 1e-3}

@@ -170,8 +170,9 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
             raise GraphError(f"input comes from '{source}', which does not emit spikes", node=name)
         n = weight.shape[0]
         if np.any(layer.beta < 0) or np.any(layer.beta > 1):
-            raise GraphError("leak factor 1 - dt/tau must lie in [0, 1]; tau is shorter than dt",
-                             node=name, field="tau")
+            raise GraphError(f"leak factor 1 - dt/tau must lie in [0, 1]; tau is shorter than dt = {dt:g} s: "
+                             f"pass the dt the model was trained with (--dt), or st2chip import the file "
+                             f"from its framework", node=name, field="tau")
         if np.any(layer.threshold <= 0):
             raise GraphError("thresholds must be positive", node=name, field="v_threshold")
         # 2. fold per-neuron thresholds into weights and bias (threshold becomes 1)

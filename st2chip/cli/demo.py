@@ -20,7 +20,8 @@ from st2chip.learn.data import load_digits_split
 from st2chip.analysis.energy import energy_report, write_energy_report
 from st2chip.io import write_json, write_text
 from st2chip.learn.mlp import MLPConfig, SpikingMLP
-from st2chip.converters.mlp import mlp_to_nir, write_nir
+from st2chip.converters.mlp import mlp_to_nir
+from st2chip.graph.nirfile import write_nir
 from st2chip.cli.inputs import digits_inputs
 from st2chip.cli.pipeline import Log, load_graph, map_graph, run_backend
 from st2chip.learn.training import evaluate, seed_everything, train_classifier

@@ -139,7 +139,7 @@ def _pipeline(args: argparse.Namespace):
     from st2chip.cli.pipeline import Log, load_graph, map_graph
     log = Log(args.verbose)
     graph = log.stage("read+normalize", load_graph, args.model, args.dt)
-    chip = log.stage("lower", map_graph, graph, args.decay_groups)
+    chip = log.stage("lower", map_graph, graph, args.decay_groups, args.model)
     return log, graph, chip
 
 
@@ -220,7 +220,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from st2chip.converters.mlp import write_nir
+    from st2chip.graph.nirfile import write_nir
     from st2chip.converters.registry import import_file
     converted = import_file(args.file, args.framework, dt=args.dt, steps=args.steps)
     if args.dt is None and args.framework != "nir":
@@ -242,7 +242,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         path = export_bundle(model, args.output, dt=args.dt)
         print(f"deployment bundle written to {path} (manifest.json, NIR and ONNX parts)")
         return 0
-    from st2chip.converters.mlp import mlp_to_nir, write_nir
+    from st2chip.converters.mlp import mlp_to_nir
+    from st2chip.graph.nirfile import write_nir
     path = write_nir(mlp_to_nir(model, dt=args.dt), args.output)
     print(f"NIR graph written to {path}")
     return 0

@@ -15,7 +15,7 @@ import nir
 import numpy as np
 
 from st2chip.chip.chipgraph import ChipGraph
-from st2chip.errors import InputError
+from st2chip.errors import GraphError, InputError
 from st2chip.chip.lower import lower
 from st2chip.graph.normalize import normalize
 from st2chip.graph.simulate import simulate
@@ -73,5 +73,11 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
     raise InputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
 
 
-def map_graph(graph: nir.NIRGraph, decay_groups: int) -> ChipGraph:
-    return lower(graph, decay_groups=decay_groups)
+def map_graph(graph: nir.NIRGraph, decay_groups: int, source: str | os.PathLike | None = None) -> ChipGraph:
+    """Lower a canonical graph; a lowering error names ``source`` (the file) as well as the node and field."""
+    try:
+        return lower(graph, decay_groups=decay_groups)
+    except GraphError as err:
+        if source is None or err.source:
+            raise
+        raise GraphError(err.reason, node=err.node, field=err.field, source=str(source)) from None

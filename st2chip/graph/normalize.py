@@ -47,14 +47,13 @@ import copy
 import heapq
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
-import h5py
 import nir
 import numpy as np
 
-from st2chip.errors import GraphError, InputError, St2chipWarning
+from st2chip.errors import GraphError, St2chipWarning
+from st2chip.graph.nirfile import one_line, read_graph
 
 DEFAULT_DT = 1e-3  # seconds, used when neither the caller nor the graph gives dt
 
@@ -92,44 +91,6 @@ class TimeConstantWarning(St2chipWarning):
 
 class DtAssumedWarning(St2chipWarning):
     """Neither the caller nor the graph gives dt, so :data:`DEFAULT_DT` is assumed."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def read_graph(path: str | os.PathLike) -> nir.NIRGraph:
-    """Read a ``.nir`` file as written; any problem becomes a one-line :class:`InputError` naming the file.
-
-    nir's type check is off: it rejects some frontends' graphs (snnTorch 1.0,
-    batch dims in Input shapes) and silently adds Input/Output nodes, while
-    normalize infers and checks shapes itself.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
-    if p.is_dir():
-        if (p / "manifest.json").is_file():
-            parts = ", ".join(sorted(f.name for f in p.glob("*.nir"))) or "none"
-            raise InputError(f"{p}: is a deployment bundle, not a .nir file; map one of its NIR parts "
-                             f"({parts})")
-        raise InputError(f"{p}: is a directory, not a .nir file")
-    if p.stat().st_size == 0:
-        raise InputError(f"{p}: file is empty")
-    try:
-        with h5py.File(p, "r") as f:
-            if "node" not in f:
-                raise InputError(f"{p}: HDF5 file holds no NIR graph (no 'node' group)")
-    except OSError as exc:  # h5py: not HDF5, truncated, unreadable
-        raise InputError(f"{p}: not a readable NIR (HDF5) file ({_one_line(exc)})") from None
-    try:
-        graph = nir.read(p, type_check=False)
-    except Exception as exc:  # any parse failure of an untrusted file is the user's input
-        raise InputError(f"{p}: cannot read NIR graph ({_one_line(exc)})") from None
-    if not isinstance(graph, nir.NIRGraph):
-        raise InputError(f"{p}: holds a single {type(graph).__name__} node, not a NIR graph")
-    return graph
 
 
 def normalize(graph: nir.NIRGraph | str | os.PathLike, *, dt: float | None = None,
@@ -336,7 +297,7 @@ class _Context:
         try:
             arr = _float_array(value)
         except (TypeError, ValueError) as exc:
-            raise self.error(f"not a numeric array ({_one_line(exc)})", node=node, field=field) from None
+            raise self.error(f"not a numeric array ({one_line(exc)})", node=node, field=field) from None
         bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
         if bad:
             raise self.error(f"{bad} of {arr.size} values are NaN or infinite", node=node, field=field)

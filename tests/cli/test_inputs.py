@@ -167,4 +167,15 @@ def test_unsupported_nodes_are_all_named_with_the_file(tmp_path, capsys):
     nir.write(tmp_path / "two.nir", g)
     code, _, err = _run(capsys, "map", tmp_path / "two.nir", "--dt", "1e-3")
     assert code == 2
-    assert "two.nir" in err and "node 'pool' ('SumPool2d')" in err and "node 'delay' ('Delay')" in err
+    assert "two.nir" in err and "node 'pool' ('SumPool2d'" in err and "node 'delay' ('Delay'" in err
+
+
+def test_lowering_errors_name_the_file_and_tau_below_dt_names_the_remedy(tmp_path, capsys):
+    g = _one_lif()
+    g.nodes["lif"].v_reset = np.array([0.5])
+    nir.write(tmp_path / "reset.nir", g)
+    code, _, err = _run(capsys, "map", tmp_path / "reset.nir", "--dt", "1e-3")
+    assert code == 2 and "reset.nir" in err and "node 'lif'" in err and "v_reset" in err
+    code, _, err = _run(capsys, "map", tmp_path / "reset.nir", "--dt", "1e-2")  # tau = 2 ms < dt
+    assert code == 2 and "--dt" in err and "tau" in err
+    assert "st2chip: warning:" in err and "--dt" in err.splitlines()[0]

@@ -10,7 +10,8 @@ import pytest
 
 from st2chip.learn.checkpoint import save_checkpoint
 from st2chip.cli.main import main
-from st2chip.converters.mlp import mlp_to_nir, write_nir
+from st2chip.converters.mlp import mlp_to_nir
+from st2chip.graph.nirfile import write_nir
 
 
 @pytest.fixture

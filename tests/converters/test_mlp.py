@@ -4,7 +4,8 @@ import nir
 import numpy as np
 import torch
 
-from st2chip.converters.mlp import mlp_to_nir, write_nir
+from st2chip.converters.mlp import mlp_to_nir
+from st2chip.graph.nirfile import write_nir
 from st2chip.graph.normalize import normalize
 from st2chip.graph.simulate import simulate
 

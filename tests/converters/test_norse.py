@@ -25,7 +25,8 @@ from st2chip.chip.lower import lower  # noqa: E402
 from st2chip.converters import norse as conv  # noqa: E402
 from st2chip.converters.frontend import finish  # noqa: E402
 from st2chip.errors import GraphError, InputError  # noqa: E402
-from st2chip.graph.normalize import TimeConstantWarning, normalize, read_graph  # noqa: E402
+from st2chip.graph.nirfile import read_graph  # noqa: E402
+from st2chip.graph.normalize import TimeConstantWarning, normalize  # noqa: E402
 from st2chip.graph.simulate import simulate  # noqa: E402
 
 torch.set_num_threads(1)

@@ -16,7 +16,7 @@ from st2chip.chip.lower import lower  # noqa: E402
 from st2chip.converters.frontend import finish  # noqa: E402
 from st2chip.converters.snntorch import DEFAULT_DT, repair, to_nir  # noqa: E402
 from st2chip.errors import InputError  # noqa: E402
-from st2chip.graph.normalize import read_graph  # noqa: E402
+from st2chip.graph.nirfile import read_graph  # noqa: E402
 from st2chip.graph.simulate import simulate  # noqa: E402
 from st2chip.targets import lava, reference  # noqa: E402
 

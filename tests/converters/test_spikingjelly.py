@@ -16,7 +16,8 @@ from st2chip.chip.lower import lower  # noqa: E402
 from st2chip.converters.frontend import finish  # noqa: E402
 from st2chip.converters.spikingjelly import DEFAULT_DT, NAME, repair, to_nir  # noqa: E402
 from st2chip.errors import InputError  # noqa: E402
-from st2chip.graph.normalize import TimeConstantWarning, normalize, read_graph  # noqa: E402
+from st2chip.graph.nirfile import read_graph  # noqa: E402
+from st2chip.graph.normalize import TimeConstantWarning, normalize  # noqa: E402
 from st2chip.graph.simulate import simulate  # noqa: E402
 
 N_IN, B, T = 10, 4, 20
