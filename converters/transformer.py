@@ -44,7 +44,7 @@ from torch import nn
 
 from st2chip.graph.bundle import FORMAT, MANIFEST, VERSION
 from st2chip.errors import InputError, St2chipError
-from st2chip.io import write_json
+from st2chip.io import publish_folder, write_json
 from st2chip.converters.mlp import DEFAULT_DT, slif_to_nir, to_numpy
 from st2chip.learn.pruning import LowRankLinear
 from st2chip.learn.transformer import SpikingTransformer, _ConvBNSN
@@ -280,12 +280,11 @@ def export_bundle(model: SpikingTransformer, folder: str | os.PathLike, dt: floa
         with torch.no_grad():
             steps = _write_parts(model, tmp, dt)
         write_json(tmp / MANIFEST, bundle_manifest(model, steps, dt))
-        tmp.chmod(0o755)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, old / target.name)
         try:
-            os.replace(tmp, target)
+            publish_folder(tmp, target)
         except OSError:
             if old is not None:
                 os.replace(old / target.name, target)

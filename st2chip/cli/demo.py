@@ -18,7 +18,7 @@ from st2chip.chip.table import format_table, layer_rows
 from st2chip.learn.checkpoint import load_mlp, save_checkpoint
 from st2chip.learn.data import load_digits_split
 from st2chip.analysis.energy import energy_report, write_energy_report
-from st2chip.io import write_json, write_text
+from st2chip.io import folder_lock, write_json, write_text
 from st2chip.learn.mlp import MLPConfig, SpikingMLP
 from st2chip.converters.mlp import mlp_to_nir
 from st2chip.graph.nirfile import write_nir
@@ -65,7 +65,16 @@ def _markdown(summary: dict, table: str, verify_text: str, energy_md: str) -> st
 
 def run_demo(out: Path = Path("runs/demo"), samples: int = 100, decay_groups: int = 4, epochs: int = 25,
              seed: int = 0, retrain: bool = False) -> int:
-    """Run the demo; return 0 when reference and Lava agree exactly, else 1."""
+    """Run the demo; return 0 when reference and Lava agree exactly, else 1.
+
+    ``out`` is locked while the demo writes into it: a second demo into the same
+    folder at the same time is refused instead of mixing files of both.
+    """
+    with folder_lock(out, "demo"):
+        return _run_demo(out, samples, decay_groups, epochs, seed, retrain)
+
+
+def _run_demo(out: Path, samples: int, decay_groups: int, epochs: int, seed: int, retrain: bool) -> int:
     start = time.perf_counter()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     log = Log(True)
