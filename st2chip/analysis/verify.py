@@ -43,19 +43,34 @@ class Comparison:
 
 
 @dataclass
+class Check:
+    """One pass/fail criterion of a verification, with the numbers behind it."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
 class VerifyReport:
     samples: int
     accuracy: dict[str, float]
     comparisons: list[Comparison] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
 
     @property
     def chip_exact(self) -> bool:
         """True when every fixed-point backend pair agreed exactly."""
         return all(c.exact for c in self.comparisons if c.a != "float")
 
+    @property
+    def passed(self) -> bool:
+        """True when every check passed: the chip backends agree and the chip is faithful to float."""
+        return all(c.passed for c in self.checks)
+
     def to_dict(self) -> dict:
         out = {"samples": self.samples, "accuracy": self.accuracy, "chip_exact": self.chip_exact,
-               "comparisons": []}
+               "passed": self.passed, "checks": [asdict(c) for c in self.checks], "comparisons": []}
         for c in self.comparisons:
             d = asdict(c)
             d["overall_spike_agreement"] = c.overall_spike_agreement
@@ -75,6 +90,8 @@ class VerifyReport:
                 d = c.first_divergence
                 lines.append(f"  first divergence: layer '{d.layer}', step {d.step}, sample {d.sample}, "
                              f"neuron {d.neuron} ({d.what})")
+        for check in self.checks:
+            lines.append(f"check {'ok    ' if check.passed else 'FAILED'} {check.name}: {check.detail}")
         return "\n".join(lines)
 
 
@@ -112,8 +129,14 @@ def compare(a: Traces, b: Traces, *, voltages: bool) -> Comparison:
     return Comparison(a.backend, b.backend, agreement, exact, first, pred)
 
 
-def verify(traces: list[Traces], labels: np.ndarray | None = None) -> VerifyReport:
-    """Accuracy of every backend (when ``labels`` are given) and comparisons float→first chip backend, chip→chip."""
+def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: float = 2.0,
+           min_agreement: float = 95.0) -> VerifyReport:
+    """Compare backends (float→first chip backend, chip→chip) and check the result.
+
+    Checks: the chip backends agree exactly; the first chip backend's accuracy is at
+    most ``max_drop`` points below float (when ``labels`` are given); float-vs-chip
+    spike agreement is at least ``min_agreement`` percent.
+    """
     accuracy = {t.backend: t.accuracy(labels) for t in traces} if labels is not None else {}
     report = VerifyReport(samples=traces[0].samples, accuracy=accuracy)
     floats = [t for t in traces if t.backend == "float"]
@@ -122,4 +145,17 @@ def verify(traces: list[Traces], labels: np.ndarray | None = None) -> VerifyRepo
         report.comparisons.append(compare(floats[0], chips[0], voltages=False))
     for other in chips[1:]:
         report.comparisons.append(compare(chips[0], other, voltages=True))
+    for c in report.comparisons:
+        if c.a != "float":
+            report.checks.append(Check(f"{c.a} = {c.b}", c.exact, "spikes and voltages identical" if c.exact else
+                                       f"{100 * c.overall_spike_agreement:.3f} % of spikes agree"))
+    if floats and chips:
+        chip = chips[0].backend
+        if labels is not None:
+            drop = 100 * (accuracy["float"] - accuracy[chip])
+            report.checks.append(Check(f"accuracy drop float -> {chip}", drop <= max_drop,
+                                       f"{drop:.2f} points (at most {max_drop:g} allowed, --max-drop)"))
+        agree = 100 * report.comparisons[0].overall_spike_agreement
+        report.checks.append(Check(f"spike agreement float vs {chip}", agree >= min_agreement,
+                                   f"{agree:.3f} % (at least {min_agreement:g} % required, --min-agreement)"))
     return report

@@ -22,6 +22,7 @@ Steps, each measured in ``ChipGraph.report``:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import nir
@@ -30,7 +31,7 @@ import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, VTH_MAX, WEIGHT_EXP_RANGE,
                         ChipGraph, InputPort, Population, SynapseGroup)
-from st2chip.errors import GraphError
+from st2chip.errors import GraphError, St2chipWarning
 
 SPIKING = (nir.LIF, nir.IF)
 READOUT = (nir.LI, nir.I)
@@ -38,6 +39,12 @@ NEURONS = SPIKING + READOUT
 MANT_FULL = 254          # largest even weight value 2*m with m = 127
 MAX_SCALE = 4096         # cap on vth: leaves 2^5 headroom for v below 2^23
 SPARSE_BELOW = 0.5       # store as CSR when fewer than this fraction of weights are non-zero
+OUTLIER_FACTOR = 64.0    # a neuron whose folded weights exceed 64x its group's median gets its own population
+WEIGHT_ERROR_WARN = 0.05 # a layer whose relative weight error exceeds 5 % is reported with a warning
+
+
+class QuantizationWarning(St2chipWarning):
+    """Lowering kept the graph but its fixed-point weights are far from the float ones."""
 
 
 @dataclass
@@ -103,8 +110,26 @@ def _bias_fixed(bias_v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rel_error(approx: np.ndarray, exact: np.ndarray) -> float:
-    norm = np.linalg.norm(exact)
-    return float(np.linalg.norm(approx - exact) / norm) if norm > 0 else float(np.linalg.norm(approx))
+    """``||approx - exact|| / ||exact||``, computed on scaled values so huge weights cannot overflow to NaN."""
+    m = float(np.max(np.abs(exact))) if exact.size else 0.0
+    if m == 0:
+        return float(np.linalg.norm(approx))
+    return float(np.linalg.norm((approx - exact) / m) / np.linalg.norm(exact / m))
+
+
+def _scale_parts(index: np.ndarray, w_fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split one decay group's neurons into the bulk and outliers whose folded weights dwarf the rest.
+
+    A population shares one scale (``vth``), set by its largest weight: one neuron with
+    weights :data:`OUTLIER_FACTOR` times the group's median row maximum would cost every
+    other neuron that many quantization steps, so it gets a population (and scale) of its own.
+    """
+    row_max = np.max(np.abs(w_fold[index]), axis=1) if w_fold.shape[1] else np.zeros(index.size)
+    live = row_max[row_max > 0]
+    if live.size < 2:
+        return index, index[:0]
+    outlier = row_max > OUTLIER_FACTOR * np.median(live)
+    return index[~outlier], index[outlier]
 
 
 def _affine_chain(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]]
@@ -169,6 +194,8 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
         if not (isinstance(graph.nodes[source], nir.Input) or isinstance(graph.nodes[source], SPIKING)):
             raise GraphError(f"input comes from '{source}', which does not emit spikes", node=name)
         n = weight.shape[0]
+        if n == 0:
+            raise GraphError("the layer has no neurons", node=name, field="weight")
         if np.any(layer.beta < 0) or np.any(layer.beta > 1):
             raise GraphError(f"leak factor 1 - dt/tau must lie in [0, 1]; tau is shorter than dt = {dt:g} s: "
                              f"pass the dt the model was trained with (--dt), or st2chip import the file "
@@ -176,9 +203,17 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
         if np.any(layer.threshold <= 0):
             raise GraphError("thresholds must be positive", node=name, field="v_threshold")
         # 2. fold per-neuron thresholds into weights and bias (threshold becomes 1)
-        scale = layer.gain / layer.threshold
-        w_fold = weight * scale[:, None]
-        b_fold = bias * scale + layer.bias / layer.threshold
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = layer.gain / layer.threshold
+            w_fold = weight * scale[:, None]
+            b_fold = bias * scale + layer.bias / layer.threshold
+            for field, value in (("weight", w_fold), ("bias", b_fold)):
+                bad = ~np.isfinite(value)
+                if bad.any():
+                    i = int(np.argwhere(bad)[0][0])
+                    raise GraphError(f"{field}s divided by the threshold overflow (neuron {i}: threshold "
+                                     f"{layer.threshold[i]:g}, gain {layer.gain[i]:g}); the chip cannot hold them",
+                                     node=name, field=field)
         # 3. decay groups
         dv_exact = 4096.0 * (1.0 - layer.beta)
         dv = np.clip(np.rint(dv_exact), 0, DECAY_MAX).astype(np.int64)
@@ -195,11 +230,25 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
         form = "lowrank" if affines > 1 else ("dense" if dense else "sparse")
         src_pops = layer_pops[source]
         src_parts = [(source, np.arange(weight.shape[1]))] if not src_pops else [(p.name, p.index) for p in src_pops]
-        errors, bias_errors = [], []
+        errors, bias_errors, outlier_errors = [], [], []
         pops = []
+        parts, outliers = [], []
         for g, dv_g in enumerate(groups):
-            index = np.flatnonzero(dv_grouped == dv_g)
+            bulk, odd = _scale_parts(np.flatnonzero(dv_grouped == dv_g), w_fold)
             pname = name if groups.size == 1 else f"{name}/g{g}"
+            parts.append((pname, int(dv_g), bulk))
+            if odd.size:
+                parts.append((f"{pname}/outliers", int(dv_g), odd))
+                outliers += odd.tolist()
+        if outliers:
+            layer_report["outliers"] = sorted(outliers)
+            warnings.warn(f"layer '{name}': neuron(s) {sorted(outliers)[:8]}{' ...' if len(outliers) > 8 else ''} "
+                          f"have weights over {OUTLIER_FACTOR:g}x their group's (tiny thresholds?); each group's "
+                          f"outliers get their own population so the rest keep their precision (their own weight "
+                          f"error is reported as outlier_weight_error)", QuantizationWarning)
+        for pname, dv_g, index in parts:
+            if index.size == 0:
+                continue
             w_rows = w_fold[index]
             wmax = float(np.max(np.abs(w_rows))) if w_rows.size else 0.0
             s_scale = int(np.clip(np.floor(MANT_FULL / wmax), 1, MAX_SCALE)) if wmax > 0 else MAX_SCALE
@@ -217,11 +266,23 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
                 exp = int(np.clip(exp, *WEIGHT_EXP_RANGE))
                 mant = np.clip(np.rint(w_sub * s_scale / 2.0**exp / 2), -128, 127).astype(np.int64)
                 err = _rel_error(2 * mant * 2.0**exp / s_scale, w_sub)
-                errors.append(err)
+                (outlier_errors if pname.endswith("/outliers") else errors).append(err)
                 stored = sp.csr_matrix(mant) if form == "sparse" else mant
                 synapses.append(SynapseGroup(f"{src_name}->{pname}", src_name, pname, stored, exp, form, err))
         layer_report["weight_error"] = float(max(errors, default=0.0))
         layer_report["bias_error"] = float(max(bias_errors, default=0.0))
+        if outliers:
+            layer_report["outlier_weight_error"] = float(max(outlier_errors, default=0.0))
+        for field in ("weight_error", "bias_error", "outlier_weight_error"):
+            if field not in layer_report:
+                continue
+            if not np.isfinite(layer_report[field]):
+                raise GraphError(f"the quantization error is not finite ({layer_report[field]})", node=name,
+                                 field="weight" if "weight" in field else "bias")
+        if layer_report["weight_error"] > WEIGHT_ERROR_WARN:
+            warnings.warn(f"layer '{name}': relative weight error {100 * layer_report['weight_error']:.1f} % "
+                          f"after quantization (over {100 * WEIGHT_ERROR_WARN:g} %); expect the chip to differ from "
+                          f"float (st2chip verify measures it)", QuantizationWarning)
         report["layers"][name] = layer_report
         layer_pops[name] = pops
         populations += pops

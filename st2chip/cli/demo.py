@@ -65,7 +65,7 @@ def _markdown(summary: dict, table: str, verify_text: str, energy_md: str) -> st
 
 def run_demo(out: Path = Path("runs/demo"), samples: int = 100, decay_groups: int = 4, epochs: int = 25,
              seed: int = 0, retrain: bool = False) -> int:
-    """Run the demo; return 0 when reference and Lava agree exactly, else 1.
+    """Run the demo; return 0 when every verification check passes (reference = Lava, chip faithful to float), else 1.
 
     ``out`` is locked while the demo writes into it: a second demo into the same
     folder at the same time is refused instead of mixing files of both.
@@ -120,4 +120,4 @@ def _run_demo(out: Path, samples: int, decay_groups: int, epochs: int, seed: int
     print(f"\nreport: {out / 'report.md'}, {out / 'report.json'}; plots: "
           + ", ".join(str(p) for p in energy_files.values() if str(p).endswith(".png")))
     print(f"demo finished in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return 0 if report.chip_exact else 1
+    return 0 if report.passed else 1

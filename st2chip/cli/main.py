@@ -95,12 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="float vs fixed-point reference vs Lava on the same samples",
                        description="Accuracy of each backend, per-layer spike agreement and the first "
                                    "diverging layer/step/neuron. Exit 0 when reference and Lava agree "
-                                   "exactly, 1 when they do not. Example: st2chip verify model.nir "
+                                   "exactly and the chip stays faithful to float (--max-drop, "
+                                   "--min-agreement), 1 otherwise, naming the failed check. "
+                                   "Example: st2chip verify model.nir "
                                    "--inputs spikes.npz",
                        epilog=EPILOG_EXIT)
     _add_run_args(p)
     p.add_argument("--backends", default="float,reference,lava",
                    help="comma-separated backends to compare (default float,reference,lava)")
+    p.add_argument("--max-drop", type=float, default=2.0, metavar="POINTS",
+                   help="fail when the chip's accuracy is more than this many points below float (default 2)")
+    p.add_argument("--min-agreement", type=float, default=95.0, metavar="PERCENT",
+                   help="fail when float-vs-chip spike agreement is below this (default 95)")
     p.add_argument("--json", help="also write the report as JSON here")
 
     p = sub.add_parser("energy", help="synaptic operations and energy per layer from real spike traces",
@@ -197,11 +203,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
     traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs.spikes) for b in backends]
-    report = log.stage("verify", verify, traces, inputs.labels)
+    report = log.stage("verify", verify, traces, inputs.labels, max_drop=args.max_drop,
+                       min_agreement=args.min_agreement)
     print(report.to_text())
     if args.json:
         write_json(args.json, report.to_dict())
-    return 0 if report.chip_exact else 1
+    failed = [c.name for c in report.checks if not c.passed]
+    if failed:
+        print(f"st2chip: verification failed: {'; '.join(failed)}", file=sys.stderr)
+    return 0 if report.passed else 1
 
 
 def _cmd_energy(args: argparse.Namespace) -> int:
