@@ -45,6 +45,11 @@ def mlp_to_nir(model: SpikingMLP, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     """``Input -> (Affine -> LIF)* -> Affine -> I -> Output`` for a :class:`SpikingMLP`."""
     if model.config.reset != "zero":
         raise InputError("NIR 1.0 LIF resets to v_reset; only reset='zero' models can be exported")
+    for name, tensor in model.named_parameters():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise InputError(f"parameter '{name}': {bad} of {tensor.numel()} values are NaN or infinite; "
+                             f"nothing exported")
     sizes = model.config.sizes
     nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array([sizes[0]])})}
     edges: list[tuple[str, str]] = []

@@ -49,6 +49,7 @@ _REQUIRED = ("name", "source", "E_AC_pJ", "E_MAC_pJ")
 _OPTIONAL_PJ = ("E_NEURON_UPDATE_pJ", "E_SPIKE_ROUTED_pJ")
 _STATIC = ("P_STATIC_CORE_mW", "T_STEP_us", "NEURONS_PER_CORE")
 TERMS = ("ac", "mac", "neuron", "routing", "static")
+MAX_PROFILE_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------- profiles
@@ -94,9 +95,15 @@ def _profile_text(name_or_path: str | os.PathLike) -> tuple[str, str]:
         raise InputError(f"profile '{spec}': unknown name; available: {', '.join(available_profiles())}"
                          " (or give a path to a .json file)")
     try:
+        if path.stat().st_size > MAX_PROFILE_BYTES:
+            raise InputError(f"profile file '{path}': {path.stat().st_size} bytes; a profile is a small JSON "
+                             f"file (at most {MAX_PROFILE_BYTES} bytes)")
         return f"profile file '{path}'", path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"profile file '{path}': cannot read ({exc.strerror or exc})") from exc
+        raise InputError(f"profile file '{path}': cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"profile file '{path}': not UTF-8 text (byte {exc.start}); a profile is a JSON "
+                         f"file") from None
 
 
 def _number(where: str, data: dict, key: str) -> float:

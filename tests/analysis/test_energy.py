@@ -244,3 +244,14 @@ def test_report_files(tmp_path):
     assert len(table) == 2 + 2 + 1  # header, rule, two layers, total
     assert all(len(line) <= 80 for line in table)
     assert "fc1" in md and "loihi2" in md
+
+
+def test_profile_that_is_not_utf8_or_huge_is_one_clear_error(tmp_path):
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin.json'.*not UTF-8"):
+        load_profile(latin)
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * (2 << 20))
+    with pytest.raises(InputError, match="a profile is a small JSON file"):
+        load_profile(huge)

@@ -124,3 +124,14 @@ def test_console_script_help_and_error():
 def test_verbose_prints_the_pipeline(good_nir, capsys):
     code, out, err = _run(capsys, "-v", "map", str(good_nir))
     assert code == 0 and "pipeline:" in err and "lower" in err and "lif1" in out
+
+
+def test_export_refuses_nan_weights_and_writes_nothing(random_mlp, tmp_path, capsys):
+    import torch
+    model = random_mlp()
+    with torch.no_grad():
+        model.linears[0].weight[0, 0] = float("nan")
+    ckpt = save_checkpoint(model, "mlp", model.config.to_dict(), tmp_path / "nan.pt")
+    code, _, err = _run(capsys, "export", str(ckpt), "-o", str(tmp_path / "m.nir"))
+    assert code == 2 and "linears.0.weight" in err and "NaN" in err
+    assert not (tmp_path / "m.nir").exists()
