@@ -1,0 +1,255 @@
+r"""The fixed-point engine: a ChipGraph run in torch, bit-exact with Lava's ``fixed_pt`` models.
+
+st2chip's one implementation of the chip arithmetic (backend ``reference``,
+alias ``engine``). It runs a batch of samples at once on CPU or CUDA with
+integer state (int64), exactly as Lava's ``PyLifModelBitAcc`` with ``Dense`` /
+``Sparse`` synapses (see :class:`~st2chip.chip.chipgraph.Population` and
+:class:`~st2chip.chip.chipgraph.SynapseGroup` for the update):
+
+- every population of the graph is one slice of one state vector ``(B, N)``
+  with per-neuron ``du``, ``dv``, ``vth``, bias and depth, so a step is a few
+  tensor operations whatever the number of decay groups;
+- each synapse group is a :class:`Synapses` object (the plug-in point for later
+  kinds: convolution, recurrence, delays, graded spikes): ``accumulate(spikes)``
+  returns the integer input ``(Σ_j 2 m_ij s_j) << exp`` for its target slice.
+  Products run in float32 where the group's largest fan-in sum ``Σ_j |2 m_ij|``
+  stays below 2^24 (every partial sum of 0/1 spikes is then an exactly
+  representable integer; checked once, when the engine is built), in float64
+  below 2^53, and the exponent is applied after, in int64. Dense groups use a
+  matrix product, CSR groups (pruned weights) a sparse one, and at low spike
+  rates dense groups gather the weight rows of the sources that spiked
+  (event-driven), whichever the engine's cost rule picks per step;
+- timing as Lava's: every synapse group delays spikes by one step; a population
+  at depth ``d`` ignores its input and keeps zero state until the sample's first
+  input reaches it (global step ``d + 1``).
+
+Weights live once on the device, shared by the whole batch; state grows as
+batch × neurons. On CUDA, TF32 is switched off for the run (exactness).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from st2chip.chip.chipgraph import ACT_SHIFT, DECAY_SHIFT, UV_MAX, ChipGraph, SynapseGroup
+from st2chip.traces import Traces
+
+F32_EXACT = 1 << 24
+F64_EXACT = 1 << 53
+EVENT_RATE = 0.05  # dense groups gather the rows of active sources below this spike rate
+
+
+def batch_steps(inputs: dict[str, np.ndarray]) -> tuple[int, int]:
+    """Batch size and time steps shared by all input arrays ``(B, T, n)``."""
+    shapes = {name: tuple(np.shape(x)[:2]) for name, x in inputs.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"inputs disagree in (batch, steps): {shapes}")
+    return next(iter(shapes.values()))
+
+
+def product_dtype(mantissa: np.ndarray | sp.csr_matrix) -> torch.dtype:
+    """float32 when every fan-in sum of ``|2 m|`` is below 2^24 (exact), float64 below 2^53."""
+    fan_in = np.asarray(abs(mantissa).sum(axis=1)).ravel() * 2 if np.size(mantissa) else np.zeros(1)
+    worst = float(fan_in.max(initial=0))
+    if worst < F32_EXACT:
+        return torch.float32
+    if worst < F64_EXACT:
+        return torch.float64
+    raise ValueError(f"fan-in sum {worst:g} exceeds 2^53: no exact float product")
+
+
+class Synapses:
+    """One synapse group on a device: integer synaptic input for its target from source spikes."""
+
+    def __init__(self, group: SynapseGroup, device: torch.device) -> None:
+        self.name, self.exp = group.name, group.exp
+        self.dtype = product_dtype(group.mantissa)
+        self.sparse = sp.issparse(group.mantissa)
+        if self.sparse:
+            csr = sp.csr_matrix(2 * group.mantissa)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+                self.weight = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr).long(),
+                                                      torch.from_numpy(csr.indices).long(),
+                                                      torch.from_numpy(csr.data).to(self.dtype),
+                                                      size=csr.shape, device=device, check_invariants=True)
+        else:  # (n_src, n_tgt): rows are what one source spike adds to every target
+            self.weight_t = torch.from_numpy(2 * group.dense().T).to(self.dtype).to(device).contiguous()
+
+    def accumulate(self, spikes: torch.Tensor) -> torch.Tensor:
+        """``(Σ_j 2 m_ij s_j) << exp`` as int64 ``(B, n_tgt)`` for 0/1 ``spikes`` ``(B, n_src)``."""
+        s = spikes.to(self.dtype)
+        if self.sparse:
+            acc = torch.sparse.mm(self.weight, s.T).T
+        elif s.numel() and float(s.mean()) < EVENT_RATE:
+            acc = self._events(s)
+        else:
+            acc = s @ self.weight_t
+        acc = acc.to(torch.int64)
+        return acc << self.exp if self.exp >= 0 else acc >> -self.exp
+
+    def _events(self, s: torch.Tensor) -> torch.Tensor:
+        """Event-driven: add the weight rows of the sources that spiked, sample by sample."""
+        b, j = torch.nonzero(s, as_tuple=True)
+        acc = torch.zeros(s.shape[0], self.weight_t.shape[1], dtype=self.dtype, device=s.device)
+        return acc.index_add_(0, b, self.weight_t[j])
+
+
+@dataclass
+class _Layout:
+    """Where each population sits in the engine's one state vector."""
+
+    names: list[str]
+    start: dict[str, int]
+    size: dict[str, int]
+    depth: dict[str, int]
+
+
+class Engine:
+    """A ChipGraph built once on a device; :meth:`run` takes batches of input spikes."""
+
+    def __init__(self, chip: ChipGraph, device: str | torch.device = "cpu") -> None:
+        self.chip = chip
+        self.device = torch.device(device)
+        depths = chip.depths()
+        names = [p.name for p in chip.populations]
+        starts = np.cumsum([0] + [p.size for p in chip.populations])
+        self.layout = _Layout(names, {n: int(s) for n, s in zip(names, starts)},
+                              {p.name: p.size for p in chip.populations}, depths)
+        self.n = int(starts[-1])
+        dev = self.device
+
+        def per_neuron(values) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate(values).astype(np.int64)).to(dev)
+
+        pops = chip.populations
+        self.decay_u = per_neuron([np.full(p.size, (1 << DECAY_SHIFT) - (p.du + 1)) for p in pops])
+        self.decay_v = per_neuron([np.full(p.size, (1 << DECAY_SHIFT) - p.dv) for p in pops])
+        self.vth = per_neuron([np.full(p.size, p.vth << ACT_SHIFT) for p in pops])
+        self.bias = per_neuron([p.bias for p in pops])
+        self.depth = per_neuron([np.full(p.size, depths[p.name]) for p in pops])
+        self.synapses = [(Synapses(s, dev), s.source, s.target) for s in chip.synapses]
+        self.inputs = {i.name: i.size for i in chip.inputs}
+
+    def _slice(self, name: str) -> slice:
+        start = self.layout.start[name]
+        return slice(start, start + self.layout.size[name])
+
+    @staticmethod
+    def _decay(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """``trunc(x * factor / 4096)``: sign-magnitude shift, as Loihi does."""
+        prod = x * factor
+        return torch.sign(prod) * (prod.abs() >> DECAY_SHIFT)
+
+    def run_batch(self, inputs: dict[str, torch.Tensor], voltages: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Spikes (and voltages) of every neuron at every global step, ``(T + depth, B, N)``."""
+        batch, steps = inputs[next(iter(inputs))].shape[:2]
+        horizon = steps + self.chip.depth
+        dev, n = self.device, self.n
+        u = torch.zeros(batch, n, dtype=torch.int64, device=dev)
+        v = torch.zeros_like(u)
+        spikes = torch.zeros(batch, n, dtype=torch.bool, device=dev)
+        in_prev = {name: torch.zeros(batch, size, dtype=torch.bool, device=dev) for name, size in self.inputs.items()}
+        rec_s = torch.zeros(horizon, batch, n, dtype=torch.bool, device=dev)
+        rec_v = torch.zeros(horizon, batch, n, dtype=torch.int64, device=dev) if voltages else None
+        for g in range(1, horizon + 1):
+            a_in = torch.zeros(batch, n, dtype=torch.int64, device=dev)
+            for syn, source, target in self.synapses:
+                src = in_prev[source] if source in in_prev else spikes[:, self._slice(source)]
+                a_in[:, self._slice(target)] += syn.accumulate(src)
+            active = g > self.depth
+            u_new = self._decay(u, self.decay_u) + (a_in << ACT_SHIFT)
+            u_new = torch.where(u_new > UV_MAX, u_new - 2 * UV_MAX, u_new)
+            u_new = torch.where(u_new <= -UV_MAX, u_new + 2 * UV_MAX, u_new)
+            v_new = (self._decay(v, self.decay_v) + u_new + self.bias).clamp(-UV_MAX + 1, UV_MAX - 1)
+            fired = (v_new > self.vth) & active
+            u = torch.where(active, u_new, 0)
+            v = torch.where(fired, 0, torch.where(active, v_new, 0))
+            spikes = fired
+            rec_s[g - 1] = fired
+            if rec_v is not None:
+                rec_v[g - 1] = v
+            in_prev = {name: (x[:, g - 1].to(dev, torch.bool) if g <= steps
+                              else torch.zeros_like(in_prev[name])) for name, x in inputs.items()}
+        return rec_s, rec_v
+
+
+@contextlib.contextmanager
+def _exact_cuda() -> Iterator[None]:
+    """TF32 off while the engine runs: its float products must be exact."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, device: str | None = None,
+        batch_size: int | None = None, voltages: bool = True, progress: bool = False) -> Traces:
+    """Run ``inputs`` (name -> spikes ``(B, T, n)``) through ``chip``; traces per layer, like Lava's.
+
+    ``batch_size`` splits the samples into batches (default: all at once);
+    ``voltages=False`` records voltages of readout layers only.
+    """
+    batch, steps = batch_steps(inputs)
+    engine = Engine(chip, device or "cpu")
+    size = batch_size or batch
+    starts = range(0, batch, size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="engine", unit="batch", leave=False)
+    pop_spikes = {p.name: np.zeros((batch, steps, p.size), np.uint8) for p in chip.populations}
+    keep_v = [p for p in chip.populations if voltages or p.readout]
+    pop_volts = {p.name: np.zeros((batch, steps, p.size), np.int64) for p in keep_v}
+    with _exact_cuda():
+        for lo in starts:
+            hi = min(lo + size, batch)
+            chunk = {name: torch.from_numpy(np.ascontiguousarray(x[lo:hi])) for name, x in inputs.items()}
+            rec_s, rec_v = engine.run_batch(chunk, voltages=bool(keep_v))
+            for p in chip.populations:
+                d, cols = engine.layout.depth[p.name], engine._slice(p.name)
+                window = slice(d, d + steps)  # global steps d+1 .. d+steps
+                pop_spikes[p.name][lo:hi] = rec_s[window, :, cols].permute(1, 0, 2).cpu().numpy()
+                if p.name in pop_volts:
+                    pop_volts[p.name][lo:hi] = rec_v[window, :, cols].permute(1, 0, 2).cpu().numpy()
+    return assemble(chip, "reference", inputs, pop_spikes, pop_volts)
+
+
+def assemble(chip: ChipGraph, backend: str, inputs: dict[str, np.ndarray],
+             pop_spikes: dict[str, np.ndarray], pop_volts: dict[str, np.ndarray]) -> Traces:
+    """Gather per-population records ``(B, T, n_pop)`` into per-layer :class:`Traces`.
+
+    A layer gets voltages only when every one of its populations recorded them.
+    """
+    batch, steps = batch_steps(inputs)
+    spikes, volts = {}, {}
+    for layer in chip.layers():
+        n = chip.layer_size(layer)
+        pops = chip.layer_populations(layer)
+        spikes[layer] = np.zeros((batch, steps, n), np.uint8)
+        for pop in pops:
+            spikes[layer][:, :, pop.index] = pop_spikes[pop.name]
+        if all(pop.name in pop_volts for pop in pops):
+            volts[layer] = np.zeros((batch, steps, n), np.int64)
+            for pop in pops:
+                volts[layer][:, :, pop.index] = pop_volts[pop.name]
+    readouts = chip.readout_layers()
+    if readouts:
+        scores = np.concatenate([volts[layer][:, -1] for layer in readouts], axis=1)
+    else:
+        last = chip.layers()[-1]
+        scores = spikes[last].sum(axis=1)
+    return Traces(backend, {k: np.asarray(v, np.uint8) for k, v in inputs.items()}, spikes, volts, scores)

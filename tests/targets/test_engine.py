@@ -1,0 +1,92 @@
+"""The fixed-point engine equals Lava's fixed_pt simulation bit for bit, on hypothesis-generated ChipGraphs."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from st2chip.chip.chipgraph import ChipGraph, InputPort, Population, SynapseGroup
+from st2chip.targets import engine, lava
+
+
+@st.composite
+def chip_graphs(draw):
+    """1-3 layers, each 1-2 populations (decay groups) with their own du/dv/vth/bias; dense or CSR
+    synapses with both signs of exponent, skip connections from the input; random input spikes."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_in = draw(st.integers(1, 12))
+    steps = draw(st.integers(1, 8))
+    batch = draw(st.integers(1, 3))
+    inputs = [InputPort("x", n_in)]
+    pops, syns = [], []
+    sources = [("x", n_in)]
+    for layer in range(draw(st.integers(1, 3))):
+        readout = layer > 0 and draw(st.booleans())
+        layer_pops = []
+        for g in range(draw(st.integers(1, 2))):
+            size = int(rng.integers(1, 9))
+            name = f"l{layer}/g{g}"
+            layer_pops.append(Population(
+                name, f"l{layer}", np.arange(sum(p.size for p in layer_pops), sum(p.size for p in layer_pops) + size),
+                du=int(rng.choice([4095, rng.integers(0, 4096)])), dv=int(rng.integers(0, 4096)),
+                vth=131071 if readout else int(rng.integers(0, 3000)),
+                bias_mant=rng.integers(-4096, 4096, size) * (rng.random() < 0.5), bias_exp=rng.integers(0, 8, size),
+                readout=readout))
+        for pop in layer_pops:
+            feeds = [sources[-1]] + ([sources[0]] if len(sources) > 1 and rng.random() < 0.5 else [])
+            for src, n_src in feeds:
+                m = rng.integers(-128, 128, size=(pop.size, n_src))
+                m[rng.random(m.shape) < rng.random()] = 0
+                sparse = rng.random() < 0.5
+                syns.append(SynapseGroup(f"{src}->{pop.name}", src, pop.name, sp.csr_matrix(m) if sparse else m,
+                                         exp=int(rng.integers(-8, 8)), form="sparse" if sparse else "dense"))
+        pops += layer_pops
+        if readout:
+            break
+        sources += [(p.name, p.size) for p in layer_pops[:1]]
+        if len(layer_pops) > 1:
+            sources.append((layer_pops[1].name, layer_pops[1].size))
+    chip = ChipGraph(inputs, pops, syns)
+    x = {"x": (rng.random((batch, steps, n_in)) < rng.uniform(0.05, 0.9)).astype(np.uint8)}
+    return chip, x
+
+
+def _assert_equal(a, b):
+    assert a.spikes.keys() == b.spikes.keys()
+    for layer in a.spikes:
+        np.testing.assert_array_equal(a.spikes[layer], b.spikes[layer], err_msg=f"spikes of {layer}")
+        np.testing.assert_array_equal(a.voltages[layer], b.voltages[layer], err_msg=f"voltages of {layer}")
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chip_graphs())
+def test_engine_equals_lava_bit_for_bit(case):
+    chip, x = case
+    _assert_equal(engine.run(chip, x), lava.run(chip, x))
+
+
+@settings(max_examples=40, deadline=None)
+@given(chip_graphs(), st.integers(1, 3))
+def test_batching_and_event_path_change_nothing(case, batch_size):
+    chip, x = case
+    whole = engine.run(chip, x)
+    _assert_equal(whole, engine.run(chip, x, batch_size=batch_size))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@settings(max_examples=20, deadline=None)
+@given(chip_graphs())
+def test_cuda_equals_cpu(case):
+    chip, x = case
+    _assert_equal(engine.run(chip, x, device="cpu"), engine.run(chip, x, device="cuda"))
+
+
+def test_product_dtype_follows_the_exactness_bound():
+    small = np.full((2, 100), 127)
+    assert engine.product_dtype(small) == torch.float32
+    wide = np.full((1, 70000), 127)  # 70000 * 254 > 2^24
+    assert engine.product_dtype(wide) == torch.float64
+    assert engine.product_dtype(sp.csr_matrix(wide)) == torch.float64
