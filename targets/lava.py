@@ -5,7 +5,13 @@ fed one after another from a ``RingBuffer`` source, each in a window of
 ``steps + depth`` time steps, and every population is a ``LIFReset`` whose state
 is zeroed at the step the sample's first input reaches it. Spikes and voltages
 are recorded with ``Monitor`` processes and cut back into per-sample windows.
-The Lava runtime is stopped on every path, errors included.
+
+The simulation runs in a child process in its own process group
+(:mod:`.lava_process`): Ctrl-C or SIGTERM, to this process or its whole group,
+ends the child and every Lava process under it within seconds instead of
+hanging in Lava's ``runtime.stop()`` or leaving workers orphaned. Only the raw
+recordings come back (numpy arrays). Inside the child the Lava runtime is
+stopped on every path, errors included.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import ChipGraph
-from .lava_compat import ensure_lava
 from st2chip.traces import Traces
 
-from .reference import batch_steps, assemble
+from .lava_compat import ensure_lava
+from .lava_process import call_in_own_group
+from .reference import assemble, batch_steps
 
 
 def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int):
@@ -46,27 +53,32 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
     return procs
 
 
-def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True) -> Traces:
-    """Run ``inputs`` (name -> spikes ``(B, T, n)``) on Lava's fixed-point CPU simulator.
-
-    ``voltages=False`` records voltages of readout populations only (their final
-    voltage is the output): each Monitor is one more OS process, and dropping the
-    others about halves the run time.
-    """
+def _import_lava() -> None:
+    """Import what a run uses here, once, so that each forked child does not import it again."""
     ensure_lava()
+    import lava.magma.compiler.compiler  # noqa: F401 - imported lazily by Process.run
+    import lava.magma.core.run_conditions  # noqa: F401
+    import lava.magma.core.run_configs  # noqa: F401
+    import lava.proc.dense.models  # noqa: F401 - process models: the compiler looks them up
+    import lava.proc.dense.process  # noqa: F401
+    import lava.proc.io.sink  # noqa: F401
+    import lava.proc.io.source  # noqa: F401
+    import lava.proc.lif.models  # noqa: F401
+    import lava.proc.lif.process  # noqa: F401
+    import lava.proc.monitor.models  # noqa: F401
+    import lava.proc.monitor.process  # noqa: F401
+    import lava.proc.sparse.models  # noqa: F401
+    import lava.proc.sparse.process  # noqa: F401
+
+
+def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, total: int,
+              voltages: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Build, run and stop the Lava network (in the child); raw spikes ``(total, n)`` and voltages."""
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as SpikeSink
     from lava.proc.monitor.process import Monitor
 
-    batch, steps = batch_steps(inputs)
-    window = steps + chip.depth
-    total = batch * window
-    source_data = {}
-    for name, x in inputs.items():
-        padded = np.zeros((batch, window, x.shape[2]), np.int32)
-        padded[:, :steps] = x
-        source_data[name] = padded.reshape(total, x.shape[2]).T.copy()
     procs = _processes(chip, source_data, window)
     # Spikes go to a RingBuffer sink, voltages to a Monitor (a Monitor takes one Var probe).
     sinks, monitors = {}, {}
@@ -83,6 +95,26 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
         raw_v = {name: np.asarray(mon.get_data()[name]["v"]).reshape(total, -1) for name, mon in monitors.items()}
     finally:
         anchor.stop()
+    return raw_s, raw_v
+
+
+def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True) -> Traces:
+    """Run ``inputs`` (name -> spikes ``(B, T, n)``) on Lava's fixed-point CPU simulator.
+
+    ``voltages=False`` records voltages of readout populations only (their final
+    voltage is the output): each Monitor is one more OS process, and dropping the
+    others about halves the run time.
+    """
+    _import_lava()
+    batch, steps = batch_steps(inputs)
+    window = steps + chip.depth
+    total = batch * window
+    source_data = {}
+    for name, x in inputs.items():
+        padded = np.zeros((batch, window, x.shape[2]), np.int32)
+        padded[:, :steps] = x
+        source_data[name] = padded.reshape(total, x.shape[2]).T.copy()
+    raw_s, raw_v = call_in_own_group(_simulate, chip, source_data, window, total, voltages)
     depths = chip.depths()
     rec_s, rec_v = {}, {}
     for pop in chip.populations:

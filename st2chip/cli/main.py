@@ -37,7 +37,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="time steps per sample (default: the inputs' T; for digits, the graph's metadata)")
     p.add_argument("--samples", type=int, default=None,
-                   help="samples to run (default: all of --inputs; 100 digits test samples)")
+                   help="samples to run (default: all of --inputs, or the whole digits test split)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="where the fixed-point engine runs (default: cuda when present, else cpu)")
+    p.add_argument("--batch-size", type=int, default=256, help="engine samples per batch (default 256)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "--inputs x.npy --dt 1e-4 --backend lava -o traces.npz",
                        epilog=EPILOG_EXIT)
     _add_run_args(p)
-    p.add_argument("--backend", default="lava", choices=["float", "reference", "lava"],
-                   help="float NIR simulation, fixed-point reference or Lava fixed_pt (default lava)")
+    p.add_argument("--backend", default="reference", choices=["float", "reference", "engine", "lava"],
+                   help="float NIR simulation, the fixed-point engine (reference, alias engine) or Lava "
+                        "fixed_pt (default reference)")
     p.add_argument("-o", "--output", help="write the traces (.npz) here")
 
     p = sub.add_parser("verify", help="float vs fixed-point reference vs Lava on the same samples",
@@ -102,7 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_EXIT)
     _add_run_args(p)
     p.add_argument("--backends", default="float,reference,lava",
-                   help="comma-separated backends to compare (default float,reference,lava)")
+                   help="comma-separated backends to compare (default float,reference,lava); lava runs "
+                        "the first --lava-samples samples only")
+    p.add_argument("--lava-samples", type=int, default=20, metavar="N",
+                   help="samples cross-checked on Lava, bit for bit against the engine (default 20)")
     p.add_argument("--max-drop", type=float, default=2.0, metavar="POINTS",
                    help="fail when the chip's accuracy is more than this many points below float (default 2)")
     p.add_argument("--min-agreement", type=float, default=95.0, metavar="PERCENT",
@@ -115,8 +122,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "--profile loihi2",
                        epilog=EPILOG_EXIT)
     _add_run_args(p)
-    p.add_argument("--backend", default="reference", choices=["reference", "lava"],
-                   help="where the spike traces come from (default reference: bit-exact with Lava, faster)")
+    p.add_argument("--backend", default="reference", choices=["reference", "engine", "lava"],
+                   help="where the spike traces come from (default reference: the engine, bit-exact with "
+                        "Lava, faster)")
     p.add_argument("--profile", default="45nm", help="energy profile name (45nm, loihi2) or JSON path")
     p.add_argument("-o", "--output", default=None, help="folder for energy.json/.md/.png")
 
@@ -156,6 +164,18 @@ def _run_inputs(args: argparse.Namespace, graph):
     return inputs
 
 
+def _engine_args(args: argparse.Namespace) -> dict:
+    """How the engine runs: device, batch size and a progress bar over batches (on stderr)."""
+    from st2chip.errors import InputError
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available here")
+    return {"device": args.device, "batch_size": args.batch_size, "progress": True}
+
+
 def _cmd_map(args: argparse.Namespace) -> int:
     from st2chip.chip.table import format_table, layer_rows
     from st2chip.io import write_json
@@ -172,7 +192,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from st2chip.io import atomic_path
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
-    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, args.output is not None)
+    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, args.output is not None,
+                       **_engine_args(args))
     if inputs.labels is not None:
         print(f"{args.backend}: accuracy {traces.accuracy(inputs.labels):.4f} on {inputs.samples} samples")
     else:
@@ -200,11 +221,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
+    if args.lava_samples < 0:
+        raise InputError(f"--lava-samples must be 0 or more, got {args.lava_samples}")
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
-    traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs.spikes) for b in backends]
+    everything = [b for b in backends if b != "lava"] or ["reference"]
+    traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs.spikes, **_engine_args(args))
+              for b in everything]
+    cross = ()
+    if "lava" in backends and args.lava_samples:
+        n = min(args.lava_samples, inputs.samples)
+        head = {name: x[:n] for name, x in inputs.spikes.items()}
+        cross = (log.stage("simulate:lava", run_backend, "lava", graph, chip, head),)
     report = log.stage("verify", verify, traces, inputs.labels, max_drop=args.max_drop,
-                       min_agreement=args.min_agreement)
+                       min_agreement=args.min_agreement, cross_checks=cross)
     print(report.to_text())
     if args.json:
         write_json(args.json, report.to_dict())
@@ -220,7 +250,8 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
-    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, False)
+    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, False,
+                       **_engine_args(args))
     report = log.stage("energy", energy_report, chip, traces, profile)
     print(report.to_markdown())
     if args.output:
@@ -278,15 +309,36 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``st2chip`` console script."""
+    """Entry point of the ``st2chip`` console script.
+
+    SIGTERM is handled like Ctrl-C (as ``KeyboardInterrupt(SIGTERM)``), so that
+    whatever is running (Lava's processes above all) is stopped on the way out;
+    the exit code is then 143 instead of 130.
+    """
+    import signal
+
     args = _parser().parse_args(argv)
     handler = COMMANDS.get(args.command) or getattr(args, "func")
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
-        return _run(handler, args)
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt(signal.SIGTERM)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return _run(handler, args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(handler, args: argparse.Namespace) -> int:
+    import signal
+
     try:
         return handler(args)
     except St2chipError as err:
@@ -296,9 +348,9 @@ def _run(handler, args: argparse.Namespace) -> int:
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         print(f"st2chip: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as main() raises it: 128 + the signal
         print("st2chip: interrupted", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if err.args == (signal.SIGTERM,) else signal.SIGINT)
 
 
 if __name__ == "__main__":
