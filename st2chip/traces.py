@@ -40,3 +40,9 @@ class Traces:
 
     def accuracy(self, labels: np.ndarray) -> float:
         return float(np.mean(self.predictions() == np.asarray(labels)))
+
+    def head(self, samples: int) -> "Traces":
+        """The first ``samples`` samples (to compare with a backend that ran only those)."""
+        cut = lambda arrays: {k: v[:samples] for k, v in arrays.items()}  # noqa: E731
+        return Traces(self.backend, cut(self.inputs), cut(self.spikes), cut(self.voltages), self.scores[:samples],
+                      dict(self.meta))

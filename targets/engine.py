@@ -16,9 +16,9 @@ integer state (int64), exactly as Lava's ``PyLifModelBitAcc`` with ``Dense`` /
   stays below 2^24 (every partial sum of 0/1 spikes is then an exactly
   representable integer; checked once, when the engine is built), in float64
   below 2^53, and the exponent is applied after, in int64. Dense groups use a
-  matrix product, CSR groups (pruned weights) a sparse one, and at low spike
-  rates dense groups gather the weight rows of the sources that spiked
-  (event-driven), whichever the engine's cost rule picks per step;
+  matrix product, CSR groups (pruned weights) a sparse one, and on CPU at low
+  spike rates (below :data:`EVENT_RATE`) dense groups gather the weight rows of
+  the sources that spiked (event-driven), decided per step;
 - timing as Lava's: every synapse group delays spikes by one step; a population
   at depth ``d`` ignores its input and keeps zero state until the sample's first
   input reaches it (global step ``d + 1``).
@@ -43,7 +43,7 @@ from st2chip.traces import Traces
 
 F32_EXACT = 1 << 24
 F64_EXACT = 1 << 53
-EVENT_RATE = 0.05  # dense groups gather the rows of active sources below this spike rate
+EVENT_RATE = 0.05  # on CPU, dense groups gather the rows of active sources below this spike rate
 
 
 def batch_steps(inputs: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -88,7 +88,7 @@ class Synapses:
         s = spikes.to(self.dtype)
         if self.sparse:
             acc = torch.sparse.mm(self.weight, s.T).T
-        elif s.numel() and float(s.mean()) < EVENT_RATE:
+        elif s.device.type == "cpu" and s.numel() and float(s.mean()) < EVENT_RATE:
             acc = self._events(s)
         else:
             acc = s @ self.weight_t
@@ -144,9 +144,16 @@ class Engine:
 
     @staticmethod
     def _decay(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        """``trunc(x * factor / 4096)``: sign-magnitude shift, as Loihi does."""
-        prod = x * factor
-        return torch.sign(prod) * (prod.abs() >> DECAY_SHIFT)
+        """``trunc(x * factor / 4096)``: Loihi's sign-magnitude shift is division truncated toward zero."""
+        return torch.div(x * factor, 1 << DECAY_SHIFT, rounding_mode="trunc")
+
+    @staticmethod
+    def _wrap(u: torch.Tensor) -> torch.Tensor:
+        """u is 24-bit: one wrap into ``(-2^23, 2^23]`` as Lava does (skipped when nothing is out of range)."""
+        if bool((u.abs() >= UV_MAX).any()):
+            u = torch.where(u > UV_MAX, u - 2 * UV_MAX, u)
+            u = torch.where(u <= -UV_MAX, u + 2 * UV_MAX, u)
+        return u
 
     def run_batch(self, inputs: dict[str, torch.Tensor], voltages: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -165,14 +172,16 @@ class Engine:
             for syn, source, target in self.synapses:
                 src = in_prev[source] if source in in_prev else spikes[:, self._slice(source)]
                 a_in[:, self._slice(target)] += syn.accumulate(src)
-            active = g > self.depth
-            u_new = self._decay(u, self.decay_u) + (a_in << ACT_SHIFT)
-            u_new = torch.where(u_new > UV_MAX, u_new - 2 * UV_MAX, u_new)
-            u_new = torch.where(u_new <= -UV_MAX, u_new + 2 * UV_MAX, u_new)
-            v_new = (self._decay(v, self.decay_v) + u_new + self.bias).clamp(-UV_MAX + 1, UV_MAX - 1)
-            fired = (v_new > self.vth) & active
-            u = torch.where(active, u_new, 0)
-            v = torch.where(fired, 0, torch.where(active, v_new, 0))
+            u = self._wrap(self._decay(u, self.decay_u).add_(a_in << ACT_SHIFT))
+            v = (self._decay(v, self.decay_v).add_(u).add_(self.bias)).clamp_(-UV_MAX + 1, UV_MAX - 1)
+            if g <= self.chip.depth:  # populations the sample has not reached yet keep zero state
+                active = g > self.depth
+                u = torch.where(active, u, 0)
+                v = torch.where(active, v, 0)
+                fired = (v > self.vth) & active
+            else:
+                fired = v > self.vth
+            v.masked_fill_(fired, 0)
             spikes = fired
             rec_s[g - 1] = fired
             if rec_v is not None:

@@ -130,12 +130,15 @@ def compare(a: Traces, b: Traces, *, voltages: bool) -> Comparison:
 
 
 def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: float = 2.0,
-           min_agreement: float = 95.0) -> VerifyReport:
+           min_agreement: float = 95.0, cross_checks: tuple[Traces, ...] = ()) -> VerifyReport:
     """Compare backends (float→first chip backend, chip→chip) and check the result.
 
-    Checks: the chip backends agree exactly; the first chip backend's accuracy is at
-    most ``max_drop`` points below float (when ``labels`` are given); float-vs-chip
-    spike agreement is at least ``min_agreement`` percent.
+    ``cross_checks`` are chip backends run on the first samples only (Lava on a
+    few samples while the engine runs them all): each is compared with the first
+    chip backend on those samples. Checks: the chip backends agree exactly; the
+    first chip backend's accuracy is at most ``max_drop`` points below float
+    (when ``labels`` are given); float-vs-chip spike agreement is at least
+    ``min_agreement`` percent.
     """
     accuracy = {t.backend: t.accuracy(labels) for t in traces} if labels is not None else {}
     report = VerifyReport(samples=traces[0].samples, accuracy=accuracy)
@@ -145,6 +148,13 @@ def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: 
         report.comparisons.append(compare(floats[0], chips[0], voltages=False))
     for other in chips[1:]:
         report.comparisons.append(compare(chips[0], other, voltages=True))
+    for other in cross_checks:
+        n = other.samples
+        if labels is not None:
+            accuracy[f"{other.backend} (first {n})"] = other.accuracy(labels[:n])
+        comparison = compare(chips[0].head(n), other, voltages=True)
+        comparison.b = f"{other.backend} (first {n} samples)"
+        report.comparisons.append(comparison)
     for c in report.comparisons:
         if c.a != "float":
             report.checks.append(Check(f"{c.a} = {c.b}", c.exact, "spikes and voltages identical" if c.exact else

@@ -21,12 +21,12 @@ from st2chip.graph.normalize import normalize
 from st2chip.graph.simulate import simulate
 from st2chip.traces import Traces
 
-BACKENDS = ("float", "reference", "lava")
+BACKENDS = ("float", "reference", "engine", "lava")  # engine: another name of reference
 
 STAGES = (
     ("read+normalize", "NIR file or graph -> canonical NIR (numpy arrays, shapes, topological order)"),
     ("lower", "canonical NIR -> ChipGraph (fold thresholds, group decays, quantize weights)"),
-    ("simulate", "ChipGraph -> spike traces (fixed-point reference, Lava fixed_pt); NIR -> float traces"),
+    ("simulate", "ChipGraph -> spike traces (fixed-point engine = reference, Lava fixed_pt); NIR -> float traces"),
     ("verify", "traces -> accuracy, per-layer agreement, first divergence"),
     ("energy", "ChipGraph + traces -> synaptic operations and energy"),
 )
@@ -56,17 +56,21 @@ def load_graph(path: str | os.PathLike | nir.NIRGraph, dt: float | None = None) 
 
 
 def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict[str, np.ndarray],
-                voltages: bool = True) -> Traces:
+                voltages: bool = True, *, device: str | None = None, batch_size: int = 256,
+                progress: bool = False) -> Traces:
     """Run one backend: ``float`` reads NIR; the chip backends read only the ChipGraph.
 
-    ``voltages=False`` lets Lava skip recording hidden voltages (faster).
+    ``reference`` (alias ``engine``) is the fixed-point engine on ``device`` (CUDA
+    when present, else CPU), ``batch_size`` samples at a time. ``voltages=False``
+    records voltages of readout layers only (Lava runs about twice as fast).
     """
     if backend == "float":
         order = [name for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
         return simulate(graph, np.concatenate([inputs[name] for name in order], axis=2))
-    if backend == "reference":
-        from st2chip.targets import reference
-        return reference.run(chip, inputs)
+    if backend in ("reference", "engine"):
+        from st2chip.targets import engine
+        return engine.run(chip, inputs, device=device or engine.default_device(), batch_size=batch_size,
+                          voltages=voltages, progress=progress)
     if backend == "lava":
         from st2chip.targets import lava
         return lava.run(chip, inputs, voltages=voltages)
