@@ -34,7 +34,7 @@ from st2chip.chip.lower import lower
 from st2chip.chip.table import format_table
 from st2chip.converters.norse import to_nir
 from st2chip.graph.simulate import simulate
-from st2chip.targets import lava, reference
+from st2chip.targets import engine, lava
 
 N_IN, BATCH, STEPS, SEED = 12, 4, 20, 0
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(chip))
     inputs = {name: x for name, node in conv.graph.nodes.items() if isinstance(node, nir.Input)}
     flt = simulate(conv.graph, x)
-    ref = reference.run(chip, inputs)
+    ref = engine.run(chip, inputs)
     lav = lava.run(chip, inputs)
     report = verify([flt, ref, lav])
     print(report.to_text())

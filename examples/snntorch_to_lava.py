@@ -31,7 +31,7 @@ from st2chip.chip.lower import lower
 from st2chip.chip.table import format_table
 from st2chip.converters.snntorch import to_nir
 from st2chip.graph.simulate import simulate
-from st2chip.targets import lava, reference
+from st2chip.targets import engine, lava
 
 N_IN, HIDDEN, N_OUT = 16, 12, 4
 SAMPLES, STEPS, SEED = 4, 20, 0
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     theirs = run_snntorch(net, x)
     floats = simulate(converted.graph, x)
     out_layer = list(converted.graph.nodes)[-2]  # the Leaky layer feeding the Output node
-    ref = reference.run(chip, {"input": x})
+    ref = engine.run(chip, {"input": x})
     lav = lava.run(chip, {"input": x})
     report = verify([floats, ref, lav])
     print(report.to_text())

@@ -24,7 +24,7 @@ from st2chip.traces import Traces
 
 from .lava_compat import ensure_lava
 from .lava_process import call_in_own_group
-from .reference import assemble, batch_steps
+from .engine import assemble, batch_steps
 
 
 def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int):

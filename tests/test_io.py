@@ -38,14 +38,14 @@ def test_every_writer_of_the_demo_kind_gives_readable_files(tmp_path, umask, ran
     from st2chip.converters.mlp import mlp_to_nir
     from st2chip.graph.nirfile import write_nir
     from st2chip.learn.checkpoint import save_checkpoint
-    from st2chip.targets import reference
+    from st2chip.targets import engine
 
     umask(0o022)
     model = random_mlp()
     paths = [write_nir(mlp_to_nir(model), tmp_path / "m.nir"),
              save_checkpoint(model, "mlp", model.config.to_dict(), tmp_path / "m.pt")]
     chip = lower(mlp_to_nir(model))
-    traces = reference.run(chip, {"input": np.ones((1, 3, 64), np.uint8)})
+    traces = engine.run(chip, {"input": np.ones((1, 3, 64), np.uint8)})
     paths += list(write_energy_report(energy_report(chip, traces), tmp_path / "energy").values())
     for path in paths:
         assert _mode(path) == 0o644, path

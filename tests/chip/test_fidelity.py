@@ -13,7 +13,7 @@ from st2chip.converters.mlp import mlp_to_nir
 from st2chip.errors import GraphError
 from st2chip.graph.normalize import normalize
 from st2chip.graph.simulate import simulate
-from st2chip.targets import reference
+from st2chip.targets import engine
 
 
 def _run(capsys, *argv):
@@ -85,7 +85,7 @@ def test_verify_checks_accuracy_drop_and_agreement(random_mlp, digit_spikes):
     graph = normalize(mlp_to_nir(random_mlp()))
     chip = lower(graph)
     x = digit_spikes(6)
-    flt, ref = simulate(graph, x), reference.run(chip, {"input": x})
+    flt, ref = simulate(graph, x), engine.run(chip, {"input": x})
     labels = flt.predictions()  # float is 100 % right on these labels by construction
     ok = verify([flt, ref], labels, max_drop=100, min_agreement=0)
     assert ok.passed and [c.name for c in ok.checks] == ["accuracy drop float -> reference",

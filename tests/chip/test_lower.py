@@ -8,7 +8,7 @@ from st2chip.errors import GraphError
 from st2chip.chip.lower import _decay_groups, lower
 from st2chip.converters.mlp import mlp_to_nir
 from st2chip.graph.simulate import simulate
-from st2chip.targets import reference
+from st2chip.targets import engine
 from st2chip.analysis.verify import compare
 
 
@@ -38,7 +38,7 @@ def test_fixed_point_tracks_float(random_mlp, digit_spikes):
     chip = lower(graph, decay_groups=16)
     from st2chip.graph.normalize import normalize
     float_traces = simulate(normalize(graph), x)
-    fixed = reference.run(chip, {"input": x})
+    fixed = engine.run(chip, {"input": x})
     assert compare(float_traces, fixed, voltages=False).overall_spike_agreement > 0.97
 
 

@@ -6,7 +6,7 @@ from st2chip.analysis.energy import energy_report
 from st2chip.chip.lower import lower
 from st2chip.converters.mlp import mlp_to_nir
 from st2chip.learn.pruning import magnitude_prune, make_permanent
-from st2chip.targets import reference
+from st2chip.targets import engine
 
 
 def test_l1p_sparsity_survives_lowering_and_cuts_sops(random_mlp, digit_spikes):
@@ -22,7 +22,7 @@ def test_l1p_sparsity_survives_lowering_and_cuts_sops(random_mlp, digit_spikes):
             assert syn.form == "sparse"
             assert not syn.dense()[zeros].any(), "a pruned weight came back on chip"
             assert syn.nnz <= int((~torch.as_tensor(zeros)).sum())
-    sops = {name: energy_report(chip, reference.run(chip, x)).totals()["acs"] for name, chip in chips.items()}
+    sops = {name: energy_report(chip, engine.run(chip, x)).totals()["acs"] for name, chip in chips.items()}
     assert sops["pruned"] < 0.5 * sops["dense"]
 
 

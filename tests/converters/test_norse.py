@@ -167,12 +167,12 @@ def test_converted_graph_writes_and_reads_back(converted, tmp_path: Path):
 # -- 3. chip: reference == Lava --------------------------------------------------------------------
 
 def test_lowered_reference_equals_lava(converted):
-    from st2chip.targets import lava, reference
+    from st2chip.targets import engine, lava
 
     _, result = converted
     chip = lower(result.graph)
     inputs = {"input": input_spikes(seed=5)}
-    ref = reference.run(chip, inputs)
+    ref = engine.run(chip, inputs)
     lav = lava.run(chip, inputs, voltages=True)
     assert set(ref.spikes) == set(lav.spikes) == {"1", "3"}
     assert sum(int(s.sum()) for s in ref.spikes.values()) > 0

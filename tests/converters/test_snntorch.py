@@ -18,7 +18,7 @@ from st2chip.converters.snntorch import DEFAULT_DT, repair, to_nir  # noqa: E402
 from st2chip.errors import InputError  # noqa: E402
 from st2chip.graph.nirfile import read_graph  # noqa: E402
 from st2chip.graph.simulate import simulate  # noqa: E402
-from st2chip.targets import lava, reference  # noqa: E402
+from st2chip.targets import engine, lava  # noqa: E402
 
 N_IN, BATCH, STEPS = 10, 4, 20
 
@@ -180,7 +180,7 @@ def test_chip_reference_equals_lava():
     net = make_net()
     chip = lower(to_nir(net, torch.zeros(N_IN)).graph)
     x = {"input": input_spikes(steps=STEPS, batch=BATCH, seed=1)}
-    ref, lav = reference.run(chip, x), lava.run(chip, x, voltages=False)
+    ref, lav = engine.run(chip, x), lava.run(chip, x, voltages=False)
     assert sum(int(s.sum()) for s in ref.spikes.values()) > 0, "test needs activity"
     assert ref.spikes.keys() == lav.spikes.keys()
     for layer in ref.spikes:

@@ -138,13 +138,13 @@ def test_wrong_dt_is_refused_naming_the_node():
 
 
 def test_chip_reference_equals_lava():
-    from st2chip.targets import lava, reference
+    from st2chip.targets import engine, lava
 
     conv = convert(make_net())
     chip = lower(conv.graph, decay_groups=1)
     x = {name: input_spikes(1, batch=2, steps=12) for name, node in conv.graph.nodes.items()
          if isinstance(node, nir.Input)}
-    ref, lav = reference.run(chip, x), lava.run(chip, x)
+    ref, lav = engine.run(chip, x), lava.run(chip, x)
     assert sum(int(s.sum()) for s in ref.spikes.values()) > 0, "test needs activity"
     assert ref.spikes.keys() == lav.spikes.keys()
     for name in ref.spikes:

@@ -1,4 +1,4 @@
-"""The fixed-point reference equals Lava's fixed_pt simulation bit for bit."""
+"""The fixed-point engine equals Lava's fixed_pt simulation bit for bit on hand-built cases."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from st2chip.chip.chipgraph import ChipGraph, InputPort, Population, SynapseGroup
 from st2chip.chip.lower import lower
 from st2chip.converters.mlp import mlp_to_nir
-from st2chip.targets import lava, reference
+from st2chip.targets import engine, lava
 
 
 def _assert_equal(a, b):
@@ -22,7 +22,7 @@ def _assert_equal(a, b):
 def test_mlp_bit_exact(random_mlp, digit_spikes, groups):
     chip = lower(mlp_to_nir(random_mlp()), decay_groups=groups)
     x = {"input": digit_spikes(5)}
-    ref, lav = reference.run(chip, x), lava.run(chip, x)
+    ref, lav = engine.run(chip, x), lava.run(chip, x)
     assert sum(int(s.sum()) for s in ref.spikes.values()) > 0, "test needs activity"
     _assert_equal(ref, lav)
 
@@ -46,7 +46,7 @@ def test_edge_cases_bit_exact():
             SynapseGroup("h->o", "h", "o", rng.integers(-128, 128, size=(n_out, n_hid)), exp=-3),
         ])
     x = {"x": (rng.random((3, steps, n_in)) < 0.5).astype(np.uint8)}
-    ref, lav = reference.run(chip, x), lava.run(chip, x)
+    ref, lav = engine.run(chip, x), lava.run(chip, x)
     assert ref.spikes["h"].sum() > 0
     _assert_equal(ref, lav)
 
@@ -54,7 +54,7 @@ def test_edge_cases_bit_exact():
 def test_without_hidden_voltages_spikes_and_scores_still_match(random_mlp, digit_spikes):
     chip = lower(mlp_to_nir(random_mlp()), decay_groups=2)
     x = {"input": digit_spikes(3)}
-    ref, lav = reference.run(chip, x), lava.run(chip, x, voltages=False)
+    ref, lav = engine.run(chip, x), lava.run(chip, x, voltages=False)
     assert set(lav.voltages) == {"readout"}
     for layer in ref.spikes:
         np.testing.assert_array_equal(ref.spikes[layer], lav.spikes[layer])
