@@ -41,6 +41,14 @@ class Traces:
     def accuracy(self, labels: np.ndarray) -> float:
         return float(np.mean(self.predictions() == np.asarray(labels)))
 
+    @classmethod
+    def concat(cls, parts: list["Traces"]) -> "Traces":
+        """Traces of consecutive sample ranges (shards) joined in order."""
+        join = lambda arrays: {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}  # noqa: E731
+        first = parts[0]
+        return cls(first.backend, join([p.inputs for p in parts]), join([p.spikes for p in parts]),
+                   join([p.voltages for p in parts]), np.concatenate([p.scores for p in parts]), dict(first.meta))
+
     def head(self, samples: int) -> "Traces":
         """The first ``samples`` samples (to compare with a backend that ran only those)."""
         cut = lambda arrays: {k: v[:samples] for k, v in arrays.items()}  # noqa: E731

@@ -41,6 +41,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="where the fixed-point engine runs (default: cuda when present, else cpu)")
     p.add_argument("--batch-size", type=int, default=256, help="engine samples per batch (default 256)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="shard the engine's samples over Ray: a local instance, or the cluster at ADDRESS "
+                        "(e.g. ray://head:10001)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,7 +176,7 @@ def _engine_args(args: argparse.Namespace) -> dict:
         import torch
         if not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA device is available here")
-    return {"device": args.device, "batch_size": args.batch_size, "progress": True}
+    return {"device": args.device, "batch_size": args.batch_size, "progress": args.ray is None, "ray": args.ray}
 
 
 def _cmd_map(args: argparse.Namespace) -> int:

@@ -57,16 +57,22 @@ def load_graph(path: str | os.PathLike | nir.NIRGraph, dt: float | None = None) 
 
 def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict[str, np.ndarray],
                 voltages: bool = True, *, device: str | None = None, batch_size: int = 256,
-                progress: bool = False) -> Traces:
+                progress: bool = False, ray: str | None = None) -> Traces:
     """Run one backend: ``float`` reads NIR; the chip backends read only the ChipGraph.
 
     ``reference`` (alias ``engine``) is the fixed-point engine on ``device`` (CUDA
-    when present, else CPU), ``batch_size`` samples at a time. ``voltages=False``
-    records voltages of readout layers only (Lava runs about twice as fast).
+    when present, else CPU), ``batch_size`` samples at a time; with ``ray``
+    (``"local"`` or a cluster address) its samples are sharded over Ray workers.
+    ``voltages=False`` records voltages of readout layers only (Lava runs about
+    twice as fast).
     """
     if backend == "float":
         order = [name for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
         return simulate(graph, np.concatenate([inputs[name] for name in order], axis=2))
+    if backend in ("reference", "engine") and ray is not None:
+        from st2chip.targets import ray_shards
+        return ray_shards.run(chip, inputs, address=None if ray == "local" else ray, voltages=voltages,
+                              device=device or "cpu", batch_size=batch_size)
     if backend in ("reference", "engine"):
         from st2chip.targets import engine
         return engine.run(chip, inputs, device=device or engine.default_device(), batch_size=batch_size,
