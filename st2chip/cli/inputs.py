@@ -21,7 +21,14 @@ from pathlib import Path
 import nir
 import numpy as np
 
+from st2chip import limits
 from st2chip.errors import InputError
+
+# Bytes per loaded value while an --inputs array is checked and converted to uint8
+# spikes (the array itself, the 0/1 mask, the uint8 copy), on top of its own itemsize.
+_CONVERT_BYTES = 2
+# Bytes per (sample, step, pixel) while digits are rate-coded (float32 temporaries).
+_ENCODE_BYTES = 20
 
 
 @dataclass
@@ -72,10 +79,54 @@ def _as_spikes(source: str, name: str, array: np.ndarray, size: int) -> np.ndarr
     return values.astype(np.uint8)
 
 
+def _header(fh, source: str, member: str | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a ``.npy`` header, reading no data."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version in ((2, 0), (3, 0)):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:  # pragma: no cover - read_magic refuses other versions
+        raise ValueError(f"unsupported .npy version {version}")
+    return tuple(int(d) for d in shape), np.dtype(dtype)
+
+
+def _check_declared(p: Path) -> None:
+    """Every array's declared shape (``.npy`` header, each ``.npz`` member's) against the memory budget."""
+    try:
+        with open(p, "rb") as fh:
+            magic = fh.read(6)
+            fh.seek(0)
+            if magic == b"\x93NUMPY":
+                headers = {"": _header(fh, str(p))}
+            elif magic[:2] == b"PK":
+                headers = {}
+                with zipfile.ZipFile(fh) as zf:
+                    for info in zf.infolist():
+                        if info.filename.endswith(".npy"):
+                            with zf.open(info) as member:
+                                headers[info.filename[:-4]] = _header(member, str(p), info.filename)
+            else:
+                return  # np.load says what is wrong with it
+    except (IsADirectoryError, FileNotFoundError):
+        return  # np.load says so, as before
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as err:
+        raise InputError(f"{p}: not a readable .npy/.npz array file ({' '.join(str(err).split())})") from None
+    total = 0
+    for name, (shape, dtype) in headers.items():
+        what = f"array '{name}' of shape {shape} ({dtype})" if name else f"the array of shape {shape} ({dtype})"
+        n = limits.count(shape)
+        itemsize = max(int(dtype.itemsize), 1) + _CONVERT_BYTES
+        limits.check_alloc(f"loading {what}", n, itemsize, str(p))
+        total += n * itemsize
+        limits.check_bytes("loading all its arrays", total, str(p))
+
+
 def load_inputs(path: str | os.PathLike, graph: nir.NIRGraph) -> RunInputs:
     """Read ``--inputs`` (``.npy`` or ``.npz``) for ``graph``; every problem names the file and the input."""
     p = Path(path)
     sizes = input_sizes(graph)
+    _check_declared(p)
     try:
         loaded = np.load(p, allow_pickle=False)
     except FileNotFoundError:
@@ -154,6 +205,8 @@ def digits_inputs(graph: nir.NIRGraph, samples: int, steps: int) -> RunInputs:
     if steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}")
     samples = min(samples, len(test))
+    limits.check_alloc(f"rate-coding {samples} digits samples x {steps} steps", samples * steps * size, _ENCODE_BYTES,
+                       "the digits inputs")
     spikes = rate_encode(test.x[:samples], steps).numpy().transpose(1, 0, 2).astype(np.uint8)
     return RunInputs({name: spikes}, test.y[:samples], "the digits test split")
 
@@ -162,9 +215,48 @@ def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, s
                    default_samples: int = 100) -> RunInputs:
     """``--inputs`` when given (``--steps`` defaults to its T), else digits (``--steps`` or metadata)."""
     if path is not None:
-        return limit(load_inputs(path, graph), samples, steps)
-    steps = steps if steps is not None else graph.metadata.get("steps")
-    if steps is None:
-        raise InputError("the number of time steps is unknown: the graph's metadata has no 'steps'; "
-                         "pass --steps T, or --inputs FILE whose arrays are (batch, T, ...)")
-    return digits_inputs(graph, samples if samples is not None else default_samples, int(steps))
+        inputs = limit(load_inputs(path, graph), samples, steps)
+    else:
+        origin = "the digits inputs (--steps)"
+        if steps is None:
+            origin = "the digits inputs (steps from the graph's metadata field 'steps')"
+            stored = graph.metadata.get("steps") if isinstance(graph.metadata, dict) else None
+            if stored is None:
+                raise InputError("the number of time steps is unknown: the graph's metadata has no 'steps'; "
+                                 "pass --steps T, or --inputs FILE whose arrays are (batch, T, ...)")
+            steps = limits.positive_int(stored, "metadata field 'steps'", "the graph")
+        elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+            raise InputError(f"--steps must be a positive integer, got {steps!r}")
+        samples = samples if samples is not None else default_samples
+        if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples >= 1 and steps >= 1:
+            _check_run(graph, min(int(samples), _DIGITS_TEST_SIZE), int(steps), origin)
+        inputs = digits_inputs(graph, samples, int(steps))
+    _check_run(graph, inputs.samples, inputs.steps, inputs.origin)
+    return inputs
+
+
+_DIGITS_TEST_SIZE = 360  # samples in the digits test split (an upper bound for the run check)
+
+
+def graph_width(graph: nir.NIRGraph) -> int:
+    """Values every step of a run computes: the output size of every node of a canonical graph."""
+    width = 0
+    for node in graph.nodes.values():
+        try:
+            if isinstance(node, nir.Input):
+                width += limits.count(np.asarray(node.input_type["input"]).reshape(-1))
+            elif isinstance(node, nir.Output):
+                width += limits.count(np.asarray(node.output_type["output"]).reshape(-1))
+            elif isinstance(node, (nir.Affine, nir.Linear)):
+                width += int(np.shape(node.weight)[0])
+            else:
+                width += max((int(np.size(v)) for k, v in vars(node).items()
+                              if k not in ("metadata", "input_type", "output_type")), default=0)
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+            continue  # not canonical; normalize checks it
+    return width
+
+
+def _check_run(graph: nir.NIRGraph, samples: int, steps: int, where: str) -> None:
+    """Samples x steps x every node's values (outputs and voltages, float64) against the memory budget."""
+    limits.check_run("a run", samples, steps, max(graph_width(graph), 1), where)

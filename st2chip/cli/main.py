@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                     "Lava fixed_pt and a bit-exact reference, with verification and energy reports.",
         epilog=EPILOG_EXIT)
     parser.add_argument("-v", "--verbose", action="store_true", help="print each pipeline stage as it runs")
+    parser.add_argument("--memory-budget", metavar="SIZE", default=None,
+                        help="memory st2chip may use for what a file declares, e.g. 8G (default: "
+                             "$ST2CHIP_MEMORY_BUDGET, else a quarter of physical memory)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = sub.add_parser("demo", help="train, export, map, simulate on Lava, verify and cost a digits model",
@@ -343,6 +346,9 @@ def _run(handler, args: argparse.Namespace) -> int:
     import signal
 
     try:
+        if args.memory_budget is not None:
+            from st2chip.limits import set_memory_budget
+            set_memory_budget(args.memory_budget)
         return handler(args)
     except St2chipError as err:
         print(f"st2chip: error: {err}", file=sys.stderr)

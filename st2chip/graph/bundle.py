@@ -21,7 +21,7 @@ structure before anything runs, and :func:`run_bundle` checks that every part th
 manifest names is a plain relative path resolving (symlinks followed) to a
 regular file inside the bundle folder before it opens any part; parts that do not
 load or run, images of the wrong shape and inputs larger than
-:func:`memory_budget` are :class:`~st2chip.errors.InputError`\ s naming the
+:func:`st2chip.limits.memory_budget` are :class:`~st2chip.errors.InputError`\ s naming the
 manifest entry or file.
 """
 
@@ -37,6 +37,7 @@ import nir
 import numpy as np
 import torch
 
+from st2chip import limits
 from st2chip.errors import InputError
 from st2chip.graph.nirfile import read_graph
 from st2chip.graph.simulate import run_graph
@@ -52,39 +53,10 @@ MAX_IMAGE_SIZE = 4096
 MAX_CHANNELS = 4096
 MAX_MANIFEST_BYTES = 16 * 2**20
 MAX_PART_BYTES = 2**31  # onnxruntime's protobuf limit; a NIR part is never near it
-#: Bytes one tensor of a run may take; ``None``: see :func:`memory_budget`.
-MEMORY_BUDGET: int | None = None
-MEMORY_FRACTION = 0.5
-FALLBACK_MEMORY_BUDGET = 8 * 2**30  # where physical memory cannot be read
-
-
 def one_line(exc: BaseException) -> str:
     """An exception as one line: its type and its message with whitespace collapsed."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def memory_budget() -> int:
-    """Bytes one tensor of a bundle run may take: :data:`MEMORY_BUDGET` if set, else
-    :func:`st2chip.limits.memory_budget` where that module exists, else
-    :data:`MEMORY_FRACTION` of physical memory."""
-    if MEMORY_BUDGET is not None:
-        return int(MEMORY_BUDGET)
-    try:  # st2chip's one budget for untrusted files, where present (ST2CHIP_MEMORY_BUDGET)
-        from st2chip.limits import memory_budget as shared_budget
-    except ImportError:
-        pass
-    else:
-        return shared_budget()
-    try:
-        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        phys = 0
-    return int(phys * MEMORY_FRACTION) if phys > 0 else FALLBACK_MEMORY_BUDGET
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.3g} GiB ({n:,} bytes)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,18 +287,14 @@ def _images(manifest: dict, x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _check_memory(what: str, shape: list, batch: int) -> None:
-    n = 4 * math.prod(batch if d == "B" else d for d in shape)
-    budget = memory_budget()
-    if n > budget:
-        dims = " x ".join(str(batch if d == "B" else d) for d in shape)
-        raise InputError(f"{what} ({dims} float32) would take {_gib(n)}, over the budget of {_gib(budget)} "
-                         f"(ST2CHIP_MEMORY_BUDGET sets it); use fewer images or fewer time steps")
+    dims = [batch if d == "B" else d for d in shape]
+    limits.check_alloc(f"{what} ({' x '.join(map(str, dims))} float32)", limits.count(dims), 4)
 
 
 def encode(manifest: dict, x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Direct encoding: images ``(B, C*H*W)`` or ``(B, C, H, W)`` repeated ``T`` times.
 
-    Images of another shape, and an encoding over :func:`memory_budget`, are :class:`InputError`\\ s
+    Images of another shape, and an encoding over :func:`st2chip.limits.memory_budget`, are :class:`InputError`\\ s
     (checked before anything is allocated).
     """
     x = _images(manifest, x)
@@ -434,7 +402,7 @@ def run_bundle(folder: str | os.PathLike, x: np.ndarray | torch.Tensor) -> np.nd
 
     Before any part is opened: the manifest is checked (:func:`read_manifest`), every
     part file is checked to lie inside ``folder`` (:func:`check_parts`), the images'
-    shape against the config, and every declared tensor's size against :func:`memory_budget`.
+    shape against the config, and every declared tensor's size against :func:`st2chip.limits.memory_budget`.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)

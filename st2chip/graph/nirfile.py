@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
+import traceback
 from pathlib import Path
 
 import h5py
 import nir
+import numpy as np
 
+from st2chip import limits
 from st2chip.errors import InputError
 from st2chip.io import atomic_path
+
+MAX_HDF5_LINKS = 200_000  # groups and datasets in one file (a real graph has a few per node)
+MAX_HDF5_DEPTH = 64  # nested groups (two per nested NIRGraph level, plus metadata)
+_NODE_GROUP = re.compile(r"^node(/nodes/[^/]+)*$")  # the groups that are NIR nodes
 
 
 def one_line(exc: BaseException) -> str:
@@ -38,17 +46,110 @@ def read_graph(path: str | os.PathLike) -> nir.NIRGraph:
         raise InputError(f"{p}: file is empty")
     try:
         with h5py.File(p, "r") as f:
-            if "node" not in f:
+            if "node" not in f or not isinstance(f.get("node", getlink=True), h5py.HardLink) \
+                    or not isinstance(f["node"], h5py.Group):
                 raise InputError(f"{p}: HDF5 file holds no NIR graph (no 'node' group)")
-    except OSError as exc:  # h5py: not HDF5, truncated, unreadable
+            check_hdf5(f, p)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # h5py: not HDF5, truncated, unreadable
         raise InputError(f"{p}: not a readable NIR (HDF5) file ({one_line(exc)})") from None
     try:
         graph = nir.read(p, type_check=False)
+    except MemoryError:
+        raise InputError(f"{p}: ran out of memory reading the NIR graph; "
+                         f"the memory budget is {limits.human(limits.memory_budget())}") from None
     except Exception as exc:  # any parse failure of an untrusted file is the user's input
-        raise InputError(f"{p}: cannot read NIR graph ({one_line(exc)})") from None
+        raise InputError(f"{p}: cannot read NIR graph (nir: {_nir_complaint(exc)})") from None
     if not isinstance(graph, nir.NIRGraph):
         raise InputError(f"{p}: holds a single {type(graph).__name__} node, not a NIR graph")
     return graph
+
+
+def _nir_complaint(exc: BaseException) -> str:
+    """What nir complained about: the message, or for a bare assertion its failing source line."""
+    if isinstance(exc, AssertionError) and not str(exc).strip():
+        frames = traceback.extract_tb(exc.__traceback__)
+        line = frames[-1].line if frames else ""
+        return f"assertion failed: {line}" if line else "AssertionError"
+    if isinstance(exc, KeyError):
+        return f"a required dataset is missing: {exc.args[0] if exc.args else ''!r}"
+    return one_line(exc)
+
+
+def _node_name(path: str) -> str:
+    """HDF5 path of a node group (``node/nodes/a/nodes/b``) -> its flattened name (``a.b``)."""
+    return ".".join(path.split("/")[2::2]) or "(the graph)"
+
+
+def _known_types() -> list[str]:
+    return sorted(k for k, v in vars(nir).items() if isinstance(v, type) and issubclass(v, nir.NIRNode)
+                  and v is not nir.NIRNode)
+
+
+def check_hdf5(f: h5py.File, p: Path) -> None:
+    """Walk ``f`` without reading array data: every dataset's declared size against the memory budget.
+
+    Also refuses what ``nir.read`` cannot survive: links to other files or back
+    into the file (soft links, one object linked twice: nir would read a cycle
+    forever), deep nesting, too many objects, and node groups whose ``type`` is
+    not a NIR node type.
+    """
+    budget_each = limits.GRAPH_COPIES
+    known = set(_known_types())
+    seen: set = set()
+    links = 0
+    total = 0
+    stack: list[tuple[str, h5py.Group, int]] = [("node", f["node"], 1)]
+    seen.add(f["node"].id)
+    while stack:
+        path, group, depth = stack.pop()
+        if depth > MAX_HDF5_DEPTH:
+            raise InputError(f"{p}: HDF5 groups are nested {depth} deep at '{path[:80]}...' "
+                             f"(at most {MAX_HDF5_DEPTH})")
+        for key in group.keys():
+            links += 1
+            if links > MAX_HDF5_LINKS:
+                raise InputError(f"{p}: HDF5 file holds more than {MAX_HDF5_LINKS:,} groups and datasets")
+            child = f"{path}/{key}"
+            link = group.get(key, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise InputError(f"{p}: '{child}' is an HDF5 {type(link).__name__}; a NIR file holds no links")
+            item = group.get(key)
+            if item is None or item.id in seen:
+                raise InputError(f"{p}: '{child}' links to an HDF5 object already in the file; "
+                                 f"a NIR file holds each object once")
+            seen.add(item.id)
+            if isinstance(item, h5py.Group):
+                stack.append((child, item, depth + 1))
+            elif isinstance(item, h5py.Dataset):
+                n = 0 if item.shape is None else limits.count(item.shape)
+                nbytes = n * max(int(item.dtype.itemsize), 8) * budget_each
+                limits.check_bytes(f"dataset '{child}' declares shape {item.shape} ({n:,} values); reading "
+                                   f"it", nbytes, str(p))
+                total += nbytes
+                limits.check_bytes("all datasets together", total, str(p))
+            else:  # committed datatypes and the like
+                raise InputError(f"{p}: '{child}' is a {type(item).__name__}, not a group or dataset")
+        if _NODE_GROUP.match(path):
+            _check_node_type(p, path, group, known)
+
+
+def _check_node_type(p: Path, path: str, group: h5py.Group, known: set[str]) -> None:
+    """A node group's ``type`` must name a NIR node type (nir.read only asserts it)."""
+    name = _node_name(path)
+    item = group.get("type")
+    if not isinstance(item, h5py.Dataset):
+        raise InputError(f"{p}: node '{name}' ({path}) has no 'type' dataset")
+    if item.shape is None or limits.count(item.shape) != 1 or item.dtype.kind not in "SOUa":
+        raise InputError(f"{p}: node '{name}' ({path}): 'type' is not one string "
+                         f"(shape {item.shape}, dtype {item.dtype})")
+    value = item[()]
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str) or value not in known:
+        raise InputError(f"{p}: node '{name}' ({path}) has unknown NIR node type {value!r}; nir "
+                         f"{getattr(nir, '__version__', '')} knows {', '.join(sorted(known))}")
 
 
 def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> Path:

@@ -52,7 +52,8 @@ from typing import Any
 import nir
 import numpy as np
 
-from st2chip.errors import GraphError, St2chipWarning
+from st2chip import limits
+from st2chip.errors import GraphError, InputError, St2chipWarning
 from st2chip.graph.nirfile import one_line, read_graph
 
 DEFAULT_DT = 1e-3  # seconds, used when neither the caller nor the graph gives dt
@@ -116,6 +117,7 @@ def normalize(graph: nir.NIRGraph | str | os.PathLike, *, dt: float | None = Non
     ctx.check_io(nodes, edges, order)
     arrays = {name: ctx.node_arrays(name, nodes[name]) for name in order}
     sizes = ctx.infer_sizes(nodes, arrays, edges, order)
+    ctx.check_budget(nodes, arrays, sizes, order)
     step = ctx.resolve_dt(dt, graph.metadata)
     new_nodes = {name: ctx.build(name, nodes[name], arrays[name], sizes[name], step) for name in order}
     rank = {name: i for i, name in enumerate(order)}
@@ -339,9 +341,9 @@ class _Context:
                 dims = np.asarray(shape, dtype=np.float64).reshape(-1)
             except (TypeError, ValueError):
                 raise self.error(f"shape is not a list of integers: {shape!r}", node=name, field=attr) from None
-            if np.any(dims <= 0) or np.any(dims != np.round(dims)):
+            if not np.all(np.isfinite(dims)) or np.any(dims <= 0) or np.any(dims != np.round(dims)):
                 raise self.error(f"shape must hold positive integers, got {dims.tolist()}", node=name, field=attr)
-            return int(np.prod(dims.astype(np.int64)))
+            return limits.count(dims)
         sizes = {f: a.size for f, a in arrays.items() if a.size != 1}
         if not sizes:
             return None
@@ -384,6 +386,36 @@ class _Context:
             raise self.error("cannot infer the number of neurons from the node or its neighbours",
                              node=unknown[0])
         return {n: int(s) for n, s in size.items()}
+
+    def check_budget(self, nodes: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]],
+                     sizes: dict[str, int], order: list[str]) -> None:
+        """Declared sizes against the memory budget, before parameters are broadcast to ``n`` neurons.
+
+        A neuron node holds one float64 per field and neuron; an Input, Output or
+        Flatten of ``n`` values costs a run at least ``n`` float64 outputs and
+        voltages per sample and step.
+        """
+        total = 0
+        for name in order:
+            node, n = nodes[name], sizes[name]
+            if isinstance(node, (nir.Input, nir.Output, nir.Flatten)):
+                field = "output_type" if isinstance(node, nir.Output) else "input_type"
+                what, elements, itemsize = "a run's outputs and voltages per sample and step", n, \
+                    limits.RUN_BYTES_PER_VALUE
+            elif isinstance(node, (nir.Affine, nir.Linear)):
+                field, what, elements, itemsize = "weight", "the weight", arrays[name]["weight"].size, 8
+            else:
+                fields = list(arrays[name])
+                scalars = [f for f in fields if arrays[name][f].size == 1]
+                field = (scalars or fields or ["input"])[0]
+                what = f"{len(fields)} parameters x {n:,} neurons"
+                elements, itemsize = n * max(len(fields), 1), 8
+            total += elements * itemsize
+            try:
+                limits.check_alloc(what, elements, itemsize)
+                limits.check_bytes("the graph's nodes together", total)
+            except InputError as err:
+                raise self.error(str(err), node=name, field=field) from None
 
     def resolve_dt(self, dt: float | None, metadata: Any) -> float:
         """dt from the argument, else the graph's metadata, else :data:`DEFAULT_DT` with a warning."""

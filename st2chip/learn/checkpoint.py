@@ -7,11 +7,13 @@ a checkpoint never executes code when read.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from st2chip import limits
 from st2chip.errors import InputError
 from st2chip.io import atomic_path
 from st2chip.learn.mlp import MLPConfig, SpikingMLP
@@ -33,6 +35,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint file")
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files
@@ -41,6 +44,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(payload, dict) or not {"kind", "config", "state_dict"} <= payload.keys():
         raise InputError(f"{path}: not an st2chip checkpoint (needs keys kind, config, state_dict)")
     return payload
+
+
+def _check_archive(path: Path) -> None:
+    """The uncompressed size of a checkpoint's zip records against the memory budget (a zip bomb)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip (legacy format) or broken: torch.load says what is wrong
+    limits.check_bytes("its records, uncompressed,", total, str(path))
 
 
 def _model_classes(kind: str):
@@ -63,12 +76,74 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[s
     if classes is None:
         raise InputError(f"{path}: checkpoint kind {kind!r} is not one of mlp, st")
     config_cls, model_cls = classes
+    check_config(kind, payload["config"], path)
     try:
         model = model_cls(config_cls(**payload["config"]))
         model.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError) as err:
         raise InputError(f"{path}: checkpoint does not match its config: {str(err).splitlines()[0]}") from None
+    except MemoryError:
+        raise InputError(f"{path}: ran out of memory building the model of its config; "
+                         f"the memory budget is {limits.human(limits.memory_budget())}") from None
     return kind, model, dict(payload.get("extra", {}))
+
+
+MAX_LIST = 10_000  # entries of a size list (layers, stem stages) in a config
+_ST_INTS = ("image_size", "in_channels", "patch_size", "dim", "depth", "heads", "mlp_hidden", "steps", "classes")
+_BYTES_PER_PARAM = 4 * 4  # float32 weight, its gradient and two optimizer moments (training and pruning)
+_BYTES_PER_ACTIVATION = 4 * 8  # float32, several kept per layer (BN, neuron state, autograd)
+
+
+def _ints(config: dict, key: str, where: str) -> list[int]:
+    value = config.get(key)
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"{where}: config field '{key}' must be a list of positive integers, got "
+                         f"{type(value).__name__}")
+    if len(value) > MAX_LIST:
+        raise InputError(f"{where}: config field '{key}' has {len(value):,} entries (at most {MAX_LIST:,})")
+    return [limits.positive_int(v, f"config field '{key}[{i}]'", where) for i, v in enumerate(value)]
+
+
+def check_config(kind: str, config: object, path: str | os.PathLike) -> None:
+    """Config sizes are positive integers and the model fits the memory budget, before it is built.
+
+    The parameter count is computed from the config (the dense weights dominate:
+    MLP layers; ST convolutions, block matrices and head), and one sample's
+    activations over all steps for the widest layer.
+    """
+    where = str(path)
+    if not isinstance(config, dict):
+        raise InputError(f"{where}: checkpoint config must be a dict of fields, got {type(config).__name__}")
+    defaults = _model_classes(kind)[0]().to_dict()  # absent fields take the dataclass defaults
+    c = {**defaults, **config}
+    if kind == "mlp":
+        sizes = _ints(c, "sizes", where)
+        steps = limits.positive_int(c.get("steps"), "config field 'steps'", where)
+        params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:])) + 3 * sum(sizes[1:-1])
+        activations = steps * sum(sizes)
+    else:
+        v = {k: limits.positive_int(c.get(k), f"config field '{k}'", where) for k in _ST_INTS}
+        stem = _ints(c, "stem_channels", where)
+        ranks = c.get("ranks") or {}
+        if not isinstance(ranks, dict):
+            raise InputError(f"{where}: config field 'ranks' must be a dict of layer name -> rank")
+        if len(ranks) > 6 * v["depth"] or len(ranks) > MAX_LIST:
+            raise InputError(f"{where}: config field 'ranks' names {len(ranks):,} layers; the model has "
+                             f"{6 * v['depth']} block matrices")
+        for name, rank in ranks.items():
+            limits.positive_int(rank, f"config field 'ranks[{name!r}]'", where)
+        widths = [v["in_channels"], *stem]
+        d, h = v["dim"], v["mlp_hidden"]
+        conv = sum(9 * a * b for a, b in zip(widths[:-1], widths[1:])) + widths[-1] * d * v["patch_size"] ** 2 \
+            + 9 * d * d
+        params = conv + v["depth"] * (4 * d * d + 2 * d * h + 12 * d + 2 * h) + (d + 1) * v["classes"]
+        pixels = v["image_size"] ** 2
+        tokens = (v["image_size"] // v["patch_size"]) ** 2
+        activations = v["steps"] * (pixels * sum(widths) + tokens * v["depth"] * (8 * d + 2 * h))
+    limits.check_alloc(f"the parameters of the {kind} model its config asks for", params,
+                       _BYTES_PER_PARAM, where)
+    limits.check_alloc(f"the activations of one sample through the {kind} model its config asks for",
+                       activations, _BYTES_PER_ACTIVATION, where)
 
 
 def load_mlp(path: str | os.PathLike) -> SpikingMLP:

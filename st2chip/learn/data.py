@@ -8,14 +8,17 @@ test set. CIFAR-10 is read from a local folder in torchvision's layout
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from st2chip import limits
 from st2chip.errors import InputError
 
 DIGITS_SPLIT_SEED = 0
@@ -64,17 +67,93 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+# Bounds of one unpickled batch: a real one holds ~20,000 objects (labels, file names) nested 4 deep.
+MAX_PICKLE_OBJECTS = 2_000_000  # objects once every shared reference is expanded
+MAX_PICKLE_DEPTH = 64
+MAX_PICKLE_OPCODES = 5_000_000
+
+
+def _scan_pickle(raw: bytes, path: Path) -> None:
+    """Walk the pickle's opcodes without building anything: refuse deep nesting and object blow-up.
+
+    Each stack entry carries its nesting depth and the number of objects it
+    expands to (shared references counted every time they are used, as
+    ``np.asarray`` walks them), so a 300-byte pickle of tuples of tuples that
+    expands to 2^32 elements is refused here.
+    """
+    mark = object()
+    stack: list = []
+    memo: dict = {}
+    for n_ops, (op, arg, _) in enumerate(pickletools.genops(io.BytesIO(raw)), 1):
+        if n_ops > MAX_PICKLE_OPCODES:
+            raise InputError(f"{path}: not a CIFAR-10 batch (more than {MAX_PICKLE_OPCODES:,} pickle opcodes)")
+        name = op.name
+        if name == "MARK":
+            stack.append(mark)
+            continue
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            if not stack or stack[-1] is mark:
+                raise pickle.UnpicklingError(f"{name} with nothing to store")
+            memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1]
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET"):
+            if arg not in memo:
+                raise pickle.UnpicklingError(f"memo key {arg} missing")
+            stack.append(memo[arg])
+            continue
+        if name == "DUP":
+            if not stack:
+                raise pickle.UnpicklingError("DUP on an empty stack")
+            stack.append(stack[-1])
+            continue
+        popped = []
+        before = [x.name for x in op.stack_before]
+        if "mark" in before:
+            while stack and stack[-1] is not mark:
+                popped.append(stack.pop())
+            if not stack:
+                raise pickle.UnpicklingError(f"{name} without a MARK")
+            stack.pop()
+            extra = before.index("mark")
+        else:
+            extra = len(before)
+        for _ in range(extra):
+            if not stack or stack[-1] is mark:
+                raise pickle.UnpicklingError(f"{name} on a short stack")
+            popped.append(stack.pop())
+        depth = 1 + max((d for d, _ in popped), default=0)
+        size = 1 + sum(s for _, s in popped)
+        if depth > MAX_PICKLE_DEPTH:
+            raise InputError(f"{path}: not a CIFAR-10 batch (objects nested more than {MAX_PICKLE_DEPTH} deep)")
+        if size > MAX_PICKLE_OBJECTS:
+            raise InputError(f"{path}: not a CIFAR-10 batch (its objects expand to more than "
+                             f"{MAX_PICKLE_OBJECTS:,}; shared references multiply them)")
+        stack.extend((depth, size) for _ in op.stack_after)
+
+
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise InputError(f"{path}: CIFAR-10 batch file missing (expected torchvision's "
                          f"'{CIFAR10_FOLDER}' layout; nothing is downloaded)")
+    limits.check_bytes("reading the batch file", 3 * path.stat().st_size, str(path))
     try:
-        with open(path, "rb") as fh:
-            batch = _ArrayUnpickler(fh, encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{path}: not a CIFAR-10 batch ({err})") from None
+        raw = path.read_bytes()
+        _scan_pickle(raw, path)
+        batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        del raw
+        if not isinstance(batch, dict):
+            raise TypeError(f"holds a {type(batch).__name__}, not a dict")
+        data, labels = batch[b"data"], batch[b"labels"]
+        if not isinstance(data, np.ndarray) or data.dtype.kind not in "uif":
+            raise TypeError(f"b'data' is a {type(data).__name__}, not a numeric numpy array")
+        if not isinstance(labels, (list, np.ndarray)) or (
+                isinstance(labels, list) and not all(type(v) is int for v in labels)):
+            raise TypeError("b'labels' is not a list of integers")
+        data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError,
+            AttributeError, OverflowError) as err:
+        raise InputError(f"{path}: not a CIFAR-10 batch ({' '.join(str(err).split())})") from None
     if len(data) != len(labels):
         raise InputError(f"{path}: {len(data)} images but {len(labels)} labels")
     return data, labels
@@ -89,6 +168,7 @@ def load_cifar10_split(root: str | os.PathLike) -> tuple[Split, Split]:
 
     def split(names: tuple[str, ...]) -> Split:
         parts = [_cifar_batch(folder / name) for name in names]
+        limits.check_alloc("the CIFAR-10 images as float32", sum(p[0].size for p in parts), 4 + 1, str(folder))
         x = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
         return Split(x, np.concatenate([p[1] for p in parts]))
 
