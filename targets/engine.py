@@ -72,6 +72,10 @@ class Synapses:
         self.name, self.exp = group.name, group.exp
         self.dtype = product_dtype(group.mantissa)
         self.sparse = sp.issparse(group.mantissa)
+        self.n_tgt = group.shape[0]
+        self.empty = group.nnz == 0
+        if self.empty:
+            return
         if self.sparse:
             csr = sp.csr_matrix(2 * group.mantissa)
             with warnings.catch_warnings():
@@ -85,6 +89,8 @@ class Synapses:
 
     def accumulate(self, spikes: torch.Tensor) -> torch.Tensor:
         """``(Σ_j 2 m_ij s_j) << exp`` as int64 ``(B, n_tgt)`` for 0/1 ``spikes`` ``(B, n_src)``."""
+        if self.empty:
+            return torch.zeros(spikes.shape[0], self.n_tgt, dtype=torch.int64, device=spikes.device)
         s = spikes.to(self.dtype)
         if self.sparse:
             acc = torch.sparse.mm(self.weight, s.T).T
@@ -138,6 +144,18 @@ class Engine:
         self.synapses = [(Synapses(s, dev), s.source, s.target) for s in chip.synapses]
         self.inputs = {i.name: i.size for i in chip.inputs}
 
+    def layer_record(self, record: torch.Tensor, layer: str, steps: int) -> torch.Tensor:
+        """One layer's record ``(B, T, n_layer)`` in the layer's neuron order, each population's
+        window shifted by its depth (global steps ``d + 1 .. d + T`` are the sample's steps)."""
+        pops = self.chip.layer_populations(layer)
+        out = torch.empty(record.shape[1], steps, self.chip.layer_size(layer), dtype=record.dtype,
+                          device=record.device)
+        for p in pops:
+            d = self.layout.depth[p.name]
+            out[:, :, torch.from_numpy(p.index).to(record.device)] = record[d:d + steps, :, self._slice(p.name)
+                                                                            ].transpose(0, 1)
+        return out
+
     def _slice(self, name: str) -> slice:
         start = self.layout.start[name]
         return slice(start, start + self.layout.size[name])
@@ -161,6 +179,7 @@ class Engine:
         batch, steps = inputs[next(iter(inputs))].shape[:2]
         horizon = steps + self.chip.depth
         dev, n = self.device, self.n
+        inputs = {name: x.to(dev, torch.bool).transpose(0, 1).contiguous() for name, x in inputs.items()}  # (T, B, n)
         u = torch.zeros(batch, n, dtype=torch.int64, device=dev)
         v = torch.zeros_like(u)
         spikes = torch.zeros(batch, n, dtype=torch.bool, device=dev)
@@ -186,8 +205,8 @@ class Engine:
             rec_s[g - 1] = fired
             if rec_v is not None:
                 rec_v[g - 1] = v
-            in_prev = {name: (x[:, g - 1].to(dev, torch.bool) if g <= steps
-                              else torch.zeros_like(in_prev[name])) for name, x in inputs.items()}
+            in_prev = {name: (x[g - 1] if g <= steps else torch.zeros_like(in_prev[name]))
+                       for name, x in inputs.items()}
         return rec_s, rec_v
 
 
@@ -220,21 +239,29 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, device: str | None = 
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="engine", unit="batch", leave=False)
-    pop_spikes = {p.name: np.zeros((batch, steps, p.size), np.uint8) for p in chip.populations}
-    keep_v = [p for p in chip.populations if voltages or p.readout]
-    pop_volts = {p.name: np.zeros((batch, steps, p.size), np.int64) for p in keep_v}
+    layers = chip.layers()
+    record_v = [layer for layer in layers if voltages or layer in chip.readout_layers()]
+    spikes = {layer: np.zeros((batch, steps, chip.layer_size(layer)), np.uint8) for layer in layers}
+    volts = {layer: np.zeros((batch, steps, chip.layer_size(layer)), np.int64) for layer in record_v}
     with _exact_cuda():
         for lo in starts:
             hi = min(lo + size, batch)
             chunk = {name: torch.from_numpy(np.ascontiguousarray(x[lo:hi])) for name, x in inputs.items()}
-            rec_s, rec_v = engine.run_batch(chunk, voltages=bool(keep_v))
-            for p in chip.populations:
-                d, cols = engine.layout.depth[p.name], engine._slice(p.name)
-                window = slice(d, d + steps)  # global steps d+1 .. d+steps
-                pop_spikes[p.name][lo:hi] = rec_s[window, :, cols].permute(1, 0, 2).cpu().numpy()
-                if p.name in pop_volts:
-                    pop_volts[p.name][lo:hi] = rec_v[window, :, cols].permute(1, 0, 2).cpu().numpy()
-    return assemble(chip, "reference", inputs, pop_spikes, pop_volts)
+            rec_s, rec_v = engine.run_batch(chunk, voltages=bool(record_v))
+            for layer in layers:
+                spikes[layer][lo:hi] = engine.layer_record(rec_s, layer, steps).to(torch.uint8).cpu().numpy()
+                if layer in volts:
+                    volts[layer][lo:hi] = engine.layer_record(rec_v, layer, steps).cpu().numpy()
+    return Traces("reference", {k: np.asarray(v, np.uint8) for k, v in inputs.items()}, spikes, volts,
+                  scores(chip, spikes, volts))
+
+
+def scores(chip: ChipGraph, spikes: dict[str, np.ndarray], volts: dict[str, np.ndarray]) -> np.ndarray:
+    """Readout voltages at the last step (or, without a readout, the last layer's spike counts)."""
+    readouts = chip.readout_layers()
+    if readouts:
+        return np.concatenate([volts[layer][:, -1] for layer in readouts], axis=1)
+    return spikes[chip.layers()[-1]].sum(axis=1)
 
 
 def assemble(chip: ChipGraph, backend: str, inputs: dict[str, np.ndarray],
@@ -255,10 +282,5 @@ def assemble(chip: ChipGraph, backend: str, inputs: dict[str, np.ndarray],
             volts[layer] = np.zeros((batch, steps, n), np.int64)
             for pop in pops:
                 volts[layer][:, :, pop.index] = pop_volts[pop.name]
-    readouts = chip.readout_layers()
-    if readouts:
-        scores = np.concatenate([volts[layer][:, -1] for layer in readouts], axis=1)
-    else:
-        last = chip.layers()[-1]
-        scores = spikes[last].sum(axis=1)
-    return Traces(backend, {k: np.asarray(v, np.uint8) for k, v in inputs.items()}, spikes, volts, scores)
+    return Traces(backend, {k: np.asarray(v, np.uint8) for k, v in inputs.items()}, spikes, volts,
+                  scores(chip, spikes, volts))

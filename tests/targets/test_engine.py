@@ -90,3 +90,14 @@ def test_product_dtype_follows_the_exactness_bound():
     wide = np.full((1, 70000), 127)  # 70000 * 254 > 2^24
     assert engine.product_dtype(wide) == torch.float64
     assert engine.product_dtype(sp.csr_matrix(wide)) == torch.float64
+
+
+def test_an_all_zero_sparse_group_adds_nothing():
+    """A fully pruned CSR group (no stored weights) is legal and contributes zero input."""
+    pop = Population("h", "h", np.arange(3), du=4095, dv=100, vth=10, bias_mant=np.array([50, 0, -20]), bias_exp=3)
+    zero = np.zeros((3, 4), dtype=np.int64)
+    x = {"x": np.ones((2, 5, 4), np.uint8)}
+    traces = [engine.run(ChipGraph([InputPort("x", 4)], [pop], [SynapseGroup("x->h", "x", "h", m, exp=0, form=f)]),
+                         x) for m, f in ((sp.csr_matrix(zero), "sparse"), (zero, "dense"))]
+    _assert_equal(*traces)
+    assert traces[0].spikes["h"][:, :, 0].sum() > 0  # the bias alone drives neuron 0
