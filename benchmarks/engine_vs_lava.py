@@ -60,7 +60,7 @@ def _network(sizes: list[int], sparsity: float = 0.0):
     model = SpikingMLP(MLPConfig(sizes=sizes, steps=STEPS))
     with torch.no_grad():
         for lin in model.linears:
-            lin.weight.mul_(3.0 / (1.0 - sparsity) ** 0.5)
+            lin.weight.mul_(3.0)
     if sparsity:
         magnitude_prune(model, sparsity, scope="layer")
         make_permanent(model)
@@ -130,7 +130,7 @@ def _engine(chip, n_in: int, batches: list[int], device: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="engine device (default cpu)")
-    parser.add_argument("--lava-samples", type=int, default=2, help="samples of Lava's smaller run (default 2)")
+    parser.add_argument("--lava-samples", type=int, default=4, help="samples of Lava's smaller run (default 4)")
     parser.add_argument("--lava-json", help="take Lava's rates from this earlier result file instead of running Lava")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
