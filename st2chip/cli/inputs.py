@@ -187,6 +187,9 @@ def limit(inputs: RunInputs, samples: int | None, steps: int | None) -> RunInput
     return RunInputs(spikes, labels, inputs.origin)
 
 
+_DIGITS_TEST_SIZE = 360  # samples in the digits test split (an upper bound for the run check)
+
+
 def digits_inputs(graph: nir.NIRGraph, samples: int, steps: int) -> RunInputs:
     """Rate-coded digits test samples ``(B, T, 64)`` for the graph's one input, with labels."""
     from st2chip.learn.data import load_digits_split, rate_encode
@@ -211,9 +214,9 @@ def digits_inputs(graph: nir.NIRGraph, samples: int, steps: int) -> RunInputs:
     return RunInputs({name: spikes}, test.y[:samples], "the digits test split")
 
 
-def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, steps: int | None,
-                   default_samples: int = 100) -> RunInputs:
-    """``--inputs`` when given (``--steps`` defaults to its T), else digits (``--steps`` or metadata)."""
+def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, steps: int | None) -> RunInputs:
+    """``--inputs`` when given (``--steps`` defaults to its T), else the whole digits test split
+    (``--steps`` or the graph's metadata); ``samples`` keeps the first ones."""
     if path is not None:
         inputs = limit(load_inputs(path, graph), samples, steps)
     else:
@@ -227,7 +230,7 @@ def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, s
             steps = limits.positive_int(stored, "metadata field 'steps'", "the graph")
         elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
             raise InputError(f"--steps must be a positive integer, got {steps!r}")
-        samples = samples if samples is not None else default_samples
+        samples = samples if samples is not None else _DIGITS_TEST_SIZE
         if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples >= 1 and steps >= 1:
             _check_run(graph, min(int(samples), _DIGITS_TEST_SIZE), int(steps), origin)
         inputs = digits_inputs(graph, samples, int(steps))
@@ -235,7 +238,6 @@ def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, s
     return inputs
 
 
-_DIGITS_TEST_SIZE = 360  # samples in the digits test split (an upper bound for the run check)
 
 
 def graph_width(graph: nir.NIRGraph) -> int:
