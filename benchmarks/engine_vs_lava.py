@@ -9,8 +9,8 @@ synapses) — are fed random input spikes at a 10 % rate for T = 16 steps:
   does here; the difference between the two runs gives its **steady-state**
   rate (compile and start-up excluded), the larger run its rate with them; its
   spikes and readout voltages are checked against the engine's, bit for bit;
-- the engine runs batches of 1, 32 and 256 samples (and 4096 with ``--device
-  cuda``), after one warm-up run.
+- the engine runs batches of 1, 32 and 256 samples (and 4096 and 16384 with
+  ``--device cuda``), after one warm-up run.
 
 Throughput is sample-steps per second (samples x (T + pipeline depth)). Peak
 memory is the process's peak RSS on CPU and torch's peak allocation on CUDA.
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     card = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine()
-    batches = [1, 32, 256] + ([4096] if device == "cuda" else [])
+    batches = [1, 32, 256] + ([4096, 16384] if device == "cuda" else [])
     nets = {"demo 64-128-10": ([64, 128, 10], 0.0), "dense 784-512-512-10": ([784, 512, 512, 10], 0.0),
             "90% sparse 784-512-512-10": ([784, 512, 512, 10], 0.9)}
     earlier = json.loads(Path(args.lava_json).read_text())["networks"] if args.lava_json else None

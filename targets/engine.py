@@ -199,7 +199,9 @@ class Engine:
         batch, steps = inputs[next(iter(inputs))].shape[:2]
         horizon = steps + self.chip.depth
         dev, n = self.device, self.n
-        inputs = {name: x.to(dev, torch.bool).transpose(0, 1).contiguous() for name, x in inputs.items()}  # (T, B, n)
+        # raw bytes to the device once, then bool and time-major there: (T, B, n)
+        inputs = {name: x.to(dev, non_blocking=True).to(torch.bool).transpose(0, 1).contiguous()
+                  for name, x in inputs.items()}
         u = torch.zeros(batch, n, dtype=torch.int64, device=dev)
         v = torch.zeros_like(u)
         spikes = torch.zeros(batch, n, dtype=torch.bool, device=dev)
@@ -276,10 +278,10 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, device: str | None = 
             hi = min(lo + size, batch)
             chunk = {name: torch.from_numpy(np.ascontiguousarray(x[lo:hi])) for name, x in inputs.items()}
             rec_s, rec_v = engine.run_batch(chunk, voltages=bool(record_v))
-            for layer in layers:
-                spikes[layer][lo:hi] = engine.layer_record(rec_s, layer, steps).to(torch.uint8).cpu().numpy()
+            for layer in layers:  # one device-to-host copy, straight into the result arrays
+                torch.from_numpy(spikes[layer][lo:hi]).copy_(engine.layer_record(rec_s, layer, steps))
                 if layer in volts:
-                    volts[layer][lo:hi] = engine.layer_record(rec_v, layer, steps).cpu().numpy()
+                    torch.from_numpy(volts[layer][lo:hi]).copy_(engine.layer_record(rec_v, layer, steps))
     return Traces("reference", {k: np.asarray(v, np.uint8) for k, v in inputs.items()}, spikes, volts,
                   scores(chip, spikes, volts))
 
