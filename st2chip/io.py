@@ -55,7 +55,12 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as err:  # name the file the user asked for, not the temporary one
+            if err.filename is not None and Path(err.filename) == tmp_path:
+                raise OSError(err.errno, err.strerror, str(target)) from None
+            raise
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, default_mode())

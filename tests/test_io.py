@@ -82,3 +82,12 @@ def test_bundle_folder_and_parts_follow_the_umask(tmp_path, umask):
                            tmp_path / "bundle")
     assert _mode(folder) == 0o755
     assert {_mode(p) for p in folder.iterdir()} == {0o644}
+
+
+def test_a_failed_write_names_the_target_not_the_temporary_file(tmp_path):
+    target = tmp_path / "report.md"
+    with pytest.raises(OSError) as err:
+        with atomic_path(target) as tmp:
+            raise FileNotFoundError(2, "No such file or directory", str(tmp))
+    assert err.value.filename == str(target)
+    assert not target.exists()
