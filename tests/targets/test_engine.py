@@ -1,4 +1,4 @@
-"""The fixed-point engine equals Lava's fixed_pt simulation bit for bit, on hypothesis-generated ChipGraphs."""
+"""The fixed-point engine equals Lava's fixed_pt simulation bit for bit: hypothesis-generated and hand-built ChipGraphs."""
 
 import numpy as np
 import pytest
