@@ -5,15 +5,20 @@ Steps, each measured in ``ChipGraph.report``:
 1. **Discrete-time reading.** Every neuron node becomes
    :math:`v \leftarrow \beta v + g\,(W x + b) + (1-\beta) v_{leak}` with
    :math:`\beta = 1 - dt/\tau`, input gain :math:`g = (dt/\tau)\, r` (LIF, LI),
-   :math:`\beta = 1, g = dt\, r` (IF, I). Chains of
+   :math:`\beta = 1, g = dt\, r` (IF, I). A ``CubaLIF`` keeps its synaptic current on
+   the chip's ``u``: :math:`u \leftarrow \beta_u u + g\,W x`, :math:`v \leftarrow \beta v + u`
+   with :math:`\beta_u = 1 - dt/\tau_{syn}` (Lava's ``du = 4095 - 4096 \beta_u``),
+   :math:`g = (dt/\tau_{mem})\, r\, (dt/\tau_{syn})\, w_{in}`; its Affine bias becomes the
+   voltage bias it settles to, :math:`g b / (1 - \beta_u)`. Chains of
    Affine nodes (a DSP low-rank layer exported as U then V) are multiplied out.
 2. **Threshold folding.** Lava's LIF has one threshold per process, sLIF one per
    neuron. Dividing neuron :math:`i`'s incoming weights and bias by
    :math:`\theta_i` gives threshold 1 with identical spikes (exact for reset to
    zero, before quantization).
-3. **Decay grouping.** Lava has one ``dv`` per process: the per-neuron
+3. **Decay grouping.** Lava has one ``dv`` (and ``du``) per process: the per-neuron
    :math:`dv_i = \mathrm{round}(4096(1-\beta_i))` are clustered (1-D k-means,
-   ``decay_groups`` clusters) and each cluster becomes one population.
+   ``decay_groups`` clusters), the ``du`` of a CubaLIF likewise, and each distinct
+   (``du``, ``dv``) pair becomes one population.
 4. **Quantization.** Per population a scale :math:`S` (threshold ``vth = S``)
    makes the largest folded weight a full 8-bit mantissa; each incoming synapse
    group gets the smallest exponent that fits; biases get 13-bit mantissas with
@@ -33,7 +38,7 @@ from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, 
                         ChipGraph, InputPort, Population, SynapseGroup)
 from st2chip.errors import GraphError, St2chipWarning
 
-SPIKING = (nir.LIF, nir.IF)
+SPIKING = (nir.LIF, nir.IF, nir.CubaLIF)
 READOUT = (nir.LI, nir.I)
 NEURONS = SPIKING + READOUT
 MANT_FULL = 254          # largest even weight value 2*m with m = 127
@@ -57,6 +62,8 @@ class _Layer:
     bias: np.ndarray
     threshold: np.ndarray
     spiking: bool
+    beta_u: np.ndarray | None = None  # synaptic-current decay (CubaLIF); None: the current forgets at once
+    bias_gain: np.ndarray | None = None  # how an Affine bias reaches v (CubaLIF: its steady state)
 
 
 def _read_neuron(name: str, node: nir.NIRNode, dt: float) -> _Layer:
@@ -70,6 +77,13 @@ def _read_neuron(name: str, node: nir.NIRNode, dt: float) -> _Layer:
             raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
         n = node.r.size
         return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), node.v_threshold, True)
+    if isinstance(node, nir.CubaLIF):
+        if np.any(node.v_reset != 0):
+            raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
+        g_syn, g_mem = dt / node.tau_syn, dt / node.tau_mem
+        gain = g_mem * node.r * g_syn * node.w_in  # input -> chip current u (which the chip adds to v)
+        return _Layer(name, 1 - g_mem, gain, g_mem * node.v_leak, node.v_threshold, True, beta_u=1 - g_syn,
+                      bias_gain=gain / g_syn)
     if isinstance(node, nir.LI):
         ratio = dt / node.tau
         return _Layer(name, 1 - ratio, ratio * node.r, ratio * node.v_leak, np.ones(node.r.size), False)
@@ -206,7 +220,8 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
         with np.errstate(over="ignore", invalid="ignore"):
             scale = layer.gain / layer.threshold
             w_fold = weight * scale[:, None]
-            b_fold = bias * scale + layer.bias / layer.threshold
+            bias_gain = layer.gain if layer.bias_gain is None else layer.bias_gain
+            b_fold = bias * bias_gain / layer.threshold + layer.bias / layer.threshold
             for field, value in (("weight", w_fold), ("bias", b_fold)):
                 bad = ~np.isfinite(value)
                 if bad.any():
@@ -219,13 +234,26 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
         dv = np.clip(np.rint(dv_exact), 0, DECAY_MAX).astype(np.int64)
         dv_grouped = _decay_groups(dv, decay_groups)
         beta_chip = 1.0 - dv_grouped / 4096.0
-        groups = np.unique(dv_grouped)
+        if layer.beta_u is None:
+            du_grouped = np.full(n, DECAY_MAX)
+        else:  # Lava decays u by (4095 - du) / 4096
+            if np.any(layer.beta_u < 0) or np.any(layer.beta_u > 1):
+                raise GraphError(f"current decay 1 - dt/tau_syn must lie in [0, 1]; tau_syn is shorter than "
+                                 f"dt = {dt:g} s (--dt)", node=name, field="tau_syn")
+            du = np.clip(np.rint(4095.0 - 4096.0 * layer.beta_u), 0, DECAY_MAX).astype(np.int64)
+            du_grouped = _decay_groups(du, decay_groups)
+        pairs = sorted(set(zip(du_grouped.tolist(), dv_grouped.tolist())), key=lambda d: (d[1], d[0]))
         layer_report = {
             "kind": type(node).__name__, "neurons": n, "affines": affines, "source": source,
-            "decay_groups": int(groups.size),
+            "decay_groups": len(pairs),
             "leak_error": float(np.max(np.abs(beta_chip - layer.beta))) if n else 0.0,
             "threshold_range": [float(layer.threshold.min()), float(layer.threshold.max())],
         }
+        if layer.beta_u is not None:
+            layer_report["current_leak_error"] = float(np.max(np.abs((4095 - du_grouped) / 4096.0 - layer.beta_u)))
+            if np.any(bias != 0):  # NIR filters an Affine bias through the current; the chip adds it to v
+                layer_report["bias_note"] = ("Affine bias enters as its steady-state voltage bias: exact once the "
+                                             "synaptic current has settled (a few tau_syn)")
         dense = np.count_nonzero(weight) >= SPARSE_BELOW * weight.size
         form = "lowrank" if affines > 1 else ("dense" if dense else "sparse")
         src_pops = layer_pops[source]
@@ -233,12 +261,12 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
         errors, bias_errors, outlier_errors = [], [], []
         pops = []
         parts, outliers = [], []
-        for g, dv_g in enumerate(groups):
-            bulk, odd = _scale_parts(np.flatnonzero(dv_grouped == dv_g), w_fold)
-            pname = name if groups.size == 1 else f"{name}/g{g}"
-            parts.append((pname, int(dv_g), bulk))
+        for g, (du_g, dv_g) in enumerate(pairs):
+            bulk, odd = _scale_parts(np.flatnonzero((dv_grouped == dv_g) & (du_grouped == du_g)), w_fold)
+            pname = name if len(pairs) == 1 else f"{name}/g{g}"
+            parts.append((pname, (int(du_g), int(dv_g)), bulk))
             if odd.size:
-                parts.append((f"{pname}/outliers", int(dv_g), odd))
+                parts.append((f"{pname}/outliers", (int(du_g), int(dv_g)), odd))
                 outliers += odd.tolist()
         if outliers:
             layer_report["outliers"] = sorted(outliers)
@@ -246,7 +274,7 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
                           f"have weights over {OUTLIER_FACTOR:g}x their group's (tiny thresholds?); each group's "
                           f"outliers get their own population so the rest keep their precision (their own weight "
                           f"error is reported as outlier_weight_error)", QuantizationWarning)
-        for pname, dv_g, index in parts:
+        for pname, (du_g, dv_g), index in parts:
             if index.size == 0:
                 continue
             w_rows = w_fold[index]
@@ -255,7 +283,7 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
             bias_v = b_fold[index] * s_scale * 64.0
             mant_b, exp_b = _bias_fixed(bias_v)
             bias_errors.append(_rel_error((mant_b << exp_b) / (s_scale * 64.0), b_fold[index]))
-            pop = Population(pname, name, index, du=DECAY_MAX, dv=int(dv_g),
+            pop = Population(pname, name, index, du=du_g, dv=dv_g,
                              vth=s_scale if layer.spiking else VTH_MAX,
                              bias_mant=mant_b, bias_exp=exp_b, readout=not layer.spiking)
             pops.append(pop)

@@ -20,7 +20,7 @@ def test_every_primitive_is_probed_through_the_real_stages():
     assert len(kinds) == len({k for k in dir(nir) if isinstance(getattr(nir, k), type)
                               and issubclass(getattr(nir, k), nir.NIRNode) and k != "NIRNode"})
     assert coverage.status("LIF")[0] == "lowered to the chip"
-    assert coverage.status("CubaLIF")[0] == "float simulation only"
+    assert coverage.status("CubaLIF")[0] == "lowered to the chip"
     what, why = coverage.status("SumPool2d")
     assert what == "refused" and "pooling" in why
 

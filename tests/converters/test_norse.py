@@ -45,7 +45,7 @@ def lifbox_net(seed: int = 0) -> torch.nn.Module:
 
 
 def mixed_net(seed: int = 1) -> torch.nn.Module:
-    """Every exportable cell, non-default parameters and dt = 0.5 ms (simulate only: CubaLIF is not lowerable)."""
+    """Every exportable cell, non-default parameters and dt = 0.5 ms (float simulation)."""
     torch.manual_seed(seed)
     dt = 5e-4
     net = norse_torch.SequentialState(
