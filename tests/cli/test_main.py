@@ -135,3 +135,9 @@ def test_export_refuses_nan_weights_and_writes_nothing(random_mlp, tmp_path, cap
     code, _, err = _run(capsys, "export", str(ckpt), "-o", str(tmp_path / "m.nir"))
     assert code == 2 and "linears.0.weight" in err and "NaN" in err
     assert not (tmp_path / "m.nir").exists()
+
+
+def test_verify_runs_the_whole_digits_split_on_the_engine_with_a_lava_cross_check(good_nir, capsys):
+    code, out, _ = _run(capsys, "verify", str(good_nir), "--lava-samples", "8", "--min-agreement", "90")
+    assert code == 0, out
+    assert "360 samples" in out and "reference vs lava (first 8 samples)" in out and "(exact)" in out
