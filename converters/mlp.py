@@ -65,5 +65,5 @@ def mlp_to_nir(model: SpikingMLP, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     nodes["readout"] = nir.I(r=np.full(last.out_features, 1 / dt))
     nodes["output"] = nir.Output(output_type={"output": np.array([last.out_features])})
     edges += [(previous, f"fc{k}"), (f"fc{k}", "readout"), ("readout", "output")]
-    metadata = {"dt": dt, "steps": model.config.steps, "encoding": "rate", "producer": "st2chip"}
+    metadata = {"dt": dt, "steps": model.config.steps, "encoding": model.config.encoding, "producer": "st2chip"}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)

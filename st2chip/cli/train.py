@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from st2chip.learn import compensation, pruning
-from st2chip.learn.data import DATASETS, load_split
+from st2chip.learn.data import DATASETS, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, load_split
 from st2chip.learn.checkpoint import load_checkpoint, save_checkpoint
 from st2chip.errors import InputError
 from st2chip.learn.mlp import MLPConfig, SpikingMLP
@@ -27,9 +27,19 @@ MODELS = ("mlp", "st")
 
 def _build(args: argparse.Namespace) -> nn.Module:
     neuron = args.neuron
+    if args.data == "mnist1d":
+        if args.model != "mlp":
+            raise InputError("--data mnist1d is a sequence data set (40 values fed over 40 time steps); "
+                             "train it with --model mlp (the ST takes images)")
+        if args.steps not in (None, MNIST1D_STEPS):
+            raise InputError(f"--data mnist1d feeds one value per step: its T is {MNIST1D_STEPS}, "
+                             f"not --steps {args.steps}")
+        return SpikingMLP(MLPConfig(sizes=[MNIST1D_LEVELS, args.hidden, MNIST1D_CLASSES], steps=MNIST1D_STEPS,
+                                    neuron=neuron, encoding="sequence"))
     if args.model == "mlp":
         if args.data != "digits":
-            raise InputError("--model mlp takes the flat 8x8 digits only; use --model st for cifar10")
+            raise InputError("--model mlp takes the flat 8x8 digits or the mnist1d sequences; "
+                             "use --model st for cifar10")
         return SpikingMLP(MLPConfig(sizes=[64, args.hidden, 10], steps=args.steps or 16, neuron=neuron))
     overrides = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("heads", args.heads),
                                    ("steps", args.steps), ("mlp_hidden", args.mlp_hidden)) if v is not None}
@@ -42,7 +52,7 @@ def _n_params(model: nn.Module) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train a model on digits (or CIFAR-10) and write its checkpoint."""
+    """Train a model on digits (or MNIST-1D, or CIFAR-10) and write its checkpoint."""
     device = torch.device(args.device) if args.device else default_device()
     model = _build(args)
     train, test = load_split(args.data, args.data_root)
@@ -121,15 +131,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser(
         "train", help="train a spiking classifier on digits and write a checkpoint", formatter_class=fmt,
         description="Train a spiking MLP or spiking Transformer (ST) on the embedded 8x8 digits data,\n"
-                    "or an ST on CIFAR-10 from a local folder (--data cifar10 --data-root DIR).\n\n"
-                    "example:\n  st2chip train --model st --neuron lif --epochs 30 --out st.pt")
+                    "an MLP on MNIST-1D sequences generated locally (--data mnist1d: 40 values over\n"
+                    "40 steps, thermometer-coded into 16 input neurons), or an ST on CIFAR-10 from a\n"
+                    "local folder (--data cifar10 --data-root DIR).\n\n"
+                    "examples:\n  st2chip train --model st --neuron lif --epochs 30 --out st.pt\n"
+                    "  st2chip train --model mlp --data mnist1d --epochs 30 --out mlp-mnist1d.pt")
     t.add_argument("--model", choices=MODELS, default="st", help="mlp or st (default st)")
     t.add_argument("--neuron", choices=["slif", "lif"], default="slif",
                    help="sLIF (per-neuron learnable threshold and leak) or plain LIF (default slif)")
     t.add_argument("--out", required=True, help="checkpoint file to write")
     t.add_argument("--data", choices=DATASETS, default="digits",
-                   help="digits (embedded, default) or cifar10 (from --data-root; ST only)")
-    t.add_argument("--steps", type=int, default=None, help="time steps T (default: the preset's)")
+                   help="digits (embedded, default), mnist1d (generated locally; MLP only) or cifar10 "
+                        "(from --data-root; ST only)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="time steps T (default: the preset's; mnist1d: 40, one per value)")
     t.add_argument("--dim", type=int, default=None, help="ST token width (default 32)")
     t.add_argument("--depth", type=int, default=None, help="ST blocks (default 1)")
     t.add_argument("--heads", type=int, default=None, help="ST attention heads (default 2)")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from st2chip.learn.data import rate_encode
+from st2chip.learn.data import rate_encode, sequence_encode
 from st2chip.learn.neurons import SLIF
 
 
@@ -29,6 +29,7 @@ class MLPConfig:
     threshold: float = 1.0
     leak: float = 0.9
     reset: str = "zero"
+    encoding: str = "rate"  # "rate": images rate-coded over T steps; "sequence": one value per step (MNIST-1D)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,6 +44,8 @@ class SpikingMLP(nn.Module):
             raise ValueError(f"neuron must be 'slif' or 'lif', not {config.neuron!r}")
         if len(config.sizes) < 2:
             raise ValueError("sizes needs at least an input and an output size")
+        if config.encoding not in ("rate", "sequence"):
+            raise ValueError(f"encoding must be 'rate' or 'sequence', not {config.encoding!r}")
         self.config = config
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(config.sizes[:-1], config.sizes[1:]))
         self.neurons = nn.ModuleList(self._neuron(n) for n in config.sizes[1:-1])
@@ -54,7 +57,10 @@ class SpikingMLP(nn.Module):
         return SLIF(n, c.threshold, c.leak, reset=c.reset)  # type: ignore[arg-type]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Rate-code images ``(B, features)`` in [0, 1] into spikes ``(T, B, features)``."""
+        """Spikes ``(T, B, sizes[0])``: rate-coded images ``(B, features)`` in [0, 1], or thermometer-coded
+        sequences ``(B, T)`` (:func:`~st2chip.learn.data.sequence_encode`) for ``encoding="sequence"``."""
+        if self.config.encoding == "sequence":
+            return sequence_encode(x, self.config.sizes[0])
         return rate_encode(x, self.config.steps).to(x.device if torch.is_tensor(x) else "cpu")
 
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
