@@ -8,6 +8,7 @@ results to stdout or files.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Sequence
 
 from st2chip.cli.train import register as register_train
 from st2chip.converters.registry import EXPORT_DT, FRAMEWORKS
-from st2chip.errors import St2chipError, St2chipWarning
+from st2chip.errors import InputError, St2chipError, St2chipWarning
 
 EPILOG_EXIT = "exit codes: 0 ok, 1 verification found a difference, 2 bad input"
 
@@ -172,7 +173,6 @@ def _run_inputs(args: argparse.Namespace, graph):
 
 def _engine_args(args: argparse.Namespace) -> dict:
     """How the engine runs: device, batch size and a progress bar over batches (on stderr)."""
-    from st2chip.errors import InputError
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.device == "cuda":
@@ -221,7 +221,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from st2chip.analysis.verify import verify
     from st2chip.cli.pipeline import BACKENDS, run_backend
-    from st2chip.errors import InputError
     from st2chip.io import write_json
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
@@ -306,6 +305,16 @@ COMMANDS = {"demo": _cmd_demo, "export": _cmd_export, "import": _cmd_import, "ma
             "simulate": _cmd_simulate, "verify": _cmd_verify, "energy": _cmd_energy}
 
 
+def _positive_seconds(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InputError(f"{what}: expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Print a warning as one ``st2chip: warning: ...`` line on stderr."""
     text = " ".join(str(message).split())
@@ -345,10 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(handler, args: argparse.Namespace) -> int:
     import signal
 
-    try:
+    from st2chip import limits
+    from st2chip.graph import nirfile
+
+    try:  # a command reads files in a child first (bounded wait on a damaged file) and with its memory budget
+        nirfile.set_read_timeout(_positive_seconds(os.environ.get(nirfile.READ_TIMEOUT_ENV, "120"),
+                                                   nirfile.READ_TIMEOUT_ENV))
         if args.memory_budget is not None:
-            from st2chip.limits import set_memory_budget
-            set_memory_budget(args.memory_budget)
+            limits.set_memory_budget(args.memory_budget)
         return handler(args)
     except St2chipError as err:
         print(f"st2chip: error: {err}", file=sys.stderr)
@@ -360,6 +373,10 @@ def _run(handler, args: argparse.Namespace) -> int:
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as main() raises it: 128 + the signal
         print("st2chip: interrupted", file=sys.stderr)
         return 128 + (signal.SIGTERM if err.args == (signal.SIGTERM,) else signal.SIGINT)
+    finally:
+        nirfile.set_read_timeout(None)
+        if args.memory_budget is not None:
+            limits.set_memory_budget(None)
 
 
 if __name__ == "__main__":

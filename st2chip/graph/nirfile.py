@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -44,6 +46,8 @@ def read_graph(path: str | os.PathLike) -> nir.NIRGraph:
         raise InputError(f"{p}: is a directory, not a .nir file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")
+    if _read_timeout is not None:
+        _read_in_child(p, _read_timeout)
     try:
         with h5py.File(p, "r") as f:
             if "node" not in f or not isinstance(f.get("node", getlink=True), h5py.HardLink) \
@@ -62,6 +66,33 @@ def read_graph(path: str | os.PathLike) -> nir.NIRGraph:
     if not isinstance(graph, nir.NIRGraph):
         raise InputError(f"{p}: holds a single {type(graph).__name__} node, not a NIR graph")
     return graph
+
+
+READ_TIMEOUT_ENV = "ST2CHIP_READ_TIMEOUT"
+_read_timeout: float | None = None
+
+
+def set_read_timeout(seconds: float | None) -> None:
+    """Read every file first in a child process that is killed after ``seconds`` (None: read in-process).
+
+    libhdf5 can loop forever, inside its C code, on a file whose heap was damaged
+    (one flipped byte was enough); no Python-level check can stop that. The CLI
+    turns this on, so a hostile file costs a bounded wait and an exit 2, not a hang.
+    """
+    global _read_timeout
+    _read_timeout = seconds
+
+
+def _read_in_child(p: Path, timeout: float) -> None:
+    """Try the whole read in a child process first; a child that does not finish names the file."""
+    try:
+        subprocess.run([sys.executable, "-m", "st2chip.graph.nirfile", str(p)], capture_output=True,
+                       timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"{p}: reading the NIR (HDF5) file did not finish within {timeout:g} s; its HDF5 "
+                         f"structure is probably damaged (a very large file may need more: "
+                         f"{READ_TIMEOUT_ENV}=seconds)") from None
+    # a child that failed quickly failed on something the read below reports itself
 
 
 def _nir_complaint(exc: BaseException) -> str:
@@ -157,3 +188,10 @@ def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         nir.write(tmp, graph)
     return Path(path)
+
+
+if __name__ == "__main__":  # the child of :func:`_read_in_child`: exit 0 when the file reads, 2 when it does not
+    try:
+        read_graph(sys.argv[1])
+    except InputError:
+        sys.exit(2)

@@ -400,3 +400,25 @@ def test_mutated_datasets_never_crash(tmp_path_factory, changes):
             except (TypeError, ValueError):  # an earlier change made a parent group a dataset
                 pass
     _normalize_or_st2chip_error(path)
+
+
+def test_a_file_that_makes_libhdf5_loop_forever_is_cut_off(tmp_path, capsys, monkeypatch):
+    """One flipped byte in a global-heap entry makes libhdf5 spin inside its C code; the CLI reads every file
+    in a child process first and gives up after ST2CHIP_READ_TIMEOUT seconds, with exit 2 and no process left."""
+    from st2chip.cli.main import main
+    from st2chip.graph import nirfile
+
+    path = tmp_path / "t.nir"
+    nir.write(path, small_graph(n_in=4, n_out=3))
+    raw = bytearray(path.read_bytes())
+    raw[2328] ^= 0xFF  # found by test_corrupted_bytes_never_crash's fuzzing
+    hostile = tmp_path / "hang.nir"
+    hostile.write_bytes(bytes(raw))
+    monkeypatch.setenv(nirfile.READ_TIMEOUT_ENV, "3")
+    start = time.perf_counter()
+    code = main(["map", str(hostile)])
+    err = capsys.readouterr().err
+    assert code == 2 and "did not finish within 3 s" in err and "hang.nir" in err
+    assert time.perf_counter() - start < 20
+    assert main(["map", str(path), "--dt", "1e-3"]) == 0  # a sound file still maps through the child check
+    assert nirfile._read_timeout is None  # the command's setting ends with it
