@@ -146,31 +146,57 @@ def _scale_parts(index: np.ndarray, w_fold: np.ndarray) -> tuple[np.ndarray, np.
     return index[~outlier], index[outlier]
 
 
-def _affine_chain(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]]
+def _affine_chain(graph: nir.NIRGraph, start: str, preds: dict[str, list[str]]
                   ) -> tuple[str, np.ndarray | None, np.ndarray | None, int]:
-    """Walk back from a node through Affine/Flatten nodes to a neuron or Input.
+    """Walk back from node ``start`` (included) through Affine/Flatten/Scale nodes to a neuron or Input.
 
     Returns the source's name, the product weight and bias of the chain
-    (``None`` when the chain holds no Affine) and how many Affines it held.
+    (``None`` when the chain holds no Affine or Scale) and how many Affines it held.
     """
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
     count = 0
+    name = start
     while True:
-        sources = preds.get(name, [])
-        if len(sources) != 1:
-            raise GraphError(f"expected exactly one input edge, found {len(sources)}", node=name)
-        name = sources[0]
         node = graph.nodes[name]
-        if isinstance(node, nir.Affine):
-            if weight is None:
-                weight, bias = node.weight.copy(), node.bias.copy()
-            else:
-                bias = bias + weight @ node.bias
-                weight = weight @ node.weight
-            count += 1
+        if isinstance(node, (nir.Affine, nir.Scale)):
+            w = node.weight if isinstance(node, nir.Affine) else np.diag(node.scale)
+            b = node.bias if isinstance(node, nir.Affine) else np.zeros(w.shape[0])
+            weight, bias = (w.copy(), b.copy()) if weight is None else (weight @ w, bias + weight @ b)
+            count += isinstance(node, nir.Affine)
         elif not isinstance(node, nir.Flatten):
             return name, weight, bias, count
+        sources = preds.get(name, [])
+        if len(sources) != 1:
+            raise GraphError(f"a linear node between neuron layers needs exactly one input edge, found "
+                             f"{len(sources)}", node=name)
+        name = sources[0]
+
+
+def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]]
+              ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """Every path into neuron node ``name`` as one matrix over its sources, side by side.
+
+    Each incoming edge is a chain of linear nodes back to a source (Input or neuron);
+    paths from the same source add up. Returns the sources in order, the weight
+    ``(n, Σ n_source)``, the summed bias and the most Affines on one path.
+    """
+    by_source: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    affines = 0
+    for start in preds.get(name, []):
+        source, weight, bias, count = _affine_chain(graph, start, preds)
+        if weight is None:
+            raise GraphError(f"input from '{source}' must pass through an Affine or Linear node", node=name)
+        if not isinstance(graph.nodes[source], (nir.Input, *SPIKING)):
+            raise GraphError(f"input comes from '{source}', which does not emit spikes", node=name)
+        old = by_source.get(source)
+        by_source[source] = (weight, bias) if old is None else (old[0] + weight, old[1] + bias)
+        affines = max(affines, count)
+    if not by_source:
+        raise GraphError("a neuron layer must be fed through an Affine or Linear node", node=name)
+    sources = list(by_source)
+    return (sources, np.hstack([by_source[s][0] for s in sources]), sum(by_source[s][1] for s in sources),
+            affines)
 
 
 def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
@@ -189,6 +215,7 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
     populations: list[Population] = []
     synapses: list[SynapseGroup] = []
     layer_pops: dict[str, list[Population]] = {}
+    depth: dict[str, int] = {}  # synapse groups from an input to each layer
     report: dict = {"dt": dt, "layers": {}}
 
     for name, node in graph.nodes.items():
@@ -196,17 +223,20 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
             size = int(np.prod(next(iter(node.input_type.values()))))
             inputs.append(InputPort(name, size))
             layer_pops[name] = []
+            depth[name] = 0
             continue
         if not isinstance(node, NEURONS):
-            if not isinstance(node, (nir.Affine, nir.Flatten, nir.Output)):
+            if not isinstance(node, (nir.Affine, nir.Flatten, nir.Scale, nir.Output)):
                 raise _not_lowered(name, node)
             continue
         layer = _read_neuron(name, node, dt)
-        source, weight, bias, affines = _affine_chain(graph, name, preds)
-        if weight is None:
-            raise GraphError("a neuron layer must be fed through an Affine or Linear node", node=name)
-        if not (isinstance(graph.nodes[source], nir.Input) or isinstance(graph.nodes[source], SPIKING)):
-            raise GraphError(f"input comes from '{source}', which does not emit spikes", node=name)
+        sources, weight, bias, affines = _incoming(graph, name, preds)
+        arrival = {s: depth[s] for s in sources}
+        if len(set(arrival.values())) > 1:
+            raise GraphError(f"inputs arrive through paths of different depth ({', '.join(f'{s}: {d}' for s, d in arrival.items())} "
+                             f"synapse groups from an input); the chip would need synaptic delays to align them, "
+                             f"which are not lowered yet", node=name)
+        depth[name] = 1 + max(arrival.values())
         n = weight.shape[0]
         if n == 0:
             raise GraphError("the layer has no neurons", node=name, field="weight")
@@ -244,7 +274,8 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
             du_grouped = _decay_groups(du, decay_groups)
         pairs = sorted(set(zip(du_grouped.tolist(), dv_grouped.tolist())), key=lambda d: (d[1], d[0]))
         layer_report = {
-            "kind": type(node).__name__, "neurons": n, "affines": affines, "source": source,
+            "kind": type(node).__name__, "neurons": n, "affines": affines,
+            "source": sources[0] if len(sources) == 1 else sources,
             "decay_groups": len(pairs),
             "leak_error": float(np.max(np.abs(beta_chip - layer.beta))) if n else 0.0,
             "threshold_range": [float(layer.threshold.min()), float(layer.threshold.max())],
@@ -256,8 +287,12 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
                                              "synaptic current has settled (a few tau_syn)")
         dense = np.count_nonzero(weight) >= SPARSE_BELOW * weight.size
         form = "lowrank" if affines > 1 else ("dense" if dense else "sparse")
-        src_pops = layer_pops[source]
-        src_parts = [(source, np.arange(weight.shape[1]))] if not src_pops else [(p.name, p.index) for p in src_pops]
+        src_parts, offset = [], 0  # (source input or population, its columns in ``weight``)
+        for source in sources:
+            width = sum(p.size for p in layer_pops[source]) or next(i.size for i in inputs if i.name == source)
+            src_parts += ([(source, offset + np.arange(width))] if not layer_pops[source]
+                          else [(p.name, offset + p.index) for p in layer_pops[source]])
+            offset += width
         errors, bias_errors, outlier_errors = [], [], []
         pops = []
         parts, outliers = [], []

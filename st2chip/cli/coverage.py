@@ -110,6 +110,7 @@ def status(kind: str) -> tuple[str, str]:
             return "float simulation only", _reason(err)
     how = {"Linear": "as an Affine with zero bias", "Flatten": "identity (signals are flat)",
            "NIRGraph": "flattened into its parent", "Affine": "synapse group (dense or CSR)",
+           "Scale": "folded into its synapse group (a per-element gain)",
            "Input": "chip input port (spikes)", "Output": "what the backends report"}.get(kind, "neuron population")
     return "lowered to the chip", how
 

@@ -6,7 +6,7 @@ and never touches its input.
 
 Canonical form
 --------------
-- Node types: ``Input``, ``Output``, ``Affine``, ``Flatten``, ``LIF``,
+- Node types: ``Input``, ``Output``, ``Affine``, ``Scale``, ``Flatten``, ``LIF``,
   ``CubaLIF``, ``IF``, ``LI``, ``I``. ``Linear`` becomes ``Affine`` with a zero
   bias; a nested ``NIRGraph`` node is flattened into its parent, its nodes
   named ``outer.inner`` and the edges through its ``Input``/``Output`` nodes
@@ -66,7 +66,9 @@ NEURON_FIELDS: dict[type, tuple[str, ...]] = {
     nir.I: ("r",),
 }
 SPIKING_TYPES = (nir.LIF, nir.CubaLIF, nir.IF)
-SUPPORTED_TYPES = ("Input", "Output", "Affine", "Linear", "Flatten", "LIF", "CubaLIF", "IF", "LI", "I",
+# per-element linear nodes: one value per element, broadcast like neuron parameters
+ELEMENTWISE_FIELDS: dict[type, tuple[str, ...]] = {nir.Scale: ("scale",)}
+SUPPORTED_TYPES = ("Input", "Output", "Affine", "Linear", "Scale", "Flatten", "LIF", "CubaLIF", "IF", "LI", "I",
                    "NIRGraph (nested, flattened)")
 # Why a NIR primitive is not accepted yet (shown in the error and the README's coverage table)
 NOT_YET = {
@@ -74,7 +76,6 @@ NOT_YET = {
     "Conv2d": "convolutions are not mapped to synapse groups yet (bundles run them in float)",
     "SumPool2d": "pooling is not composed into synapse groups yet",
     "AvgPool2d": "pooling is not composed into synapse groups yet",
-    "Scale": "Scale is not composed into synapse groups yet",
     "Delay": "synaptic delays are not mapped yet",
     "Threshold": "a stateless threshold has no neuron model here yet",
     "CubaLI": "no float or chip model of CubaLI yet",
@@ -208,7 +209,7 @@ class _Context:
 
     def check_node_types(self, nodes: dict[str, Any]) -> None:
         """Refuse every node of an unsupported type, all named in one error."""
-        supported = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Flatten, *NEURON_FIELDS)
+        supported = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Flatten, *NEURON_FIELDS, *ELEMENTWISE_FIELDS)
         bad = []
         for name, node in nodes.items():
             if not isinstance(node, supported):
@@ -319,7 +320,7 @@ class _Context:
                 raise self.error(f"bias has {bias.size} values but weight has {weight.shape[0]} rows "
                                  f"(weight shape {weight.shape})", node=name, field="bias")
             return {"weight": weight, "bias": bias.reshape(-1)}
-        fields = NEURON_FIELDS.get(type(node), ())
+        fields = NEURON_FIELDS.get(type(node)) or ELEMENTWISE_FIELDS.get(type(node), ())
         arrays = {}
         for field in fields:
             value = getattr(node, field, None)

@@ -7,7 +7,7 @@ which is what normalize accepts today. A node's inputs add up. State is zero at
 the start of every sample. With ``dt = graph.metadata["dt"]`` (forward Euler),
 per step:
 
-- ``Affine``: :math:`y = W x + b` over the last axis; ``Conv2d``: 2-D
+- ``Affine``: :math:`y = W x + b` over the last axis; ``Scale``: :math:`y = s \odot x`; ``Conv2d``: 2-D
   convolution with bias of ``(C, H, W)`` maps; ``Flatten``, ``Input``,
   ``Output``: identity (canonical signals are flat already).
 - ``LIF``: :math:`v \leftarrow (1 - \tfrac{dt}{\tau}) v + \tfrac{dt}{\tau}(v_{leak} + r I)`,
@@ -39,7 +39,7 @@ from st2chip.traces import Traces
 
 SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
 NEURONS = (*SPIKING, nir.LI, nir.I)
-LINEAR = (nir.Affine, nir.Conv2d)
+LINEAR = (nir.Affine, nir.Scale, nir.Conv2d)
 PASS_THROUGH = (nir.Input, nir.Output, nir.Flatten)
 EVALUATED = (*PASS_THROUGH, *LINEAR, *NEURONS)
 
@@ -114,6 +114,8 @@ def _linear(node: nir.NIRNode, x: torch.Tensor) -> torch.Tensor:
     t = lambda a: _coef(a, x.dtype)  # noqa: E731
     if isinstance(node, nir.Affine):
         return F.linear(x, t(node.weight), t(node.bias))
+    if isinstance(node, nir.Scale):
+        return x * t(node.scale)
     lead = x.shape[:-3]  # Conv2d over (..., C, H, W)
     padding = node.padding if isinstance(node.padding, str) else tuple(int(p) for p in np.atleast_1d(node.padding))
     y = F.conv2d(x.reshape(-1, *x.shape[-3:]), t(node.weight), t(node.bias),

@@ -1,0 +1,65 @@
+"""Several inputs into one neuron layer (equal depth), Scale nodes, and a clear refusal for unequal depths."""
+
+import nir
+import numpy as np
+import pytest
+
+from st2chip.analysis.verify import compare
+from st2chip.chip.lower import lower
+from st2chip.errors import GraphError
+from st2chip.graph.normalize import normalize
+from st2chip.graph.simulate import simulate
+from st2chip.targets import engine, lava
+
+DT = 1e-3
+
+
+def _lif(n: int, seed: int) -> nir.LIF:
+    rng = np.random.default_rng(seed)
+    beta = rng.uniform(0.6, 0.95, n)
+    return nir.LIF(tau=DT / (1 - beta), r=1 / (1 - beta), v_leak=np.zeros(n), v_threshold=rng.uniform(0.5, 1.5, n),
+                   v_reset=np.zeros(n))
+
+
+def _affine(rng, n_out: int, n_in: int) -> nir.Affine:
+    return nir.Affine(weight=rng.normal(0.4, 0.5, (n_out, n_in)), bias=rng.normal(0, 0.05, n_out))
+
+
+def _diamond() -> nir.NIRGraph:
+    """input -> A, input -> B; A and B (same depth) -> C by two paths each kind: Affine, and Scale -> Affine."""
+    rng = np.random.default_rng(0)
+    nodes = {"input": nir.Input(input_type={"input": np.array([10])}),
+             "fa": _affine(rng, 8, 10), "A": _lif(8, 1),
+             "fb1": _affine(rng, 6, 10), "fb2": _affine(rng, 6, 10), "B": _lif(6, 2),
+             "fac": _affine(rng, 5, 8), "sb": nir.Scale(scale=rng.uniform(0.5, 1.5, 6)), "fbc": _affine(rng, 5, 6),
+             "C": _lif(5, 3), "output": nir.Output(output_type={"output": np.array([5])})}
+    edges = [("input", "fa"), ("fa", "A"), ("input", "fb1"), ("input", "fb2"), ("fb1", "B"), ("fb2", "B"),
+             ("A", "fac"), ("fac", "C"), ("B", "sb"), ("sb", "fbc"), ("fbc", "C"), ("C", "output")]
+    return normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
+
+
+def test_equal_depth_paths_map_and_engine_equals_lava():
+    graph = _diamond()
+    chip = lower(graph, decay_groups=2)
+    assert chip.report["layers"]["C"]["source"] == ["A", "B"]
+    assert {s.source.split("/")[0] for s in chip.synapses if s.target.startswith("C")} == {"A", "B"}
+    x = {"input": (np.random.default_rng(4).random((3, 25, 10)) < 0.3).astype(np.uint8)}
+    flt, eng, lav = simulate(graph, x["input"]), engine.run(chip, x), lava.run(chip, x)
+    assert flt.spikes["C"].sum() > 0
+    for layer in eng.spikes:
+        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer])
+        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer])
+    assert min(compare(flt, eng, voltages=False).spike_agreement.values()) > 0.97
+
+
+def test_paths_of_different_depth_are_refused_with_the_reason():
+    rng = np.random.default_rng(0)
+    nodes = {"input": nir.Input(input_type={"input": np.array([4])}), "f1": _affine(rng, 3, 4), "L1": _lif(3, 1),
+             "f2": _affine(rng, 2, 3), "skip": _affine(rng, 2, 4), "L2": _lif(2, 2),
+             "output": nir.Output(output_type={"output": np.array([2])})}
+    edges = [("input", "f1"), ("f1", "L1"), ("L1", "f2"), ("f2", "L2"), ("input", "skip"), ("skip", "L2"),
+             ("L2", "output")]
+    graph = normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
+    simulate(graph, np.ones((1, 3, 4)))  # the float simulation runs it
+    with pytest.raises(GraphError, match=r"node 'L2'.*different depth.*delays"):
+        lower(graph)
