@@ -18,7 +18,8 @@ from st2chip.cli.train import register as register_train
 from st2chip.converters.registry import EXPORT_DT, FRAMEWORKS
 from st2chip.errors import InputError, St2chipError, St2chipWarning
 
-EPILOG_EXIT = "exit codes: 0 ok, 1 verification found a difference, 2 bad input"
+EPILOG_EXIT = ("exit codes: 0 ok, 1 verification failed a check, 2 bad input, 130/143 interrupted "
+               "(SIGINT/SIGTERM)")
 
 
 
@@ -51,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="st2chip",
         description="Deploy trained spiking networks (sLIF) to Loihi-class chips: NIR -> ChipGraph -> "
-                    "Lava fixed_pt and a bit-exact reference, with verification and energy reports.",
+                    "Lava fixed_pt and st2chip's bit-exact fixed-point engine, with verification and energy "
+                    "reports.",
         epilog=EPILOG_EXIT)
     parser.add_argument("-v", "--verbose", action="store_true", help="print each pipeline stage as it runs")
     parser.add_argument("--memory-budget", metavar="SIZE", default=None,
@@ -103,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                         "fixed_pt (default reference)")
     p.add_argument("-o", "--output", help="write the traces (.npz) here")
 
-    p = sub.add_parser("verify", help="float vs fixed-point reference vs Lava on the same samples",
+    p = sub.add_parser("verify", help="float vs fixed-point engine vs Lava, with pass/fail checks",
                        description="Accuracy of each backend, per-layer spike agreement and the first "
                                    "diverging layer/step/neuron. Exit 0 when reference and Lava agree "
                                    "exactly and the chip stays faithful to float (--max-drop, "
