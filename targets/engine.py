@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -151,8 +152,9 @@ class Engine:
         fed: set[str] = set()
         self.synapses = []
         for s in chip.synapses:
-            self.synapses.append((Synapses(s, dev), s.source, s.target, s.target not in fed))
+            self.synapses.append((Synapses(s, dev), s.source, s.target, s.target not in fed, s.delay))
             fed.add(s.target)
+        self.max_delay = max((s.delay for s in chip.synapses), default=0)
         self.unfed = [self._slice(p.name) for p in pops if p.name not in fed]
         self.inputs = {i.name: i.size for i in chip.inputs}
 
@@ -208,12 +210,17 @@ class Engine:
         in_prev = {name: torch.zeros(batch, size, dtype=torch.bool, device=dev) for name, size in self.inputs.items()}
         rec_s = torch.zeros(horizon, batch, n, dtype=torch.bool, device=dev)
         rec_v = torch.zeros(horizon, batch, n, dtype=torch.int64, device=dev) if voltages else None
+        history: deque = deque(maxlen=self.max_delay)  # (population spikes, input spikes) of earlier steps
         for g in range(1, horizon + 1):
             a_in = torch.empty(batch, n, dtype=torch.int64, device=dev)
             for cols in self.unfed:
                 a_in[:, cols] = 0
-            for syn, source, target, first in self.synapses:
-                src = in_prev[source] if source in in_prev else spikes[:, self._slice(source)]
+            for syn, source, target, first, delay in self.synapses:
+                if delay and len(history) < delay:  # nothing has reached this group yet
+                    past_s, past_in = torch.zeros_like(spikes), {k: torch.zeros_like(x) for k, x in in_prev.items()}
+                else:
+                    past_s, past_in = history[-delay] if delay else (spikes, in_prev)
+                src = past_in[source] if source in past_in else past_s[:, self._slice(source)]
                 if first:  # the first group into a population writes its input, later ones add
                     a_in[:, self._slice(target)] = syn.accumulate(src)
                 else:
@@ -231,10 +238,12 @@ class Engine:
             else:
                 fired = v > self.vth
             v.masked_fill_(fired, 0)
-            spikes = fired
+            prev_spikes, spikes = spikes, fired
             rec_s[g - 1] = fired
             if rec_v is not None:
                 rec_v[g - 1] = v
+            if self.max_delay:
+                history.append((prev_spikes, in_prev))
             in_prev = {name: (x[g - 1] if g <= steps else torch.zeros_like(in_prev[name]))
                        for name, x in inputs.items()}
         return rec_s, rec_v

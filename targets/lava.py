@@ -28,10 +28,10 @@ from .engine import assemble, batch_steps
 
 
 def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int):
-    from lava.proc.dense.process import Dense
+    from lava.proc.dense.process import Dense, DelayDense
     from lava.proc.io.source import RingBuffer
     from lava.proc.lif.process import LIFReset
-    from lava.proc.sparse.process import Sparse
+    from lava.proc.sparse.process import DelaySparse, Sparse
     from lava.utils.weightutils import SignMode
 
     depths = chip.depths()
@@ -45,12 +45,23 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
         weights = 2 * syn.mantissa
         kwargs = dict(weight_exp=syn.exp, num_weight_bits=8, sign_mode=SignMode.MIXED, name=syn.name)
         if sp.issparse(weights):
-            conn = Sparse(weights=sp.csr_matrix(weights, dtype=np.int32), **kwargs)
+            csr = sp.csr_matrix(weights, dtype=np.int32)
+            conn = (DelaySparse(weights=csr, delays=_sparse_delays(csr, syn.delay), **kwargs) if syn.delay
+                    else Sparse(weights=csr, **kwargs))
         else:
-            conn = Dense(weights=np.asarray(weights, dtype=np.int32), **kwargs)
+            dense = np.asarray(weights, dtype=np.int32)
+            conn = (DelayDense(weights=dense, delays=np.full(dense.shape, syn.delay, np.int64), **kwargs)
+                    if syn.delay else Dense(weights=dense, **kwargs))
         procs[syn.source].s_out.connect(conn.s_in)
         conn.a_out.connect(procs[syn.target].a_in)
     return procs
+
+
+def _sparse_delays(weights: sp.csr_matrix, delay: int) -> sp.csr_matrix:
+    """The same delay on every stored synapse, in the weights' sparsity pattern (what DelaySparse takes)."""
+    delays = weights.astype(np.int64)  # DelaySparse checks for Python int's dtype
+    delays.data = np.full(delays.data.shape, delay, np.int64)
+    return delays
 
 
 def _import_lava() -> None:

@@ -6,9 +6,9 @@ with 8-bit weight mantissas. Each record checks the chip's ranges at
 construction and names the field it refuses. Backends never read NIR.
 
 Timing: every synapse group delays spikes by one step (Lava's ``Dense`` sends at
-step ``t`` what it accumulated at ``t-1``). A population at depth ``d`` (longest
-chain of synapse groups from an input) sees a sample's first input at the
-sample's step ``d + 1``; its state is reset to zero right then.
+step ``t`` what it accumulated at ``t-1``), plus its own ``delay``. A population at
+depth ``d`` (the longest such chain of delays from an input) sees a sample's first
+input at the sample's step ``d + 1``; its state is reset to zero right then.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ WEIGHT_EXP_RANGE = (-8, 7)
 UV_MAX = 2**23            # u and v are 24-bit signed
 ACT_SHIFT = 6             # synaptic input and threshold are left-shifted by 6 bits
 DECAY_SHIFT = 12
+DELAY_MAX = 61            # extra synaptic delay in steps (Loihi 2: 6 bits; netx clamps whole delays at 62)
 
 
 def _check_int_range(record: str, name: str, value, lo: int, hi: int) -> None:
@@ -121,7 +122,10 @@ class SynapseGroup:
     :math:`m` and one exponent :math:`e` per group. ``form`` records where the
     weights came from: ``dense``, ``sparse`` (CSR; unstructured pruning) or
     ``lowrank`` (a multiplied-out U·V). ``error`` is the relative quantization
-    error ``||W_q - W|| / ||W||`` against the folded float weights.
+    error ``||W_q - W|| / ||W||`` against the folded float weights. ``delay``
+    holds a spike that many steps longer than the one step every group takes
+    (Lava's ``DelayDense`` / ``DelaySparse``; 0 to :data:`DELAY_MAX`), used to
+    align paths of different depth into one population.
     """
 
     name: str
@@ -131,6 +135,7 @@ class SynapseGroup:
     exp: int
     form: Literal["dense", "sparse", "lowrank"] = "dense"
     error: float = 0.0
+    delay: int = 0
 
     def __post_init__(self) -> None:
         rec = f"synapse group '{self.name}'"
@@ -140,6 +145,8 @@ class SynapseGroup:
         if self.mantissa.ndim != 2:
             raise ChipRangeError(f"{rec}: field 'mantissa' must be 2-D (targets x sources)")
         self.exp = int(self.exp)
+        _check_int_range(rec, "delay", self.delay, 0, DELAY_MAX)
+        self.delay = int(self.delay)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -205,9 +212,9 @@ class ChipGraph:
         while remaining:
             progressed = False
             for pop in list(remaining):
-                srcs = [s.source for s in self.incoming(pop.name)]
-                if all(src in depth for src in srcs):
-                    depth[pop.name] = 1 + max((depth[s] for s in srcs), default=0)
+                groups = self.incoming(pop.name)
+                if all(s.source in depth for s in groups):
+                    depth[pop.name] = max((depth[s.source] + 1 + s.delay for s in groups), default=1)
                     remaining.remove(pop)
                     progressed = True
             if not progressed:

@@ -34,8 +34,8 @@ import nir
 import numpy as np
 import scipy.sparse as sp
 
-from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, VTH_MAX, WEIGHT_EXP_RANGE,
-                        ChipGraph, InputPort, Population, SynapseGroup)
+from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, DELAY_MAX, VTH_MAX,
+                                    WEIGHT_EXP_RANGE, ChipGraph, InputPort, Population, SynapseGroup)
 from st2chip.errors import GraphError, St2chipWarning
 
 SPIKING = (nir.LIF, nir.IF, nir.CubaLIF)
@@ -231,12 +231,13 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
             continue
         layer = _read_neuron(name, node, dt)
         sources, weight, bias, affines = _incoming(graph, name, preds)
-        arrival = {s: depth[s] for s in sources}
-        if len(set(arrival.values())) > 1:
-            raise GraphError(f"inputs arrive through paths of different depth ({', '.join(f'{s}: {d}' for s, d in arrival.items())} "
-                             f"synapse groups from an input); the chip would need synaptic delays to align them, "
-                             f"which are not lowered yet", node=name)
-        depth[name] = 1 + max(arrival.values())
+        # paths of different depth are aligned with synaptic delays, so that the chip adds what float adds
+        depth[name] = 1 + max(depth[s] for s in sources)
+        delay = {s: depth[name] - 1 - depth[s] for s in sources}
+        too_long = {s: d for s, d in delay.items() if d > DELAY_MAX}
+        if too_long:
+            raise GraphError(f"aligning the paths from {', '.join(too_long)} needs delays of "
+                             f"{max(too_long.values())} steps; synapses delay at most {DELAY_MAX}", node=name)
         n = weight.shape[0]
         if n == 0:
             raise GraphError("the layer has no neurons", node=name, field="weight")
@@ -276,6 +277,7 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
         layer_report = {
             "kind": type(node).__name__, "neurons": n, "affines": affines,
             "source": sources[0] if len(sources) == 1 else sources,
+            **({"delays": {s: d for s, d in delay.items() if d}} if any(delay.values()) else {}),
             "decay_groups": len(pairs),
             "leak_error": float(np.max(np.abs(beta_chip - layer.beta))) if n else 0.0,
             "threshold_range": [float(layer.threshold.min()), float(layer.threshold.max())],
@@ -287,11 +289,11 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
                                              "synaptic current has settled (a few tau_syn)")
         dense = np.count_nonzero(weight) >= SPARSE_BELOW * weight.size
         form = "lowrank" if affines > 1 else ("dense" if dense else "sparse")
-        src_parts, offset = [], 0  # (source input or population, its columns in ``weight``)
+        src_parts, offset = [], 0  # (source input or population, its columns in ``weight``, its delay)
         for source in sources:
             width = sum(p.size for p in layer_pops[source]) or next(i.size for i in inputs if i.name == source)
-            src_parts += ([(source, offset + np.arange(width))] if not layer_pops[source]
-                          else [(p.name, offset + p.index) for p in layer_pops[source]])
+            src_parts += ([(source, offset + np.arange(width), delay[source])] if not layer_pops[source]
+                          else [(p.name, offset + p.index, delay[source]) for p in layer_pops[source]])
             offset += width
         errors, bias_errors, outlier_errors = [], [], []
         pops = []
@@ -322,7 +324,7 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
                              vth=s_scale if layer.spiking else VTH_MAX,
                              bias_mant=mant_b, bias_exp=exp_b, readout=not layer.spiking)
             pops.append(pop)
-            for src_name, cols in src_parts:
+            for src_name, cols, extra in src_parts:
                 w_sub = w_rows[:, cols]
                 smax = float(np.max(np.abs(w_sub))) if w_sub.size else 0.0
                 exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * s_scale / MANT_FULL) - 1e-12))
@@ -331,7 +333,8 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
                 err = _rel_error(2 * mant * 2.0**exp / s_scale, w_sub)
                 (outlier_errors if pname.endswith("/outliers") else errors).append(err)
                 stored = sp.csr_matrix(mant) if form == "sparse" else mant
-                synapses.append(SynapseGroup(f"{src_name}->{pname}", src_name, pname, stored, exp, form, err))
+                synapses.append(SynapseGroup(f"{src_name}->{pname}", src_name, pname, stored, exp, form, err,
+                                             delay=extra))
         layer_report["weight_error"] = float(max(errors, default=0.0))
         layer_report["bias_error"] = float(max(bias_errors, default=0.0))
         if outliers:

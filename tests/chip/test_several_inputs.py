@@ -1,4 +1,4 @@
-"""Several inputs into one neuron layer (equal depth), Scale nodes, and a clear refusal for unequal depths."""
+"""Several inputs into one neuron layer: equal depths, Scale nodes, unequal depths aligned with synaptic delays."""
 
 import nir
 import numpy as np
@@ -52,14 +52,40 @@ def test_equal_depth_paths_map_and_engine_equals_lava():
     assert min(compare(flt, eng, voltages=False).spike_agreement.values()) > 0.97
 
 
-def test_paths_of_different_depth_are_refused_with_the_reason():
+def test_paths_of_different_depth_are_aligned_with_delays():
+    """input -> L1 -> L2 plus a skip input -> L2 (and input -> L3 skipping two layers): the skips are delayed."""
     rng = np.random.default_rng(0)
-    nodes = {"input": nir.Input(input_type={"input": np.array([4])}), "f1": _affine(rng, 3, 4), "L1": _lif(3, 1),
-             "f2": _affine(rng, 2, 3), "skip": _affine(rng, 2, 4), "L2": _lif(2, 2),
-             "output": nir.Output(output_type={"output": np.array([2])})}
+    nodes = {"input": nir.Input(input_type={"input": np.array([6])}), "f1": _affine(rng, 5, 6), "L1": _lif(5, 1),
+             "f2": _affine(rng, 4, 5), "skip": _affine(rng, 4, 6), "L2": _lif(4, 2),
+             "f3": _affine(rng, 3, 4), "skip2": _affine(rng, 3, 6), "L3": _lif(3, 3),
+             "output": nir.Output(output_type={"output": np.array([3])})}
     edges = [("input", "f1"), ("f1", "L1"), ("L1", "f2"), ("f2", "L2"), ("input", "skip"), ("skip", "L2"),
-             ("L2", "output")]
+             ("L2", "f3"), ("f3", "L3"), ("input", "skip2"), ("skip2", "L3"), ("L3", "output")]
     graph = normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
-    simulate(graph, np.ones((1, 3, 4)))  # the float simulation runs it
-    with pytest.raises(GraphError, match=r"node 'L2'.*different depth.*delays"):
+    chip = lower(graph, decay_groups=2)
+    assert chip.report["layers"]["L2"]["delays"] == {"input": 1}
+    assert chip.report["layers"]["L3"]["delays"] == {"input": 2}
+    assert chip.depth == 3
+    x = {"input": (np.random.default_rng(5).random((3, 25, 6)) < 0.3).astype(np.uint8)}
+    flt, eng, lav = simulate(graph, x["input"]), engine.run(chip, x), lava.run(chip, x)
+    assert flt.spikes["L3"].sum() > 0
+    for layer in eng.spikes:
+        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer])
+        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer])
+    assert min(compare(flt, eng, voltages=False).spike_agreement.values()) > 0.97
+
+
+def test_a_delay_beyond_the_chip_is_refused():
+    rng = np.random.default_rng(0)
+    nodes = {"input": nir.Input(input_type={"input": np.array([2])})}
+    edges, prev = [], "input"
+    for k in range(64):  # a chain 64 layers deep plus a skip from the input to its end
+        nodes[f"f{k}"], nodes[f"L{k}"] = _affine(rng, 2, 2), _lif(2, k)
+        edges += [(prev, f"f{k}"), (f"f{k}", f"L{k}")]
+        prev = f"L{k}"
+    nodes["skip"] = _affine(rng, 2, 2)
+    nodes["output"] = nir.Output(output_type={"output": np.array([2])})
+    edges += [("input", "skip"), ("skip", "L63"), ("L63", "output")]
+    graph = normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
+    with pytest.raises(GraphError, match=r"node 'L63'.*needs delays of 63 steps; synapses delay at most 61"):
         lower(graph)
