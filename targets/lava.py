@@ -118,7 +118,9 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
     """
     _import_lava()
     batch, steps = batch_steps(inputs)
-    window = steps + chip.depth
+    # a sample's window: T steps, the pipeline depth, and room for spikes a graph-level delay (lag)
+    # still holds, so that none of them reaches the next sample
+    window = steps + chip.depth + max((s.lag for s in chip.synapses), default=0)
     total = batch * window
     source_data = {}
     for name, x in inputs.items():

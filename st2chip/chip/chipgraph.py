@@ -124,8 +124,12 @@ class SynapseGroup:
     ``lowrank`` (a multiplied-out U·V). ``error`` is the relative quantization
     error ``||W_q - W|| / ||W||`` against the folded float weights. ``delay``
     holds a spike that many steps longer than the one step every group takes
-    (Lava's ``DelayDense`` / ``DelaySparse``; 0 to :data:`DELAY_MAX`), used to
-    align paths of different depth into one population.
+    (Lava's ``DelayDense`` / ``DelaySparse``; 0 to :data:`DELAY_MAX`): to align
+    paths of different depth into one population, and ``lag`` of it because the
+    graph itself delays the signal (``nir.Delay``). Only ``delay - lag`` counts
+    towards the pipeline depth. Lava runs samples back to back, so a lag is only
+    exact from an input port (whose spikes stop with the sample); lowering puts
+    lags there alone.
     """
 
     name: str
@@ -136,6 +140,7 @@ class SynapseGroup:
     form: Literal["dense", "sparse", "lowrank"] = "dense"
     error: float = 0.0
     delay: int = 0
+    lag: int = 0
 
     def __post_init__(self) -> None:
         rec = f"synapse group '{self.name}'"
@@ -146,7 +151,8 @@ class SynapseGroup:
             raise ChipRangeError(f"{rec}: field 'mantissa' must be 2-D (targets x sources)")
         self.exp = int(self.exp)
         _check_int_range(rec, "delay", self.delay, 0, DELAY_MAX)
-        self.delay = int(self.delay)
+        _check_int_range(rec, "lag", self.lag, 0, self.delay)
+        self.delay, self.lag = int(self.delay), int(self.lag)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -214,7 +220,7 @@ class ChipGraph:
             for pop in list(remaining):
                 groups = self.incoming(pop.name)
                 if all(s.source in depth for s in groups):
-                    depth[pop.name] = max((depth[s.source] + 1 + s.delay for s in groups), default=1)
+                    depth[pop.name] = max((depth[s.source] + 1 + s.delay - s.lag for s in groups), default=1)
                     remaining.remove(pop)
                     progressed = True
             if not progressed:

@@ -37,6 +37,7 @@ import scipy.sparse as sp
 from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, DELAY_MAX, VTH_MAX,
                                     WEIGHT_EXP_RANGE, ChipGraph, InputPort, Population, SynapseGroup)
 from st2chip.errors import GraphError, St2chipWarning
+from st2chip.graph.simulate import delay_steps
 
 SPIKING = (nir.LIF, nir.IF, nir.CubaLIF)
 READOUT = (nir.LI, nir.I)
@@ -146,16 +147,17 @@ def _scale_parts(index: np.ndarray, w_fold: np.ndarray) -> tuple[np.ndarray, np.
     return index[~outlier], index[outlier]
 
 
-def _affine_chain(graph: nir.NIRGraph, start: str, preds: dict[str, list[str]]
-                  ) -> tuple[str, np.ndarray | None, np.ndarray | None, int]:
-    """Walk back from node ``start`` (included) through Affine/Flatten/Scale nodes to a neuron or Input.
+def _affine_chain(graph: nir.NIRGraph, start: str, preds: dict[str, list[str]], dt: float
+                  ) -> tuple[str, np.ndarray | None, np.ndarray | None, int, int]:
+    """Walk back from node ``start`` (included) through Affine/Scale/Flatten/Delay nodes to a neuron or Input.
 
     Returns the source's name, the product weight and bias of the chain
-    (``None`` when the chain holds no Affine or Scale) and how many Affines it held.
+    (``None`` when the chain holds no Affine or Scale), how many Affines it held
+    and the steps its Delay nodes hold the signal.
     """
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
-    count = 0
+    count = lag = 0
     name = start
     while True:
         node = graph.nodes[name]
@@ -164,8 +166,14 @@ def _affine_chain(graph: nir.NIRGraph, start: str, preds: dict[str, list[str]]
             b = node.bias if isinstance(node, nir.Affine) else np.zeros(w.shape[0])
             weight, bias = (w.copy(), b.copy()) if weight is None else (weight @ w, bias + weight @ b)
             count += isinstance(node, nir.Affine)
+        elif isinstance(node, nir.Delay):
+            steps = np.unique(delay_steps(name, node, dt))
+            if steps.size > 1:
+                raise GraphError(f"per-element delays differ ({steps.tolist()} steps); a synapse group on the "
+                                 f"chip delays all its synapses alike so far", node=name, field="delay")
+            lag += int(steps[0])
         elif not isinstance(node, nir.Flatten):
-            return name, weight, bias, count
+            return name, weight, bias, count, lag
         sources = preds.get(name, [])
         if len(sources) != 1:
             raise GraphError(f"a linear node between neuron layers needs exactly one input edge, found "
@@ -173,30 +181,30 @@ def _affine_chain(graph: nir.NIRGraph, start: str, preds: dict[str, list[str]]
         name = sources[0]
 
 
-def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]]
-              ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
-    """Every path into neuron node ``name`` as one matrix over its sources, side by side.
+def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], dt: float
+              ) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray, int]:
+    """Every path into neuron node ``name`` as one matrix over its (source, lag) pairs, side by side.
 
-    Each incoming edge is a chain of linear nodes back to a source (Input or neuron);
-    paths from the same source add up. Returns the sources in order, the weight
-    ``(n, Σ n_source)``, the summed bias and the most Affines on one path.
+    Each incoming edge is a chain of linear nodes (and Delay nodes, the lag)
+    back to a source (Input or neuron); paths with the same source and lag add
+    up. Returns the pairs in order, the weight ``(n, Σ n_source)``, the summed
+    bias and the most Affines on one path.
     """
-    by_source: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    by_source: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     affines = 0
     for start in preds.get(name, []):
-        source, weight, bias, count = _affine_chain(graph, start, preds)
+        source, weight, bias, count, lag = _affine_chain(graph, start, preds, dt)
         if weight is None:
             raise GraphError(f"input from '{source}' must pass through an Affine or Linear node", node=name)
         if not isinstance(graph.nodes[source], (nir.Input, *SPIKING)):
             raise GraphError(f"input comes from '{source}', which does not emit spikes", node=name)
-        old = by_source.get(source)
-        by_source[source] = (weight, bias) if old is None else (old[0] + weight, old[1] + bias)
+        old = by_source.get((source, lag))
+        by_source[(source, lag)] = (weight, bias) if old is None else (old[0] + weight, old[1] + bias)
         affines = max(affines, count)
     if not by_source:
         raise GraphError("a neuron layer must be fed through an Affine or Linear node", node=name)
-    sources = list(by_source)
-    return (sources, np.hstack([by_source[s][0] for s in sources]), sum(by_source[s][1] for s in sources),
-            affines)
+    keys = list(by_source)
+    return (keys, np.hstack([by_source[k][0] for k in keys]), sum(by_source[k][1] for k in keys), affines)
 
 
 def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
@@ -226,18 +234,25 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
             depth[name] = 0
             continue
         if not isinstance(node, NEURONS):
-            if not isinstance(node, (nir.Affine, nir.Flatten, nir.Scale, nir.Output)):
+            if not isinstance(node, (nir.Affine, nir.Flatten, nir.Scale, nir.Delay, nir.Output)):
                 raise _not_lowered(name, node)
             continue
         layer = _read_neuron(name, node, dt)
-        sources, weight, bias, affines = _incoming(graph, name, preds)
-        # paths of different depth are aligned with synaptic delays, so that the chip adds what float adds
+        keys, weight, bias, affines = _incoming(graph, name, preds, dt)
+        sources = list(dict.fromkeys(s for s, _ in keys))
+        # paths of different depth are aligned with synaptic delays, so that the chip adds what float adds;
+        # a Delay node's lag comes on top
         depth[name] = 1 + max(depth[s] for s in sources)
-        delay = {s: depth[name] - 1 - depth[s] for s in sources}
-        too_long = {s: d for s, d in delay.items() if d > DELAY_MAX}
+        delay = {(s, lag): depth[name] - 1 - depth[s] + lag for s, lag in keys}
+        lagged = [s for s, lag in keys if lag and not isinstance(graph.nodes[s], nir.Input)]
+        if lagged:
+            raise GraphError(f"a Delay node after neuron layer '{lagged[0]}' is not lowered yet: on the chip, that "
+                             f"layer's activity after a sample would reach the next sample (only delays on paths "
+                             f"from an Input are lowered so far)", node=name)
+        too_long = {s: d for (s, _), d in delay.items() if d > DELAY_MAX}
         if too_long:
-            raise GraphError(f"aligning the paths from {', '.join(too_long)} needs delays of "
-                             f"{max(too_long.values())} steps; synapses delay at most {DELAY_MAX}", node=name)
+            raise GraphError(f"the path from {', '.join(too_long)} needs a delay of {max(too_long.values())} "
+                             f"steps; synapses delay at most {DELAY_MAX}", node=name)
         n = weight.shape[0]
         if n == 0:
             raise GraphError("the layer has no neurons", node=name, field="weight")
@@ -277,7 +292,8 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
         layer_report = {
             "kind": type(node).__name__, "neurons": n, "affines": affines,
             "source": sources[0] if len(sources) == 1 else sources,
-            **({"delays": {s: d for s, d in delay.items() if d}} if any(delay.values()) else {}),
+            **({"delays": {(s if not lag else f"{s} (+{lag} lag)"): d for (s, lag), d in delay.items() if d}}
+               if any(delay.values()) else {}),
             "decay_groups": len(pairs),
             "leak_error": float(np.max(np.abs(beta_chip - layer.beta))) if n else 0.0,
             "threshold_range": [float(layer.threshold.min()), float(layer.threshold.max())],
@@ -289,11 +305,12 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
                                              "synaptic current has settled (a few tau_syn)")
         dense = np.count_nonzero(weight) >= SPARSE_BELOW * weight.size
         form = "lowrank" if affines > 1 else ("dense" if dense else "sparse")
-        src_parts, offset = [], 0  # (source input or population, its columns in ``weight``, its delay)
-        for source in sources:
+        src_parts, offset = [], 0  # (source input or population, its columns in ``weight``, delay, lag)
+        for source, lag in keys:
             width = sum(p.size for p in layer_pops[source]) or next(i.size for i in inputs if i.name == source)
-            src_parts += ([(source, offset + np.arange(width), delay[source])] if not layer_pops[source]
-                          else [(p.name, offset + p.index, delay[source]) for p in layer_pops[source]])
+            d = delay[(source, lag)]
+            src_parts += ([(source, offset + np.arange(width), d, lag)] if not layer_pops[source]
+                          else [(p.name, offset + p.index, d, lag) for p in layer_pops[source]])
             offset += width
         errors, bias_errors, outlier_errors = [], [], []
         pops = []
@@ -324,7 +341,7 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
                              vth=s_scale if layer.spiking else VTH_MAX,
                              bias_mant=mant_b, bias_exp=exp_b, readout=not layer.spiking)
             pops.append(pop)
-            for src_name, cols, extra in src_parts:
+            for src_name, cols, extra, lag in src_parts:
                 w_sub = w_rows[:, cols]
                 smax = float(np.max(np.abs(w_sub))) if w_sub.size else 0.0
                 exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * s_scale / MANT_FULL) - 1e-12))
@@ -333,8 +350,8 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
                 err = _rel_error(2 * mant * 2.0**exp / s_scale, w_sub)
                 (outlier_errors if pname.endswith("/outliers") else errors).append(err)
                 stored = sp.csr_matrix(mant) if form == "sparse" else mant
-                synapses.append(SynapseGroup(f"{src_name}->{pname}", src_name, pname, stored, exp, form, err,
-                                             delay=extra))
+                gname = f"{src_name}->{pname}" + (f"+{lag}" if lag else "")
+                synapses.append(SynapseGroup(gname, src_name, pname, stored, exp, form, err, delay=extra, lag=lag))
         layer_report["weight_error"] = float(max(errors, default=0.0))
         layer_report["bias_error"] = float(max(bias_errors, default=0.0))
         if outliers:

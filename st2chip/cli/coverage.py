@@ -55,7 +55,7 @@ def _between(kind: str) -> nir.NIRNode:
         "Linear": lambda: nir.Linear(weight=np.eye(N)),
         "Scale": lambda: nir.Scale(scale=_ones(N)),
         "Flatten": lambda: nir.Flatten(input_type={"input": np.array([N])}),
-        "Delay": lambda: nir.Delay(delay=_ones(N)),
+        "Delay": lambda: nir.Delay(delay=_ones(N) * 2e-3),  # two steps of the probe's dt
         "Threshold": lambda: nir.Threshold(threshold=_ones(N)),
         "Conv1d": lambda: nir.Conv1d(input_shape=N, weight=_ones(1, 1, 1), stride=1, padding=0, dilation=1,
                                      groups=1, bias=np.zeros(1)),
@@ -111,6 +111,7 @@ def status(kind: str) -> tuple[str, str]:
     how = {"Linear": "as an Affine with zero bias", "Flatten": "identity (signals are flat)",
            "NIRGraph": "flattened into its parent", "Affine": "synapse group (dense or CSR)",
            "Scale": "folded into its synapse group (a per-element gain)",
+           "Delay": "synaptic delay of its path (whole steps of dt, one per group)",
            "Input": "chip input port (spikes)", "Output": "what the backends report"}.get(kind, "neuron population")
     return "lowered to the chip", how
 

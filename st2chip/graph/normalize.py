@@ -6,7 +6,7 @@ and never touches its input.
 
 Canonical form
 --------------
-- Node types: ``Input``, ``Output``, ``Affine``, ``Scale``, ``Flatten``, ``LIF``,
+- Node types: ``Input``, ``Output``, ``Affine``, ``Scale``, ``Delay``, ``Flatten``, ``LIF``,
   ``CubaLIF``, ``IF``, ``LI``, ``I``. ``Linear`` becomes ``Affine`` with a zero
   bias; a nested ``NIRGraph`` node is flattened into its parent, its nodes
   named ``outer.inner`` and the edges through its ``Input``/``Output`` nodes
@@ -67,8 +67,8 @@ NEURON_FIELDS: dict[type, tuple[str, ...]] = {
 }
 SPIKING_TYPES = (nir.LIF, nir.CubaLIF, nir.IF)
 # per-element linear nodes: one value per element, broadcast like neuron parameters
-ELEMENTWISE_FIELDS: dict[type, tuple[str, ...]] = {nir.Scale: ("scale",)}
-SUPPORTED_TYPES = ("Input", "Output", "Affine", "Linear", "Scale", "Flatten", "LIF", "CubaLIF", "IF", "LI", "I",
+ELEMENTWISE_FIELDS: dict[type, tuple[str, ...]] = {nir.Scale: ("scale",), nir.Delay: ("delay",)}
+SUPPORTED_TYPES = ("Input", "Output", "Affine", "Linear", "Scale", "Delay", "Flatten", "LIF", "CubaLIF", "IF", "LI", "I",
                    "NIRGraph (nested, flattened)")
 # Why a NIR primitive is not accepted yet (shown in the error and the README's coverage table)
 NOT_YET = {
@@ -76,7 +76,6 @@ NOT_YET = {
     "Conv2d": "convolutions are not mapped to synapse groups yet (bundles run them in float)",
     "SumPool2d": "pooling is not composed into synapse groups yet",
     "AvgPool2d": "pooling is not composed into synapse groups yet",
-    "Delay": "synaptic delays are not mapped yet",
     "Threshold": "a stateless threshold has no neuron model here yet",
     "CubaLI": "no float or chip model of CubaLI yet",
 }
@@ -456,6 +455,8 @@ class _Context:
         if scalars:
             self.notes.append(f"node '{name}': {', '.join(scalars)} broadcast from one value to {n} neurons")
         params = {field: np.broadcast_to(a, (n,)).copy() for field, a in arrays.items()}
+        if "delay" in params and np.any(params["delay"] < 0):
+            raise self.error("delays must be >= 0 seconds", node=name, field="delay")
         for field in _POSITIVE:
             if field in params and np.any(params[field] <= 0):
                 i = int(np.argmax(params[field] <= 0))

@@ -18,6 +18,7 @@ per step:
   :math:`v \leftarrow (1 - \tfrac{dt}{\tau_{mem}}) v + \tfrac{dt}{\tau_{mem}}(v_{leak} + r i)`; spike and reset as LIF.
 - ``IF``: :math:`v \leftarrow v + dt\, r I` (NIR's :math:`\dot v = R I`); spike and reset as LIF.
 - ``LI``: as LIF without spikes; ``I``: :math:`v \leftarrow v + dt\, r I`. Both output their voltage.
+- ``Delay``: :math:`y[t] = x[t - \tau/dt]` per element (whole steps), zero before the signal arrives.
 
 The coefficients (:math:`1 - dt/\tau`, :math:`dt\,r/\tau`, ...) are computed in
 float64 and the run happens in the dtype asked for: float64 for
@@ -41,7 +42,7 @@ SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
 NEURONS = (*SPIKING, nir.LI, nir.I)
 LINEAR = (nir.Affine, nir.Scale, nir.Conv2d)
 PASS_THROUGH = (nir.Input, nir.Output, nir.Flatten)
-EVALUATED = (*PASS_THROUGH, *LINEAR, *NEURONS)
+EVALUATED = (*PASS_THROUGH, *LINEAR, *NEURONS, nir.Delay)
 
 
 @dataclass
@@ -124,6 +125,27 @@ def _linear(node: nir.NIRNode, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(*lead, *y.shape[1:])
 
 
+def delay_steps(name: str, node: nir.Delay, dt: float) -> np.ndarray:
+    """A Delay node's per-element delays in whole steps; a delay that is not a multiple of dt is an error."""
+    steps = np.asarray(node.delay, dtype=np.float64).reshape(-1) / dt
+    whole = np.rint(steps)
+    if np.any(np.abs(steps - whole) > 1e-6):
+        raise GraphError(f"delays must be whole multiples of dt = {dt:g} s, got {np.asarray(node.delay).ravel()[:4]}",
+                         node=name, field="delay")
+    return whole.astype(np.int64)
+
+
+def _delay(name: str, node: nir.Delay, x: torch.Tensor, dt: float) -> torch.Tensor:
+    """``y[t] = x[t - k]`` per element over the time axis (0), zero before the signal arrives."""
+    k = np.broadcast_to(delay_steps(name, node, dt), x.shape[-1:])
+    out = torch.zeros_like(x)
+    for d in np.unique(k):
+        cols = torch.from_numpy(np.flatnonzero(k == d))
+        if d < x.shape[0]:
+            out[d:, ..., cols] = x[:x.shape[0] - d, ..., cols]
+    return out
+
+
 def run_graph(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, *,
               dtype: torch.dtype = torch.float64, record: bool = False) -> GraphRun:
     """Run ``graph`` on time-first inputs ``(T, ...)`` (one per Input node name); see the module docstring."""
@@ -146,6 +168,8 @@ def run_graph(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, *
             x = preds[0] if len(preds) == 1 else torch.stack(preds).sum(0)
         if isinstance(node, LINEAR):
             run.values[name] = _linear(node, x)
+        elif isinstance(node, nir.Delay):
+            run.values[name] = _delay(name, node, x, dt)
         elif isinstance(node, NEURONS):
             run.values[name], v = _neuron(node, dt, x, record)
             if v is not None:

@@ -60,7 +60,7 @@ def test_affine_chain_product_and_bias():
                                 "out": nir.Output(output_type={"output": np.array([4])})},
                          edges=[("in", "V"), ("V", "U"), ("U", "n"), ("n", "out")], type_check=False)
     preds = {dst: [src] for src, dst in graph.edges}
-    source, weight, bias, count = _affine_chain(graph, "U", preds)  # from the edge into neuron n
-    assert (source, count) == ("in", 2)
+    source, weight, bias, count, lag = _affine_chain(graph, "U", preds, 1e-3)  # from the edge into neuron n
+    assert (source, count, lag) == ("in", 2, 0)
     np.testing.assert_allclose(weight, u_w @ v_w)
     np.testing.assert_allclose(bias, u_w @ v_b + u_b)

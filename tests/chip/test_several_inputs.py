@@ -87,5 +87,52 @@ def test_a_delay_beyond_the_chip_is_refused():
     nodes["output"] = nir.Output(output_type={"output": np.array([2])})
     edges += [("input", "skip"), ("skip", "L63"), ("L63", "output")]
     graph = normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
-    with pytest.raises(GraphError, match=r"node 'L63'.*needs delays of 63 steps; synapses delay at most 61"):
+    with pytest.raises(GraphError, match=r"node 'L63'.*needs a delay of 63 steps; synapses delay at most 61"):
+        lower(graph)
+
+
+def test_nir_delay_nodes_lower_to_synaptic_delays():
+    """input -> Delay(3 steps) -> Affine -> L, plus input -> Affine -> L: the delayed path lags by 3 steps."""
+    rng = np.random.default_rng(1)
+    nodes = {"input": nir.Input(input_type={"input": np.array([6])}), "d": nir.Delay(delay=np.full(6, 3 * DT)),
+             "fd": _affine(rng, 4, 6), "f": _affine(rng, 4, 6), "L": _lif(4, 1), "f2": _affine(rng, 3, 4),
+             "M": _lif(3, 2), "output": nir.Output(output_type={"output": np.array([3])})}
+    edges = [("input", "d"), ("d", "fd"), ("fd", "L"), ("input", "f"), ("f", "L"), ("L", "f2"), ("f2", "M"),
+             ("M", "output")]
+    graph = normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
+    chip = lower(graph)
+    delayed = [s for s in chip.synapses if s.lag]
+    assert [(s.delay, s.lag) for s in delayed] == [(3, 3)] and chip.depth == 2  # the lag does not deepen the pipeline
+    x = {"input": (np.random.default_rng(2).random((3, 20, 6)) < 0.3).astype(np.uint8)}
+    flt, eng, lav = simulate(graph, x["input"]), engine.run(chip, x), lava.run(chip, x)
+    for layer in eng.spikes:
+        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer])
+        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer])
+    agreement = compare(flt, eng, voltages=False).spike_agreement
+    assert agreement["L"] > 0.97 and agreement["M"] > 0.9  # M: 3 neurons, where every L difference shows
+    no_delay = normalize(nir.NIRGraph(nodes={**nodes, "d": nir.Delay(delay=np.zeros(6))}, edges=edges,
+                                      metadata={"dt": DT}, type_check=False))
+    assert not np.array_equal(simulate(no_delay, x["input"]).spikes["L"], flt.spikes["L"])  # the delay matters
+
+
+def test_a_delay_that_is_not_whole_steps_is_refused():
+    graph = normalize(nir.NIRGraph(nodes={
+        "input": nir.Input(input_type={"input": np.array([2])}), "d": nir.Delay(delay=np.full(2, 1.5 * DT)),
+        "f": nir.Affine(weight=np.ones((2, 2)), bias=np.zeros(2)), "L": _lif(2, 0),
+        "output": nir.Output(output_type={"output": np.array([2])})},
+        edges=[("input", "d"), ("d", "f"), ("f", "L"), ("L", "output")], metadata={"dt": DT}, type_check=False))
+    with pytest.raises(GraphError, match=r"node 'd', field 'delay'.*whole multiples of dt"):
+        lower(graph)
+
+
+def test_a_delay_after_a_neuron_layer_is_refused_with_the_reason():
+    rng = np.random.default_rng(3)
+    graph = normalize(nir.NIRGraph(nodes={
+        "input": nir.Input(input_type={"input": np.array([3])}), "f": _affine(rng, 3, 3), "L": _lif(3, 0),
+        "d": nir.Delay(delay=np.full(3, 2 * DT)), "g": _affine(rng, 2, 3), "M": _lif(2, 1),
+        "output": nir.Output(output_type={"output": np.array([2])})},
+        edges=[("input", "f"), ("f", "L"), ("L", "d"), ("d", "g"), ("g", "M"), ("M", "output")],
+        metadata={"dt": DT}, type_check=False))
+    simulate(graph, np.ones((1, 4, 3)))  # float runs it
+    with pytest.raises(GraphError, match=r"node 'M'.*Delay node after neuron layer 'L'.*next sample"):
         lower(graph)

@@ -209,8 +209,9 @@ MALFORMED = [
     ("cycle", _add_edge("readout", "fc2"), "fc2", "edges", "cycle through nodes fc2, readout"),
     ("zero tau", _set("lif1", "tau", np.array([1e-3, 0.0, 1e-3])), "lif1", "tau", "must be > 0"),
     ("negative r", _set("readout", "r", np.array(-1.0)), "readout", "r", "must be > 0"),
-    ("unsupported type", _add_node("conv", nir.Delay(delay=np.ones(3))), "conv", None,
-     "unsupported node type 'Delay': synaptic delays are not mapped yet; supported: Input, Output, Affine"),
+    ("unsupported type", _add_node("conv", nir.Threshold(threshold=np.ones(3))), "conv", None,
+     "unsupported node type 'Threshold': a stateless threshold has no neuron model here yet; supported: Input, "
+     "Output, Affine"),
     ("None node", _add_node("3", None), "3", None, "unsupported node type None"),
     ("string param", _set("lif1", "r", "fast"), "lif1", "r", "not a numeric array"),
     ("missing param", _set("lif1", "tau", None), "lif1", "tau", "missing"),

@@ -16,7 +16,8 @@ from st2chip.targets import engine, lava
 @st.composite
 def chip_graphs(draw):
     """1-3 layers, each 1-2 populations (decay groups) with their own du/dv/vth/bias; dense or CSR
-    synapses with both signs of exponent and sometimes extra delays, skip connections from the input;
+    synapses with both signs of exponent and sometimes extra delays (from the input, some of them graph-level
+    lags), skip connections from the input;
     random input spikes."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n_in = draw(st.integers(1, 12))
@@ -46,7 +47,7 @@ def chip_graphs(draw):
                 delay = int(rng.integers(1, 4)) if rng.random() < 0.3 else 0
                 syns.append(SynapseGroup(f"{src}->{pop.name}", src, pop.name, sp.csr_matrix(m) if sparse else m,
                                          exp=int(rng.integers(-8, 8)), form="sparse" if sparse else "dense",
-                                         delay=delay))
+                                         delay=delay, lag=int(rng.integers(0, delay + 1)) if src == "x" else 0))
         pops += layer_pops
         if readout:
             break
