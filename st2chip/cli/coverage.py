@@ -111,7 +111,7 @@ def status(kind: str) -> tuple[str, str]:
     how = {"Linear": "as an Affine with zero bias", "Flatten": "identity (signals are flat)",
            "NIRGraph": "flattened into its parent", "Affine": "synapse group (dense or CSR)",
            "Scale": "folded into its synapse group (a per-element gain)",
-           "Delay": "synaptic delay of its path (whole steps of dt, one per group)",
+           "Delay": "synaptic delay on a path from an Input (whole steps of dt); after a neuron layer: refused",
            "Input": "chip input port (spikes)", "Output": "what the backends report"}.get(kind, "neuron population")
     return "lowered to the chip", how
 
