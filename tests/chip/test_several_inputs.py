@@ -25,6 +25,15 @@ def _affine(rng, n_out: int, n_in: int) -> nir.Affine:
     return nir.Affine(weight=rng.normal(0.4, 0.5, (n_out, n_in)), bias=rng.normal(0, 0.05, n_out))
 
 
+def _float_and_chip(graph, chip, x):
+    """Float traces and engine traces, after checking the engine against Lava spike for spike and volt for volt."""
+    eng, lav = engine.run(chip, x), lava.run(chip, x)
+    for layer in eng.spikes:
+        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer])
+        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer])
+    return simulate(graph, x["input"]), eng
+
+
 def _diamond() -> nir.NIRGraph:
     """input -> A, input -> B; A and B (same depth) -> C by two paths each kind: Affine, and Scale -> Affine."""
     rng = np.random.default_rng(0)
@@ -44,11 +53,8 @@ def test_equal_depth_paths_map_and_engine_equals_lava():
     assert chip.report["layers"]["C"]["source"] == ["A", "B"]
     assert {s.source.split("/")[0] for s in chip.synapses if s.target.startswith("C")} == {"A", "B"}
     x = {"input": (np.random.default_rng(4).random((3, 25, 10)) < 0.3).astype(np.uint8)}
-    flt, eng, lav = simulate(graph, x["input"]), engine.run(chip, x), lava.run(chip, x)
+    flt, eng = _float_and_chip(graph, chip, x)
     assert flt.spikes["C"].sum() > 0
-    for layer in eng.spikes:
-        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer])
-        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer])
     assert min(compare(flt, eng, voltages=False).spike_agreement.values()) > 0.97
 
 
@@ -67,11 +73,8 @@ def test_paths_of_different_depth_are_aligned_with_delays():
     assert chip.report["layers"]["L3"]["delays"] == {"input": 2}
     assert chip.depth == 3
     x = {"input": (np.random.default_rng(5).random((3, 25, 6)) < 0.3).astype(np.uint8)}
-    flt, eng, lav = simulate(graph, x["input"]), engine.run(chip, x), lava.run(chip, x)
+    flt, eng = _float_and_chip(graph, chip, x)
     assert flt.spikes["L3"].sum() > 0
-    for layer in eng.spikes:
-        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer])
-        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer])
     assert min(compare(flt, eng, voltages=False).spike_agreement.values()) > 0.97
 
 
@@ -104,10 +107,7 @@ def test_nir_delay_nodes_lower_to_synaptic_delays():
     delayed = [s for s in chip.synapses if s.lag]
     assert [(s.delay, s.lag) for s in delayed] == [(3, 3)] and chip.depth == 2  # the lag does not deepen the pipeline
     x = {"input": (np.random.default_rng(2).random((3, 20, 6)) < 0.3).astype(np.uint8)}
-    flt, eng, lav = simulate(graph, x["input"]), engine.run(chip, x), lava.run(chip, x)
-    for layer in eng.spikes:
-        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer])
-        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer])
+    flt, eng = _float_and_chip(graph, chip, x)
     agreement = compare(flt, eng, voltages=False).spike_agreement
     assert agreement["L"] > 0.97 and agreement["M"] > 0.9  # M: 3 neurons, where every L difference shows
     no_delay = normalize(nir.NIRGraph(nodes={**nodes, "d": nir.Delay(delay=np.zeros(6))}, edges=edges,
