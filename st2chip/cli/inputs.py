@@ -214,11 +214,29 @@ def digits_inputs(graph: nir.NIRGraph, samples: int, steps: int) -> RunInputs:
     return RunInputs({name: spikes}, test.y[:samples], "the digits test split")
 
 
+def mnist1d_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) -> RunInputs:
+    """The MNIST-1D test split, thermometer-coded as a sequence model reads it, with labels."""
+    from st2chip.learn.data import load_mnist1d_split, sequence_encode
+
+    sizes = input_sizes(graph)
+    if len(sizes) != 1:
+        raise InputError(f"the graph has {len(sizes)} Input nodes; the MNIST-1D data feed exactly one "
+                         f"(give --inputs FILE.npz with one array per input)")
+    (name, levels), = sizes.items()
+    _, test = load_mnist1d_split()
+    spikes = sequence_encode(test.x, levels).numpy().transpose(1, 0, 2).astype(np.uint8)
+    return limit(RunInputs({name: spikes}, test.y, "the MNIST-1D test split"), samples, steps)
+
+
 def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, steps: int | None) -> RunInputs:
-    """``--inputs`` when given (``--steps`` defaults to its T), else the whole digits test split
-    (``--steps`` or the graph's metadata); ``samples`` keeps the first ones."""
+    """``--inputs`` when given (``--steps`` defaults to its T); else, for a graph whose metadata says
+    ``encoding: sequence`` (an MNIST-1D model), the MNIST-1D test split; else the whole digits test
+    split (``--steps`` or the graph's metadata). ``samples`` keeps the first ones."""
+    metadata = graph.metadata if isinstance(graph.metadata, dict) else {}
     if path is not None:
         inputs = limit(load_inputs(path, graph), samples, steps)
+    elif metadata.get("encoding") == "sequence":
+        inputs = mnist1d_inputs(graph, samples, steps)
     else:
         origin = "the digits inputs (--steps)"
         if steps is None:

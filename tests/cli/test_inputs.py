@@ -179,3 +179,19 @@ def test_lowering_errors_name_the_file_and_tau_below_dt_names_the_remedy(tmp_pat
     code, _, err = _run(capsys, "map", tmp_path / "reset.nir", "--dt", "1e-2")  # tau = 2 ms < dt
     assert code == 2 and "--dt" in err and "tau" in err
     assert "st2chip: warning:" in err and "--dt" in err.splitlines()[0]
+
+
+def test_a_sequence_model_runs_on_the_mnist1d_test_split_by_default(tmp_path, capsys):
+    import torch
+
+    from st2chip.converters.mlp import mlp_to_nir
+    from st2chip.graph.nirfile import write_nir
+    from st2chip.learn.mlp import MLPConfig, SpikingMLP
+
+    torch.manual_seed(0)
+    model = SpikingMLP(MLPConfig(sizes=[16, 8, 10], steps=40, encoding="sequence"))
+    path = write_nir(mlp_to_nir(model), tmp_path / "seq.nir")
+    assert nir.read(path).metadata["encoding"] == "sequence"
+    code, out, err = _run(capsys, "simulate", path, "--backend", "float", "--samples", "50")
+    assert code == 0, err
+    assert "50 samples x 40 steps from the MNIST-1D test split" in out and "accuracy" in out
