@@ -68,19 +68,15 @@ class _Layer:
 
 
 def _read_neuron(name: str, node: nir.NIRNode, dt: float) -> _Layer:
+    if isinstance(node, SPIKING) and np.any(node.v_reset != 0):
+        raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
     if isinstance(node, nir.LIF):
         ratio = dt / node.tau
-        if np.any(node.v_reset != 0):
-            raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
         return _Layer(name, 1 - ratio, ratio * node.r, (ratio * node.v_leak), node.v_threshold, True)
     if isinstance(node, nir.IF):
-        if np.any(node.v_reset != 0):
-            raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
         n = node.r.size
         return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), node.v_threshold, True)
     if isinstance(node, nir.CubaLIF):
-        if np.any(node.v_reset != 0):
-            raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
         g_syn, g_mem = dt / node.tau_syn, dt / node.tau_mem
         gain = g_mem * node.r * g_syn * node.w_in  # input -> chip current u (which the chip adds to v)
         return _Layer(name, 1 - g_mem, gain, g_mem * node.v_leak, node.v_threshold, True, beta_u=1 - g_syn,

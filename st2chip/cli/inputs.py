@@ -190,15 +190,20 @@ def limit(inputs: RunInputs, samples: int | None, steps: int | None) -> RunInput
 _DIGITS_TEST_SIZE = 360  # samples in the digits test split (an upper bound for the run check)
 
 
+def _only_input(graph: nir.NIRGraph, data: str) -> tuple[str, int]:
+    """Name and size of the graph's one Input node, which a built-in data set feeds."""
+    sizes = input_sizes(graph)
+    if len(sizes) != 1:
+        raise InputError(f"the graph has {len(sizes)} Input nodes; the {data} data feed exactly one "
+                         f"(give --inputs FILE.npz with one array per input)")
+    return next(iter(sizes.items()))
+
+
 def digits_inputs(graph: nir.NIRGraph, samples: int, steps: int) -> RunInputs:
     """Rate-coded digits test samples ``(B, T, 64)`` for the graph's one input, with labels."""
     from st2chip.learn.data import load_digits_split, rate_encode
 
-    sizes = input_sizes(graph)
-    if len(sizes) != 1:
-        raise InputError(f"the graph has {len(sizes)} Input nodes; the digits data feed exactly one "
-                         f"(give --inputs FILE.npz with one array per input)")
-    (name, size), = sizes.items()
+    name, size = _only_input(graph, "digits")
     _, test = load_digits_split()
     if size != test.x.shape[1]:
         raise InputError(f"input node '{name}' takes {size} values; the digits data set has "
@@ -218,11 +223,7 @@ def mnist1d_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) 
     """The MNIST-1D test split, thermometer-coded as a sequence model reads it, with labels."""
     from st2chip.learn.data import load_mnist1d_split, sequence_encode
 
-    sizes = input_sizes(graph)
-    if len(sizes) != 1:
-        raise InputError(f"the graph has {len(sizes)} Input nodes; the MNIST-1D data feed exactly one "
-                         f"(give --inputs FILE.npz with one array per input)")
-    (name, levels), = sizes.items()
+    name, levels = _only_input(graph, "MNIST-1D")
     _, test = load_mnist1d_split()
     spikes = sequence_encode(test.x, levels).numpy().transpose(1, 0, 2).astype(np.uint8)
     return limit(RunInputs({name: spikes}, test.y, "the MNIST-1D test split"), samples, steps)

@@ -39,7 +39,7 @@ import torch
 
 from st2chip import limits
 from st2chip.errors import InputError
-from st2chip.graph.nirfile import read_graph
+from st2chip.graph.nirfile import one_line, read_graph
 from st2chip.graph.simulate import run_graph
 
 MANIFEST = "manifest.json"
@@ -53,10 +53,6 @@ MAX_IMAGE_SIZE = 4096
 MAX_CHANNELS = 4096
 MAX_MANIFEST_BYTES = 16 * 2**20
 MAX_PART_BYTES = 2**31  # onnxruntime's protobuf limit; a NIR part is never near it
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and its message with whitespace collapsed."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------
