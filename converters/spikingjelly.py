@@ -56,10 +56,14 @@ a division by ``tau``), so a voltage within float32 rounding (~1e-7 relative) of
 the threshold can fall on the other side; a shifted threshold (1.) adds one
 more rounding. Exact ties in float64 are reproduced (2.).
 
+Soft reset (``v_reset=None``: ``V = H - S v_threshold``, ``V`` starting at 0),
+which SpikingJelly's export refuses (``NIR does not distinguish soft reset``), is
+st2chip's reset by subtraction: :func:`to_nir` exports a copy of those neurons
+with ``v_reset = 0`` (the same charge, which leaks towards 0 either way) and marks
+their nodes ``metadata["reset"] = "subtract"`` (:mod:`st2chip.graph.reading`).
+
 :func:`to_nir` refuses with :class:`~st2chip.errors.InputError`, naming the
-layer, what has no faithful NIR/st2chip form: soft reset (``v_reset=None``,
-which the export also refuses, ``NIR does not distinguish soft reset``),
-subclasses of the exported neurons (the export maps exact types, and a subclass
+layer, what has no faithful NIR/st2chip form: subclasses of the exported neurons (the export maps exact types, and a subclass
 may change the update), and modules the export or canonical NIR cannot carry
 (convolution, pooling, dropout, other neurons). Surrogate functions and
 ``detach_reset`` only change gradients and are ignored.
@@ -149,14 +153,16 @@ def repair(graph: nir.NIRGraph, dt: float = DEFAULT_DT, *,
     return out, notes
 
 
-def _check_model(model: Any) -> list[str]:
-    """Refuse modules without a faithful NIR/st2chip form; notes on what is converted knowingly."""
+def _check_model(model: Any) -> tuple[list[str], list[str]]:
+    """Refuse modules without a faithful NIR/st2chip form; notes on what is converted knowingly, and the
+    names of the soft-reset neurons."""
     import torch.nn as nn
     from spikingjelly.activation_based import layer, neuron
 
     neurons = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode, neuron.CUBALIFNode)
     plain = (nn.Linear, layer.Linear, nn.Flatten, layer.Flatten)
     notes: list[str] = []
+    soft: list[str] = []
     inside: list[str] = []  # neurons: their submodules (surrogate functions) only shape gradients
     for name, module in model.named_modules():
         if any(name.startswith(f"{outer}.") for outer in inside):
@@ -170,8 +176,8 @@ def _check_model(model: Any) -> list[str]:
         if type(module) in neurons:
             inside.append(name)
             if module.v_reset is None:
-                raise InputError(f"{label}: soft reset (v_reset=None, v -= v_threshold on a spike) has no NIR form "
-                                 "(NIR and the chip reset to v_reset); use a hard reset, e.g. v_reset=0.0")
+                soft.append(name)
+                notes.append(f"{label}: soft reset (v -= v_threshold on a spike) exported as reset by subtraction")
             if getattr(module, "_neuron_precision", None) is not None:
                 raise InputError(f"{label}: reduced neuron precision {module._neuron_precision} cannot be "
                                  "reproduced by st2chip's float reading; convert the model back to fp32 first")
@@ -188,7 +194,7 @@ def _check_model(model: Any) -> list[str]:
         raise InputError(f"{label}: not supported (SpikingJelly's NIR export maps Linear, Conv, AvgPool2d, Flatten, "
                          "IFNode, LIFNode, ParametricLIFNode, CUBALIFNode; st2chip takes Linear, Flatten and those "
                          "neurons)")
-    return notes
+    return notes, soft
 
 
 def to_nir(model: Any, sample: Any, *, dt: float | None = None, steps: int | None = None,
@@ -202,12 +208,22 @@ def to_nir(model: Any, sample: Any, *, dt: float | None = None, steps: int | Non
     from spikingjelly.activation_based.nir_exchange import export_to_nir
 
     dt = DEFAULT_DT if dt is None else float(dt)
-    notes = _check_model(model)
+    notes, soft = _check_model(model)
     sample = torch.as_tensor(sample, dtype=torch.float32) if not isinstance(sample, torch.Tensor) else sample
+    if soft:  # the export refuses v_reset=None: export a copy with v_reset = 0, mark the nodes afterwards
+        model = copy.deepcopy(model)
+        for name in soft:
+            model.get_submodule(name).v_reset = 0.0
     try:
         raw = export_to_nir(model, sample, dt=dt)
     except Exception as exc:  # the export's own errors are KeyError/TraceError/ValueError...: one clear line
         raise InputError(f"SpikingJelly's export_to_nir failed: {type(exc).__name__}: {exc}") from exc
     notes.append(f"exported with spikingjelly.activation_based.nir_exchange.export_to_nir (dt = {dt:g} s)")
+    for name in soft:
+        node = raw.nodes.get(f"_{name.replace('.', '_')}")
+        if node is None:
+            raise InputError(f"layer '{name}': its node is missing from SpikingJelly's export, so its soft reset "
+                             f"cannot be marked")
+        node.metadata = {**(node.metadata or {}), "reset": "subtract"}
     graph, repair_notes = repair(raw, dt, threshold_ge=threshold_ge)
     return finish(graph, dt=dt, steps=steps, notes=notes + repair_notes, producer="spikingjelly")

@@ -19,6 +19,9 @@ integer state (int64), exactly as Lava's ``PyLifModelBitAcc`` with ``Dense`` /
   matrix product, CSR groups (pruned weights) a sparse one, and on CPU at low
   spike rates (below :data:`EVENT_RATE`) dense groups gather the weight rows of
   the sources that spiked (event-driven), decided per step;
+- reset to zero, or by subtraction of the threshold for ``reset="subtract"``
+  populations; feedback (recurrent) groups read the spikes of the step before,
+  like every group;
 - timing as Lava's: every synapse group delays spikes by one step; a population
   at depth ``d`` ignores its input and keeps zero state until the sample's first
   input reaches it (global step ``d + 1``).
@@ -145,6 +148,8 @@ class Engine:
         self.vth = per_neuron([np.full(p.size, p.vth << ACT_SHIFT) for p in pops])
         self.bias = per_neuron([p.bias for p in pops])
         self.depth = per_neuron([np.full(p.size, depths[p.name]) for p in pops])
+        self.subtract = per_neuron([np.full(p.size, p.reset == "subtract") for p in pops]).bool()
+        self.any_subtract = bool(self.subtract.any())
         # shortcuts that skip whole passes, exact by construction:
         self.u_forgets = bool((self.decay_u == 0).all())        # du = 4095 everywhere: u = a
         self.v_keeps = bool((self.decay_v == 1 << DECAY_SHIFT).all())  # dv = 0 everywhere: no leak
@@ -237,7 +242,10 @@ class Engine:
                 fired = (v > self.vth) & active
             else:
                 fired = v > self.vth
-            v.masked_fill_(fired, 0)
+            if self.any_subtract:
+                v = torch.where(fired, torch.where(self.subtract, v - self.vth, 0), v)
+            else:
+                v.masked_fill_(fired, 0)
             prev_spikes, spikes = spikes, fired
             rec_s[g - 1] = fired
             if rec_v is not None:

@@ -3,7 +3,12 @@
 One network is built and compiled once for a batch of samples; the samples are
 fed one after another from a ``RingBuffer`` source, each in a window of
 ``steps + depth`` time steps, and every population is a ``LIFReset`` whose state
-is zeroed at the step the sample's first input reaches it. Spikes and voltages
+is zeroed at the step the sample's first input reaches it. Populations that
+Lava's LIF cannot express run st2chip's own neuron model
+(:mod:`.lava_neuron`): reset by subtraction, and the sources of recurrent
+(feedback) or lagged groups, which stay silent in the last steps of each window
+(:meth:`~st2chip.chip.chipgraph.ChipGraph.quiet_steps`) so that none of a
+sample's spikes reaches the next sample. Spikes and voltages
 are recorded with ``Monitor`` processes and cut back into per-sample windows.
 
 The simulation runs in a child process in its own process group
@@ -34,13 +39,17 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
     from lava.proc.sparse.process import DelaySparse, Sparse
     from lava.utils.weightutils import SignMode
 
+    from .lava_neuron import CubaNeuron
+
     depths = chip.depths()
+    quiet = chip.quiet_steps()
     procs = {name: RingBuffer(data=data) for name, data in source_data.items()}
     for pop in chip.populations:
-        procs[pop.name] = LIFReset(
-            shape=(pop.size,), du=pop.du, dv=pop.dv, vth=pop.vth, bias_mant=pop.bias_mant,
-            bias_exp=pop.bias_exp, reset_interval=window, reset_offset=(1 + depths[pop.name]) % window,
-            name=pop.name)
+        common = dict(shape=(pop.size,), du=pop.du, dv=pop.dv, vth=pop.vth, bias_mant=pop.bias_mant,
+                      bias_exp=pop.bias_exp, reset_interval=window, reset_offset=(1 + depths[pop.name]) % window,
+                      name=pop.name)
+        procs[pop.name] = (CubaNeuron(**common, reset_mode=pop.reset, quiet=quiet.get(pop.name, 0))
+                           if pop.reset != "zero" or pop.name in quiet else LIFReset(**common))
     for syn in chip.synapses:
         weights = 2 * syn.mantissa
         kwargs = dict(weight_exp=syn.exp, num_weight_bits=8, sign_mode=SignMode.MIXED, name=syn.name)
@@ -80,6 +89,7 @@ def _import_lava() -> None:
     import lava.proc.monitor.process  # noqa: F401
     import lava.proc.sparse.models  # noqa: F401
     import lava.proc.sparse.process  # noqa: F401
+    from . import lava_neuron  # noqa: F401 - st2chip's neuron process and its model
 
 
 def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, total: int,

@@ -36,6 +36,7 @@ class Comparison:
     exact: bool
     first_divergence: Divergence | None
     prediction_agreement: float
+    readout_error: dict[str, float] = field(default_factory=dict)  # relative error of b's readout voltages
 
     @property
     def overall_spike_agreement(self) -> float:
@@ -86,6 +87,8 @@ class VerifyReport:
                          + (" (exact)" if c.exact else ""))
             for layer, agree in c.spike_agreement.items():
                 lines.append(f"  {layer:<16} {100 * agree:8.3f} %")
+            for layer, err in c.readout_error.items():
+                lines.append(f"  {layer:<16} readout relative error {100 * err:.3f} %")
             if c.first_divergence is not None:
                 d = c.first_divergence
                 lines.append(f"  first divergence: layer '{d.layer}', step {d.step}, sample {d.sample}, "
@@ -104,8 +107,14 @@ def _first_difference(diff: np.ndarray) -> tuple[int, int, int] | None:
     return int(t[k]), int(b[k]), int(n[k])
 
 
-def compare(a: Traces, b: Traces, *, voltages: bool) -> Comparison:
-    """Per-layer spike agreement of ``b`` with ``a``; voltages too when both are fixed-point."""
+def compare(a: Traces, b: Traces, *, voltages: bool, units: dict[str, np.ndarray] | None = None) -> Comparison:
+    """Per-layer spike agreement of ``b`` with ``a``; voltages too when both are fixed-point.
+
+    ``units`` (readout layer -> per-neuron chip voltage per float unit, see
+    :meth:`~st2chip.chip.chipgraph.ChipGraph.voltage_units`) adds the relative
+    error ``||v_b / unit - v_a|| / ||v_a||`` of each readout layer's voltages
+    over all steps, for float ``a`` against chip ``b``.
+    """
     agreement, first = {}, None
     exact = True
     for layer in a.spikes:
@@ -126,11 +135,18 @@ def compare(a: Traces, b: Traces, *, voltages: bool) -> Comparison:
     else:
         exact = exact and np.array_equal(a.predictions(), b.predictions())
     pred = float(np.mean(a.predictions() == b.predictions()))
-    return Comparison(a.backend, b.backend, agreement, exact, first, pred)
+    readout = {}
+    for layer, unit in (units or {}).items():
+        if layer in a.voltages and layer in b.voltages:
+            va, vb = np.asarray(a.voltages[layer], np.float64), b.voltages[layer] / unit
+            norm = float(np.linalg.norm(va))
+            readout[layer] = float(np.linalg.norm(vb - va) / norm) if norm else float(np.linalg.norm(vb))
+    return Comparison(a.backend, b.backend, agreement, exact, first, pred, readout)
 
 
 def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: float = 2.0,
-           min_agreement: float = 95.0, cross_checks: tuple[Traces, ...] = ()) -> VerifyReport:
+           min_agreement: float = 95.0, cross_checks: tuple[Traces, ...] = (),
+           units: dict[str, np.ndarray] | None = None) -> VerifyReport:
     """Compare backends (float→first chip backend, chip→chip) and check the result.
 
     ``cross_checks`` are chip backends run on the first samples only (Lava on a
@@ -138,14 +154,14 @@ def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: 
     chip backend on those samples. Checks: the chip backends agree exactly; the
     first chip backend's accuracy is at most ``max_drop`` points below float
     (when ``labels`` are given); float-vs-chip spike agreement is at least
-    ``min_agreement`` percent.
+    ``min_agreement`` percent. ``units`` adds the readouts' relative error (see :func:`compare`).
     """
     accuracy = {t.backend: t.accuracy(labels) for t in traces} if labels is not None else {}
     report = VerifyReport(samples=traces[0].samples, accuracy=accuracy)
     floats = [t for t in traces if t.backend == "float"]
     chips = [t for t in traces if t.backend != "float"]
     if floats and chips:
-        report.comparisons.append(compare(floats[0], chips[0], voltages=False))
+        report.comparisons.append(compare(floats[0], chips[0], voltages=False, units=units))
     for other in chips[1:]:
         report.comparisons.append(compare(chips[0], other, voltages=True))
     for other in cross_checks:

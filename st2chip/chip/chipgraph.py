@@ -73,12 +73,15 @@ class Population:
         v &\leftarrow \operatorname{clip}\big(\operatorname{trunc}(v\,(4096 - dv) / 2^{12}) + u
               + (b_m \ll b_e),\ \pm(2^{23}-1)\big) \\
         s &= [\,v > (v_{th} \ll 6)\,], \qquad v \leftarrow 0 \text{ where } s
+            \quad (\texttt{reset="subtract"}:\ v \leftarrow v - (v_{th} \ll 6))
 
     ``du``, ``dv`` are unsigned 12 bit, ``vth`` unsigned 17 bit, ``bias_mant``
     signed 13 bit and ``bias_exp`` unsigned 3 bit per neuron (trunc rounds
     toward zero; u wraps modulo 2^24). ``layer`` names the NIR node it came from
     and ``index`` the positions of its neurons in that layer. A ``readout``
-    population never sends spikes; its voltage is the layer's output.
+    population never sends spikes; its voltage is the layer's output. Lava's own
+    ``LIF`` resets to zero; a ``reset="subtract"`` population needs st2chip's
+    neuron model (:mod:`st2chip.targets.lava_neuron`, Loihi 2's programmable neuron).
     """
 
     name: str
@@ -90,6 +93,7 @@ class Population:
     bias_mant: np.ndarray
     bias_exp: np.ndarray
     readout: bool = False
+    reset: Literal["zero", "subtract"] = "zero"
 
     def __post_init__(self) -> None:
         rec = f"population '{self.name}'"
@@ -102,6 +106,8 @@ class Population:
                                     ("bias_exp", self.bias_exp, *BIAS_EXP_RANGE)):
             _check_int_range(rec, name, value, lo, hi)
         self.du, self.dv, self.vth = int(self.du), int(self.dv), int(self.vth)
+        if self.reset not in ("zero", "subtract"):
+            raise ChipRangeError(f"{rec}: field 'reset' must be 'zero' or 'subtract', got {self.reset!r}")
 
     @property
     def size(self) -> int:
@@ -127,9 +133,9 @@ class SynapseGroup:
     (Lava's ``DelayDense`` / ``DelaySparse``; 0 to :data:`DELAY_MAX`): to align
     paths of different depth into one population, and ``lag`` of it because the
     graph itself delays the signal (``nir.Delay``). Only ``delay - lag`` counts
-    towards the pipeline depth. Lava runs samples back to back, so a lag is only
-    exact from an input port (whose spikes stop with the sample); lowering puts
-    lags there alone.
+    towards the pipeline depth. A ``feedback`` group is a recurrent connection (a layer to
+    itself or to an earlier layer): it does not count towards depths, and its
+    source reaches the target one step later (plus the depth between them).
     """
 
     name: str
@@ -141,6 +147,7 @@ class SynapseGroup:
     error: float = 0.0
     delay: int = 0
     lag: int = 0
+    feedback: bool = False
 
     def __post_init__(self) -> None:
         rec = f"synapse group '{self.name}'"
@@ -153,6 +160,8 @@ class SynapseGroup:
         _check_int_range(rec, "delay", self.delay, 0, DELAY_MAX)
         _check_int_range(rec, "lag", self.lag, 0, self.delay)
         self.delay, self.lag = int(self.delay), int(self.lag)
+        if self.feedback and self.delay:
+            raise ChipRangeError(f"{rec}: a feedback group takes no extra delay (got delay {self.delay})")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -218,15 +227,31 @@ class ChipGraph:
         while remaining:
             progressed = False
             for pop in list(remaining):
-                groups = self.incoming(pop.name)
+                groups = [s for s in self.incoming(pop.name) if not s.feedback]
                 if all(s.source in depth for s in groups):
                     depth[pop.name] = max((depth[s.source] + 1 + s.delay - s.lag for s in groups), default=1)
                     remaining.remove(pop)
                     progressed = True
             if not progressed:
-                raise ChipRangeError("ChipGraph: recurrent connections are not supported yet: "
+                raise ChipRangeError("ChipGraph: a cycle of synapse groups not marked feedback through "
                                      + ", ".join(p.name for p in remaining))
         return {p.name: depth[p.name] for p in self.populations}
+
+    def quiet_steps(self) -> dict[str, int]:
+        """Steps at the end of each sample in which a population must not send spikes, when samples run
+        back to back (as on Lava): those that a feedback group or a lag would carry into the next sample.
+
+        A population at depth ``d_t`` starts a sample at its window's first step
+        and reads a feedback source (depth ``d_s >= d_t``) of ``1 + d_s - d_t``
+        steps before, and a lagged source ``lag`` steps before its aligned step.
+        """
+        depths = self.depths()
+        quiet: dict[str, int] = {}
+        for s in self.synapses:
+            need = 1 + depths[s.source] - depths[s.target] if s.feedback else s.lag
+            if need > 0 and s.source in depths:
+                quiet[s.source] = max(quiet.get(s.source, 0), need)
+        return quiet
 
     @property
     def depth(self) -> int:
@@ -245,3 +270,12 @@ class ChipGraph:
 
     def readout_layers(self) -> list[str]:
         return list(dict.fromkeys(p.layer for p in self.populations if p.readout))
+
+    def voltage_units(self, layer: str) -> np.ndarray:
+        """Per neuron of ``layer``: chip voltage per unit of the float voltage divided by its threshold
+        (``64 x`` its population's scale; lowering records it). A readout's float voltage is chip / unit."""
+        units = self.report.get("layers", {}).get(layer, {}).get("voltage_unit", {})
+        out = np.ones(self.layer_size(layer))
+        for p in self.layer_populations(layer):
+            out[p.index] = units.get(p.name, 1.0)
+        return out

@@ -9,8 +9,18 @@ Steps, each measured in ``ChipGraph.report``:
    the chip's ``u``: :math:`u \leftarrow \beta_u u + g\,W x`, :math:`v \leftarrow \beta v + u`
    with :math:`\beta_u = 1 - dt/\tau_{syn}` (Lava's ``du = 4095 - 4096 \beta_u``),
    :math:`g = (dt/\tau_{mem})\, r\, (dt/\tau_{syn})\, w_{in}`; its Affine bias becomes the
-   voltage bias it settles to, :math:`g b / (1 - \beta_u)`. Chains of
-   Affine nodes (a DSP low-rank layer exported as U then V) are multiplied out.
+   voltage bias it settles to, :math:`g b / (1 - \beta_u)`. Every chain of linear
+   nodes between two neuron layers (Affine, Scale, Conv1d/Conv2d, SumPool2d,
+   AvgPool2d, Flatten; a DSP low-rank layer exported as U then V) is multiplied
+   out into one matrix, biases carried through (:mod:`st2chip.graph.linear`).
+   Several paths into one layer become one synapse group per (source, delay);
+   shorter paths get synaptic delays so that every path arrives when the float
+   graph adds it. A recurrent path (through a back edge, see
+   :mod:`st2chip.graph.reading`) keeps the one-step delay every synapse has: a
+   layer feeding itself sees its spikes of the step before, as NIR reads it;
+   feedback to an earlier layer arrives later than that, by the pipeline depth
+   between the two layers (reported, with a :class:`FeedbackLatencyWarning`).
+   Reset by subtraction (``metadata["reset"]``) is kept per population.
 2. **Threshold folding.** Lava's LIF has one threshold per process, sLIF one per
    neuron. Dividing neuron :math:`i`'s incoming weights and bias by
    :math:`\theta_i` gives threshold 1 with identical spikes (exact for reset to
@@ -37,10 +47,12 @@ import scipy.sparse as sp
 from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, DELAY_MAX, VTH_MAX,
                                     WEIGHT_EXP_RANGE, ChipGraph, InputPort, Population, SynapseGroup)
 from st2chip.errors import GraphError, St2chipWarning
-from st2chip.graph.simulate import delay_steps
+from st2chip import limits
+from st2chip.graph import linear
+from st2chip.graph.reading import back_edges, delay_steps, reset_mode
 
 SPIKING = (nir.LIF, nir.IF, nir.CubaLIF)
-READOUT = (nir.LI, nir.I)
+READOUT = (nir.LI, nir.CubaLI, nir.I)
 NEURONS = SPIKING + READOUT
 MANT_FULL = 254          # largest even weight value 2*m with m = 127
 MAX_SCALE = 4096         # cap on vth: leaves 2^5 headroom for v below 2^23
@@ -51,6 +63,10 @@ WEIGHT_ERROR_WARN = 0.05 # a layer whose relative weight error exceeds 5 % is re
 
 class QuantizationWarning(St2chipWarning):
     """Lowering kept the graph but its fixed-point weights are far from the float ones."""
+
+
+class FeedbackLatencyWarning(St2chipWarning):
+    """A recurrent connection to an earlier layer reaches it later on the chip than in NIR's reading."""
 
 
 @dataclass
@@ -65,22 +81,27 @@ class _Layer:
     spiking: bool
     beta_u: np.ndarray | None = None  # synaptic-current decay (CubaLIF); None: the current forgets at once
     bias_gain: np.ndarray | None = None  # how an Affine bias reaches v (CubaLIF: its steady state)
+    reset: str = "zero"
 
 
 def _read_neuron(name: str, node: nir.NIRNode, dt: float) -> _Layer:
-    if isinstance(node, SPIKING) and np.any(node.v_reset != 0):
-        raise GraphError("the chip resets to 0; nonzero v_reset cannot be lowered", node=name, field="v_reset")
+    reset = reset_mode(name, node) if isinstance(node, SPIKING) else "zero"
+    if isinstance(node, SPIKING) and reset == "zero" and np.any(node.v_reset != 0):
+        raise GraphError("the chip resets to 0 (or by subtraction, metadata reset = 'subtract'); nonzero v_reset "
+                         "cannot be lowered", node=name, field="v_reset")
     if isinstance(node, nir.LIF):
         ratio = dt / node.tau
-        return _Layer(name, 1 - ratio, ratio * node.r, (ratio * node.v_leak), node.v_threshold, True)
+        return _Layer(name, 1 - ratio, ratio * node.r, (ratio * node.v_leak), node.v_threshold, True, reset=reset)
     if isinstance(node, nir.IF):
         n = node.r.size
-        return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), node.v_threshold, True)
-    if isinstance(node, nir.CubaLIF):
+        return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), node.v_threshold, True, reset=reset)
+    if isinstance(node, (nir.CubaLIF, nir.CubaLI)):
         g_syn, g_mem = dt / node.tau_syn, dt / node.tau_mem
         gain = g_mem * node.r * g_syn * node.w_in  # input -> chip current u (which the chip adds to v)
-        return _Layer(name, 1 - g_mem, gain, g_mem * node.v_leak, node.v_threshold, True, beta_u=1 - g_syn,
-                      bias_gain=gain / g_syn)
+        spiking = isinstance(node, nir.CubaLIF)
+        return _Layer(name, 1 - g_mem, gain, g_mem * node.v_leak,
+                      node.v_threshold if spiking else np.ones(node.r.size), spiking, beta_u=1 - g_syn,
+                      bias_gain=gain / g_syn, reset=reset)
     if isinstance(node, nir.LI):
         ratio = dt / node.tau
         return _Layer(name, 1 - ratio, ratio * node.r, ratio * node.v_leak, np.ones(node.r.size), False)
@@ -91,8 +112,8 @@ def _read_neuron(name: str, node: nir.NIRNode, dt: float) -> _Layer:
 
 
 def _not_lowered(name: str, node: nir.NIRNode) -> GraphError:
-    return GraphError(f"cannot lower node type {type(node).__name__}: only LIF, IF, LI and I neurons are mapped "
-                      f"to the chip so far (the float simulation runs it)", node=name)
+    return GraphError(f"cannot lower node type {type(node).__name__}: only LIF, CubaLIF, IF, LI, CubaLI and I "
+                      f"neurons are mapped to the chip (the float simulation runs it)", node=name)
 
 
 def _decay_groups(dv: np.ndarray, groups: int) -> np.ndarray:
@@ -143,25 +164,40 @@ def _scale_parts(index: np.ndarray, w_fold: np.ndarray) -> tuple[np.ndarray, np.
     return index[~outlier], index[outlier]
 
 
-def _affine_chain(graph: nir.NIRGraph, start: str, preds: dict[str, list[str]], dt: float
-                  ) -> tuple[str, np.ndarray | None, np.ndarray | None, int, int]:
-    """Walk back from node ``start`` (included) through Affine/Scale/Flatten/Delay nodes to a neuron or Input.
+@dataclass
+class _Path:
+    """One chain of linear nodes from a source (Input or neuron) into a neuron layer, multiplied out."""
 
-    Returns the source's name, the product weight and bias of the chain
-    (``None`` when the chain holds no Affine or Scale), how many Affines it held
-    and the steps its Delay nodes hold the signal.
-    """
-    weight: np.ndarray | None = None
+    source: str
+    weight: sp.csr_matrix | None  # None: the chain holds no weights (only Flatten / Delay)
+    bias: np.ndarray | None
+    affines: int  # Affine nodes on the chain (more than one: a low-rank U·V product)
+    lag: int  # steps the chain's Delay nodes hold the signal
+    recurrent: bool  # the chain crosses a back edge
+    kinds: tuple[str, ...]  # node types on the chain, source side first
+
+
+def _chain(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[str]], back: set,
+           dt: float) -> _Path:
+    """Walk back from node ``start`` (which feeds ``target``) through linear nodes to a neuron or Input."""
+    weight: sp.csr_matrix | None = None
     bias: np.ndarray | None = None
     count = lag = 0
+    recurrent = (start, target) in back
+    kinds: list[str] = []
     name = start
     while True:
         node = graph.nodes[name]
-        if isinstance(node, (nir.Affine, nir.Scale)):
-            w = node.weight if isinstance(node, nir.Affine) else np.diag(node.scale)
-            b = node.bias if isinstance(node, nir.Affine) else np.zeros(w.shape[0])
-            weight, bias = (w.copy(), b.copy()) if weight is None else (weight @ w, bias + weight @ b)
+        if isinstance(node, (nir.Affine, nir.Scale, *linear.SPATIAL)):
+            if isinstance(node, nir.Affine):
+                w, b = sp.csr_matrix(node.weight), node.bias
+            elif isinstance(node, nir.Scale):
+                w, b = sp.diags(node.scale, format="csr"), np.zeros(node.scale.size)
+            else:
+                w, b = linear.as_matrix(name, node, tuple(int(d) for d in node.input_type["input"]))
+            weight, bias = (w, b.copy()) if weight is None else (weight @ w, bias + weight @ b)
             count += isinstance(node, nir.Affine)
+            kinds.append(type(node).__name__)
         elif isinstance(node, nir.Delay):
             steps = np.unique(delay_steps(name, node, dt))
             if steps.size > 1:
@@ -169,44 +205,71 @@ def _affine_chain(graph: nir.NIRGraph, start: str, preds: dict[str, list[str]], 
                                  f"chip delays all its synapses alike so far", node=name, field="delay")
             lag += int(steps[0])
         elif not isinstance(node, nir.Flatten):
-            return name, weight, bias, count, lag
+            return _Path(name, weight, bias, count, lag, recurrent, tuple(reversed(kinds)))
         sources = preds.get(name, [])
         if len(sources) != 1:
             raise GraphError(f"a linear node between neuron layers needs exactly one input edge, found "
                              f"{len(sources)}", node=name)
+        recurrent = recurrent or (sources[0], name) in back
         name = sources[0]
 
 
-def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], dt: float
-              ) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray, int]:
-    """Every path into neuron node ``name`` as one matrix over its (source, lag) pairs, side by side.
+def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back: set, dt: float
+              ) -> tuple[list[tuple[str, int, bool]], np.ndarray, np.ndarray, int, list[str]]:
+    """Every path into neuron node ``name`` as one matrix over its (source, lag, recurrent) keys, side by side.
 
-    Each incoming edge is a chain of linear nodes (and Delay nodes, the lag)
-    back to a source (Input or neuron); paths with the same source and lag add
-    up. Returns the pairs in order, the weight ``(n, Σ n_source)``, the summed
-    bias and the most Affines on one path.
+    Paths with the same key add up. Returns the keys in order, the weight
+    ``(n, Σ n_source)`` (dense), the summed bias, the most Affines on one path,
+    and the distinct chains of node types (for the report).
     """
-    by_source: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    by_key: dict[tuple[str, int, bool], tuple[sp.csr_matrix, np.ndarray]] = {}
     affines = 0
+    chains: list[str] = []
     for start in preds.get(name, []):
-        source, weight, bias, count, lag = _affine_chain(graph, start, preds, dt)
-        if weight is None:
-            raise GraphError(f"input from '{source}' must pass through an Affine or Linear node", node=name)
-        if not isinstance(graph.nodes[source], (nir.Input, *SPIKING)):
-            raise GraphError(f"input comes from '{source}', which does not emit spikes", node=name)
-        old = by_source.get((source, lag))
-        by_source[(source, lag)] = (weight, bias) if old is None else (old[0] + weight, old[1] + bias)
-        affines = max(affines, count)
-    if not by_source:
+        path = _chain(graph, start, name, preds, back, dt)
+        if path.weight is None:
+            raise GraphError(f"input from '{path.source}' must pass through an Affine, Linear, convolution or "
+                             f"pooling node", node=name)
+        if not isinstance(graph.nodes[path.source], (nir.Input, *SPIKING)):
+            raise GraphError(f"input comes from '{path.source}', which does not emit spikes", node=name)
+        if path.recurrent and path.lag:
+            raise GraphError(f"a Delay node on the recurrent path from '{path.source}' is not lowered yet",
+                             node=name)
+        key = (path.source, path.lag, path.recurrent)
+        old = by_key.get(key)
+        by_key[key] = (path.weight, path.bias) if old is None else (old[0] + path.weight, old[1] + path.bias)
+        affines = max(affines, path.affines)
+        chains.append(" -> ".join(path.kinds))
+    if not by_key:
         raise GraphError("a neuron layer must be fed through an Affine or Linear node", node=name)
-    keys = list(by_source)
-    return (keys, np.hstack([by_source[k][0] for k in keys]), sum(by_source[k][1] for k in keys), affines)
+    keys = list(by_key)
+    width = sum(by_key[k][0].shape[1] for k in keys)
+    limits.check_alloc(f"the folded weights of layer '{name}'", by_key[keys[0]][0].shape[0] * width, 8 * 3)
+    weight = np.hstack([by_key[k][0].toarray() for k in keys])
+    return keys, weight, sum(by_key[k][1] for k in keys), affines, list(dict.fromkeys(chains))
+
+
+@dataclass
+class _Planned:
+    """A neuron layer after pass 1: its float weights folded, its populations made; synapses still to come."""
+
+    name: str
+    keys: list[tuple[str, int, bool]]  # (source, lag, recurrent) per block of columns in w_fold
+    widths: list[int]
+    w_fold: np.ndarray
+    parts: list[tuple[Population, np.ndarray]]  # population, its rows in w_fold
+    scales: dict[str, int]
+    form: str
+    report: dict
 
 
 def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
     """Map a canonical NIR graph (see :mod:`st2chip.graph.normalize`) onto the chip.
 
     ``decay_groups`` bounds the number of populations (distinct ``dv``) per layer.
+    Pass 1 reads, folds, groups and scales every neuron layer into populations;
+    pass 2 quantizes the synapse groups between them (a recurrent group may come
+    from a layer that pass 1 reaches later).
     """
     if decay_groups < 1:
         raise GraphError("decay_groups must be at least 1", field="decay_groups")
@@ -214,155 +277,187 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
     preds: dict[str, list[str]] = {}
     for src, dst in graph.edges:
         preds.setdefault(dst, []).append(src)
-
+    back = back_edges(graph)
     inputs: list[InputPort] = []
-    populations: list[Population] = []
-    synapses: list[SynapseGroup] = []
-    layer_pops: dict[str, list[Population]] = {}
-    depth: dict[str, int] = {}  # synapse groups from an input to each layer
+    depth: dict[str, int] = {}
+    planned: list[_Planned] = []
     report: dict = {"dt": dt, "layers": {}}
-
     for name, node in graph.nodes.items():
         if isinstance(node, nir.Input):
-            size = int(np.prod(next(iter(node.input_type.values()))))
-            inputs.append(InputPort(name, size))
-            layer_pops[name] = []
+            inputs.append(InputPort(name, int(np.prod(next(iter(node.input_type.values()))))))
             depth[name] = 0
-            continue
-        if not isinstance(node, NEURONS):
-            if not isinstance(node, (nir.Affine, nir.Flatten, nir.Scale, nir.Delay, nir.Output)):
-                raise _not_lowered(name, node)
-            continue
-        layer = _read_neuron(name, node, dt)
-        keys, weight, bias, affines = _incoming(graph, name, preds, dt)
-        sources = list(dict.fromkeys(s for s, _ in keys))
-        # paths of different depth are aligned with synaptic delays, so that the chip adds what float adds;
-        # a Delay node's lag comes on top
-        depth[name] = 1 + max(depth[s] for s in sources)
-        delay = {(s, lag): depth[name] - 1 - depth[s] + lag for s, lag in keys}
-        lagged = [s for s, lag in keys if lag and not isinstance(graph.nodes[s], nir.Input)]
-        if lagged:
-            raise GraphError(f"a Delay node after neuron layer '{lagged[0]}' is not lowered yet: on the chip, that "
-                             f"layer's activity after a sample would reach the next sample (only delays on paths "
-                             f"from an Input are lowered so far)", node=name)
-        too_long = {s: d for (s, _), d in delay.items() if d > DELAY_MAX}
-        if too_long:
-            raise GraphError(f"the path from {', '.join(too_long)} needs a delay of {max(too_long.values())} "
-                             f"steps; synapses delay at most {DELAY_MAX}", node=name)
-        n = weight.shape[0]
-        if n == 0:
-            raise GraphError("the layer has no neurons", node=name, field="weight")
-        if np.any(layer.beta < 0) or np.any(layer.beta > 1):
-            raise GraphError(f"leak factor 1 - dt/tau must lie in [0, 1]; tau is shorter than dt = {dt:g} s: "
-                             f"pass the dt the model was trained with (--dt), or st2chip import the file "
-                             f"from its framework", node=name, field="tau")
-        if np.any(layer.threshold <= 0):
-            raise GraphError("thresholds must be positive", node=name, field="v_threshold")
-        # 2. fold per-neuron thresholds into weights and bias (threshold becomes 1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            scale = layer.gain / layer.threshold
-            w_fold = weight * scale[:, None]
-            bias_gain = layer.gain if layer.bias_gain is None else layer.bias_gain
-            b_fold = bias * bias_gain / layer.threshold + layer.bias / layer.threshold
-            for field, value in (("weight", w_fold), ("bias", b_fold)):
-                bad = ~np.isfinite(value)
-                if bad.any():
-                    i = int(np.argwhere(bad)[0][0])
-                    raise GraphError(f"{field}s divided by the threshold overflow (neuron {i}: threshold "
-                                     f"{layer.threshold[i]:g}, gain {layer.gain[i]:g}); the chip cannot hold them",
-                                     node=name, field=field)
-        # 3. decay groups
-        dv_exact = 4096.0 * (1.0 - layer.beta)
-        dv = np.clip(np.rint(dv_exact), 0, DECAY_MAX).astype(np.int64)
-        dv_grouped = _decay_groups(dv, decay_groups)
-        beta_chip = 1.0 - dv_grouped / 4096.0
-        if layer.beta_u is None:
-            du_grouped = np.full(n, DECAY_MAX)
-        else:  # Lava decays u by (4095 - du) / 4096
-            if np.any(layer.beta_u < 0) or np.any(layer.beta_u > 1):
-                raise GraphError(f"current decay 1 - dt/tau_syn must lie in [0, 1]; tau_syn is shorter than "
-                                 f"dt = {dt:g} s (--dt)", node=name, field="tau_syn")
-            du = np.clip(np.rint(4095.0 - 4096.0 * layer.beta_u), 0, DECAY_MAX).astype(np.int64)
-            du_grouped = _decay_groups(du, decay_groups)
-        pairs = sorted(set(zip(du_grouped.tolist(), dv_grouped.tolist())), key=lambda d: (d[1], d[0]))
-        layer_report = {
-            "kind": type(node).__name__, "neurons": n, "affines": affines,
-            "source": sources[0] if len(sources) == 1 else sources,
-            **({"delays": {(s if not lag else f"{s} (+{lag} lag)"): d for (s, lag), d in delay.items() if d}}
-               if any(delay.values()) else {}),
-            "decay_groups": len(pairs),
-            "leak_error": float(np.max(np.abs(beta_chip - layer.beta))) if n else 0.0,
-            "threshold_range": [float(layer.threshold.min()), float(layer.threshold.max())],
-        }
-        if layer.beta_u is not None:
-            layer_report["current_leak_error"] = float(np.max(np.abs((4095 - du_grouped) / 4096.0 - layer.beta_u)))
-            if np.any(bias != 0):  # NIR filters an Affine bias through the current; the chip adds it to v
-                layer_report["bias_note"] = ("Affine bias enters as its steady-state voltage bias: exact once the "
-                                             "synaptic current has settled (a few tau_syn)")
-        dense = np.count_nonzero(weight) >= SPARSE_BELOW * weight.size
-        form = "lowrank" if affines > 1 else ("dense" if dense else "sparse")
-        src_parts, offset = [], 0  # (source input or population, its columns in ``weight``, delay, lag)
-        for source, lag in keys:
-            width = sum(p.size for p in layer_pops[source]) or next(i.size for i in inputs if i.name == source)
-            d = delay[(source, lag)]
-            src_parts += ([(source, offset + np.arange(width), d, lag)] if not layer_pops[source]
-                          else [(p.name, offset + p.index, d, lag) for p in layer_pops[source]])
-            offset += width
-        errors, bias_errors, outlier_errors = [], [], []
-        pops = []
-        parts, outliers = [], []
-        for g, (du_g, dv_g) in enumerate(pairs):
-            bulk, odd = _scale_parts(np.flatnonzero((dv_grouped == dv_g) & (du_grouped == du_g)), w_fold)
-            pname = name if len(pairs) == 1 else f"{name}/g{g}"
-            parts.append((pname, (int(du_g), int(dv_g)), bulk))
-            if odd.size:
-                parts.append((f"{pname}/outliers", (int(du_g), int(dv_g)), odd))
-                outliers += odd.tolist()
-        if outliers:
-            layer_report["outliers"] = sorted(outliers)
-            warnings.warn(f"layer '{name}': neuron(s) {sorted(outliers)[:8]}{' ...' if len(outliers) > 8 else ''} "
-                          f"have weights over {OUTLIER_FACTOR:g}x their group's (tiny thresholds?); each group's "
-                          f"outliers get their own population so the rest keep their precision (their own weight "
-                          f"error is reported as outlier_weight_error)", QuantizationWarning)
-        for pname, (du_g, dv_g), index in parts:
-            if index.size == 0:
-                continue
-            w_rows = w_fold[index]
-            wmax = float(np.max(np.abs(w_rows))) if w_rows.size else 0.0
-            s_scale = int(np.clip(np.floor(MANT_FULL / wmax), 1, MAX_SCALE)) if wmax > 0 else MAX_SCALE
-            bias_v = b_fold[index] * s_scale * 64.0
-            mant_b, exp_b = _bias_fixed(bias_v)
-            bias_errors.append(_rel_error((mant_b << exp_b) / (s_scale * 64.0), b_fold[index]))
-            pop = Population(pname, name, index, du=du_g, dv=dv_g,
-                             vth=s_scale if layer.spiking else VTH_MAX,
-                             bias_mant=mant_b, bias_exp=exp_b, readout=not layer.spiking)
-            pops.append(pop)
-            for src_name, cols, extra, lag in src_parts:
-                w_sub = w_rows[:, cols]
-                smax = float(np.max(np.abs(w_sub))) if w_sub.size else 0.0
-                exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * s_scale / MANT_FULL) - 1e-12))
-                exp = int(np.clip(exp, *WEIGHT_EXP_RANGE))
-                mant = np.clip(np.rint(w_sub * s_scale / 2.0**exp / 2), -128, 127).astype(np.int64)
-                err = _rel_error(2 * mant * 2.0**exp / s_scale, w_sub)
-                (outlier_errors if pname.endswith("/outliers") else errors).append(err)
-                stored = sp.csr_matrix(mant) if form == "sparse" else mant
-                gname = f"{src_name}->{pname}" + (f"+{lag}" if lag else "")
-                synapses.append(SynapseGroup(gname, src_name, pname, stored, exp, form, err, delay=extra, lag=lag))
-        layer_report["weight_error"] = float(max(errors, default=0.0))
-        layer_report["bias_error"] = float(max(bias_errors, default=0.0))
-        if outliers:
-            layer_report["outlier_weight_error"] = float(max(outlier_errors, default=0.0))
-        for field in ("weight_error", "bias_error", "outlier_weight_error"):
-            if field not in layer_report:
-                continue
-            if not np.isfinite(layer_report[field]):
-                raise GraphError(f"the quantization error is not finite ({layer_report[field]})", node=name,
-                                 field="weight" if "weight" in field else "bias")
-        if layer_report["weight_error"] > WEIGHT_ERROR_WARN:
-            warnings.warn(f"layer '{name}': relative weight error {100 * layer_report['weight_error']:.1f} % "
-                          f"after quantization (over {100 * WEIGHT_ERROR_WARN:g} %); expect the chip to differ from "
-                          f"float (st2chip verify measures it)", QuantizationWarning)
-        report["layers"][name] = layer_report
-        layer_pops[name] = pops
-        populations += pops
+        elif isinstance(node, NEURONS):
+            planned.append(_plan(graph, name, node, preds, back, dt, decay_groups, depth))
+        elif not isinstance(node, (nir.Affine, nir.Flatten, nir.Scale, nir.Delay, nir.Output, *linear.SPATIAL)):
+            raise _not_lowered(name, node)
+    layer_pops = {p.name: [pop for pop, _ in p.parts] for p in planned} | {i.name: [] for i in inputs}
+    synapses: list[SynapseGroup] = []
+    for plan in planned:
+        synapses += _synapse_groups(plan, layer_pops, depth)
+        report["layers"][plan.name] = plan.report
+    populations = [pop for plan in planned for pop, _ in plan.parts]
     return ChipGraph(inputs, populations, synapses, report)
+
+
+def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, list[str]], back: set, dt: float,
+          decay_groups: int, depth: dict[str, int]) -> _Planned:
+    """Pass 1 for one neuron layer: read, fold thresholds, group decays, split outliers, scale; sets its depth."""
+    layer = _read_neuron(name, node, dt)
+    keys, weight, bias, affines, chains = _incoming(graph, name, preds, back, dt)
+    forward = list(dict.fromkeys(s for s, _, rec in keys if not rec))
+    # paths of different depth are aligned with synaptic delays, so that the chip adds what float adds
+    depth[name] = 1 + max(depth[s] for s in forward)
+    n = weight.shape[0]
+    if n == 0:
+        raise GraphError("the layer has no neurons", node=name, field="weight")
+    if np.any(layer.beta < 0) or np.any(layer.beta > 1):
+        raise GraphError(f"leak factor 1 - dt/tau must lie in [0, 1]; tau is shorter than dt = {dt:g} s: "
+                         f"pass the dt the model was trained with (--dt), or st2chip import the file "
+                         f"from its framework", node=name, field="tau")
+    if np.any(layer.threshold <= 0):
+        raise GraphError("thresholds must be positive", node=name, field="v_threshold")
+    # 2. fold per-neuron thresholds into weights and bias (threshold becomes 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = layer.gain / layer.threshold
+        w_fold = weight * scale[:, None]
+        bias_gain = layer.gain if layer.bias_gain is None else layer.bias_gain
+        b_fold = bias * bias_gain / layer.threshold + layer.bias / layer.threshold
+        for field, value in (("weight", w_fold), ("bias", b_fold)):
+            bad = ~np.isfinite(value)
+            if bad.any():
+                i = int(np.argwhere(bad)[0][0])
+                raise GraphError(f"{field}s divided by the threshold overflow (neuron {i}: threshold "
+                                 f"{layer.threshold[i]:g}, gain {layer.gain[i]:g}); the chip cannot hold them",
+                                 node=name, field=field)
+    # 3. decay groups
+    dv_exact = 4096.0 * (1.0 - layer.beta)
+    dv = np.clip(np.rint(dv_exact), 0, DECAY_MAX).astype(np.int64)
+    dv_grouped = _decay_groups(dv, decay_groups)
+    beta_chip = 1.0 - dv_grouped / 4096.0
+    if layer.beta_u is None:
+        du_grouped = np.full(n, DECAY_MAX)
+    else:  # Lava decays u by (4095 - du) / 4096
+        if np.any(layer.beta_u < 0) or np.any(layer.beta_u > 1):
+            raise GraphError(f"current decay 1 - dt/tau_syn must lie in [0, 1]; tau_syn is shorter than "
+                             f"dt = {dt:g} s (--dt)", node=name, field="tau_syn")
+        du = np.clip(np.rint(4095.0 - 4096.0 * layer.beta_u), 0, DECAY_MAX).astype(np.int64)
+        du_grouped = _decay_groups(du, decay_groups)
+    pairs = sorted(set(zip(du_grouped.tolist(), dv_grouped.tolist())), key=lambda d: (d[1], d[0]))
+    sources = list(dict.fromkeys(s for s, _, _ in keys))
+    layer_report = {
+        "kind": type(node).__name__, "neurons": n, "affines": affines,
+        "source": sources[0] if len(sources) == 1 else sources,
+        "chains": chains,
+        **({"reset": layer.reset} if layer.reset != "zero" else {}),
+        "decay_groups": len(pairs),
+        "leak_error": float(np.max(np.abs(beta_chip - layer.beta))) if n else 0.0,
+        "threshold_range": [float(layer.threshold.min()), float(layer.threshold.max())],
+    }
+    if layer.beta_u is not None:
+        layer_report["current_leak_error"] = float(np.max(np.abs((4095 - du_grouped) / 4096.0 - layer.beta_u)))
+        if np.any(bias != 0):  # NIR filters an Affine bias through the current; the chip adds it to v
+            layer_report["bias_note"] = ("Affine bias enters as its steady-state voltage bias: exact once the "
+                                         "synaptic current has settled (a few tau_syn)")
+    dense = np.count_nonzero(weight) >= SPARSE_BELOW * weight.size
+    form = "lowrank" if affines > 1 else ("dense" if dense else "sparse")
+    groups, outliers = [], []
+    for g, (du_g, dv_g) in enumerate(pairs):
+        bulk, odd = _scale_parts(np.flatnonzero((dv_grouped == dv_g) & (du_grouped == du_g)), w_fold)
+        pname = name if len(pairs) == 1 else f"{name}/g{g}"
+        groups.append((pname, (int(du_g), int(dv_g)), bulk))
+        if odd.size:
+            groups.append((f"{pname}/outliers", (int(du_g), int(dv_g)), odd))
+            outliers += odd.tolist()
+    if outliers:
+        layer_report["outliers"] = sorted(outliers)
+        warnings.warn(f"layer '{name}': neuron(s) {sorted(outliers)[:8]}{' ...' if len(outliers) > 8 else ''} "
+                      f"have weights over {OUTLIER_FACTOR:g}x their group's (tiny thresholds?); each group's "
+                      f"outliers get their own population so the rest keep their precision (their own weight "
+                      f"error is reported as outlier_weight_error)", QuantizationWarning)
+    parts, scales, bias_errors = [], {}, []
+    for pname, (du_g, dv_g), index in groups:
+        if index.size == 0:
+            continue
+        w_rows = w_fold[index]
+        wmax = float(np.max(np.abs(w_rows))) if w_rows.size else 0.0
+        s_scale = int(np.clip(np.floor(MANT_FULL / wmax), 1, MAX_SCALE)) if wmax > 0 else MAX_SCALE
+        bias_v = b_fold[index] * s_scale * 64.0
+        mant_b, exp_b = _bias_fixed(bias_v)
+        bias_errors.append(_rel_error((mant_b << exp_b) / (s_scale * 64.0), b_fold[index]))
+        pop = Population(pname, name, index, du=du_g, dv=dv_g, vth=s_scale if layer.spiking else VTH_MAX,
+                         bias_mant=mant_b, bias_exp=exp_b, readout=not layer.spiking, reset=layer.reset)
+        parts.append((pop, index))
+        scales[pname] = s_scale
+    layer_report["bias_error"] = float(max(bias_errors, default=0.0))
+    # chip voltage per float unit of v (after folding): readouts are compared with float through it
+    layer_report["voltage_unit"] = {pop.name: 64.0 * scales[pop.name] for pop, _ in parts}
+    return _Planned(name, keys, _widths(graph, keys), w_fold, parts, scales, form, layer_report)
+
+
+def _widths(graph: nir.NIRGraph, keys: list[tuple[str, int, bool]]) -> list[int]:
+    """Number of values each key's source emits."""
+    out = []
+    for source, _, _ in keys:
+        node = graph.nodes[source]
+        out.append(int(np.prod(next(iter(node.input_type.values())))) if isinstance(node, nir.Input)
+                   else int(np.size(node.v_threshold)))
+    return out
+
+
+def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], depth: dict[str, int]
+                    ) -> list[SynapseGroup]:
+    """Pass 2 for one layer: quantize one synapse group per (source population, target population, key)."""
+    name, report = plan.name, plan.report
+    delay: dict[tuple[str, int, bool], int] = {}
+    for source, lag, recurrent in plan.keys:
+        delay[(source, lag, recurrent)] = 0 if recurrent else depth[name] - 1 - depth[source] + lag
+    too_long = {s: d for (s, _, _), d in delay.items() if d > DELAY_MAX}
+    if too_long:
+        raise GraphError(f"the path from {', '.join(too_long)} needs a delay of {max(too_long.values())} "
+                         f"steps; synapses delay at most {DELAY_MAX}", node=name)
+    if any(delay.values()):
+        report["delays"] = {(s if not lag else f"{s} (+{lag} lag)"): d for (s, lag, _), d in delay.items() if d}
+    late = {s: depth[s] - depth[name] for s, _, rec in plan.keys if rec and depth[s] > depth[name]}
+    if late:
+        report["feedback_latency"] = {s: 1 + k for s, k in late.items()}
+        warnings.warn(f"layer '{name}': feedback from {', '.join(f'{s!r}' for s in late)} reaches it "
+                      f"{', '.join(str(1 + k) for k in late.values())} steps later on the chip (one step per synapse "
+                      f"on the way) instead of NIR's one step; float and chip differ by that delay",
+                      FeedbackLatencyWarning)
+    if any(rec for _, _, rec in plan.keys):
+        report["recurrent"] = list(dict.fromkeys(s for s, _, rec in plan.keys if rec))
+    src_parts, offset = [], 0  # (source input or population, its columns in w_fold, delay, lag, recurrent)
+    for key, width in zip(plan.keys, plan.widths):
+        source, lag, recurrent = key
+        cols = [(source, offset + np.arange(width))] if not layer_pops[source] \
+            else [(p.name, offset + p.index) for p in layer_pops[source]]
+        src_parts += [(src, c, delay[key], lag, recurrent) for src, c in cols]
+        offset += width
+    groups, errors, outlier_errors = [], [], []
+    for pop, index in plan.parts:
+        w_rows = plan.w_fold[index]
+        s_scale = plan.scales[pop.name]
+        for src_name, cols, extra, lag, recurrent in src_parts:
+            w_sub = w_rows[:, cols]
+            smax = float(np.max(np.abs(w_sub))) if w_sub.size else 0.0
+            exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * s_scale / MANT_FULL) - 1e-12))
+            exp = int(np.clip(exp, *WEIGHT_EXP_RANGE))
+            mant = np.clip(np.rint(w_sub * s_scale / 2.0**exp / 2), -128, 127).astype(np.int64)
+            err = _rel_error(2 * mant * 2.0**exp / s_scale, w_sub)
+            (outlier_errors if pop.name.endswith("/outliers") else errors).append(err)
+            stored = sp.csr_matrix(mant) if plan.form == "sparse" else mant
+            gname = f"{src_name}->{pop.name}" + (f"+{lag}" if lag else "") + ("~" if recurrent else "")
+            groups.append(SynapseGroup(gname, src_name, pop.name, stored, exp, plan.form, err, delay=extra, lag=lag,
+                                       feedback=recurrent))
+    report["weight_error"] = float(max(errors, default=0.0))
+    if outlier_errors:
+        report["outlier_weight_error"] = float(max(outlier_errors))
+    for field in ("weight_error", "bias_error", "outlier_weight_error"):
+        if field in report and not np.isfinite(report[field]):
+            raise GraphError(f"the quantization error is not finite ({report[field]})", node=name,
+                             field="weight" if "weight" in field else "bias")
+    if report["weight_error"] > WEIGHT_ERROR_WARN:
+        warnings.warn(f"layer '{name}': relative weight error {100 * report['weight_error']:.1f} % "
+                      f"after quantization (over {100 * WEIGHT_ERROR_WARN:g} %); expect the chip to differ from "
+                      f"float (st2chip verify measures it)", QuantizationWarning)
+    return groups

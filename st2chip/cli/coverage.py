@@ -45,6 +45,7 @@ def _neuron(kind: str) -> nir.NIRNode:
         "IF": lambda: nir.IF(r=r, v_threshold=th, v_reset=v),
         "LI": lambda: nir.LI(tau=tau, r=r, v_leak=v),
         "I": lambda: nir.I(r=r),
+        "Threshold": lambda: nir.Threshold(threshold=th),
     }[kind]()
 
 
@@ -56,7 +57,6 @@ def _between(kind: str) -> nir.NIRNode:
         "Scale": lambda: nir.Scale(scale=_ones(N)),
         "Flatten": lambda: nir.Flatten(input_type={"input": np.array([N])}),
         "Delay": lambda: nir.Delay(delay=_ones(N) * 2e-3),  # two steps of the probe's dt
-        "Threshold": lambda: nir.Threshold(threshold=_ones(N)),
         "Conv1d": lambda: nir.Conv1d(input_shape=N, weight=_ones(1, 1, 1), stride=1, padding=0, dilation=1,
                                      groups=1, bias=np.zeros(1)),
         "Conv2d": lambda: nir.Conv2d(input_shape=(1, N), weight=_ones(1, 1, 1, 1), stride=1, padding=0,
@@ -87,6 +87,8 @@ def probe_graph(kind: str) -> nir.NIRGraph:
     try:
         return _chain({"input": inp, "fc": _between("Affine"), "x": _neuron(kind), "output": out})
     except KeyError:
+        if kind in ("Conv1d", "Conv2d", "SumPool2d", "AvgPool2d"):  # maps: the Input gives its full shape
+            inp = nir.Input(input_type={"input": np.array([1, N] if kind == "Conv1d" else [1, 1, N])})
         return _chain({"input": inp, "x": _between(kind), "fc": _between("Affine"), "lif": _neuron("LIF"),
                        "output": out})
 
@@ -111,7 +113,12 @@ def status(kind: str) -> tuple[str, str]:
     how = {"Linear": "as an Affine with zero bias", "Flatten": "identity (signals are flat)",
            "NIRGraph": "flattened into its parent", "Affine": "synapse group (dense or CSR)",
            "Scale": "folded into its synapse group (a per-element gain)",
-           "Delay": "synaptic delay on a path from an Input (whole steps of dt); after a neuron layer: refused",
+           "Delay": "synaptic delay (whole steps of dt, the same for every element)",
+           "Conv1d": "composed with its chain into one synapse group (CSR)",
+           "Conv2d": "composed with its chain into one synapse group (CSR)",
+           "SumPool2d": "composed into the next synapse group", "AvgPool2d": "composed into the next synapse group",
+           "Threshold": "a LIF with tau = dt (no memory)", "CubaLI": "readout population with current decay",
+           "CubaLIF": "neuron population (both decays)",
            "Input": "chip input port (spikes)", "Output": "what the backends report"}.get(kind, "neuron population")
     return "lowered to the chip", how
 

@@ -241,7 +241,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         head = {name: x[:n] for name, x in inputs.spikes.items()}
         cross = (log.stage("simulate:lava", run_backend, "lava", graph, chip, head),)
     report = log.stage("verify", verify, traces, inputs.labels, max_drop=args.max_drop,
-                       min_agreement=args.min_agreement, cross_checks=cross)
+                       min_agreement=args.min_agreement, cross_checks=cross,
+                       units={layer: chip.voltage_units(layer) for layer in chip.readout_layers()})
     print(report.to_text())
     if args.json:
         write_json(args.json, report.to_dict())

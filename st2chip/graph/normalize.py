@@ -6,14 +6,19 @@ and never touches its input.
 
 Canonical form
 --------------
-- Node types: ``Input``, ``Output``, ``Affine``, ``Scale``, ``Delay``, ``Flatten``, ``LIF``,
-  ``CubaLIF``, ``IF``, ``LI``, ``I``. ``Linear`` becomes ``Affine`` with a zero
+- Node types: ``Input``, ``Output``, ``Affine``, ``Scale``, ``Delay``, ``Flatten``,
+  ``Conv1d``, ``Conv2d``, ``SumPool2d``, ``AvgPool2d``, ``LIF``, ``CubaLIF``, ``IF``, ``LI``, ``I``. ``Linear`` becomes ``Affine`` with a zero
   bias; a nested ``NIRGraph`` node is flattened into its parent, its nodes
   named ``outer.inner`` and the edges through its ``Input``/``Output`` nodes
   rewired.
-- Every signal is a flat vector: a node's size is the number of its values
-  (an ``Input`` of shape ``(1, 4)`` carries 4 values), and ``Flatten`` is the
-  identity.
+- Every signal is a flat vector in C order: a node's size is the number of its
+  values (an ``Input`` of shape ``(2, 34, 34)`` carries 2,312 values), and
+  ``Flatten`` is the identity. Convolution and pooling nodes carry the
+  ``(C, H, W)`` (``(C, N)`` for ``Conv1d``) shapes of their input and output in
+  ``input_type``/``output_type``, inferred from ``input_shape`` or from the
+  shapes upstream (an ``Input``'s declared shape, a neuron layer's parameter
+  shape, another convolution); ``Conv2d`` gets ``input_shape``, tuple
+  ``stride``/``dilation``/``padding`` (``"same"`` kept) and a ``(C_out,)`` bias.
 - Every array is a fresh ``numpy.float64`` array (torch tensors, 0-d scalars,
   Python floats and lists are converted). ``Affine.weight`` is 2-D
   ``(out, in)`` and ``Affine.bias`` 1-D ``(out,)``.
@@ -24,7 +29,12 @@ Canonical form
   shapes ``[n]``.
 - ``graph.nodes`` is in topological order (dict insertion order, ties kept in
   the input's order); ``graph.edges`` is sorted the same way. Several edges into
-  one node add up. Cycles are refused (no recurrent connections).
+  one node add up. A cycle (recurrence) is accepted when it passes through a
+  neuron node: the order then puts the neuron after the nodes it feeds back to,
+  so that every back edge leaves a neuron (see :mod:`st2chip.graph.reading`);
+  a cycle of linear nodes alone (``x = W x``) has no discrete-time meaning and
+  is refused. A spiking node's ``metadata["reset"]``, if present, is ``"zero"``
+  or ``"subtract"``.
 - ``graph.metadata`` is a copy of the input's (NumPy scalars turned into Python
   ones), with ``metadata["dt"]`` in seconds: the ``dt`` argument, else the
   graph's own ``metadata["dt"]``, else :data:`DEFAULT_DT`. Node metadata is kept.
@@ -54,31 +64,27 @@ import numpy as np
 
 from st2chip import limits
 from st2chip.errors import GraphError, InputError, St2chipWarning
+from st2chip.graph import linear
 from st2chip.graph.nirfile import one_line, read_graph
+from st2chip.graph.reading import reset_mode
 
 DEFAULT_DT = 1e-3  # seconds, used when neither the caller nor the graph gives dt
 
 NEURON_FIELDS: dict[type, tuple[str, ...]] = {
     nir.LIF: ("tau", "r", "v_leak", "v_threshold", "v_reset"),
     nir.CubaLIF: ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"),
+    nir.CubaLI: ("tau_syn", "tau_mem", "r", "v_leak", "w_in"),
     nir.IF: ("r", "v_threshold", "v_reset"),
     nir.LI: ("tau", "r", "v_leak"),
     nir.I: ("r",),
 }
 SPIKING_TYPES = (nir.LIF, nir.CubaLIF, nir.IF)
 # per-element linear nodes: one value per element, broadcast like neuron parameters
-ELEMENTWISE_FIELDS: dict[type, tuple[str, ...]] = {nir.Scale: ("scale",), nir.Delay: ("delay",)}
-SUPPORTED_TYPES = ("Input", "Output", "Affine", "Linear", "Scale", "Delay", "Flatten", "LIF", "CubaLIF", "IF", "LI", "I",
+ELEMENTWISE_FIELDS: dict[type, tuple[str, ...]] = {nir.Scale: ("scale",), nir.Delay: ("delay",),
+                                                   nir.Threshold: ("threshold",)}
+SUPPORTED_TYPES = ("Input", "Output", "Affine", "Linear", "Scale", "Delay", "Flatten", "Conv1d", "Conv2d",
+                   "SumPool2d", "AvgPool2d", "LIF", "CubaLIF", "IF", "LI", "CubaLI", "I", "Threshold",
                    "NIRGraph (nested, flattened)")
-# Why a NIR primitive is not accepted yet (shown in the error and the README's coverage table)
-NOT_YET = {
-    "Conv1d": "convolutions are not mapped to synapse groups yet (bundles run them in float)",
-    "Conv2d": "convolutions are not mapped to synapse groups yet (bundles run them in float)",
-    "SumPool2d": "pooling is not composed into synapse groups yet",
-    "AvgPool2d": "pooling is not composed into synapse groups yet",
-    "Threshold": "a stateless threshold has no neuron model here yet",
-    "CubaLI": "no float or chip model of CubaLI yet",
-}
 _DEFAULT_FILL = {"v_reset": 0.0, "w_in": 1.0}  # value of a neuron field left as None
 _POSITIVE = ("tau", "tau_syn", "tau_mem", "r")
 _TIME_CONSTANTS = ("tau", "tau_syn", "tau_mem")
@@ -116,10 +122,12 @@ def normalize(graph: nir.NIRGraph | str | os.PathLike, *, dt: float | None = Non
     order = ctx.topological_order(nodes, edges)
     ctx.check_io(nodes, edges, order)
     arrays = {name: ctx.node_arrays(name, nodes[name]) for name in order}
-    sizes = ctx.infer_sizes(nodes, arrays, edges, order)
+    shapes = ctx.spatial_shapes(nodes, arrays, edges, order)
+    sizes = ctx.infer_sizes(nodes, arrays, edges, order, shapes)
     ctx.check_budget(nodes, arrays, sizes, order)
     step = ctx.resolve_dt(dt, graph.metadata)
-    new_nodes = {name: ctx.build(name, nodes[name], arrays[name], sizes[name], step) for name in order}
+    new_nodes = {name: ctx.build(name, nodes[name], arrays[name], sizes[name], step, shapes.get(name))
+                 for name in order}
     rank = {name: i for i, name in enumerate(order)}
     new_edges = sorted(edges, key=lambda e: (rank[e[0]], rank[e[1]]))
     metadata = _plain(graph.metadata if isinstance(graph.metadata, dict) else {})
@@ -208,13 +216,14 @@ class _Context:
 
     def check_node_types(self, nodes: dict[str, Any]) -> None:
         """Refuse every node of an unsupported type, all named in one error."""
-        supported = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Flatten, *NEURON_FIELDS, *ELEMENTWISE_FIELDS)
+        supported = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Flatten, *linear.SPATIAL, *NEURON_FIELDS,
+                     *ELEMENTWISE_FIELDS)
         bad = []
         for name, node in nodes.items():
             if not isinstance(node, supported):
                 kind = type(node).__name__
                 what = "None (the frontend exported nothing for this layer)" if node is None \
-                    else f"'{kind}'" + (f": {NOT_YET[kind]}" if kind in NOT_YET else "")
+                    else f"'{kind}'"
                 bad.append((name, what))
         if len(bad) == 1:
             name, what = bad[0]
@@ -236,8 +245,27 @@ class _Context:
             seen.add(edge)
 
     def topological_order(self, nodes: dict[str, Any], edges: list[Edge]) -> list[str]:
-        """Kahn's algorithm, ties broken by the input's node order; a cycle is an error."""
+        """Kahn's algorithm, ties broken by the input's node order; cycles are broken at a neuron's output.
+
+        A depth-first search from the Inputs finds each cycle's closing edge
+        (into a node still on the search path, the layer fed back to); the last
+        neuron before that edge on the path, the one feeding back, has its edge
+        along the path released: its target may come first, reading the neuron's
+        output of the step before. A cycle without a neuron is an error.
+        """
         position = {name: i for i, name in enumerate(nodes)}
+        released: set[Edge] = set()
+        while True:
+            kept = [e for e in edges if e not in released]
+            order = self._kahn(nodes, kept, position)
+            if len(order) == len(nodes):
+                return order
+            neuron, target = self._feedback_edge(nodes, kept, position)
+            released.add((neuron, target))
+            self.notes.append(f"node '{neuron}': recurrent; '{target}' reads its output of the step before")
+
+    @staticmethod
+    def _kahn(nodes: dict[str, Any], edges: list[Edge], position: dict[str, int]) -> list[str]:
         indegree = {name: 0 for name in nodes}
         succs: dict[str, list[str]] = {name: [] for name in nodes}
         for a, b in edges:
@@ -253,24 +281,42 @@ class _Context:
                 indegree[b] -= 1
                 if indegree[b] == 0:
                     heapq.heappush(ready, (position[b], b))
-        if len(order) < len(nodes):
-            stuck = self._cycle_nodes(set(nodes) - set(order), succs)
-            names = sorted(stuck, key=position.get)
-            raise self.error(f"graph has a cycle through nodes {', '.join(names)}; "
-                             f"recurrent connections are not supported", node=names[0], field="edges")
         return order
 
-    @staticmethod
-    def _cycle_nodes(remaining: set[str], succs: dict[str, list[str]]) -> set[str]:
-        """Drop nodes that only lead out of the unsorted rest, leaving those on cycles."""
-        changed = True
-        while changed:
-            changed = False
-            for name in list(remaining):
-                if not any(b in remaining for b in succs[name]):
-                    remaining.discard(name)
-                    changed = True
-        return remaining
+    def _feedback_edge(self, nodes: dict[str, Any], edges: list[Edge], position: dict[str, int]) -> Edge:
+        """The edge to release for the first cycle a depth-first search from the Inputs meets."""
+        succs: dict[str, list[str]] = {name: [] for name in nodes}
+        for a, b in edges:
+            succs[a].append(b)
+        starts = sorted(nodes, key=lambda n: (not isinstance(nodes[n], nir.Input), position[n]))
+        visited: set[str] = set()
+        for start in starts:
+            if start in visited:
+                continue
+            path, on_path = [start], {start}
+            visited.add(start)
+            todo = [iter(succs[start])]
+            while todo:
+                b = next(todo[-1], None)
+                if b is None:
+                    todo.pop()
+                    on_path.discard(path.pop())
+                elif b in on_path:  # the edge path[-1] -> b closes a cycle b ... path[-1]
+                    loop = path[path.index(b):]
+                    for i in range(len(loop) - 1, -1, -1):
+                        if isinstance(nodes[loop[i]], tuple(NEURON_FIELDS)):
+                            return loop[i], (loop[i + 1] if i + 1 < len(loop) else b)
+                    names = sorted(loop, key=position.get)
+                    raise self.error(f"graph has a cycle through nodes {', '.join(names)} with no neuron on it; a "
+                                     f"loop of linear nodes alone (x = W x) has no discrete-time meaning (a "
+                                     f"recurrent connection must pass through a neuron layer)", node=names[0],
+                                     field="edges")
+                elif b not in visited:
+                    visited.add(b)
+                    path.append(b)
+                    on_path.add(b)
+                    todo.append(iter(succs[b]))
+        raise AssertionError("Kahn's algorithm stopped but no cycle was found")
 
     def check_io(self, nodes: dict[str, Any], edges: list[Edge], order: list[str]) -> None:
         inputs = [n for n in order if isinstance(nodes[n], nir.Input)]
@@ -284,10 +330,13 @@ class _Context:
                 raise self.error(f"Input node has an incoming edge from '{a}'", node=b, field="edges")
             if isinstance(nodes[a], nir.Output):
                 raise self.error(f"Output node has an outgoing edge to '{b}'", node=a, field="edges")
-        reached = set(inputs)
-        for name in order:  # topological order: predecessors are settled first
-            if any(a in reached for a, b in edges if b == name):
-                reached.add(name)
+        reached, grew = set(inputs), True
+        while grew:  # until nothing new is reached (recurrent edges point backwards in the order)
+            grew = False
+            for a, b in edges:
+                if a in reached and b not in reached:
+                    reached.add(b)
+                    grew = True
         lost = [n for n in order if n not in reached]
         if lost:
             raise self.error(f"not reachable from any Input node (unreachable: {', '.join(lost)})",
@@ -319,6 +368,10 @@ class _Context:
                 raise self.error(f"bias has {bias.size} values but weight has {weight.shape[0]} rows "
                                  f"(weight shape {weight.shape})", node=name, field="bias")
             return {"weight": weight, "bias": bias.reshape(-1)}
+        if isinstance(node, (nir.Conv1d, nir.Conv2d)):
+            return self.conv_arrays(name, node)
+        if isinstance(node, linear.SPATIAL):  # pooling: sizes only, checked with the shapes
+            return {}
         fields = NEURON_FIELDS.get(type(node)) or ELEMENTWISE_FIELDS.get(type(node), ())
         arrays = {}
         for field in fields:
@@ -329,6 +382,69 @@ class _Context:
                 self.notes.append(f"node '{name}': {field} missing, set to {_DEFAULT_FILL[field]:g}")
             arrays[field] = self.array(_DEFAULT_FILL[field] if value is None else value, name, field).reshape(-1)
         return arrays
+
+    def conv_arrays(self, name: str, node: nir.Conv1d | nir.Conv2d) -> dict[str, np.ndarray]:
+        ndim = 3 if isinstance(node, nir.Conv1d) else 4
+        weight = self.array(node.weight, name, "weight")
+        if weight.ndim != ndim or 0 in weight.shape:
+            raise self.error(f"weight must be {ndim}-D (C_out, C_in / groups, {'N' if ndim == 3 else 'kH, kW'}), "
+                             f"got shape {weight.shape}", node=name, field="weight")
+        raw_bias = getattr(node, "bias", None)
+        bias = np.zeros(1) if raw_bias is None else self.array(raw_bias, name, "bias").reshape(-1)
+        if bias.size not in (1, weight.shape[0]):
+            raise self.error(f"bias has {bias.size} values but the weight has {weight.shape[0]} output channels",
+                             node=name, field="bias")
+        return {"weight": weight, "bias": np.broadcast_to(bias, (weight.shape[0],)).copy()}
+
+    def spatial_shapes(self, nodes: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]], edges: list[Edge],
+                       order: list[str]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``(input shape, output shape)`` of every convolution and pooling node.
+
+        Shapes flow forward from declared ``Input``/``Flatten`` shapes, neuron
+        parameters of more than one dimension and other convolutions; a
+        convolution's own ``input_shape`` wins. Other nodes pass shapes on when
+        their size allows.
+        """
+        rank = {n: i for i, n in enumerate(order)}
+        preds: dict[str, list[str]] = {n: [] for n in order}
+        for a, b in edges:
+            if rank[a] < rank[b]:
+                preds[b].append(a)
+        shape: dict[str, tuple[int, ...] | None] = {}
+        spatial: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        for name in order:
+            node = nodes[name]
+            upstream = next((shape[p] for p in preds[name] if shape.get(p) is not None), None)
+            if isinstance(node, linear.SPATIAL):
+                in_shape = self._own_input_shape(name, node, arrays[name]) or upstream
+                if in_shape is None:
+                    raise self.error("cannot tell the (C, H, W) shape of this node's input: give the node an "
+                                     "input_shape, or the Input node its full shape", node=name, field="input_shape")
+                spatial[name] = (in_shape, linear.output_shape(name, node, in_shape))
+                shape[name] = spatial[name][1]
+            elif isinstance(node, nir.Input):
+                declared = (node.input_type or {}).get("input")
+                shape[name] = tuple(int(d) for d in np.asarray(declared).reshape(-1)) \
+                    if declared is not None and np.size(declared) > 1 else None
+            elif isinstance(node, (nir.Flatten, nir.Affine, nir.Linear, nir.Output)):
+                shape[name] = None
+            else:  # neurons, Scale, Delay: their own parameter shape, else what flows in
+                own = next((np.shape(getattr(node, f)) for f in (NEURON_FIELDS.get(type(node))
+                            or ELEMENTWISE_FIELDS.get(type(node), ())) if np.ndim(getattr(node, f, None)) > 1), None)
+                shape[name] = tuple(int(d) for d in own) if own else upstream
+        return spatial
+
+    def _own_input_shape(self, name: str, node: Any, arrays: dict[str, np.ndarray]) -> tuple[int, ...] | None:
+        """A convolution's input shape from its ``input_shape`` field and its weight, if given."""
+        given = getattr(node, "input_shape", None)
+        if given is None or not isinstance(node, (nir.Conv1d, nir.Conv2d)):
+            return None
+        spatial = np.asarray(given, dtype=np.float64).reshape(-1)
+        ndim = 1 if isinstance(node, nir.Conv1d) else 2
+        if spatial.size != ndim or np.any(spatial < 1) or np.any(spatial != np.round(spatial)):
+            raise self.error(f"must be {ndim} positive integer(s), got {np.asarray(given).tolist()}", node=name,
+                             field="input_shape")
+        return (arrays["weight"].shape[1] * int(node.groups), *(int(d) for d in spatial))
 
     def declared_size(self, name: str, node: Any, arrays: dict[str, np.ndarray]) -> int | None:
         """Size a node fixes by itself, or None when it takes it from its neighbours."""
@@ -355,15 +471,18 @@ class _Context:
         return n
 
     def infer_sizes(self, nodes: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]],
-                    edges: list[Edge], order: list[str]) -> dict[str, int]:
-        """Per-node size (output size for Affine): declared, else propagated along edges."""
+                    edges: list[Edge], order: list[str],
+                    spatial: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> dict[str, int]:
+        """Per-node size (output size for Affine and convolutions): declared, else propagated along edges."""
         affine = {n for n in order if isinstance(nodes[n], (nir.Affine, nir.Linear))}
+        fixed_in = {n: arrays[n]["weight"].shape[1] for n in affine} | {
+            n: int(np.prod(shapes[0])) for n, shapes in spatial.items()}
         size: dict[str, int | None] = {
-            n: arrays[n]["weight"].shape[0] if n in affine else self.declared_size(n, nodes[n], arrays[n])
-            for n in order}
+            n: arrays[n]["weight"].shape[0] if n in affine else int(np.prod(spatial[n][1])) if n in spatial
+            else self.declared_size(n, nodes[n], arrays[n]) for n in order}
 
         def size_in(n: str) -> int | None:
-            return arrays[n]["weight"].shape[1] if n in affine else size[n]
+            return fixed_in.get(n, size[n])
 
         rank = {n: i for i, n in enumerate(order)}
         ordered_edges = sorted(edges, key=lambda e: (rank[e[0]], rank[e[1]]))
@@ -402,8 +521,10 @@ class _Context:
                 field = "output_type" if isinstance(node, nir.Output) else "input_type"
                 what, elements, itemsize = "a run's outputs and voltages per sample and step", n, \
                     limits.RUN_BYTES_PER_VALUE
-            elif isinstance(node, (nir.Affine, nir.Linear)):
+            elif isinstance(node, (nir.Affine, nir.Linear, nir.Conv1d, nir.Conv2d)):
                 field, what, elements, itemsize = "weight", "the weight", arrays[name]["weight"].size, 8
+            elif isinstance(node, linear.SPATIAL):
+                field, what, elements, itemsize = "kernel_size", "the output", n, limits.RUN_BYTES_PER_VALUE
             else:
                 fields = list(arrays[name])
                 scalars = [f for f in fields if arrays[name][f].size == 1]
@@ -438,9 +559,15 @@ class _Context:
 
     # -- canonical nodes ---------------------------------------------------------
 
-    def build(self, name: str, node: Any, arrays: dict[str, np.ndarray], n: int, dt: float) -> nir.NIRNode:
-        """The canonical node: broadcast parameters, checked values, 1-D shapes."""
+    def build(self, name: str, node: Any, arrays: dict[str, np.ndarray], n: int, dt: float,
+              shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> nir.NIRNode:
+        """The canonical node: broadcast parameters, checked values, 1-D shapes (full shapes for convolutions)."""
         meta = _plain(getattr(node, "metadata", None) or {})
+        if shapes is not None:
+            return self.build_spatial(name, node, arrays, shapes, meta)
+        if isinstance(node, SPIKING_TYPES):
+            if reset_mode(name, node) == "subtract" and np.any(arrays["v_reset"] != 0):
+                self.notes.append(f"node '{name}': resets by subtraction; v_reset is not used")
         if isinstance(node, nir.Input):
             return nir.Input(input_type={"input": np.array([n])}, metadata=meta)
         if isinstance(node, nir.Output):
@@ -451,6 +578,12 @@ class _Context:
             if isinstance(node, nir.Linear):
                 self.notes.append(f"node '{name}': Linear -> Affine with zero bias")
             return nir.Affine(weight=arrays["weight"], bias=arrays["bias"], metadata=meta)
+        if isinstance(node, nir.Threshold):  # y = [x > threshold]: a LIF that forgets its voltage every step
+            self.notes.append(f"node '{name}': Threshold -> LIF with tau = dt (no memory), r = 1")
+            theta = np.broadcast_to(arrays["threshold"], (n,)).copy()
+            zeros = np.zeros(n)
+            return nir.LIF(tau=np.full(n, dt), r=np.ones(n), v_leak=zeros, v_threshold=theta, v_reset=zeros.copy(),
+                           metadata=meta)
         scalars = [field for field, a in arrays.items() if a.size == 1 and n > 1]
         if scalars:
             self.notes.append(f"node '{name}': {', '.join(scalars)} broadcast from one value to {n} neurons")
@@ -471,3 +604,24 @@ class _Context:
                     f"<framework> (norse 1.1's to_nir writes tau = dt/tau_mem_inv, norse issue #411)",
                     TimeConstantWarning)
         return type(node)(**params, metadata=meta)
+
+    def build_spatial(self, name: str, node: Any, arrays: dict[str, np.ndarray],
+                      shapes: tuple[tuple[int, ...], tuple[int, ...]], meta: dict) -> nir.NIRNode:
+        """A convolution or pooling node with explicit geometry and full ``(C, H, W)`` types."""
+        in_shape, out_shape = shapes
+        geo = linear.geometry(name, node)
+        padding: Any = "same" if geo.same else geo.pad
+        if isinstance(node, nir.Conv2d):
+            new = nir.Conv2d(input_shape=in_shape[1:], weight=arrays["weight"], stride=geo.stride,
+                             padding=padding, dilation=geo.dilation, groups=int(node.groups), bias=arrays["bias"],
+                             metadata=meta)
+        elif isinstance(node, nir.Conv1d):
+            new = nir.Conv1d(input_shape=in_shape[1], weight=arrays["weight"], stride=geo.stride[0],
+                             padding=padding if geo.same else geo.pad[0], dilation=geo.dilation[0],
+                             groups=int(node.groups), bias=arrays["bias"], metadata=meta)
+        else:
+            new = type(node)(kernel_size=np.array(geo.kernel), stride=np.array(geo.stride),
+                             padding=np.array(geo.pad), metadata=meta)
+        new.input_type = {"input": np.array(in_shape)}
+        new.output_type = {"output": np.array(out_shape)}
+        return new

@@ -1,23 +1,26 @@
 r"""The one float interpreter of NIR graphs: the reference meaning every chip backend is compared with.
 
-:func:`run_graph` evaluates a graph node by node in topological order, each node
-over the whole time sequence ``(T, ...)`` at once (linear nodes in one call,
-neurons step by step); that is exact for graphs without cycles and delays,
-which is what normalize accepts today. A node's inputs add up. State is zero at
-the start of every sample. With ``dt = graph.metadata["dt"]`` (forward Euler),
-per step:
+:func:`run_graph` evaluates a feed-forward graph node by node in topological
+order, each node over the whole time sequence ``(T, ...)`` at once (linear nodes
+in one call, neurons step by step). A graph with recurrent (back) edges (see
+:mod:`st2chip.graph.reading`) runs step by step instead, every node once per
+step in the graph's order, a back edge carrying its source's output of the step
+before. A node's inputs add up. State is zero at the start of every sample.
+With ``dt = graph.metadata["dt"]`` (forward Euler), per step:
 
-- ``Affine``: :math:`y = W x + b` over the last axis; ``Scale``: :math:`y = s \odot x`; ``Conv2d``: 2-D
-  convolution with bias of ``(C, H, W)`` maps; ``Flatten``, ``Input``,
-  ``Output``: identity (canonical signals are flat already).
+- ``Affine``: :math:`y = W x + b` over the last axis; ``Scale``: :math:`y = s \odot x`; ``Conv1d``/``Conv2d``:
+  convolution with bias of ``(C, N)``/``(C, H, W)`` maps (a flat signal is reshaped to the node's
+  ``input_type`` and flattened back); ``SumPool2d``/``AvgPool2d``: window sums / means (zero padding,
+  counted); ``Flatten``, ``Input``, ``Output``: identity (canonical signals are flat already).
 - ``LIF``: :math:`v \leftarrow (1 - \tfrac{dt}{\tau}) v + \tfrac{dt}{\tau}(v_{leak} + r I)`,
-  :math:`s = [v > v_{threshold}]`, :math:`v \leftarrow v_{reset}` where :math:`s`.
+  :math:`s = [v > v_{threshold}]`, :math:`v \leftarrow v_{reset}` where :math:`s` (or
+  :math:`v \leftarrow v - v_{threshold}` for ``metadata["reset"] == "subtract"``).
   With :math:`\tau = dt/(1-\beta)`, :math:`r = 1/(1-\beta)`, :math:`v_{leak} = 0`
   this is sLIF's :math:`v \leftarrow \beta v + I`.
 - ``CubaLIF``: :math:`i \leftarrow (1 - \tfrac{dt}{\tau_{syn}}) i + \tfrac{dt}{\tau_{syn}} w_{in} I`, then
   :math:`v \leftarrow (1 - \tfrac{dt}{\tau_{mem}}) v + \tfrac{dt}{\tau_{mem}}(v_{leak} + r i)`; spike and reset as LIF.
 - ``IF``: :math:`v \leftarrow v + dt\, r I` (NIR's :math:`\dot v = R I`); spike and reset as LIF.
-- ``LI``: as LIF without spikes; ``I``: :math:`v \leftarrow v + dt\, r I`. Both output their voltage.
+- ``LI``, ``CubaLI``: as LIF, CubaLIF without spikes; ``I``: :math:`v \leftarrow v + dt\, r I`. Both output their voltage.
 - ``Delay``: :math:`y[t] = x[t - \tau/dt]` per element (whole steps), zero before the signal arrives.
 
 The coefficients (:math:`1 - dt/\tau`, :math:`dt\,r/\tau`, ...) are computed in
@@ -36,11 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from st2chip.errors import GraphError, InputError
+from st2chip.graph.reading import back_edges, delay_steps, reset_mode
 from st2chip.traces import Traces
 
 SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
-NEURONS = (*SPIKING, nir.LI, nir.I)
-LINEAR = (nir.Affine, nir.Scale, nir.Conv2d)
+NEURONS = (*SPIKING, nir.LI, nir.CubaLI, nir.I)
+LINEAR = (nir.Affine, nir.Scale, nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d)
 PASS_THROUGH = (nir.Input, nir.Output, nir.Flatten)
 EVALUATED = (*PASS_THROUGH, *LINEAR, *NEURONS, nir.Delay)
 
@@ -53,17 +57,15 @@ class GraphRun:
     voltages: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def topological_order(graph: nir.NIRGraph) -> list[str]:
-    """Node names, each after all of its sources (ties in the graph's order); a cycle is a GraphError."""
+def topological_order(graph: nir.NIRGraph) -> list[str] | None:
+    """Node names, each after all of its sources (ties in the graph's order); None when the graph has a cycle."""
     preds = {n: {a for a, b in graph.edges if b == n} for n in graph.nodes}
     order: list[str] = []
     done: set[str] = set()
     while len(order) < len(preds):
         ready = [n for n, p in preds.items() if n not in done and p <= done]
         if not ready:
-            stuck = ", ".join(n for n in preds if n not in done)
-            raise GraphError(f"the graph has a cycle through {stuck}; the float interpreter runs feed-forward "
-                             f"graphs only", field="edges")
+            return None
         order += ready
         done.update(ready)
     return order
@@ -73,41 +75,54 @@ def _coef(value, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value, dtype=np.float64)).to(dtype)
 
 
-def _neuron(node: nir.NIRNode, dt: float, current: torch.Tensor, record: bool
+class _Neuron:
+    """One neuron node's state for a batch; :meth:`step` advances it by one time step."""
+
+    def __init__(self, name: str, node: nir.NIRNode, dt: float, dtype: torch.dtype) -> None:
+        f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+        self.syn_decay = self.syn_gain = None
+        if isinstance(node, (nir.LIF, nir.LI)):
+            g = dt / f64(node.tau)
+            decay, gain, offset = 1 - g, g * f64(node.r), g * f64(node.v_leak)
+        elif isinstance(node, (nir.CubaLIF, nir.CubaLI)):
+            g_syn, g_mem = dt / f64(node.tau_syn), dt / f64(node.tau_mem)
+            self.syn_decay, self.syn_gain = _coef(1 - g_syn, dtype), _coef(g_syn * f64(node.w_in), dtype)
+            decay, gain, offset = 1 - g_mem, g_mem * f64(node.r), g_mem * f64(node.v_leak)
+        else:  # IF, I
+            decay, gain, offset = np.ones_like(f64(node.r)), dt * f64(node.r), np.zeros_like(f64(node.r))
+        self.decay, self.gain, self.offset = _coef(decay, dtype), _coef(gain, dtype), _coef(offset, dtype)
+        self.spiking = isinstance(node, SPIKING)
+        if self.spiking:
+            self.theta, self.v_reset = _coef(node.v_threshold, dtype), _coef(node.v_reset, dtype)
+            self.subtract = reset_mode(name, node) == "subtract"
+        self.v: torch.Tensor | None = None
+        self.i_syn: torch.Tensor | None = None
+
+    def step(self, drive: torch.Tensor) -> torch.Tensor:
+        """Output for one step (spikes, or the voltage of LI/I) given the input ``drive``; ``self.v`` after reset."""
+        if self.v is None:
+            self.v, self.i_syn = torch.zeros_like(drive), torch.zeros_like(drive)
+        if self.syn_decay is not None:
+            self.i_syn = self.syn_decay * self.i_syn + self.syn_gain * drive
+            drive = self.i_syn
+        v = self.decay * self.v + self.gain * drive + self.offset
+        if not self.spiking:
+            self.v = v
+            return v
+        s = v > self.theta
+        self.v = torch.where(s, v - self.theta, v) if self.subtract else torch.where(s, self.v_reset.expand_as(v), v)
+        return s.to(drive.dtype)
+
+
+def _neuron(name: str, node: nir.NIRNode, dt: float, current: torch.Tensor, record: bool
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Output ``(T, ...)`` (spikes, or voltage for LI/I) of a neuron node driven by ``current``, and its voltages."""
-    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
-    dtype = current.dtype
-    syn_decay = syn_gain = None
-    if isinstance(node, (nir.LIF, nir.LI)):
-        g = dt / f64(node.tau)
-        decay, gain, offset = 1 - g, g * f64(node.r), g * f64(node.v_leak)
-    elif isinstance(node, nir.CubaLIF):
-        g_syn, g_mem = dt / f64(node.tau_syn), dt / f64(node.tau_mem)
-        syn_decay, syn_gain = _coef(1 - g_syn, dtype), _coef(g_syn * f64(node.w_in), dtype)
-        decay, gain, offset = 1 - g_mem, g_mem * f64(node.r), g_mem * f64(node.v_leak)
-    else:  # IF, I
-        decay, gain, offset = np.ones_like(f64(node.r)), dt * f64(node.r), np.zeros_like(f64(node.r))
-    decay, gain, offset = _coef(decay, dtype), _coef(gain, dtype), _coef(offset, dtype)
-    spiking = isinstance(node, SPIKING)
-    if spiking:
-        theta, v_reset = _coef(node.v_threshold, dtype), _coef(node.v_reset, dtype)
-    v = torch.zeros_like(current[0])
-    i_syn = torch.zeros_like(current[0])
+    state = _Neuron(name, node, dt, current.dtype)
     outputs, volts = [], []
     for drive in current:
-        if syn_decay is not None:
-            i_syn = syn_decay * i_syn + syn_gain * drive
-            drive = i_syn
-        v = decay * v + gain * drive + offset
-        if spiking:
-            s = v > theta
-            v = torch.where(s, v_reset.expand_as(v), v)
-            outputs.append(s.to(dtype))
-        else:
-            outputs.append(v)
+        outputs.append(state.step(drive))
         if record:
-            volts.append(v)
+            volts.append(state.v)
     return torch.stack(outputs), (torch.stack(volts) if record else None)
 
 
@@ -117,22 +132,28 @@ def _linear(node: nir.NIRNode, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, t(node.weight), t(node.bias))
     if isinstance(node, nir.Scale):
         return x * t(node.scale)
-    lead = x.shape[:-3]  # Conv2d over (..., C, H, W)
-    padding = node.padding if isinstance(node.padding, str) else tuple(int(p) for p in np.atleast_1d(node.padding))
-    y = F.conv2d(x.reshape(-1, *x.shape[-3:]), t(node.weight), t(node.bias),
-                 tuple(int(s) for s in np.atleast_1d(node.stride)), padding,
-                 tuple(int(d) for d in np.atleast_1d(node.dilation)), int(node.groups))
-    return y.reshape(*lead, *y.shape[1:])
-
-
-def delay_steps(name: str, node: nir.Delay, dt: float) -> np.ndarray:
-    """A Delay node's per-element delays in whole steps; a delay that is not a multiple of dt is an error."""
-    steps = np.asarray(node.delay, dtype=np.float64).reshape(-1) / dt
-    whole = np.rint(steps)
-    if np.any(np.abs(steps - whole) > 1e-6):
-        raise GraphError(f"delays must be whole multiples of dt = {dt:g} s, got {np.asarray(node.delay).ravel()[:4]}",
-                         node=name, field="delay")
-    return whole.astype(np.int64)
+    ints = lambda v: tuple(int(i) for i in np.atleast_1d(v))  # noqa: E731
+    in_shape = (getattr(node, "input_type", None) or {}).get("input")
+    in_shape = tuple(int(d) for d in in_shape) if in_shape is not None else None
+    spatial = 1 if isinstance(node, nir.Conv1d) else 2
+    flat = in_shape is not None and x.shape[-1] == int(np.prod(in_shape)) \
+        and tuple(x.shape[-len(in_shape):]) != in_shape
+    if flat:  # a canonical flat signal: to (C, H, W) and back
+        x = x.reshape(*x.shape[:-1], *in_shape)
+    lead = x.shape[:-(spatial + 1)]
+    x = x.reshape(-1, *x.shape[-(spatial + 1):])
+    if isinstance(node, (nir.Conv1d, nir.Conv2d)):
+        conv = F.conv1d if spatial == 1 else F.conv2d
+        padding = node.padding if isinstance(node.padding, str) else ints(node.padding)
+        y = conv(x, t(node.weight), t(node.bias), ints(node.stride), padding, ints(node.dilation), int(node.groups))
+    elif isinstance(node, nir.AvgPool2d):
+        y = F.avg_pool2d(x, ints(node.kernel_size), ints(node.stride), ints(node.padding), count_include_pad=True)
+    else:  # SumPool2d: a depthwise convolution with ones, exact on spike counts
+        kernel = ints(node.kernel_size)
+        ones = torch.ones(x.shape[1], 1, *kernel, dtype=x.dtype)
+        y = F.conv2d(x, ones, None, ints(node.stride), ints(node.padding), 1, x.shape[1])
+    y = y.reshape(*lead, *y.shape[1:])
+    return y.reshape(*lead, -1) if flat else y
 
 
 def _delay(name: str, node: nir.Delay, x: torch.Tensor, dt: float) -> torch.Tensor:
@@ -156,8 +177,11 @@ def run_graph(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, *
     missing = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input) and n not in inputs]
     if missing:
         raise InputError(f"the graph needs inputs {missing}")
+    order = topological_order(graph)
+    if order is None:
+        return _run_steps(graph, inputs, dt, dtype, record)
     run = GraphRun({})
-    for name in topological_order(graph):
+    for name in order:
         node = graph.nodes[name]
         if isinstance(node, nir.Input):
             x = torch.as_tensor(inputs[name]).to(dtype)
@@ -171,12 +195,63 @@ def run_graph(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, *
         elif isinstance(node, nir.Delay):
             run.values[name] = _delay(name, node, x, dt)
         elif isinstance(node, NEURONS):
-            run.values[name], v = _neuron(node, dt, x, record)
+            run.values[name], v = _neuron(name, node, dt, x, record)
             if v is not None:
                 run.voltages[name] = v
         else:
             run.values[name] = x
     return run
+
+
+def _run_steps(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, dtype: torch.dtype,
+               record: bool) -> GraphRun:
+    """Step-major run of a graph with back edges, nodes in the graph's (canonical) order."""
+    back = back_edges(graph)
+    loose = sorted(f"{a} -> {b}" for a, b in back if not isinstance(graph.nodes[a], NEURONS))
+    if loose:
+        raise GraphError(f"the graph has a cycle, and edge(s) {', '.join(loose)} point backwards from a node that is "
+                         f"not a neuron; run normalize first (it orders recurrent graphs)", field="edges")
+    preds = {name: [a for a, b in graph.edges if b == name] for name in graph.nodes}
+    feeds = {name: [a for a in preds[name] if (a, name) not in back] for name in graph.nodes}
+    xs = {name: torch.as_tensor(x).to(dtype) for name, x in inputs.items()}
+    steps = next(iter(xs.values())).shape[0]
+    neurons = {name: _Neuron(name, node, dt, dtype) for name, node in graph.nodes.items() if isinstance(node, NEURONS)}
+    history: dict[str, list[torch.Tensor]] = {n: [] for n, node in graph.nodes.items() if isinstance(node, nir.Delay)}
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in graph.nodes}
+    volts: dict[str, list[torch.Tensor]] = {name: [] for name in neurons}
+    for t in range(steps):
+        now: dict[str, torch.Tensor] = {}
+        for name, node in graph.nodes.items():
+            if isinstance(node, nir.Input):
+                now[name] = xs[name][t]
+                continue
+            parts = [now[a] for a in feeds[name]]
+            parts += [outputs[a][t - 1] for a in preds[name] if (a, name) in back and t > 0]
+            if not parts:  # only back edges, at the first step: they carry zeros
+                parts = [torch.zeros(*next(iter(xs.values())).shape[1:-1], _width(graph.nodes[a]), dtype=dtype)
+                         for a in preds[name]]
+            x = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+            if isinstance(node, LINEAR):
+                now[name] = _linear(node, x)
+            elif isinstance(node, nir.Delay):
+                history[name].append(x)
+                now[name] = _delay(name, node, torch.stack(history[name]), dt)[-1]
+            elif name in neurons:
+                now[name] = neurons[name].step(x)
+                if record:
+                    volts[name].append(neurons[name].v)
+            else:
+                now[name] = x
+        for name, value in now.items():
+            outputs[name].append(value)
+    run = GraphRun({name: torch.stack(values) for name, values in outputs.items()})
+    run.voltages = {name: torch.stack(v) for name, v in volts.items() if v}
+    return run
+
+
+def _width(node: nir.NIRNode) -> int:
+    """Output size of a neuron node (the source of every back edge in a canonical graph)."""
+    return int(np.size(node.r))
 
 
 def simulate(graph: nir.NIRGraph, inputs: np.ndarray, *, record: bool = True) -> Traces:

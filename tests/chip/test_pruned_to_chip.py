@@ -4,6 +4,7 @@ import torch
 
 from st2chip.analysis.energy import energy_report
 from st2chip.chip.lower import lower
+from st2chip.graph.normalize import normalize
 from st2chip.converters.mlp import mlp_to_nir
 from st2chip.learn.pruning import magnitude_prune, make_permanent
 from st2chip.targets import engine
@@ -40,7 +41,7 @@ def test_low_rank_chain_is_multiplied_out(random_mlp):
     graph.nodes["fc1.V"], graph.nodes["fc1.U"] = v_node, u_node
     graph.edges = [e for e in graph.edges if "fc1" not in e] + [("input", "fc1.V"), ("fc1.V", "fc1.U"),
                                                                  ("fc1.U", "lif1")]
-    chip = lower(graph)
+    chip = lower(normalize(graph))
     syn = next(s for s in chip.synapses if s.source == "input")
     assert syn.form == "lowrank" and chip.report["layers"]["lif1"]["affines"] == 2
 
@@ -49,7 +50,7 @@ def test_affine_chain_product_and_bias():
     import nir
     import numpy as np
 
-    from st2chip.chip.lower import _affine_chain
+    from st2chip.chip.lower import _chain
 
     rng = np.random.default_rng(0)
     v_w, v_b = rng.normal(size=(2, 5)), rng.normal(size=2)
@@ -60,7 +61,7 @@ def test_affine_chain_product_and_bias():
                                 "out": nir.Output(output_type={"output": np.array([4])})},
                          edges=[("in", "V"), ("V", "U"), ("U", "n"), ("n", "out")], type_check=False)
     preds = {dst: [src] for src, dst in graph.edges}
-    source, weight, bias, count, lag = _affine_chain(graph, "U", preds, 1e-3)  # from the edge into neuron n
-    assert (source, count, lag) == ("in", 2, 0)
-    np.testing.assert_allclose(weight, u_w @ v_w)
-    np.testing.assert_allclose(bias, u_w @ v_b + u_b)
+    path = _chain(graph, "U", "n", preds, set(), 1e-3)  # from the edge into neuron n
+    assert (path.source, path.affines, path.lag, path.recurrent) == ("in", 2, 0, False)
+    np.testing.assert_allclose(path.weight.toarray(), u_w @ v_w)
+    np.testing.assert_allclose(path.bias, u_w @ v_b + u_b)

@@ -125,14 +125,19 @@ def test_a_delay_that_is_not_whole_steps_is_refused():
         lower(graph)
 
 
-def test_a_delay_after_a_neuron_layer_is_refused_with_the_reason():
+def test_a_delay_after_a_neuron_layer_lowers_and_the_source_is_silenced_between_samples():
+    """L -> Delay(2) -> g -> M next to L -> h -> M: two groups from L, one 2 steps later; on Lava, L is silent in the
+    last 2 steps of each sample's window so that none of its delayed spikes reaches the next sample."""
     rng = np.random.default_rng(3)
-    graph = normalize(nir.NIRGraph(nodes={
-        "input": nir.Input(input_type={"input": np.array([3])}), "f": _affine(rng, 3, 3), "L": _lif(3, 0),
-        "d": nir.Delay(delay=np.full(3, 2 * DT)), "g": _affine(rng, 2, 3), "M": _lif(2, 1),
-        "output": nir.Output(output_type={"output": np.array([2])})},
-        edges=[("input", "f"), ("f", "L"), ("L", "d"), ("d", "g"), ("g", "M"), ("M", "output")],
-        metadata={"dt": DT}, type_check=False))
-    simulate(graph, np.ones((1, 4, 3)))  # float runs it
-    with pytest.raises(GraphError, match=r"node 'M'.*Delay node after neuron layer 'L'.*next sample"):
-        lower(graph)
+    nodes = {"input": nir.Input(input_type={"input": np.array([5])}), "f": _affine(rng, 6, 5), "L": _lif(6, 0),
+             "d": nir.Delay(delay=np.full(6, 2 * DT)), "g": _affine(rng, 4, 6), "h": _affine(rng, 4, 6),
+             "M": _lif(4, 1), "output": nir.Output(output_type={"output": np.array([4])})}
+    edges = [("input", "f"), ("f", "L"), ("L", "d"), ("d", "g"), ("g", "M"), ("L", "h"), ("h", "M"),
+             ("M", "output")]
+    graph = normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
+    chip = lower(graph, decay_groups=6)
+    assert sorted({(s.delay, s.lag) for s in chip.synapses if s.target.startswith("M")}) == [(0, 0), (2, 2)]
+    assert set(chip.quiet_steps().values()) == {2} and all(p.startswith("L") for p in chip.quiet_steps())
+    x = {"input": (np.random.default_rng(4).random((4, 15, 5)) < 0.4).astype(np.uint8)}
+    flt, eng = _float_and_chip(graph, chip, x)
+    assert min(compare(flt, eng, voltages=False).spike_agreement.values()) > 0.97

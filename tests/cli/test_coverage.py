@@ -19,10 +19,15 @@ def test_every_primitive_is_probed_through_the_real_stages():
     assert {"LIF", "CubaLIF", "Conv2d", "Delay", "NIRGraph"} <= set(kinds)
     assert len(kinds) == len({k for k in dir(nir) if isinstance(getattr(nir, k), type)
                               and issubclass(getattr(nir, k), nir.NIRNode) and k != "NIRNode"})
-    assert coverage.status("LIF")[0] == "lowered to the chip"
-    assert coverage.status("CubaLIF")[0] == "lowered to the chip"
-    what, why = coverage.status("SumPool2d")
-    assert what == "refused" and "pooling" in why
+    assert {kind: coverage.status(kind)[0] for kind in kinds} == {kind: "lowered to the chip" for kind in kinds}
+
+
+def test_a_refusal_gives_the_stage_and_its_own_reason(monkeypatch):
+    monkeypatch.setattr(coverage, "probe_graph", lambda kind: nir.NIRGraph(
+        nodes={"input": nir.Input(input_type={"input": [2]}), "output": nir.Output(output_type={"output": [2]})},
+        edges=[("output", "input")], metadata={"dt": 1e-3}, type_check=False))
+    what, why = coverage.status("LIF")
+    assert what == "refused" and "Input node has an incoming edge" in why
 
 
 def test_check_fails_on_a_stale_table(tmp_path):

@@ -159,17 +159,6 @@ def test_import_plain_nir_writes_canonical_file_and_lists_changes(tmp_path, caps
     assert code == 0 and "dt=0.0001 s" in stdout
 
 
-def test_unsupported_nodes_are_all_named_with_the_file(tmp_path, capsys):
-    g = _one_lif()
-    g.nodes["pool"] = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0]))
-    g.nodes["thresh"] = nir.Threshold(threshold=np.array([1.0]))
-    g.edges += [("lif", "pool"), ("lif", "thresh")]
-    nir.write(tmp_path / "two.nir", g)
-    code, _, err = _run(capsys, "map", tmp_path / "two.nir", "--dt", "1e-3")
-    assert code == 2
-    assert "two.nir" in err and "node 'pool' ('SumPool2d'" in err and "node 'thresh' ('Threshold'" in err
-
-
 def test_lowering_errors_name_the_file_and_tau_below_dt_names_the_remedy(tmp_path, capsys):
     g = _one_lif()
     g.nodes["lif"].v_reset = np.array([0.5])

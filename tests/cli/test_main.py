@@ -48,10 +48,10 @@ def _bad_files(random_mlp, tmp_path):
     shape.nodes["fc2"].bias = np.zeros(3)
     unknown_edge = _graph(random_mlp)
     unknown_edge.edges.append(("lif1", "ghost"))
-    unknown_type = _graph(random_mlp)
-    unknown_type.nodes["pool"] = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
+    no_shape = _graph(random_mlp)  # a pooling node after a flat layer: its (C, H, W) cannot be known
+    no_shape.nodes["pool"] = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
                                                padding=np.array([0, 0]))
-    unknown_type.edges += [("lif1", "pool")]
+    no_shape.edges += [("lif1", "pool")]
     return {
         "missing": (tmp_path / "nope.nir", "nope.nir"),
         "empty": (empty, "empty.nir"),
@@ -60,11 +60,11 @@ def _bad_files(random_mlp, tmp_path):
         "nan": (_write(nan, tmp_path / "nan.nir"), "fc1"),
         "shape": (_write(shape, tmp_path / "shape.nir"), "fc2"),
         "edge": (_write(unknown_edge, tmp_path / "edge.nir"), "ghost"),
-        "type": (_write(unknown_type, tmp_path / "type.nir"), "SumPool2d"),
+        "noshape": (_write(no_shape, tmp_path / "noshape.nir"), "node 'pool', field 'input_shape'"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "garbage", "truncated", "nan", "shape", "edge", "type"])
+@pytest.mark.parametrize("case", ["missing", "empty", "garbage", "truncated", "nan", "shape", "edge", "noshape"])
 @pytest.mark.parametrize("command", ["map", "verify", "energy"])
 def test_bad_input_exit_2_one_line(random_mlp, tmp_path, capsys, case, command):
     path, named = _bad_files(random_mlp, tmp_path)[case]

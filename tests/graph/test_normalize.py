@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import warnings
 from pathlib import Path
 
@@ -190,6 +192,21 @@ def _feed_input(g: nir.NIRGraph) -> None:
     g.edges.append(("in2", "input"))
 
 
+@dataclass(eq=False)
+class _Foreign(nir.NIRNode):
+    """A node type no NIR reader produces: what an unknown frontend's graph may hold in memory."""
+
+    value: np.ndarray
+
+
+def test_unsupported_nodes_are_all_named_in_one_error():
+    g = mlp()
+    g.nodes["a"], g.nodes["b"] = _Foreign(value=np.ones(1)), None
+    g.edges += [("lif1", "a"), ("lif1", "b")]
+    with pytest.raises(GraphError, match=r"2 nodes of unsupported types: node 'a' \('_Foreign'\); node 'b' \(None"):
+        normalize(g, source="model.nir")
+
+
 MALFORMED = [
     ("nan weight", _set("fc1", "weight", np.array([[np.nan, 1.0], [0, 0], [0, 0]])), "fc1", "weight", "NaN"),
     ("inf tau", _set("lif1", "tau", np.array([np.inf, 1.0, 1.0])), "lif1", "tau", "NaN or infinite"),
@@ -206,12 +223,11 @@ MALFORMED = [
     ("no input", _drop_node("input"), None, "nodes", "no Input node"),
     ("no output", _drop_node("output"), None, "nodes", "no Output node"),
     ("unreachable", _island, "orphan", None, "not reachable from any Input"),
-    ("cycle", _add_edge("readout", "fc2"), "fc2", "edges", "cycle through nodes fc2, readout"),
+    ("cycle", _add_edge("fc2", "fc2"), "fc2", "edges", "cycle through nodes fc2 with no neuron"),
     ("zero tau", _set("lif1", "tau", np.array([1e-3, 0.0, 1e-3])), "lif1", "tau", "must be > 0"),
     ("negative r", _set("readout", "r", np.array(-1.0)), "readout", "r", "must be > 0"),
-    ("unsupported type", _add_node("conv", nir.Threshold(threshold=np.ones(3))), "conv", None,
-     "unsupported node type 'Threshold': a stateless threshold has no neuron model here yet; supported: Input, "
-     "Output, Affine"),
+    ("unsupported type", _add_node("foreign", _Foreign(value=np.ones(3))), "foreign", None,
+     "unsupported node type '_Foreign'; supported: Input, Output, Affine"),
     ("None node", _add_node("3", None), "3", None, "unsupported node type None"),
     ("string param", _set("lif1", "r", "fast"), "lif1", "r", "not a numeric array"),
     ("missing param", _set("lif1", "tau", None), "lif1", "tau", "missing"),

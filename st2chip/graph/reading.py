@@ -1,0 +1,51 @@
+r"""The discrete-time reading of a canonical graph that the float interpreter and lowering share.
+
+- **Recurrence.** A canonical graph's nodes are in an order where every edge
+  goes forward except *back edges*: edges ``(a, b)`` with ``a`` at or after ``b``
+  (a layer feeding itself or an earlier node). Normalize orders the nodes so
+  that every back edge leaves a neuron node. Along a back edge the value at step
+  ``t`` is the neuron's output at step ``t - 1`` (zero at the first step): NIR's
+  discrete reading of a recurrent connection, and what a synapse's one-step
+  delay does on the chip.
+- **Reset.** NIR 1.0 neurons reset to ``v_reset``. Reset by subtraction
+  (snnTorch's ``reset_mechanism="subtract"``, Loihi 2's programmable neurons) is
+  marked on a spiking node as ``node.metadata["reset"] = "subtract"``: on a spike
+  ``v <- v - v_threshold``, ``v_reset`` unused. ``"zero"`` or no key: ``v <- v_reset``.
+- **Delay.** A ``Delay`` node holds each element ``delay / dt`` whole steps.
+"""
+
+from __future__ import annotations
+
+import nir
+import numpy as np
+
+from st2chip.errors import GraphError
+
+RESET_KEY = "reset"
+RESET_MODES = ("zero", "subtract")
+
+
+def back_edges(graph: nir.NIRGraph) -> set[tuple[str, str]]:
+    """Edges whose source is at or after their target in the graph's node order (recurrent edges)."""
+    rank = {name: i for i, name in enumerate(graph.nodes)}
+    return {(a, b) for a, b in graph.edges if rank[a] >= rank[b]}
+
+
+def reset_mode(name: str, node: nir.NIRNode) -> str:
+    """``"zero"`` or ``"subtract"`` from the node's metadata (see the module docstring)."""
+    meta = getattr(node, "metadata", None) or {}
+    mode = meta.get(RESET_KEY, "zero")
+    if mode not in RESET_MODES:
+        raise GraphError(f"metadata reset must be one of {', '.join(RESET_MODES)}, got {mode!r}", node=name,
+                         field="metadata.reset")
+    return str(mode)
+
+
+def delay_steps(name: str, node: nir.Delay, dt: float) -> np.ndarray:
+    """A Delay node's per-element delays in whole steps; a delay that is not a multiple of dt is an error."""
+    steps = np.asarray(node.delay, dtype=np.float64).reshape(-1) / dt
+    whole = np.rint(steps)
+    if np.any(np.abs(steps - whole) > 1e-6):
+        raise GraphError(f"delays must be whole multiples of dt = {dt:g} s, got {np.asarray(node.delay).ravel()[:4]}",
+                         node=name, field="delay")
+    return whole.astype(np.int64)
