@@ -5,14 +5,13 @@ voltage to zero and zeroes every neuron's state every ``reset_interval`` steps.
 Loihi 2's neurons are programmable; st2chip needs two things ``LIFReset`` lacks:
 
 - ``reset_mode="subtract"``: on a spike ``v <- v - (vth << 6)`` instead of
-  ``v <- 0`` (reset by subtraction, as snnTorch's ``reset_mechanism="subtract"``);
+  ``v <- 0`` (reset by subtraction: st2chip's sLIF, SpikingJelly's soft reset);
 - ``quiet``: no spikes are sent in the last ``quiet`` steps before each periodic
   reset, i.e. at the time steps where ``(time_step - reset_offset) %
   reset_interval >= reset_interval - quiet`` (Lava's ``time_step`` is 1 at the
   first step). st2chip runs samples back to back in one Lava run, one per window
-  of ``reset_interval`` steps; a recurrent population's spikes from the end of
-  one window would otherwise reach the next sample through its recurrent
-  synapses. The state evolves as usual in those steps; only what is sent is zero.
+  of ``reset_interval`` steps; a recurrent or delayed population's spikes from
+  the end of one window would otherwise reach the next sample. The state evolves as usual in those steps; only what is sent is zero.
 
 Everything else (24-bit ``u``/``v``, decays truncated toward zero, wrap of ``u``,
 clip of ``v``, bias mantissa/exponent, threshold ``vth << 6``, the periodic state
