@@ -59,6 +59,7 @@ MAX_SCALE = 4096         # cap on vth: leaves 2^5 headroom for v below 2^23
 SPARSE_BELOW = 0.5       # store as CSR when fewer than this fraction of weights are non-zero
 OUTLIER_FACTOR = 64.0    # a neuron whose folded weights exceed 64x its group's median gets its own population
 WEIGHT_ERROR_WARN = 0.05 # a layer whose relative weight error exceeds 5 % is reported with a warning
+BYTES_PER_WEIGHT = 48    # budget per stored weight while lowering: a few CSR copies (8-byte value, 4-byte index)
 
 
 class QuantizationWarning(St2chipWarning):
@@ -149,14 +150,23 @@ def _rel_error(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.linalg.norm((approx - exact) / m) / np.linalg.norm(exact / m))
 
 
-def _scale_parts(index: np.ndarray, w_fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _row_absmax(matrix: sp.csr_matrix) -> np.ndarray:
+    """Largest ``|w|`` of each row of a CSR matrix (0 for an empty row), from its stored values only."""
+    out = np.zeros(matrix.shape[0])
+    filled = np.diff(matrix.indptr) > 0
+    if matrix.nnz:
+        out[filled] = np.maximum.reduceat(np.abs(matrix.data), matrix.indptr[:-1][filled])
+    return out
+
+
+def _scale_parts(index: np.ndarray, row_max: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Split one decay group's neurons into the bulk and outliers whose folded weights dwarf the rest.
 
     A population shares one scale (``vth``), set by its largest weight: one neuron with
     weights :data:`OUTLIER_FACTOR` times the group's median row maximum would cost every
     other neuron that many quantization steps, so it gets a population (and scale) of its own.
     """
-    row_max = np.max(np.abs(w_fold[index]), axis=1) if w_fold.shape[1] else np.zeros(index.size)
+    row_max = row_max[index]
     live = row_max[row_max > 0]
     if live.size < 2:
         return index, index[:0]
@@ -219,8 +229,9 @@ def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back:
     """Every path into neuron node ``name`` as one matrix over its (source, lag, recurrent) keys, side by side.
 
     Paths with the same key add up. Returns the keys in order, the weight
-    ``(n, Σ n_source)`` (dense), the summed bias, the most Affines on one path,
-    and the distinct chains of node types (for the report).
+    ``(n, Σ n_source)`` (CSR: lowering works from the non-zeros, never a dense
+    copy), the summed bias, the most Affines on one path, and the distinct chains
+    of node types (for the report).
     """
     by_key: dict[tuple[str, int, bool], tuple[sp.csr_matrix, np.ndarray]] = {}
     affines = 0
@@ -243,9 +254,12 @@ def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back:
     if not by_key:
         raise GraphError("a neuron layer must be fed through an Affine or Linear node", node=name)
     keys = list(by_key)
-    width = sum(by_key[k][0].shape[1] for k in keys)
-    limits.check_alloc(f"the folded weights of layer '{name}'", by_key[keys[0]][0].shape[0] * width, 8 * 3)
-    weight = np.hstack([by_key[k][0].toarray() for k in keys])
+    nnz = sum(by_key[k][0].nnz for k in keys)
+    limits.check_alloc(f"the folded weights of layer '{name}'", nnz, BYTES_PER_WEIGHT)
+    weight = sp.csr_matrix(sp.hstack([by_key[k][0] for k in keys], format="csr")) if len(keys) > 1 \
+        else sp.csr_matrix(by_key[keys[0]][0])
+    weight.sum_duplicates()
+    weight.eliminate_zeros()
     return keys, weight, sum(by_key[k][1] for k in keys), affines, list(dict.fromkeys(chains))
 
 
@@ -256,7 +270,7 @@ class _Planned:
     name: str
     keys: list[tuple[str, int, bool]]  # (source, lag, recurrent) per block of columns in w_fold
     widths: list[int]
-    w_fold: np.ndarray
+    w_fold: sp.csr_matrix
     parts: list[tuple[Population, np.ndarray]]  # population, its rows in w_fold
     scales: dict[str, int]
     form: str
@@ -319,13 +333,15 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
     # 2. fold per-neuron thresholds into weights and bias (threshold becomes 1)
     with np.errstate(over="ignore", invalid="ignore"):
         scale = layer.gain / layer.threshold
-        w_fold = weight * scale[:, None]
+        w_fold = weight  # a fresh matrix from _incoming: scaled in place, row by row
+        w_fold.data *= np.repeat(scale, np.diff(w_fold.indptr))
         bias_gain = layer.gain if layer.bias_gain is None else layer.bias_gain
         b_fold = bias * bias_gain / layer.threshold + layer.bias / layer.threshold
-        for field, value in (("weight", w_fold), ("bias", b_fold)):
+        rows = np.repeat(np.arange(n), np.diff(w_fold.indptr))
+        for field, value, where in (("weight", w_fold.data, rows), ("bias", b_fold, np.arange(n))):
             bad = ~np.isfinite(value)
             if bad.any():
-                i = int(np.argwhere(bad)[0][0])
+                i = int(where[np.argmax(bad)])
                 raise GraphError(f"{field}s divided by the threshold overflow (neuron {i}: threshold "
                                  f"{layer.threshold[i]:g}, gain {layer.gain[i]:g}); the chip cannot hold them",
                                  node=name, field=field)
@@ -358,11 +374,12 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
         if np.any(bias != 0):  # NIR filters an Affine bias through the current; the chip adds it to v
             layer_report["bias_note"] = ("Affine bias enters as its steady-state voltage bias: exact once the "
                                          "synaptic current has settled (a few tau_syn)")
-    dense = np.count_nonzero(weight) >= SPARSE_BELOW * weight.size
+    dense = w_fold.nnz >= SPARSE_BELOW * w_fold.shape[0] * w_fold.shape[1]
+    row_max = _row_absmax(w_fold)
     form = "lowrank" if affines > 1 else ("dense" if dense else "sparse")
     groups, outliers = [], []
     for g, (du_g, dv_g) in enumerate(pairs):
-        bulk, odd = _scale_parts(np.flatnonzero((dv_grouped == dv_g) & (du_grouped == du_g)), w_fold)
+        bulk, odd = _scale_parts(np.flatnonzero((dv_grouped == dv_g) & (du_grouped == du_g)), row_max)
         pname = name if len(pairs) == 1 else f"{name}/g{g}"
         groups.append((pname, (int(du_g), int(dv_g)), bulk))
         if odd.size:
@@ -378,8 +395,7 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
     for pname, (du_g, dv_g), index in groups:
         if index.size == 0:
             continue
-        w_rows = w_fold[index]
-        wmax = float(np.max(np.abs(w_rows))) if w_rows.size else 0.0
+        wmax = float(row_max[index].max(initial=0.0))
         s_scale = int(np.clip(np.floor(MANT_FULL / wmax), 1, MAX_SCALE)) if wmax > 0 else MAX_SCALE
         bias_v = b_fold[index] * s_scale * 64.0
         mant_b, exp_b = _bias_fixed(bias_v)
@@ -402,6 +418,18 @@ def _widths(graph: nir.NIRGraph, keys: list[tuple[str, int, bool]]) -> list[int]
         out.append(int(np.prod(next(iter(node.input_type.values())))) if isinstance(node, nir.Input)
                    else int(np.size(node.v_threshold)))
     return out
+
+
+def _take(matrix: sp.csr_matrix, index: np.ndarray, axis: int) -> sp.csr_matrix:
+    """Rows (``axis=0``) or columns (``axis=1``) ``index`` of a CSR matrix; a contiguous run is a slice, the
+    whole matrix itself."""
+    n = matrix.shape[axis]
+    if index.size == n and np.array_equal(index, np.arange(n)):
+        return matrix
+    if index.size and np.array_equal(index, np.arange(index[0], index[0] + index.size)):
+        run = slice(int(index[0]), int(index[0]) + index.size)
+        return matrix[run] if axis == 0 else matrix[:, run]
+    return matrix[index] if axis == 0 else matrix[:, index]
 
 
 def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], depth: dict[str, int]
@@ -435,17 +463,19 @@ def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], dep
         offset += width
     groups, errors, outlier_errors = [], [], []
     for pop, index in plan.parts:
-        w_rows = plan.w_fold[index]
+        w_rows = _take(plan.w_fold, index, axis=0)
         s_scale = plan.scales[pop.name]
         for src_name, cols, extra, lag, recurrent in src_parts:
-            w_sub = w_rows[:, cols]
-            smax = float(np.max(np.abs(w_sub))) if w_sub.size else 0.0
+            w_sub = sp.csr_matrix(_take(w_rows, cols, axis=1))
+            smax = float(np.abs(w_sub.data).max(initial=0.0))
             exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * s_scale / MANT_FULL) - 1e-12))
             exp = int(np.clip(exp, *WEIGHT_EXP_RANGE))
-            mant = np.clip(np.rint(w_sub * s_scale / 2.0**exp / 2), -128, 127).astype(np.int64)
-            err = _rel_error(2 * mant * 2.0**exp / s_scale, w_sub)
+            values = np.clip(np.rint(w_sub.data * s_scale / 2.0**exp / 2), -128, 127).astype(np.int16)
+            err = _rel_error(2 * values * 2.0**exp / s_scale, w_sub.data)
             (outlier_errors if pop.name.endswith("/outliers") else errors).append(err)
-            stored = sp.csr_matrix(mant) if plan.form == "sparse" else mant
+            mant = sp.csr_matrix((values, w_sub.indices, w_sub.indptr), shape=w_sub.shape)
+            mant.eliminate_zeros()
+            stored = mant if plan.form == "sparse" else mant.toarray().astype(np.int64)
             gname = f"{src_name}->{pop.name}" + (f"+{lag}" if lag else "") + ("~" if recurrent else "")
             groups.append(SynapseGroup(gname, src_name, pop.name, stored, exp, plan.form, err, delay=extra, lag=lag,
                                        feedback=recurrent))

@@ -121,19 +121,30 @@ def as_matrix(name: str, node: nir.NIRNode, in_shape: tuple[int, ...]) -> tuple[
     c_out, c_in_group, kh, kw = weight.shape
     _, h_in, w_in = in_shape
     _, h_out, w_out = out_shape2
-    limits.check_alloc(f"the matrix of {name}", c_out * h_out * w_out * c_in_group * kh * kw, 8 * 4)
-    co, oy, ox, ci, ky, kx = np.meshgrid(np.arange(c_out), np.arange(h_out), np.arange(w_out),
-                                         np.arange(c_in_group), np.arange(kh), np.arange(kw), indexing="ij")
+    per_out = h_out * w_out
+    limits.check_alloc(f"the matrix of {name}", c_out * per_out * c_in_group * kh * kw, 12)
+    # one output channel at a time: index arrays of one channel's synapses, never of the whole matrix
+    oy, ox, ci, ky, kx = np.meshgrid(np.arange(h_out), np.arange(w_out), np.arange(c_in_group), np.arange(kh),
+                                     np.arange(kw), indexing="ij")
     y = oy * geo.stride[0] - geo.pad[0] + ky * geo.dilation[0]
     x = ox * geo.stride[1] - geo.pad[1] + kx * geo.dilation[1]
     inside = (y >= 0) & (y < h_in) & (x >= 0) & (x < w_in)
-    channel = (co // (c_out // groups)) * c_in_group + ci
-    rows = ((co * h_out + oy) * w_out + ox)[inside]
-    cols = ((channel * h_in + y) * w_in + x)[inside]
-    values = weight[co, ci, ky, kx][inside]
-    n_out, n_in = int(np.prod(out_shape)), int(np.prod(in_shape))
-    matrix = sp.csr_matrix((values, (rows, cols)), shape=(n_out, n_in))
-    matrix.sum_duplicates()
-    matrix.eliminate_zeros()
+    row = (oy * w_out + ox)[inside]
+    offset = ((ci * h_in + y) * w_in + x)[inside]  # input index within the channel group
+    tap = (ci * kh + ky) * kw + kx
+    tap = tap[inside]
+    order = np.argsort(row, kind="stable")  # CSR order: by output position
+    row, offset, tap = row[order], offset[order], tap[order]
+    indptr_one = np.searchsorted(row, np.arange(per_out + 1))
+    blocks = []
+    n_in = int(np.prod(in_shape))
+    for co in range(c_out):
+        first_channel = (co // (c_out // groups)) * c_in_group
+        values = weight[co].reshape(-1)[tap]
+        block = sp.csr_matrix((values, (offset + first_channel * h_in * w_in).astype(np.int32), indptr_one),
+                              shape=(per_out, n_in))
+        block.eliminate_zeros()
+        blocks.append(block)
+    matrix = sp.csr_matrix(sp.vstack(blocks, format="csr"))
     full_bias = np.repeat(np.broadcast_to(bias, (c_out,)), h_out * w_out)
     return matrix, full_bias.astype(np.float64)
