@@ -292,3 +292,45 @@ def sequence_encode(x: np.ndarray | torch.Tensor, levels: int = MNIST1D_LEVELS) 
         raise InputError(f"sequence_encode takes (B, T) or (T,) values, got shape {tuple(x.shape)}")
     thresholds = (torch.arange(int(levels), dtype=torch.float32, device=x.device) + 0.5) / int(levels)
     return (x.movedim(-1, 0).unsqueeze(-1) >= thresholds).to(torch.float32)
+
+
+# --- Digits read row by row (the RNN's "rows" encoding) --------------------------------------
+
+DIGITS_SIDE = 8  # the digits images are 8x8
+ROWS_LEVELS = 4  # thermometer levels per pixel
+ROWS_HOLD = 2  # steps each row is held
+
+
+def rows_encode(x: np.ndarray | torch.Tensor, levels: int = ROWS_LEVELS, hold: int = ROWS_HOLD,
+                side: int = DIGITS_SIDE) -> torch.Tensor:
+    """Images read row by row (encoding ``"rows"``): ``x`` ``(B, side*side)`` in [0, 1] -> spikes
+    ``(side*hold, B, side*levels)``.
+
+    Row ``r`` of the image (pixels ``x[b, r*side:(r+1)*side]``, C order) is shown at
+    steps ``r*hold, ..., r*hold + hold - 1``, the same spikes at each of them, and
+    nothing else is: the top row first, so ``T = side * hold`` (16 for the 8x8
+    digits with the default ``hold = 2``). Within a step, pixel ``c`` of the row
+    drives input neurons ``c*levels + k`` (``0 <= k < levels``), a thermometer code
+    as in :func:`sequence_encode`: neuron ``k`` fires iff the pixel value is at least
+    ``(k + 0.5) / levels``. With the default ``levels = 4`` that is 32 input neurons.
+    A recurrent network must keep the rows it has seen in its state to tell the
+    digit; deterministic, so the float model, the fixed-point reference and Lava see
+    the same spikes. Values are clipped to [0, 1]; a ``(side*side,)`` input gives
+    ``(T, side*levels)``.
+    """
+    for name, value in (("levels", levels), ("hold", hold), ("side", side)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    levels, hold, side = int(levels), int(hold), int(side)
+    x = torch.as_tensor(x, dtype=torch.float32).clamp(0.0, 1.0)
+    single = x.dim() == 1
+    if single:
+        x = x.unsqueeze(0)
+    if x.dim() != 2 or x.shape[1] != side * side:
+        raise InputError(f"rows_encode takes (B, {side * side}) images, got shape {tuple(x.shape)}")
+    thresholds = (torch.arange(levels, dtype=torch.float32, device=x.device) + 0.5) / levels
+    rows = x.reshape(x.shape[0], side, side)  # (B, row, column)
+    code = (rows.unsqueeze(-1) >= thresholds).to(torch.float32)  # (B, row, column, level)
+    spikes = code.reshape(x.shape[0], side, side * levels).movedim(1, 0)  # (row, B, column*levels + level)
+    spikes = spikes.repeat_interleave(hold, dim=0)
+    return spikes[:, 0] if single else spikes
