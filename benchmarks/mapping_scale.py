@@ -8,8 +8,8 @@ neurons; the largest holds about 10^8 synapses. A convolution is a sparse matrix
 so this is the case where a mapper that makes dense copies cannot cope.
 
 Every size runs in a fresh child process (so that peak memory is that size's
-own): it builds the graph, then times ``normalize`` and ``lower`` (and
-placement, where :mod:`st2chip.chip.placement` exists) and reports the child's
+own): it builds the graph, then times ``normalize``, ``lower`` and the Loihi 2
+placement (:mod:`st2chip.chip.placement`, as many chips as needed) and reports the child's
 peak resident memory (``ru_maxrss``, including the interpreter and its imports,
 measured alone as ``baseline``). Writes ``benchmarks/results/mapping_scale.json``
 and ``.png`` and prints, last, ``mapping <N> neurons: <S> s, <M> GB peak`` for
@@ -71,6 +71,7 @@ def _measure(side: int, decay_groups: int, queue) -> None:
     import warnings
 
     from st2chip.chip.lower import lower
+    from st2chip.chip.placement import place
     from st2chip.graph.normalize import normalize
 
     warnings.simplefilter("ignore")
@@ -84,15 +85,9 @@ def _measure(side: int, decay_groups: int, queue) -> None:
     result = {"side": side, "neurons": sum(p.size for p in chip.populations),
               "synapses": sum(s.nnz for s in chip.synapses), "populations": len(chip.populations),
               "normalize_s": t1 - t0, "lower_s": t2 - t1, "baseline_gb": baseline}
-    try:
-        from st2chip.chip import placement
-    except ImportError:
-        placement = None
-    if placement is not None:
-        t3 = time.perf_counter()
-        placed = placement.place(chip, placement.load_resources("loihi2"))
-        result["place_s"] = time.perf_counter() - t3
-        result["cores"] = len(placed.cores) if hasattr(placed, "cores") else None
+    t3 = time.perf_counter()
+    placed = place(chip, "loihi2", max_chips=None)
+    result.update(place_s=time.perf_counter() - t3, cores=placed.n_cores, chips=placed.n_chips)
     result["total_s"] = time.perf_counter() - t0
     result["peak_gb"] = _peak_gb()
     queue.put(result)
@@ -146,8 +141,8 @@ def main() -> None:
         r = run_size(n, args.decay_groups)
         results.append(r)
         print(f"{r['neurons']:>9,} neurons, {r['synapses']:>12,} synapses: normalize {r['normalize_s']:.1f} s, "
-              f"lower {r['lower_s']:.1f} s" + (f", place {r['place_s']:.1f} s" if "place_s" in r else "")
-              + f", peak {r['peak_gb']:.2f} GB", flush=True)
+              f"lower {r['lower_s']:.1f} s, place {r['place_s']:.1f} s"
+              + f" ({r['cores']:,} cores, {r['chips']} chips), peak {r['peak_gb']:.2f} GB", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": platform.machine(), "python": platform.python_version(), "decay_groups": args.decay_groups,
               "network": f"input {CHANNELS}xHxH, {LAYERS} x (Conv2d {CHANNELS}->{CHANNELS} {KERNEL}x{KERNEL} pad 1 "

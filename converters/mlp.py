@@ -34,22 +34,33 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def slif_to_nir(neuron: SLIF, shape: tuple[int, ...], dt: float) -> nir.LIF:
-    """The NIR LIF of an sLIF layer (mapping above), parameters broadcast to ``shape``."""
+    """The NIR LIF of an sLIF layer (mapping above), parameters broadcast to ``shape``.
+
+    A neuron that resets by subtraction gets ``metadata["reset"] = "subtract"``
+    (st2chip's convention, :mod:`st2chip.graph.reading`; NIR 1.0 has no field for it).
+    """
     beta = np.broadcast_to(to_numpy(neuron.beta), shape).copy()
     theta = np.broadcast_to(to_numpy(neuron.theta), shape).copy()
     zeros = np.zeros(shape)
-    return nir.LIF(tau=dt / (1 - beta), r=1 / (1 - beta), v_leak=zeros, v_threshold=theta, v_reset=zeros.copy())
+    metadata = {"reset": "subtract"} if neuron.reset == "subtract" else {}
+    return nir.LIF(tau=dt / (1 - beta), r=1 / (1 - beta), v_leak=zeros, v_threshold=theta, v_reset=zeros.copy(),
+                   metadata=metadata)
+
+
+def check_finite(model: torch.nn.Module) -> None:
+    """Refuse a model with NaN or infinite parameters (an :class:`InputError` naming the parameter)."""
+    for name, tensor in model.named_parameters():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise InputError(f"parameter '{name}': {bad} of {tensor.numel()} values are NaN or infinite; "
+                             f"nothing exported")
 
 
 def mlp_to_nir(model: SpikingMLP, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     """``Input -> (Affine -> LIF)* -> Affine -> I -> Output`` for a :class:`SpikingMLP`."""
     if model.config.reset != "zero":
         raise InputError("NIR 1.0 LIF resets to v_reset; only reset='zero' models can be exported")
-    for name, tensor in model.named_parameters():
-        bad = int((~torch.isfinite(tensor)).sum())
-        if bad:
-            raise InputError(f"parameter '{name}': {bad} of {tensor.numel()} values are NaN or infinite; "
-                             f"nothing exported")
+    check_finite(model)
     sizes = model.config.sizes
     nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array([sizes[0]])})}
     edges: list[tuple[str, str]] = []
@@ -65,5 +76,6 @@ def mlp_to_nir(model: SpikingMLP, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     nodes["readout"] = nir.I(r=np.full(last.out_features, 1 / dt))
     nodes["output"] = nir.Output(output_type={"output": np.array([last.out_features])})
     edges += [(previous, f"fc{k}"), (f"fc{k}", "readout"), ("readout", "output")]
-    metadata = {"dt": dt, "steps": model.config.steps, "encoding": model.config.encoding, "producer": "st2chip"}
+    metadata = {"dt": dt, "steps": model.config.steps, "encoding": model.config.encoding, "producer": "st2chip",
+                "model": "mlp"}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)

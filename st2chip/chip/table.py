@@ -1,8 +1,17 @@
-"""A per-layer table of a ChipGraph that fits a terminal (what ``st2chip map`` prints)."""
+"""A per-layer table of a ChipGraph that fits a terminal (what ``st2chip map`` prints).
+
+With a :class:`~st2chip.chip.placement.Placement`, the table gains a ``cores`` column (and
+which resource bound the layer's cores) and :func:`format_cores` gives the per-core view.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from st2chip.chip.chipgraph import ChipGraph
+
+if TYPE_CHECKING:
+    from st2chip.chip.placement import Core, Placement
 
 
 def neuron_model(chip: ChipGraph, layer: str) -> str:
@@ -16,9 +25,12 @@ def neuron_model(chip: ChipGraph, layer: str) -> str:
     return f"own ({', '.join(needs)})" if needs else "LIF"
 
 
-def layer_rows(chip: ChipGraph) -> list[dict]:
-    """One dict per layer: neurons, populations, neuron model, synapses, non-zeros, bits, exponents, errors."""
+def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict]:
+    """One dict per layer: neurons, populations, neuron model, synapses, non-zeros, bits, exponents, errors;
+    with a placement also ``cores`` (distinct cores holding the layer) and ``bound`` (the resource that ended
+    most of its cores: neurons, memory, fan-in, fan-out; ``-`` when the layer fits one core)."""
     rows = []
+    cores = placement.layer_cores() if placement is not None else {}
     for layer in chip.layers():
         pops = chip.layer_populations(layer)
         names = {p.name for p in pops}
@@ -42,26 +54,38 @@ def layer_rows(chip: ChipGraph) -> list[dict]:
             "leak_error": info.get("leak_error", 0.0),
             "bias_error": info.get("bias_error", 0.0),
         })
+        if placement is not None:
+            rows[-1]["cores"] = cores.get(layer, 0)
+            rows[-1]["bound"] = placement.bound.get(layer, "-")
     return rows
 
 
-def format_table(chip: ChipGraph) -> str:
-    """Render :func:`layer_rows` as aligned text plus a totals line."""
+def _aligned(header: tuple[str, ...], lines: list[tuple[str, ...]], left: set[int]) -> list[str]:
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" if i in left else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*l) for l in lines]
+
+
+def format_table(chip: ChipGraph, placement: Placement | None = None) -> str:
+    """Render :func:`layer_rows` as aligned text plus a totals line; with a placement, a ``cores`` column
+    (``4 mem``: 4 cores, memory bound) and the placement's summary line."""
     header = ("layer", "kind", "model", "neurons", "pops", "synapses", "nonzero", "form", "from", "bits", "exp",
               "w-err %", "leak-err", "vth")
     lines = []
-    rows = layer_rows(chip)
+    rows = layer_rows(chip, placement)
     for r in rows:
         lines.append((r["layer"], r["kind"], r["model"], str(r["neurons"]), str(r["populations"]),
                       str(r["synapses"]), str(r["nonzero"]), "/".join(r["form"]), " + ".join(r["linear"]),
                       str(r["weight_bits"]),
                       ",".join(map(str, r["exp"])), f"{100 * r['weight_error']:.2f}",
                       f"{r['leak_error']:.2e}", "-" if r["vth"] is None else ",".join(map(str, r["vth"]))))
-    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(header)]
     left = {0, 1, 2, 8}  # text columns
-    fmt = "  ".join(f"{{:<{w}}}" if i in left else f"{{:>{w}}}" for i, w in enumerate(widths))
-    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*l) for l in lines]
+    if placement is not None:
+        header = header[:5] + ("cores",) + header[5:]
+        lines = [l[:5] + (f"{r['cores']} {_BOUND.get(r['bound'], r['bound'])}".rstrip(),) + l[5:]
+                 for l, r in zip(lines, rows)]
+        left = {0, 1, 2, 9}
+    out = _aligned(header, lines, left)
     total_syn = sum(r["synapses"] for r in rows)
     total_nnz = sum(r["nonzero"] for r in rows)
     out.append(f"{len(chip.populations)} populations, {sum(r['neurons'] for r in rows)} neurons, "
@@ -70,4 +94,69 @@ def format_table(chip: ChipGraph) -> str:
     if any(r["model"] != "LIF" for r in rows):
         out.append("model 'own': st2chip's Lava neuron, not Lava's LIF (reset by subtraction; a recurrent or delayed "
                    "source is silenced at the end of each sample's window)")
+    if placement is not None:
+        out.append(placement.summary())
+        if any(r["bound"] != "-" for r in rows):
+            out.append("cores: what bound them - neur (neurons per core), mem (synapse memory), in (fan-in axons), "
+                       "out (fan-out axons)")
+    return "\n".join(out)
+
+
+_BOUND = {"neurons": "neur", "memory": "mem", "fan-in": "in", "fan-out": "out", "-": ""}
+
+
+def _core_line(core: Core, placement: Placement) -> tuple[str, ...]:
+    res = placement.resources
+    names = ", ".join(s.label(placement.population_sizes.get(s.population)) for s in core.slices)
+    if len(names) > 40:
+        names = names[:37] + "..."
+    return (str(core.chip), str(core.core), names, str(core.neurons), str(core.synapses),
+            f"{core.memory_bytes / 1024:.1f}", f"{100 * core.memory_bits / res.synapse_memory_per_core:.0f}",
+            str(core.fan_in), str(core.fan_out))
+
+
+def format_cores(placement: Placement, max_rows: int = 40) -> str:
+    """The per-core view: one row per core (chip, core, population slices, neurons, non-zero synapses,
+    synapse memory in KiB and % of a core, fan-in and fan-out axons), then the largest use of each resource.
+
+    Over ``max_rows`` cores it shows the first and last ``max_rows // 2`` cores and, instead of the rest,
+    one row per layer with the min-max over its cores.
+    """
+    res = placement.resources
+    header = ("chip", "core", "populations", "neurons", "synapses", "mem KiB", "mem %", "fan-in", "fan-out")
+    cores = placement.cores
+    if len(cores) <= max_rows:
+        out = _aligned(header, [_core_line(c, placement) for c in cores], {2})
+    else:
+        half = max(1, max_rows // 2)
+        head = [_core_line(c, placement) for c in cores[:half]]
+        tail = [_core_line(c, placement) for c in cores[-half:]]
+        gap = ("", "", f"... {len(cores) - 2 * half} more cores ...", "", "", "", "", "", "")
+        out = _aligned(header, head + [gap] + tail, {2})
+        out.append("")
+        out.append("per layer, min-max over its cores:")
+        agg = []
+        for layer, n in placement.layer_cores().items():
+            mine = [c for c in cores if layer in c.layers]
+            if not mine:
+                continue
+
+            def span(values: list[float], fmt: str = "{:.0f}") -> str:
+                lo, hi = min(values), max(values)
+                return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}-{fmt.format(hi)}"
+            agg.append((layer, str(n), span([c.neurons for c in mine]), span([c.synapses for c in mine]),
+                        span([c.memory_bytes / 1024 for c in mine], "{:.1f}"),
+                        span([100 * c.memory_bits / res.synapse_memory_per_core for c in mine]),
+                        span([c.fan_in for c in mine]), span([c.fan_out for c in mine])))
+        out += _aligned(("layer", "cores", "neurons", "synapses", "mem KiB", "mem %", "fan-in", "fan-out"), agg, {0})
+    if cores:
+        def most(attr: str) -> int:
+            return max(getattr(c, attr) for c in cores)
+        out.append(f"{len(cores)} cores on {placement.n_chips} chip{'s' * (placement.n_chips != 1)}; largest per core: "
+                   f"neurons {most('neurons')}/{res.neurons_per_core}, synapse memory "
+                   f"{most('memory_bits') / 8 / 1024:.1f}/{res.synapse_memory_bytes / 1024:g} KiB, "
+                   f"fan-in {most('fan_in')}/{res.axons_in_per_core}, fan-out {most('fan_out')}/{res.axons_out_per_core} "
+                   f"axons ({res.name})")
+    else:
+        out.append(f"no neurons to place ({res.name})")
     return "\n".join(out)

@@ -1,4 +1,9 @@
-"""Input spikes for a run: the user's own file (``--inputs``) or the embedded digits test split.
+"""Input spikes for a run: the user's own file (``--inputs``) or a built-in test split.
+
+Without ``--inputs`` the graph's ``metadata["encoding"]`` picks the data: ``"sequence"``
+the MNIST-1D test split (thermometer code, one value per step), ``"rows"`` the digits
+test split read row by row (:func:`~st2chip.learn.data.rows_encode`), anything else the
+digits test split rate-coded over ``metadata["steps"]`` (or ``--steps``).
 
 ``--inputs`` takes
 
@@ -229,15 +234,44 @@ def mnist1d_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) 
     return limit(RunInputs({name: spikes}, test.y, "the MNIST-1D test split"), samples, steps)
 
 
+def rows_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) -> RunInputs:
+    """The digits test split read row by row (encoding ``rows``, :func:`~st2chip.learn.data.rows_encode`), with
+    labels: ``levels`` = the input size / 8, ``hold`` from the metadata (else its ``steps`` / 8)."""
+    from st2chip.learn.data import DIGITS_SIDE, load_digits_split, rows_encode
+
+    name, size = _only_input(graph, "digits (rows)")
+    metadata = graph.metadata if isinstance(graph.metadata, dict) else {}
+    if size % DIGITS_SIDE:
+        raise InputError(f"input node '{name}' takes {size} values; the 'rows' encoding feeds {DIGITS_SIDE} pixels "
+                         f"x levels per step: give your own spikes with --inputs FILE.npy")
+    hold = metadata.get("hold")
+    if hold is None:
+        stored = metadata.get("steps")
+        if stored is None:
+            raise InputError("encoding 'rows': the graph's metadata has neither 'hold' nor 'steps'; pass "
+                             "--inputs FILE whose arrays are (batch, T, ...)")
+        hold = limits.positive_int(stored, "metadata field 'steps'", "the graph") // DIGITS_SIDE
+    hold = limits.positive_int(hold, "metadata field 'hold'", "the graph")
+    _, test = load_digits_split()
+    count = len(test) if samples is None else max(min(int(samples), len(test)), 1)
+    limits.check_alloc(f"row-coding {count} digits samples x {DIGITS_SIDE * hold} steps",
+                       count * DIGITS_SIDE * hold * size, _ENCODE_BYTES, "the digits inputs")
+    spikes = rows_encode(test.x[:count], size // DIGITS_SIDE, hold).numpy().transpose(1, 0, 2).astype(np.uint8)
+    return limit(RunInputs({name: spikes}, test.y[:count], "the digits test split, row by row"), samples, steps)
+
+
 def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, steps: int | None) -> RunInputs:
     """``--inputs`` when given (``--steps`` defaults to its T); else, for a graph whose metadata says
-    ``encoding: sequence`` (an MNIST-1D model), the MNIST-1D test split; else the whole digits test
-    split (``--steps`` or the graph's metadata). ``samples`` keeps the first ones."""
+    ``encoding: sequence`` (an MNIST-1D model), the MNIST-1D test split; for ``encoding: rows`` (an RNN
+    reading digits row by row), the digits test split in that code; else the whole digits test
+    split, rate-coded (``--steps`` or the graph's metadata). ``samples`` keeps the first ones."""
     metadata = graph.metadata if isinstance(graph.metadata, dict) else {}
     if path is not None:
         inputs = limit(load_inputs(path, graph), samples, steps)
     elif metadata.get("encoding") == "sequence":
         inputs = mnist1d_inputs(graph, samples, steps)
+    elif metadata.get("encoding") == "rows":
+        inputs = rows_inputs(graph, samples, steps)
     else:
         origin = "the digits inputs (--steps)"
         if steps is None:

@@ -46,6 +46,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="shard the engine's samples over Ray: a local instance, or the cluster at ADDRESS "
                         "(e.g. ray://head:10001)")
+    p.add_argument("--target", choices=["lava-sim", "loihi2-hw"], default="lava-sim",
+                   help="where the lava backend runs: lava-sim, Lava's fixed-point CPU simulator (default), or "
+                        "loihi2-hw, a Loihi 2 chip through Loihi2HwCfg (needs Intel's lava-loihi; exit 2 "
+                        "without it)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--retrain", action="store_true", help="train again even if runs/<name>/model.pt exists")
 
-    p = sub.add_parser("export", help="checkpoint (.pt) -> NIR file (MLP) or deployment bundle folder (ST)",
-                       description="Export an st2chip checkpoint: an MLP to one NIR 1.0 file, a spiking "
+    p = sub.add_parser("export", help="checkpoint (.pt) -> NIR file (MLP, CNN, RNN) or deployment bundle folder (ST)",
+                       description="Export an st2chip checkpoint: an MLP, CNN or RNN to one NIR 1.0 file, a spiking "
                                    "Transformer to a bundle folder (NIR parts, ONNX parts checked with "
                                    "onnxruntime, manifest.json; see docs/bundle.md). "
                                    "Example: st2chip export runs/demo/model.pt -o model.nir; "
@@ -83,16 +87,33 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_EXIT)
     p.add_argument("checkpoint", help="checkpoint written by st2chip (loaded with weights_only=True)")
     p.add_argument("-o", "--output", required=True,
-                   help="NIR file (MLP) or bundle folder (ST; replaced atomically) to write")
+                   help="NIR file (MLP, CNN, RNN) or bundle folder (ST; replaced atomically) to write")
     p.add_argument("--dt", type=float, default=1e-3, help="time step in seconds recorded in the graph (default 1e-3)")
 
-    p = sub.add_parser("map", help="lower a NIR file to the chip and print the per-layer table",
-                       description="Normalize, validate and lower a NIR graph; print the ChipGraph per layer. "
+    p = sub.add_parser("map", help="lower a NIR file to the chip, place it on cores and print the per-layer table",
+                       description="Normalize, validate and lower a NIR graph; place its populations on neurocores "
+                                   "and chips against a resource model (default loihi2: 128 neurocores per chip; "
+                                   "per-core neurons, synapse memory and fan-in/fan-out axon limits); print the "
+                                   "ChipGraph per layer with the cores each layer takes and what bound them. A "
+                                   "network that does not fit is exit 2 naming every offending layer, the resource "
+                                   "and both numbers. Loihi 2's per-core figures are not public: the resource file "
+                                   "(st2chip/chip/resources/loihi2.json) marks them uncertain and cites a source "
+                                   "for each figure; copy it, edit a figure and pass --resources FILE.json. "
                                    "A mapping does not depend on run length. "
-                                   "Example: st2chip map model.nir --decay-groups 2",
+                                   "Example: st2chip map model.nir --decay-groups 2 --cores",
                        epilog=EPILOG_EXIT)
     _add_graph_args(p)
-    p.add_argument("--json", help="also write the table as JSON here")
+    p.add_argument("--json", help="also write the table (and the placement, per core) as JSON here")
+    p.add_argument("--resources", default="loihi2", metavar="NAME|FILE",
+                   help="resource model: loihi2 (default), loihi1, a JSON file in the same format, or none "
+                        "(lower only, no placement)")
+    p.add_argument("--max-chips", default="1", metavar="N",
+                   help="chips the network may use (default 1; 'any' for no limit)")
+    p.add_argument("--cores", action="store_true",
+                   help="also print the per-core view: chip, core, population slices, neurons, synapses, synapse "
+                        "memory (KiB, %% of a core), fan-in and fan-out axons")
+    p.add_argument("--no-pack", action="store_true",
+                   help="give every population cores of its own (default: small populations share a core)")
 
     p = sub.add_parser("simulate", help="run a NIR file on one backend and report accuracy",
                        description="Run input spikes (--inputs, or digits test samples) through one backend; "
@@ -155,7 +176,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="canonical .nir file to write (replaced atomically)")
 
     register_train(sub)
+    _register_export_netx(sub)
     return parser
+
+
+def _register_export_netx(sub) -> None:
+    p = sub.add_parser("export-netx", help="lower a NIR file and write what lava-dl's netx can express as netx HDF5",
+                       description="Normalize and lower a NIR graph, then write its feed-forward chain (one "
+                                   "population per layer: dense, sparse as dense matrices, recurrent dense) as a "
+                                   "lava-dl netx HDF5 file that netx.hdf5.Network loads. Layers netx cannot "
+                                   "express (several decay groups, reset by subtraction, skip connections, "
+                                   "feedback to an earlier layer, graph-level delays, weights or biases netx "
+                                   "cannot hold exactly) are listed with the reason, not dropped silently. "
+                                   "Exit 0 when a chain was written (a partial one lists the rest), 2 when not "
+                                   "even the first layer can be expressed. "
+                                   "Example: st2chip export-netx model.nir -o model.h5",
+                       epilog=EPILOG_EXIT)
+    p.add_argument("model", help="NIR file (.nir), as written by st2chip export or st2chip import")
+    p.add_argument("-o", "--output", required=True, help="netx HDF5 file to write (replaced atomically)")
+    p.add_argument("--decay-groups", type=int, default=1, metavar="K",
+                   help="distinct voltage decays per layer when lowering (default 1: netx holds one per layer)")
+    p.add_argument("--dt", type=float, default=None,
+                   help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
+    p.add_argument("--approximate", action="store_true",
+                   help="round weights and biases netx cannot hold exactly (its bias exponent is fixed at 6; "
+                        "it adds weights per synapse where the chip shifts the sum) and report the largest "
+                        "error, instead of stopping the export at that layer")
+    p.add_argument("--json", help="also write the export record (layers, what was not exported and why) as JSON")
+    p.set_defaults(func=_cmd_export_netx)
+
+
+def _cmd_export_netx(args: argparse.Namespace) -> int:
+    from st2chip.io import write_json
+    from st2chip.targets.netx import export_netx
+    _, _, chip = _pipeline(args)
+    export = export_netx(chip, args.output, approximate=args.approximate)
+    print(export.describe())
+    if args.json:
+        write_json(args.json, export.to_dict())
+    return 0
 
 
 def _pipeline(args: argparse.Namespace):
@@ -181,16 +240,52 @@ def _engine_args(args: argparse.Namespace) -> dict:
         import torch
         if not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA device is available here")
-    return {"device": args.device, "batch_size": args.batch_size, "progress": args.ray is None, "ray": args.ray}
+    return {"device": args.device, "batch_size": args.batch_size, "progress": args.ray is None, "ray": args.ray,
+            "target": getattr(args, "target", "lava-sim")}
+
+
+def _check_target(args: argparse.Namespace, runs_lava: bool) -> None:
+    """``--target loihi2-hw``: refuse at once (exit 2) where it cannot run, before any model is read."""
+    if getattr(args, "target", "lava-sim") != "loihi2-hw":
+        return
+    if not runs_lava:
+        raise InputError("--target loihi2-hw runs the lava backend on a Loihi 2 chip: choose the lava backend "
+                         "(--backend lava, or lava in --backends with --lava-samples above 0)")
+    from st2chip.cli.pipeline import loihi2_hw_run_cfg
+    loihi2_hw_run_cfg()
 
 
 def _cmd_map(args: argparse.Namespace) -> int:
-    from st2chip.chip.table import format_table, layer_rows
+    from st2chip.chip.placement import PlacementError, load_resources, place
+    from st2chip.chip.table import format_cores, format_table, layer_rows
     from st2chip.io import write_json
-    _, _, chip = _pipeline(args)
-    print(format_table(chip))
+    if args.max_chips.strip().lower() == "any":
+        max_chips = None
+    else:
+        try:
+            max_chips = int(args.max_chips)
+        except ValueError:
+            max_chips = 0
+        if max_chips < 1:
+            raise InputError(f"--max-chips must be a whole number of at least 1 or 'any', got {args.max_chips!r}")
+    resources = None if args.resources == "none" else load_resources(args.resources)
+    log, _, chip = _pipeline(args)
+    placement = None
+    if resources is not None:
+        try:
+            placement = log.stage("place", place, chip, resources, max_chips=max_chips, pack=not args.no_pack)
+        except PlacementError:
+            print(format_table(chip))  # what was lowered, before the one-line error on stderr
+            raise
+    print(format_table(chip, placement))
+    if args.cores and placement is not None:
+        print()
+        print(format_cores(placement))
     if args.json:
-        write_json(args.json, {"layers": layer_rows(chip), "report": chip.report})
+        data = {"layers": layer_rows(chip, placement), "report": chip.report}
+        if placement is not None:
+            data["placement"] = placement.to_dict()
+        write_json(args.json, data)
     return 0
 
 
@@ -198,6 +293,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     import numpy as np
     from st2chip.cli.pipeline import run_backend
     from st2chip.io import atomic_path
+    _check_target(args, args.backend == "lava")
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
     traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, args.output is not None,
@@ -230,6 +326,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
     if args.lava_samples < 0:
         raise InputError(f"--lava-samples must be 0 or more, got {args.lava_samples}")
+    _check_target(args, "lava" in backends and args.lava_samples > 0)
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
     everything = [b for b in backends if b != "lava"] or ["reference"]
@@ -239,7 +336,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if "lava" in backends and args.lava_samples:
         n = min(args.lava_samples, inputs.samples)
         head = {name: x[:n] for name, x in inputs.spikes.items()}
-        cross = (log.stage("simulate:lava", run_backend, "lava", graph, chip, head),)
+        cross = (log.stage("simulate:lava", run_backend, "lava", graph, chip, head, target=args.target),)
     report = log.stage("verify", verify, traces, inputs.labels, max_drop=args.max_drop,
                        min_agreement=args.min_agreement, cross_checks=cross,
                        units={layer: chip.voltage_units(layer) for layer in chip.readout_layers()})
@@ -256,6 +353,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     from st2chip.analysis.energy import energy_report, load_profile, write_energy_report
     from st2chip.cli.pipeline import run_backend
     profile = load_profile(args.profile)
+    _check_target(args, args.backend == "lava")
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
     traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, False,
@@ -291,9 +389,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         path = export_bundle(model, args.output, dt=args.dt)
         print(f"deployment bundle written to {path} (manifest.json, NIR and ONNX parts)")
         return 0
-    from st2chip.converters.mlp import mlp_to_nir
     from st2chip.graph.nirfile import write_nir
-    path = write_nir(mlp_to_nir(model, dt=args.dt), args.output)
+    if kind == "cnn":
+        from st2chip.converters.cnn import cnn_to_nir as to_nir
+    elif kind == "rnn":
+        from st2chip.converters.rnn import rnn_to_nir as to_nir
+    else:
+        from st2chip.converters.mlp import mlp_to_nir as to_nir
+    path = write_nir(to_nir(model, dt=args.dt), args.output)
     print(f"NIR graph written to {path}")
     return 0
 

@@ -55,17 +55,49 @@ def load_graph(path: str | os.PathLike | nir.NIRGraph, dt: float | None = None) 
     return normalize(path, dt=dt)
 
 
+LAVA_TARGETS = ("lava-sim", "loihi2-hw")  # where the lava backend runs: Loihi2SimCfg (CPU) or Loihi2HwCfg (chip)
+# What a Loihi2HwCfg run needs from Intel's lava-loihi: lava-nc's compiler imports these inside a try and, where
+# they are missing, silently puts stand-ins in their place (a hardware run would then fall back to CPU models).
+LAVA_LOIHI_MODULES = ("lava.magma.compiler.subcompilers.nc.ncproc_compiler", "lava.magma.core.model.nc.model")
+
+
+def loihi2_hw_run_cfg():
+    """The ``Loihi2HwCfg`` for ``--target loihi2-hw``; an :class:`InputError` (exit 2) where lava-loihi is absent."""
+    import importlib
+
+    from st2chip.targets.lava_compat import ensure_lava
+
+    ensure_lava()
+    missing = []
+    for module in LAVA_LOIHI_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise InputError(f"--target loihi2-hw: running on Loihi 2 (Loihi2HwCfg) needs lava-loihi, Intel's "
+                         f"Loihi 2 compiler and runtime extension of Lava (available to INRC members only), "
+                         f"which is not installed here (no module {', '.join(missing)}); "
+                         f"--target lava-sim (the default) runs Lava's fixed-point CPU simulator")
+    from lava.magma.core.run_configs import Loihi2HwCfg
+    return Loihi2HwCfg()
+
+
 def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict[str, np.ndarray],
                 voltages: bool = True, *, device: str | None = None, batch_size: int = 256,
-                progress: bool = False, ray: str | None = None) -> Traces:
+                progress: bool = False, ray: str | None = None, target: str = "lava-sim") -> Traces:
     """Run one backend: ``float`` reads NIR; the chip backends read only the ChipGraph.
 
     ``reference`` (alias ``engine``) is the fixed-point engine on ``device`` (CUDA
     when present, else CPU), ``batch_size`` samples at a time; with ``ray``
     (``"local"`` or a cluster address) its samples are sharded over Ray workers.
     ``voltages=False`` records voltages of readout layers only (Lava runs about
-    twice as fast).
+    twice as fast). ``target`` is where ``lava`` runs: ``lava-sim`` (Lava's
+    fixed-point simulator) or ``loihi2-hw`` (``Loihi2HwCfg``: needs lava-loihi,
+    refused with an :class:`InputError` where it is absent).
     """
+    if target not in LAVA_TARGETS:
+        raise InputError(f"unknown target '{target}' (choose from {', '.join(LAVA_TARGETS)})")
     if backend == "float":
         order = [name for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
         return simulate(graph, np.concatenate([inputs[name] for name in order], axis=2))
@@ -79,6 +111,13 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
                           voltages=voltages, progress=progress)
     if backend == "lava":
         from st2chip.targets import lava
+        if target == "loihi2-hw":
+            import inspect
+            run_cfg = loihi2_hw_run_cfg()
+            if "run_cfg" not in inspect.signature(lava.run).parameters:
+                raise InputError("--target loihi2-hw: lava-loihi is installed, but st2chip's Lava backend "
+                                 "(targets/lava.py) builds Loihi2SimCfg runs only so far")
+            return lava.run(chip, inputs, voltages=voltages, run_cfg=run_cfg)
         return lava.run(chip, inputs, voltages=voltages)
     raise InputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
 

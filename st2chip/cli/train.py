@@ -1,50 +1,91 @@
 """``st2chip train`` and ``st2chip prune``: train a spiking classifier, prune it, write checkpoints.
 
-Checkpoints are written and read by :mod:`st2chip.checkpoint` (``kind`` is ``"mlp"``
-or ``"st"``; ``config`` rebuilds the model, including low-rank ranks after DSP; the
-run's summary is stored as ``extra``).
+Checkpoints are written and read by :mod:`st2chip.checkpoint` (``kind`` is ``"mlp"``,
+``"cnn"``, ``"rnn"`` or ``"st"``; ``config`` rebuilds the model, including low-rank ranks
+after DSP; the run's summary, with the measured training time, is stored as ``extra``).
+The seed fixes the initial weights as well as the data order.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import asdict
 
 import torch
 from torch import nn
 
 from st2chip.learn import compensation, pruning
-from st2chip.learn.data import DATASETS, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, load_split
+from st2chip.learn.cnn import CNNConfig, SpikingCNN
+from st2chip.learn.data import (DATASETS, DIGITS_SIDE, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, ROWS_HOLD,
+                                ROWS_LEVELS, load_split)
 from st2chip.learn.checkpoint import load_checkpoint, save_checkpoint
 from st2chip.errors import InputError
 from st2chip.learn.mlp import MLPConfig, SpikingMLP
+from st2chip.learn.rnn import READOUTS, RNNConfig, SpikingRNN
 from st2chip.analysis.model_sops import count_sops
-from st2chip.learn.training import default_device, evaluate, train_classifier
+from st2chip.learn.training import default_device, evaluate, seed_everything, train_classifier
 from st2chip.learn.transformer import SpikingTransformer, STConfig
 
-MODELS = ("mlp", "st")
+MODELS = ("mlp", "cnn", "rnn", "st")
+# (epochs, Adam learning rate) when --epochs / --lr are not given, per model and data set
+DEFAULTS = {("mlp", "digits"): (30, 5e-3), ("mlp", "mnist1d"): (30, 5e-3), ("cnn", "digits"): (30, 5e-3),
+            ("rnn", "digits"): (40, 1e-2), ("rnn", "mnist1d"): (60, 1e-2), ("st", "digits"): (30, 5e-3),
+            ("st", "cifar10"): (30, 5e-3)}
+
+
+def _reset(args: argparse.Namespace) -> dict:
+    reset = getattr(args, "reset", None)
+    return {} if reset is None else {"reset": reset}
 
 
 def _build(args: argparse.Namespace) -> nn.Module:
     neuron = args.neuron
+    if args.model in ("mlp", "cnn", "st") and (args.levels is not None or args.readout is not None):
+        raise InputError("--levels and --readout are options of --model rnn")
+    if args.model != "cnn" and args.channels is not None:
+        raise InputError("--channels is an option of --model cnn")
+    if args.model == "st" and args.reset not in (None, "zero"):
+        raise InputError("--reset subtract applies to --model mlp, cnn and rnn (the ST's export resets to zero)")
     if args.data == "mnist1d":
-        if args.model != "mlp":
+        if args.model not in ("mlp", "rnn"):
             raise InputError("--data mnist1d is a sequence data set (40 values fed over 40 time steps); "
-                             "train it with --model mlp (the ST takes images)")
+                             "train it with --model mlp or --model rnn (the CNN and the ST take images)")
         if args.steps not in (None, MNIST1D_STEPS):
             raise InputError(f"--data mnist1d feeds one value per step: its T is {MNIST1D_STEPS}, "
                              f"not --steps {args.steps}")
+        if args.model == "rnn":
+            return SpikingRNN(RNNConfig.mnist1d(hidden=args.hidden, neuron=neuron, levels=args.levels or MNIST1D_LEVELS,
+                                                **_rnn_options(args)))
         return SpikingMLP(MLPConfig(sizes=[MNIST1D_LEVELS, args.hidden, MNIST1D_CLASSES], steps=MNIST1D_STEPS,
-                                    neuron=neuron, encoding="sequence"))
+                                    neuron=neuron, encoding="sequence", **_reset(args)))
+    if args.model in ("mlp", "cnn", "rnn") and args.data != "digits":
+        raise InputError(f"--model {args.model} takes the 8x8 digits (or, for mlp and rnn, the mnist1d sequences); "
+                         f"use --model st for cifar10")
     if args.model == "mlp":
-        if args.data != "digits":
-            raise InputError("--model mlp takes the flat 8x8 digits or the mnist1d sequences; "
-                             "use --model st for cifar10")
-        return SpikingMLP(MLPConfig(sizes=[64, args.hidden, 10], steps=args.steps or 16, neuron=neuron))
+        return SpikingMLP(MLPConfig(sizes=[64, args.hidden, 10], steps=args.steps or 16, neuron=neuron,
+                                    **_reset(args)))
+    if args.model == "cnn":
+        channels = {} if args.channels is None else {"channels": list(args.channels)}
+        return SpikingCNN(CNNConfig(steps=args.steps or 16, neuron=neuron, **channels, **_reset(args)))
+    if args.model == "rnn":
+        steps = args.steps or DIGITS_SIDE * ROWS_HOLD
+        if steps % DIGITS_SIDE:
+            raise InputError(f"--model rnn reads the digits row by row, each of the {DIGITS_SIDE} rows held for "
+                             f"the same number of steps: --steps must be a multiple of {DIGITS_SIDE}, not {steps}")
+        return SpikingRNN(RNNConfig.digits(hidden=args.hidden, neuron=neuron, levels=args.levels or ROWS_LEVELS,
+                                           hold=steps // DIGITS_SIDE, **_rnn_options(args)))
     overrides = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("heads", args.heads),
                                    ("steps", args.steps), ("mlp_hidden", args.mlp_hidden)) if v is not None}
     preset = STConfig.cifar10 if args.data == "cifar10" else STConfig.tiny_digits
     return SpikingTransformer(preset(neuron=neuron, **overrides))
+
+
+def _rnn_options(args: argparse.Namespace) -> dict:
+    options = _reset(args)
+    if args.readout is not None:
+        options["readout"] = args.readout
+    return options
 
 
 def _n_params(model: nn.Module) -> int:
@@ -54,15 +95,29 @@ def _n_params(model: nn.Module) -> int:
 def run_train(args: argparse.Namespace) -> int:
     """Train a model on digits (or MNIST-1D, or CIFAR-10) and write its checkpoint."""
     device = torch.device(args.device) if args.device else default_device()
-    model = _build(args)
+    epochs, lr = DEFAULTS.get((args.model, args.data), (30, 5e-3))
+    epochs = epochs if args.epochs is None else args.epochs
+    lr = lr if args.lr is None else args.lr
+    if epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {epochs}")
+    if not lr > 0:
+        raise InputError(f"--lr must be positive, got {lr}")
+    seed_everything(args.seed)  # the initial weights come from the seed too
+    try:
+        model = _build(args)
+    except ValueError as err:  # a config the model refuses (a size of 0, a leak outside (0, 1), ...)
+        raise InputError(f"cannot build --model {args.model}: {err}") from None
     train, test = load_split(args.data, args.data_root)
-    result = train_classifier(model, train, test, epochs=args.epochs, lr=args.lr, seed=args.seed,
+    start = time.perf_counter()
+    result = train_classifier(model, train, test, epochs=epochs, lr=lr, seed=args.seed,
                               device=device, desc=f"train {args.model}")
+    seconds = time.perf_counter() - start
     summary = {"test_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
-               "epochs": args.epochs, "seed": args.seed, "device": result.device, "data": args.data}
+               "epochs": epochs, "lr": lr, "seed": args.seed, "device": result.device, "data": args.data,
+               "seconds": round(seconds, 1)}
     save_checkpoint(model, args.model, asdict(model.config), args.out, summary)
-    print(f"trained {args.model} ({args.neuron}, {_n_params(model):,} parameters) on {args.data} for {args.epochs} "
-          f"epochs on {result.device}: test accuracy {100 * result.test_accuracy:.1f}% "
+    print(f"trained {args.model} ({args.neuron}, {_n_params(model):,} parameters) on {args.data} for {epochs} "
+          f"epochs on {result.device} in {seconds:.0f} s: test accuracy {100 * result.test_accuracy:.1f}% "
           f"(train {100 * result.train_accuracy:.1f}%) -> {args.out}")
     return 0
 
@@ -116,9 +171,14 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
-    p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
-    p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate of the weights (default {lr})")
+def _common(p: argparse.ArgumentParser, epochs: int | None, lr: float | None) -> None:
+    """``--epochs``/``--lr`` (None: per model and data set, :data:`DEFAULTS`) and the options every command takes."""
+    def per_model(i: int) -> str:
+        return ", ".join(f"{m}/{d} {v[i]:g}" for (m, d), v in DEFAULTS.items())
+    p.add_argument("--epochs", type=int, default=epochs,
+                   help=f"training epochs (default {epochs if epochs is not None else per_model(0)})")
+    p.add_argument("--lr", type=float, default=lr,
+                   help=f"Adam learning rate of the weights (default {lr if lr is not None else per_model(1)})")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization and data order (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--data-root", default=None,
@@ -130,27 +190,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     t = subparsers.add_parser(
         "train", help="train a spiking classifier on digits and write a checkpoint", formatter_class=fmt,
-        description="Train a spiking MLP or spiking Transformer (ST) on the embedded 8x8 digits data,\n"
-                    "an MLP on MNIST-1D sequences generated locally (--data mnist1d: 40 values over\n"
+        description="Train a spiking MLP, CNN, recurrent network (RNN) or spiking Transformer (ST) on\n"
+                    "the embedded 8x8 digits data (the RNN reads them row by row: encoding 'rows'),\n"
+                    "an MLP or RNN on MNIST-1D sequences generated locally (--data mnist1d: 40 values over\n"
                     "40 steps, thermometer-coded into 16 input neurons), or an ST on CIFAR-10 from a\n"
                     "local folder (--data cifar10 --data-root DIR).\n\n"
                     "examples:\n  st2chip train --model st --neuron lif --epochs 30 --out st.pt\n"
-                    "  st2chip train --model mlp --data mnist1d --epochs 30 --out mlp-mnist1d.pt")
-    t.add_argument("--model", choices=MODELS, default="st", help="mlp or st (default st)")
+                    "  st2chip train --model cnn --out cnn.pt\n"
+                    "  st2chip train --model rnn --reset subtract --out rnn.pt\n"
+                    "  st2chip train --model rnn --data mnist1d --out rnn-mnist1d.pt")
+    t.add_argument("--model", choices=MODELS, default="st", help="mlp, cnn, rnn or st (default st)")
     t.add_argument("--neuron", choices=["slif", "lif"], default="slif",
                    help="sLIF (per-neuron learnable threshold and leak) or plain LIF (default slif)")
     t.add_argument("--out", required=True, help="checkpoint file to write")
     t.add_argument("--data", choices=DATASETS, default="digits",
-                   help="digits (embedded, default), mnist1d (generated locally; MLP only) or cifar10 "
+                   help="digits (embedded, default), mnist1d (generated locally; MLP and RNN) or cifar10 "
                         "(from --data-root; ST only)")
     t.add_argument("--steps", type=int, default=None,
-                   help="time steps T (default: the preset's; mnist1d: 40, one per value)")
+                   help="time steps T (default: the preset's: 16 for mlp, cnn and rnn (each digits row held "
+                        "2 steps; a multiple of 8), 4 for st; mnist1d: 40, one per value)")
+    t.add_argument("--reset", choices=["zero", "subtract"], default=None,
+                   help="membrane reset after a spike: to zero (default; what the chip does) or by subtracting "
+                        "the threshold (mlp, cnn, rnn)")
     t.add_argument("--dim", type=int, default=None, help="ST token width (default 32)")
     t.add_argument("--depth", type=int, default=None, help="ST blocks (default 1)")
     t.add_argument("--heads", type=int, default=None, help="ST attention heads (default 2)")
     t.add_argument("--mlp-hidden", type=int, default=None, help="ST MLP hidden width (default 64)")
-    t.add_argument("--hidden", type=int, default=128, help="MLP hidden width (default 128)")
-    _common(t, epochs=30, lr=5e-3)
+    t.add_argument("--hidden", type=int, default=128, help="MLP or RNN hidden width (default 128)")
+    t.add_argument("--channels", type=int, nargs="+", default=None, metavar="C",
+                   help="CNN: output channels of each conv stage, each followed by 2x2 sum pooling (default 8 16)")
+    t.add_argument("--levels", type=int, default=None,
+                   help=f"RNN: thermometer levels per value (default {ROWS_LEVELS} per digits pixel, "
+                        f"{MNIST1D_LEVELS} for mnist1d)")
+    t.add_argument("--readout", choices=READOUTS, default=None,
+                   help="RNN: leaky readout (LI, decay 0.7 per step; default) or integrate over all steps (I)")
+    _common(t, epochs=None, lr=None)
     t.set_defaults(func=run_train)
 
     p = subparsers.add_parser(

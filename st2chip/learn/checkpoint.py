@@ -56,10 +56,19 @@ def _check_archive(path: Path) -> None:
     limits.check_bytes("its records, uncompressed,", total, str(path))
 
 
+KINDS = ("mlp", "cnn", "rnn", "st")
+
+
 def _model_classes(kind: str):
-    """Config and model class of a checkpoint ``kind`` (``mlp`` or ``st``)."""
+    """Config and model class of a checkpoint ``kind`` (one of :data:`KINDS`)."""
     if kind == "mlp":
         return MLPConfig, SpikingMLP
+    if kind == "cnn":
+        from st2chip.learn.cnn import CNNConfig, SpikingCNN
+        return CNNConfig, SpikingCNN
+    if kind == "rnn":
+        from st2chip.learn.rnn import RNNConfig, SpikingRNN
+        return RNNConfig, SpikingRNN
     if kind == "st":
         from st2chip.learn.transformer import SpikingTransformer, STConfig
         return STConfig, SpikingTransformer
@@ -74,7 +83,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[s
     kind = payload["kind"]
     classes = _model_classes(kind)
     if classes is None:
-        raise InputError(f"{path}: checkpoint kind {kind!r} is not one of mlp, st")
+        raise InputError(f"{path}: checkpoint kind {kind!r} is not one of {', '.join(KINDS)}")
     config_cls, model_cls = classes
     check_config(kind, payload["config"], path)
     try:
@@ -114,13 +123,34 @@ def check_config(kind: str, config: object, path: str | os.PathLike) -> None:
     where = str(path)
     if not isinstance(config, dict):
         raise InputError(f"{where}: checkpoint config must be a dict of fields, got {type(config).__name__}")
-    defaults = _model_classes(kind)[0]().to_dict()  # absent fields take the dataclass defaults
+    classes = _model_classes(kind)
+    if classes is None:
+        raise InputError(f"{where}: checkpoint kind {kind!r} is not one of {', '.join(KINDS)}")
+    defaults = classes[0]().to_dict()  # absent fields take the dataclass defaults
     c = {**defaults, **config}
     if kind == "mlp":
         sizes = _ints(c, "sizes", where)
         steps = limits.positive_int(c.get("steps"), "config field 'steps'", where)
         params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:])) + 3 * sum(sizes[1:-1])
         activations = steps * sum(sizes)
+    elif kind == "cnn":
+        image = _ints(c, "image", where)
+        channels = _ints(c, "channels", where)
+        v = {k: limits.positive_int(c.get(k), f"config field '{k}'", where)
+             for k in ("kernel", "pool", "classes", "steps")}
+        if len(image) != 3:
+            raise InputError(f"{where}: config field 'image' must be (C, H, W), got {len(image)} entries")
+        widths = [image[0], *channels]
+        pixels = image[1] * image[2]
+        params = sum(v["kernel"] ** 2 * a * b + 3 * b for a, b in zip(widths[:-1], widths[1:])) \
+            + (channels[-1] * pixels + 1) * v["classes"]
+        activations = v["steps"] * pixels * sum(widths)
+    elif kind == "rnn":
+        v = {k: limits.positive_int(c.get(k), f"config field '{k}'", where)
+             for k in ("inputs", "hidden", "classes", "steps", "levels", "hold")}
+        h = v["hidden"]
+        params = (v["inputs"] + h + 5) * h + (h + 1) * v["classes"]
+        activations = v["steps"] * (v["inputs"] + 4 * h + v["classes"])
     else:
         v = {k: limits.positive_int(c.get(k), f"config field '{k}'", where) for k in _ST_INTS}
         stem = _ints(c, "stem_channels", where)

@@ -156,8 +156,8 @@ def test_bad_checkpoints_raise_input_error_naming_the_file(tmp_path: Path) -> No
         load_checkpoint(junk)
     wrong = tmp_path / "wrong.pt"
     model = _model()
-    save_checkpoint(model, "cnn", asdict(model.config), wrong)
-    with pytest.raises(InputError, match="wrong.pt: checkpoint kind 'cnn'"):
+    save_checkpoint(model, "gru", asdict(model.config), wrong)
+    with pytest.raises(InputError, match="wrong.pt: checkpoint kind 'gru'"):
         load_checkpoint(wrong)
     with pytest.raises(InputError, match="wrong.pt"):
         _cli(["prune", str(wrong), "--method", "l1p", "--sparsity", "0.5", "--out", str(tmp_path / "o.pt")])

@@ -17,9 +17,9 @@ from lava.proc.monitor.process import Monitor  # noqa: E402
 
 from st2chip.targets.lava_neuron import CubaNeuron  # noqa: E402
 
-# Lava's model search imports every module next to lava_neuron.py as a top-level module; the ones with
-# relative imports fail there and Lava warns (harmless: the model is found in lava_neuron itself).
-pytestmark = pytest.mark.filterwarnings("ignore:Cannot import module:UserWarning")
+# Lava's model search imports every module in the folder of the process's file: lava_neuron is a package
+# of its own, so that search finds only it and nothing warns.
+pytestmark = pytest.mark.filterwarnings("error:Cannot import module:UserWarning")
 
 N_IN, N, STEPS = 6, 5, 40
 VTH = 500
