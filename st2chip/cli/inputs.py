@@ -304,6 +304,8 @@ def graph_width(graph: nir.NIRGraph) -> int:
                 width += limits.count(np.asarray(node.output_type["output"]).reshape(-1))
             elif isinstance(node, (nir.Affine, nir.Linear)):
                 width += int(np.shape(node.weight)[0])
+            elif isinstance(node, (nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d)):
+                width += limits.count(np.asarray(node.output_type["output"]).reshape(-1))
             else:
                 width += max((int(np.size(v)) for k, v in vars(node).items()
                               if k not in ("metadata", "input_type", "output_type")), default=0)

@@ -184,3 +184,17 @@ def test_a_sequence_model_runs_on_the_mnist1d_test_split_by_default(tmp_path, ca
     code, out, err = _run(capsys, "simulate", path, "--backend", "float", "--samples", "50")
     assert code == 0, err
     assert "50 samples x 40 steps from the MNIST-1D test split" in out and "accuracy" in out
+
+
+def test_run_width_counts_a_convolutions_outputs_not_its_kernel():
+    from st2chip.cli.inputs import graph_width
+    from st2chip.graph.normalize import normalize
+
+    conv = nir.Conv2d(input_shape=(10, 10), weight=np.ones((4, 1, 3, 3)), stride=1, padding=1, dilation=1, groups=1,
+                      bias=np.zeros(4))
+    lif = nir.IF(r=np.ones((4, 10, 10)), v_threshold=np.ones((4, 10, 10)), v_reset=np.zeros((4, 10, 10)))
+    graph = normalize(nir.NIRGraph(
+        nodes={"in": nir.Input(input_type={"input": np.array([1, 10, 10])}), "conv": conv, "lif": lif,
+               "out": nir.Output(output_type={"output": np.array([400])})},
+        edges=[("in", "conv"), ("conv", "lif"), ("lif", "out")], metadata={"dt": 1e-3}, type_check=False))
+    assert graph_width(graph) == 100 + 400 + 400 + 400  # input, conv output, neurons, output
