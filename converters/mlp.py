@@ -57,9 +57,8 @@ def check_finite(model: torch.nn.Module) -> None:
 
 
 def mlp_to_nir(model: SpikingMLP, dt: float = DEFAULT_DT) -> nir.NIRGraph:
-    """``Input -> (Affine -> LIF)* -> Affine -> I -> Output`` for a :class:`SpikingMLP`."""
-    if model.config.reset != "zero":
-        raise InputError("NIR 1.0 LIF resets to v_reset; only reset='zero' models can be exported")
+    """``Input -> (Affine -> LIF)* -> Affine -> I -> Output`` for a :class:`SpikingMLP` (reset by
+    subtraction is marked on each LIF, see :func:`slif_to_nir`)."""
     check_finite(model)
     sizes = model.config.sizes
     nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array([sizes[0]])})}

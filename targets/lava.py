@@ -8,7 +8,10 @@ Lava's LIF cannot express run st2chip's own neuron model
 (:mod:`.lava_neuron`): reset by subtraction, and the sources of recurrent
 (feedback) or lagged groups, which stay silent in the last steps of each window
 (:meth:`~st2chip.chip.chipgraph.ChipGraph.quiet_steps`) so that none of a
-sample's spikes reaches the next sample. Spikes and voltages
+sample's spikes reaches the next sample. A synapse group that lowering kept
+as a convolution kernel runs as lava-nc's ``Conv`` (its ``(W, H, C)`` ports
+reshaped and transposed to st2chip's flat C-order vectors); every other group
+as ``Dense``/``Sparse`` (``Delay*`` when delayed). Spikes and voltages
 are recorded with ``Monitor`` processes and cut back into per-sample windows.
 
 The simulation runs in a child process in its own process group
@@ -51,6 +54,9 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
         procs[pop.name] = (CubaNeuron(**common, reset_mode=pop.reset, quiet=quiet.get(pop.name, 0))
                            if pop.reset != "zero" or pop.name in quiet else LIFReset(**common))
     for syn in chip.synapses:
+        if syn.conv is not None:
+            _connect_conv(syn, procs[syn.source].s_out, procs[syn.target].a_in)
+            continue
         weights = 2 * syn.mantissa
         kwargs = dict(weight_exp=syn.exp, num_weight_bits=8, sign_mode=SignMode.MIXED, name=syn.name)
         if sp.issparse(weights):
@@ -66,6 +72,25 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
     return procs
 
 
+def _connect_conv(syn, s_out, a_in) -> None:
+    """``s_out -> Conv -> a_in`` for a group stored as a kernel (see :class:`~st2chip.chip.chipgraph.ConvKernel`).
+
+    Lava's ``Conv`` takes ``(W, H, C)`` maps, its kernel as ``(C_out, k_w, k_h, C_in)``
+    and convolves (flips the kernel), where st2chip keeps torch's cross-correlation
+    on ``(C, H, W)``: the kernel is flipped and transposed here, the ports
+    reshaped and transposed.
+    """
+    from lava.proc.conv.process import Conv
+
+    k = syn.conv
+    weight = (2 * k.kernel).transpose(0, 3, 2, 1)[:, ::-1, ::-1].astype(np.int32)
+    conv = Conv(weight=np.ascontiguousarray(weight), input_shape=k.in_shape[::-1], padding=k.padding[::-1],
+                stride=k.stride[::-1], dilation=k.dilation[::-1], groups=k.groups, weight_exp=0,
+                num_weight_bits=8, name=syn.name)
+    s_out.reshape(k.in_shape).transpose([2, 1, 0]).connect(conv.s_in)
+    conv.a_out.transpose([2, 1, 0]).reshape((syn.shape[0],)).connect(a_in)
+
+
 def _sparse_delays(weights: sp.csr_matrix, delay: int) -> sp.csr_matrix:
     """The same delay on every stored synapse, in the weights' sparsity pattern (what DelaySparse takes)."""
     delays = weights.astype(np.int64)  # DelaySparse checks for Python int's dtype
@@ -79,7 +104,9 @@ def _import_lava() -> None:
     import lava.magma.compiler.compiler  # noqa: F401 - imported lazily by Process.run
     import lava.magma.core.run_conditions  # noqa: F401
     import lava.magma.core.run_configs  # noqa: F401
-    import lava.proc.dense.models  # noqa: F401 - process models: the compiler looks them up
+    import lava.proc.conv.models  # noqa: F401 - process models: the compiler looks them up
+    import lava.proc.conv.process  # noqa: F401
+    import lava.proc.dense.models  # noqa: F401
     import lava.proc.dense.process  # noqa: F401
     import lava.proc.io.sink  # noqa: F401
     import lava.proc.io.source  # noqa: F401

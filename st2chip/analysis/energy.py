@@ -1,29 +1,17 @@
-r"""Synaptic-operation counts and energy estimates from real spike traces.
+r"""Energy from chip traces: profiles (data with sources), per-layer / per-partition / per-core reports, plots.
 
-Counting follows DESIGN.md ("Energy conventions"): every spike of a source
-neuron costs one accumulate (AC) per **non-zero** outgoing weight in each
-synapse group it feeds, so pruning shows up; a graded (``analog``) input costs
-one multiply-accumulate (MAC) per non-zero weight for every step in which its
-value is non-zero. A spike is a non-zero entry of a (B, T, n) trace. For one
-synapse group with source trace :math:`x_{btj}` and fan-out :math:`f_j`
-(non-zero weights in column :math:`j`), the group costs
+Operations are counted by :mod:`st2chip.analysis.traffic` on a placed ChipGraph (one accumulate per
+spike per non-zero outgoing weight, graded inputs as MACs, neuron updates, spikes routed within a
+core, between cores, across chips and in from the host). A profile prices them:
 
-.. math::  \sum_j \#\{(b,t) : x_{btj} \ne 0\}\; f_j
+.. math::  E = \mathrm{ACs}\,E_{AC} + \mathrm{MACs}\,E_{MAC} + \mathrm{updates}\,E_{NU}
+             + \sum_{r \in \{local, core, chip\}} \mathrm{routed}_r\,E_r
+             + \mathrm{cores}\,T\,t_{step}\,P_{static} + \mathrm{routed}_{host}\,E_{host}
 
-ACs when the source sends spikes, MACs when it is an analog input port.
-
-Neuron updates are neurons x steps x samples; spikes routed are the spike (or
-graded) messages that reach each target population. Synaptic work and routing
-are charged to the layer of the target population, neuron updates and emitted
-spikes to the layer's own populations; all is reported per sample.
-
-Energy comes from a profile (a JSON file in ``st2chip/analysis/profiles`` or any path):
-
-.. math::  E = \mathrm{ACs}\,E_{AC} + \mathrm{MACs}\,E_{MAC}
-             + \mathrm{updates}\,E_{NU} + \mathrm{routed}\,E_{R}
-             + \mathrm{cores}\,T\,t_{step}\,P_{static}
-
-where the last three terms are zero unless the profile defines them.
+Terms a profile does not define cost nothing (the report says which counted events went unpriced).
+Static power is charged per occupied core and shared among the layers on it by neuron count, so
+per-core sums and per-layer sums of every term are equal. Everything is reported per sample
+(one inference) and per time step.
 """
 
 from __future__ import annotations
@@ -31,25 +19,42 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from st2chip.chip.chipgraph import ChipGraph
+from st2chip.chip.placement import Placement, place
 from st2chip.errors import InputError
-from st2chip.io import atomic_path, write_json, write_text
+from st2chip.io import write_json, write_text
+from st2chip.analysis.traffic import ROUTES, GroupCounts, OpCounts, count_ops
 from st2chip.traces import Traces
 
 # ChipGraph has no partition field yet: everything it holds runs on neurocores.
 NEUROCORE = "neurocore"
-
-_REQUIRED = ("name", "source", "E_AC_pJ", "E_MAC_pJ")
-_OPTIONAL_PJ = ("E_NEURON_UPDATE_pJ", "E_SPIKE_ROUTED_pJ")
-_STATIC = ("P_STATIC_CORE_mW", "T_STEP_us", "NEURONS_PER_CORE")
-TERMS = ("ac", "mac", "neuron", "routing", "static")
+TERMS = ("ac", "mac", "neuron", "routing", "static", "host")
 MAX_PROFILE_BYTES = 1 << 20
+
+#: every figure a profile may give (key = figure + unit suffix) and the Profile attribute it fills
+FIGURES = {
+    "E_AC_pJ": "e_ac_pj",
+    "E_MAC_pJ": "e_mac_pj",
+    "E_NEURON_UPDATE_pJ": "e_neuron_update_pj",
+    "E_SPIKE_LOCAL_pJ": "e_spike_local_pj",
+    "E_SPIKE_CORE_pJ": "e_spike_core_pj",
+    "E_SPIKE_CHIP_pJ": "e_spike_chip_pj",
+    "E_SPIKE_HOST_pJ": "e_spike_host_pj",
+    "P_STATIC_CORE_mW": "p_static_core_mw",
+    "T_STEP_us": "t_step_us",
+}
+_REQUIRED = ("name", "source", "E_AC_pJ", "E_MAC_pJ")
+_TEXT = ("name", "source", "description", "resources")
+_STATIC = ("P_STATIC_CORE_mW", "T_STEP_us")
+STATUSES = ("published", "estimate")
+_ROUTE_FIGURE = {"local": "E_SPIKE_LOCAL_pJ", "core": "E_SPIKE_CORE_pJ", "chip": "E_SPIKE_CHIP_pJ",
+                 "host": "E_SPIKE_HOST_pJ"}
 
 
 # --------------------------------------------------------------------------- profiles
@@ -58,8 +63,9 @@ MAX_PROFILE_BYTES = 1 << 20
 class Profile:
     """Energy per event for one chip or process node; see the module docstring.
 
-    Optional terms are 0 when the profile does not define them; static power
-    needs ``p_static_core_mw``, ``t_step_us`` and ``neurons_per_core`` together.
+    Figures a profile leaves out are 0. ``resources`` names the chip resource model the
+    placement uses (``loihi1``, ``loihi2``); ``figures`` holds the file's figure keys and
+    ``sources`` each figure's ``{"status": "published" | "estimate", "source": ...}``.
     """
 
     name: str
@@ -68,14 +74,19 @@ class Profile:
     e_ac_pj: float
     e_mac_pj: float
     e_neuron_update_pj: float = 0.0
-    e_spike_routed_pj: float = 0.0
+    e_spike_local_pj: float = 0.0
+    e_spike_core_pj: float = 0.0
+    e_spike_chip_pj: float = 0.0
+    e_spike_host_pj: float = 0.0
     p_static_core_mw: float = 0.0
     t_step_us: float = 0.0
-    neurons_per_core: int = 0
+    resources: str = "loihi2"
+    figures: tuple[str, ...] = ()
+    sources: dict = field(default_factory=dict, compare=False)
 
-    @property
-    def has_static(self) -> bool:
-        return self.neurons_per_core > 0
+    def route_pj(self, route: str) -> float:
+        """Energy of one message on ``route`` (one of :data:`~st2chip.analysis.traffic.ROUTES`)."""
+        return getattr(self, FIGURES[_ROUTE_FIGURE[route]])
 
 
 def available_profiles() -> list[str]:
@@ -109,15 +120,43 @@ def _profile_text(name_or_path: str | os.PathLike) -> tuple[str, str]:
 def _number(where: str, data: dict, key: str) -> float:
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise InputError(f"{where}: key '{key}' must be a non-negative number, got {value!r}")
+        raise InputError(f"{where}: key '{key}' must be a finite non-negative number, got {value!r}")
     return float(value)
 
 
-def load_profile(name_or_path: str | os.PathLike) -> Profile:
-    """Load an energy profile by bundled name (``45nm``, ``loihi2``) or from a JSON path.
+def _check_keys(where: str, data: dict) -> None:
+    """Unknown keys are errors; one that names a known figure with another unit says so."""
+    for key in data:
+        if key in FIGURES or key in _TEXT or key == "sources":
+            continue
+        stem = key.rsplit("_", 1)[0]
+        known = next((f for f in FIGURES if f.rsplit("_", 1)[0] == stem), None)
+        if known:
+            raise InputError(f"{where}: key '{key}': unknown unit '{key.rsplit('_', 1)[-1]}' (write it as "
+                             f"'{known}', in {known.rsplit('_', 1)[-1]})")
+        raise InputError(f"{where}: unknown key '{key}' (known: {', '.join([*_TEXT, *FIGURES, 'sources'])})")
 
-    Raises InputError naming the file and the key when the file is missing,
-    not JSON, or lacks a key, so the CLI can exit 2 with one clear line.
+
+def _check_sources(where: str, data: dict) -> dict:
+    """``sources``: per figure present, ``{"status": "published" | "estimate", "source": text}``."""
+    sources = data.get("sources", {})
+    if not isinstance(sources, dict):
+        raise InputError(f"{where}: key 'sources' must be an object (figure -> status and source)")
+    for key, entry in sources.items():
+        if key not in FIGURES or key not in data:
+            raise InputError(f"{where}: key 'sources.{key}' names no figure of this profile")
+        if not isinstance(entry, dict) or entry.get("status") not in STATUSES \
+                or not isinstance(entry.get("source"), str) or not entry["source"].strip():
+            raise InputError(f"{where}: key 'sources.{key}' must be an object with 'status' "
+                             f"({' or '.join(STATUSES)}) and a non-empty 'source'")
+    return sources
+
+
+def load_profile(name_or_path: str | os.PathLike) -> Profile:
+    """Load an energy profile by bundled name (``45nm``, ``loihi``, ``loihi2``) or from a JSON path.
+
+    Raises InputError naming the file and the key when the file is missing, not JSON, lacks a
+    key, has a negative or non-finite figure, an unknown key or unit, or a bad ``sources`` entry.
     """
     where, text = _profile_text(name_or_path)
     try:
@@ -129,158 +168,57 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     for key in _REQUIRED:
         if key not in data:
             raise InputError(f"{where}: missing key '{key}'")
+    _check_keys(where, data)
     present = [k for k in _STATIC if k in data]
     if present and len(present) != len(_STATIC):
         missing = next(k for k in _STATIC if k not in data)
         raise InputError(f"{where}: missing key '{missing}' (static power needs {', '.join(_STATIC)})")
-    values = {k: _number(where, data, k) for k in ("E_AC_pJ", "E_MAC_pJ", *_OPTIONAL_PJ, *present)
-              if k in data}
-    if present and (values["NEURONS_PER_CORE"] < 1 or not values["NEURONS_PER_CORE"].is_integer()):
-        raise InputError(f"{where}: key 'NEURONS_PER_CORE' must be a positive integer")
-    return Profile(
-        name=str(data["name"]), source=str(data["source"]), path=where,
-        e_ac_pj=values["E_AC_pJ"], e_mac_pj=values["E_MAC_pJ"],
-        e_neuron_update_pj=values.get("E_NEURON_UPDATE_pJ", 0.0),
-        e_spike_routed_pj=values.get("E_SPIKE_ROUTED_pJ", 0.0),
-        p_static_core_mw=values.get("P_STATIC_CORE_mW", 0.0),
-        t_step_us=values.get("T_STEP_us", 0.0),
-        neurons_per_core=int(values.get("NEURONS_PER_CORE", 0)))
+    for key in _TEXT:
+        if key in data and not isinstance(data[key], str):
+            raise InputError(f"{where}: key '{key}' must be a string")
+    values = {FIGURES[k]: _number(where, data, k) for k in FIGURES if k in data}
+    return Profile(name=data["name"], source=data["source"], path=where,
+                   resources=data.get("resources", "loihi2"), figures=tuple(k for k in FIGURES if k in data),
+                   sources=_check_sources(where, data), **values)
 
 
-# --------------------------------------------------------------------------- counting
+# --------------------------------------------------------------------------- pricing
 
-@dataclass
-class GroupCounts:
-    """Operations of one synapse group over the whole batch (integers, not averaged)."""
+def _energy_table(counts: OpCounts, profile: Profile) -> dict[str, np.ndarray]:
+    """pJ per sample for each term, ``(layers, cores)``."""
+    per = 1.0 / counts.samples
+    t = {q: a * per for q, a in counts.table.items()}
+    on_core = counts.neurons.sum(axis=0)
+    share = np.divide(counts.neurons, on_core, out=np.zeros(counts.neurons.shape), where=on_core > 0)
+    # mW x us = nJ = 1e3 pJ, for every step of one sample
+    static = share * counts.steps * profile.t_step_us * profile.p_static_core_mw * 1e3
+    return {
+        "ac": t["acs"] * profile.e_ac_pj,
+        "mac": t["macs"] * profile.e_mac_pj,
+        "neuron": t["neuron_updates"] * profile.e_neuron_update_pj,
+        "routing": sum(t[f"routed_{r}"] * profile.route_pj(r) for r in ROUTES if r != "host"),
+        "static": static,
+        "host": t["routed_host"] * profile.e_spike_host_pj,
+    }
 
-    name: str
-    source: str
-    target: str
-    layer: str
-    partition: str
-    source_kind: str  # "spike" or "analog" input port, or "population"
-    nnz: int
-    acs: int
-    macs: int
-    routed: int
-
-
-@dataclass
-class LayerCounts:
-    """Operations charged to one layer over the whole batch (integers, not averaged)."""
-
-    layer: str
-    partition: str
-    neurons: int
-    nnz: int
-    acs: int
-    macs: int
-    neuron_updates: int
-    spikes: int
-    routed: int
-
-
-@dataclass
-class OpCounts:
-    """Per synapse group and per layer counts for ``samples`` samples of ``steps`` steps."""
-
-    samples: int
-    steps: int
-    groups: list[GroupCounts]
-    layers: list[LayerCounts]
-
-
-def _batch_shape(traces: Traces) -> tuple[int, int]:
-    """(samples, steps) shared by every trace array; InputError names the one that differs."""
-    arrays = {f"input '{k}'": v for k, v in traces.inputs.items()} | \
-             {f"layer '{k}'": v for k, v in traces.spikes.items()}
-    if not arrays:
-        raise InputError(f"traces from '{traces.backend}': no input or spike arrays")
-    shapes = {k: np.shape(v) for k, v in arrays.items()}
-    first, shape = next(iter(shapes.items()))
-    for key, other in shapes.items():
-        if len(other) != 3 or other[:2] != shape[:2]:
-            raise InputError(f"traces from '{traces.backend}': {key} has shape {other}, "
-                             f"expected (samples, steps, n) matching {first} {shape}")
-    return int(shape[0]), int(shape[1])
-
-
-def _layer_spikes(chip: ChipGraph, traces: Traces, layer: str) -> np.ndarray:
-    if layer not in traces.spikes:
-        raise InputError(f"traces from '{traces.backend}': no spikes for layer '{layer}'")
-    arr = np.asarray(traces.spikes[layer])
-    if arr.shape[2] != chip.layer_size(layer):
-        raise InputError(f"traces from '{traces.backend}': layer '{layer}' has {arr.shape[2]} neurons, "
-                         f"the chip graph {chip.layer_size(layer)}")
-    return arr
-
-
-def _source_activity(chip: ChipGraph, traces: Traces, source: str) -> tuple[str, np.ndarray]:
-    """Source kind and events per source neuron over the batch (non-zero entries: spikes or graded values)."""
-    port = next((i for i in chip.inputs if i.name == source), None)
-    if port is None:
-        pop = chip.population(source)
-        values = _layer_spikes(chip, traces, pop.layer)[:, :, pop.index]
-        return "population", np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
-    if source not in traces.inputs:
-        raise InputError(f"traces from '{traces.backend}': no values for input '{source}'")
-    values = np.asarray(traces.inputs[source])
-    if values.shape[2] != port.size:
-        raise InputError(f"traces from '{traces.backend}': input '{source}' has {values.shape[2]} "
-                         f"elements, the chip graph {port.size}")
-    return port.kind, np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
-
-
-def count_sops(chip: ChipGraph, traces: Traces) -> OpCounts:
-    """Count ACs, MACs, neuron updates and routed spikes per synapse group and per layer.
-
-    Each group costs ``activity @ fanout``: events per source neuron (over all
-    samples and steps) dotted with its non-zero outgoing weights, so a zeroed
-    weight removes exactly the spikes of its source neuron.
-    """
-    samples, steps = _batch_shape(traces)
-    groups = []
-    for sg in chip.synapses:
-        kind, activity = _source_activity(chip, traces, sg.source)
-        ops = int(activity @ sg.fanout().astype(np.int64))
-        groups.append(GroupCounts(
-            name=sg.name, source=sg.source, target=sg.target, layer=chip.population(sg.target).layer,
-            partition=NEUROCORE, source_kind=kind, nnz=sg.nnz,
-            acs=0 if kind == "analog" else ops, macs=ops if kind == "analog" else 0,
-            routed=int(activity.sum())))
-    layers = []
-    for layer in chip.layers():
-        pops = chip.layer_populations(layer)
-        senders = [p for p in pops if not p.readout]
-        emitted = 0
-        if senders:
-            spikes = _layer_spikes(chip, traces, layer)
-            emitted = sum(int(np.count_nonzero(spikes[:, :, p.index])) for p in senders)
-        mine = [g for g in groups if g.layer == layer]
-        neurons = chip.layer_size(layer)
-        layers.append(LayerCounts(
-            layer=layer, partition=NEUROCORE, neurons=neurons, nnz=sum(g.nnz for g in mine),
-            acs=sum(g.acs for g in mine), macs=sum(g.macs for g in mine),
-            neuron_updates=neurons * steps * samples, spikes=emitted, routed=sum(g.routed for g in mine)))
-    return OpCounts(samples=samples, steps=steps, groups=groups, layers=layers)
-
-
-# --------------------------------------------------------------------------- energy
 
 @dataclass
 class LayerEnergy:
-    """One layer's operations and energy, averaged per sample (energy in pJ per term)."""
+    """One layer's operations and energy per sample (energy in pJ per term), with its sparsity."""
 
     layer: str
     partition: str
     neurons: int
     synapses: int
+    weights: int
     cores: int
     acs: float
     macs: float
     neuron_updates: float
     spikes: float
-    spikes_routed: float
+    spikes_routed: dict[str, float]
+    spike_rate: float
+    weight_density: float
     energy_pj: dict[str, float]
 
     @property
@@ -288,25 +226,40 @@ class LayerEnergy:
         return sum(self.energy_pj.values())
 
 
-def _layer_energy(chip: ChipGraph, counts: LayerCounts, samples: int, steps: int,
-                  profile: Profile) -> LayerEnergy:
-    per = 1.0 / samples
-    cores = (sum(math.ceil(p.size / profile.neurons_per_core) for p in chip.layer_populations(counts.layer))
-             if profile.has_static else 0)
-    row = LayerEnergy(
-        layer=counts.layer, partition=counts.partition, neurons=counts.neurons, synapses=counts.nnz,
-        cores=cores, acs=counts.acs * per, macs=counts.macs * per,
-        neuron_updates=counts.neuron_updates * per, spikes=counts.spikes * per,
-        spikes_routed=counts.routed * per, energy_pj={})
-    row.energy_pj = {
-        "ac": row.acs * profile.e_ac_pj,
-        "mac": row.macs * profile.e_mac_pj,
-        "neuron": row.neuron_updates * profile.e_neuron_update_pj,
-        "routing": row.spikes_routed * profile.e_spike_routed_pj,
-        # mW x us = nJ = 1e3 pJ
-        "static": cores * steps * profile.t_step_us * profile.p_static_core_mw * 1e3,
-    }
-    return row
+@dataclass
+class CoreEnergy:
+    """One neurocore's operations and energy per sample (energy in pJ per term)."""
+
+    core: int
+    chip: int
+    layers: list[str]
+    neurons: int
+    synapses: int
+    acs: float
+    macs: float
+    neuron_updates: float
+    spikes: float
+    spikes_routed: dict[str, float]
+    energy_pj: dict[str, float]
+
+    @property
+    def total_pj(self) -> float:
+        return sum(self.energy_pj.values())
+
+
+_SUMMED = ("neurons", "synapses", "acs", "macs", "neuron_updates", "spikes")
+
+
+def _summary(rows: list[LayerEnergy], steps: int) -> dict:
+    """Sums of layer rows, energy per sample (inference) and per time step."""
+    out: dict = {k: sum(getattr(r, k) for r in rows) for k in _SUMMED}
+    out["spikes_routed"] = {route: sum(r.spikes_routed[route] for r in rows) for route in ROUTES}
+    out["energy_pj"] = {t: sum(r.energy_pj[t] for r in rows) for t in TERMS}
+    total = sum(r.total_pj for r in rows)
+    out["energy_pj"]["total"] = total
+    out["energy_per_inference_pj"] = total
+    out["energy_per_step_pj"] = total / steps if steps else 0.0
+    return out
 
 
 def _nj(pj: float) -> str:
@@ -315,25 +268,32 @@ def _nj(pj: float) -> str:
     return f"{nj:,.3f}" if abs(nj) >= 1 or nj == 0 else f"{nj:.4g}"
 
 
-_SUMMED = ("neurons", "synapses", "cores", "acs", "macs", "neuron_updates", "spikes", "spikes_routed")
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """A Markdown table, first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return [line(header), rule, *(line(r) for r in rows)]
 
 
-def _summary(rows: list[LayerEnergy]) -> dict:
-    out: dict = {k: sum(getattr(r, k) for r in rows) for k in _SUMMED}
-    out["energy_pj"] = {t: sum(r.energy_pj[t] for r in rows) for t in TERMS}
-    out["energy_pj"]["total"] = sum(r.total_pj for r in rows)
-    return out
+MARKDOWN_CORES = 16  # per-core rows shown in Markdown; JSON has every core
 
 
 @dataclass
 class EnergyReport:
-    """Per-layer, per-partition and total operations and energy, averaged per sample."""
+    """Operations and energy per sample: per layer, per partition, per core, and in total."""
 
     profile: Profile
     samples: int
     steps: int
     backend: str
+    placement: Placement
     layers: list[LayerEnergy]
+    cores: list[CoreEnergy]
     groups: list[GroupCounts]
 
     @property
@@ -341,92 +301,131 @@ class EnergyReport:
         return sum(r.total_pj for r in self.layers)
 
     def partitions(self) -> dict[str, dict]:
-        """Layer sums per partition (``neurocore`` for now; host partitions later)."""
+        """Layer sums per partition (``neurocore`` for now; host partitions add their own)."""
         names = dict.fromkeys(r.partition for r in self.layers)
-        return {p: _summary([r for r in self.layers if r.partition == p]) for p in names}
+        return {p: _summary([r for r in self.layers if r.partition == p], self.steps) for p in names}
 
     def totals(self) -> dict:
-        return _summary(self.layers)
+        return _summary(self.layers, self.steps)
+
+    def unpriced(self) -> list[str]:
+        """Events that were counted but that the profile gives no figure for."""
+        t = self.totals()
+        checks = [("MACs", t["macs"], "E_MAC_pJ"), ("neuron updates", t["neuron_updates"], "E_NEURON_UPDATE_pJ"),
+                  *((f"spikes routed ({r})", t["spikes_routed"][r], _ROUTE_FIGURE[r]) for r in ROUTES),
+                  ("static power", len(self.cores), "P_STATIC_CORE_mW")]
+        return [f"{what} (no {key})" for what, n, key in checks if n and key not in self.profile.figures]
 
     def to_dict(self) -> dict:
-        """JSON-ready: per-sample layers, partitions and totals; group counts over the batch."""
+        """JSON-ready: per-sample layers, cores, partitions and totals; group counts over the batch."""
         total = self.total_pj
+        with_total = lambda r: asdict(r) | {"energy_pj": r.energy_pj | {"total": r.total_pj}}  # noqa: E731
         return {
             "profile": asdict(self.profile),
             "backend": self.backend,
             "samples": self.samples,
             "steps": self.steps,
             "units": {"energy": "pJ per sample", "counts": "per sample", "groups": "whole batch"},
-            "layers": [asdict(r) | {"energy_pj": r.energy_pj | {"total": r.total_pj},
-                                    "share": r.total_pj / total if total else 0.0}
-                       for r in self.layers],
+            "placement": {"resources": self.placement.resources.name, "cores": self.placement.n_cores,
+                          "chips": self.placement.n_chips},
+            "layers": [with_total(r) | {"share": r.total_pj / total if total else 0.0} for r in self.layers],
+            "cores": [with_total(c) for c in self.cores],
             "partitions": self.partitions(),
             "total": self.totals(),
+            "unpriced": self.unpriced(),
             "groups": [asdict(g) for g in self.groups],
         }
 
     def to_markdown(self) -> str:
-        """A per-layer table that fits an 80-column terminal, then the terms and the profile's source."""
-        total = self.total_pj
-        header = ("layer", "synapses (nnz)", "ACs/sample", "MACs/sample", "nJ/sample", "share %")
-        rows = [(r.layer, f"{r.synapses:,}", f"{r.acs:,.1f}", f"{r.macs:,.1f}", _nj(r.total_pj),
-                 f"{100.0 * r.total_pj / total if total else 0.0:.1f}") for r in self.layers]
-        t = self.totals()
-        rows.append(("total", f"{t['synapses']:,}", f"{t['acs']:,.1f}", f"{t['macs']:,.1f}",
-                     _nj(total), "100.0" if total else "0.0"))
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-        def line(cells: tuple[str, ...]) -> str:
-            return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                     for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-
-        rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-        terms = ", ".join(f"{k} {_nj(v)}" for k, v in t["energy_pj"].items() if k != "total" and v)
+        """Per-layer, per-term, routing and per-core tables (each fits 80 columns), then the sources."""
+        total, t = self.total_pj, self.totals()
+        layer_rows = [(r.layer, f"{r.synapses:,}", f"{r.acs:,.1f}", f"{r.macs:,.1f}", _nj(r.total_pj),
+                       f"{100.0 * r.total_pj / total if total else 0.0:.1f}") for r in self.layers]
+        layer_rows.append(("total", f"{t['synapses']:,}", f"{t['acs']:,.1f}", f"{t['macs']:,.1f}", _nj(total),
+                           "100.0" if total else "0.0"))
+        term_rows = [(r.layer, *(_nj(r.energy_pj[k]) for k in TERMS)) for r in self.layers]
+        route_rows = [(r.layer, f"{r.spike_rate:.3f}", f"{r.weight_density:.3f}",
+                       *(f"{r.spikes_routed[k]:,.1f}" for k in ROUTES)) for r in self.layers]
+        shown = sorted(self.cores, key=lambda c: -c.total_pj)[:MARKDOWN_CORES]
+        core_rows = [(str(c.core), str(c.chip), ",".join(c.layers)[:24], f"{c.neurons:,}", _nj(c.total_pj))
+                     for c in sorted(shown, key=lambda c: c.core)]
+        more = len(self.cores) - len(shown)
+        unpriced = self.unpriced()
         return "\n".join([
-            f"Energy per sample, profile `{self.profile.name}`: {self.samples} samples x {self.steps} steps "
-            f"of traces from {self.backend}, partition(s) {', '.join(self.partitions())}.", "",
-            line(header), rule, *(line(r) for r in rows), "",
-            f"By term (nJ/sample): {terms or 'none'}.", "", f"Source: {self.profile.source}", ""])
+            f"Energy per sample (one inference), profile `{self.profile.name}`: {self.samples} samples x "
+            f"{self.steps} steps of traces from {self.backend}, partition(s) {', '.join(self.partitions())}, "
+            f"placed on {self.placement.n_cores} core(s) of {self.placement.n_chips} chip(s) "
+            f"({self.placement.resources.name}).", "",
+            *_table(("layer", "synapses (nnz)", "ACs/sample", "MACs/sample", "nJ/sample", "share %"), layer_rows),
+            "", f"Per inference {_nj(total)} nJ; per time step {_nj(t['energy_per_step_pj'])} nJ.", "",
+            "By term (nJ/sample):", "", *_table(("layer", *TERMS), term_rows), "",
+            "Spike rate (spikes per neuron per step), weight density (non-zero / stored) and spikes routed "
+            "per sample:", "",
+            *_table(("layer", "rate", "density", *ROUTES), route_rows), "",
+            f"Per core (the {len(shown)} costliest" + (f"; {more} more in energy.json" if more else "") + "):", "",
+            *_table(("core", "chip", "layers", "neurons", "nJ/sample"), core_rows), "",
+            *([f"Counted but not priced by this profile: {', '.join(unpriced)}.", ""] if unpriced else []),
+            f"Source: {self.profile.source}", ""])
 
 
-def energy_report(chip: ChipGraph, traces: Traces, profile: Profile | str | os.PathLike = "45nm") -> EnergyReport:
-    """Count operations in ``traces`` and price them with ``profile`` (a Profile, name or path)."""
+def _layer_rows(chip: ChipGraph, counts: OpCounts, energy: dict[str, np.ndarray], partition: str
+                ) -> list[LayerEnergy]:
+    per = 1.0 / counts.samples
+    rows = []
+    for i, layer in enumerate(counts.layers):
+        pops = {p.name for p in chip.layer_populations(layer)}
+        groups = [g for g in chip.synapses if g.target in pops]
+        nnz, dense = sum(g.nnz for g in groups), sum(g.shape[0] * g.shape[1] for g in groups)
+        neurons = int(counts.neurons[i].sum())
+        senders = sum(p.size for p in chip.layer_populations(layer) if not p.readout)
+        spikes = float(counts.table["spikes"][i].sum()) * per
+        rows.append(LayerEnergy(
+            layer=layer, partition=partition, neurons=neurons, synapses=nnz, weights=dense,
+            cores=int(np.count_nonzero(counts.neurons[i])),
+            acs=float(counts.table["acs"][i].sum()) * per, macs=float(counts.table["macs"][i].sum()) * per,
+            neuron_updates=float(counts.table["neuron_updates"][i].sum()) * per, spikes=spikes,
+            spikes_routed={r: float(counts.table[f"routed_{r}"][i].sum()) * per for r in ROUTES},
+            spike_rate=spikes / (senders * counts.steps) if senders and counts.steps else 0.0,
+            weight_density=nnz / dense if dense else 0.0,
+            energy_pj={k: float(v[i].sum()) for k, v in energy.items()}))
+    return rows
+
+
+def _core_rows(counts: OpCounts, energy: dict[str, np.ndarray]) -> list[CoreEnergy]:
+    per = 1.0 / counts.samples
+    return [CoreEnergy(
+        core=core.index, chip=core.chip, layers=core.layers, neurons=core.neurons, synapses=core.synapses,
+        acs=float(counts.table["acs"][:, c].sum()) * per, macs=float(counts.table["macs"][:, c].sum()) * per,
+        neuron_updates=float(counts.table["neuron_updates"][:, c].sum()) * per,
+        spikes=float(counts.table["spikes"][:, c].sum()) * per,
+        spikes_routed={r: float(counts.table[f"routed_{r}"][:, c].sum()) * per for r in ROUTES},
+        energy_pj={k: float(v[:, c].sum()) for k, v in energy.items()})
+        for c, core in enumerate(counts.placement.cores)]
+
+
+def energy_report(chip: ChipGraph, traces: Traces, profile: Profile | str | os.PathLike = "45nm",
+                  placement: Placement | None = None) -> EnergyReport:
+    """Count operations in ``traces`` and price them with ``profile`` (a Profile, name or path).
+
+    Without a ``placement`` the chip is placed on the profile's resource model (no chip limit).
+    """
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
-    counts = count_sops(chip, traces)
-    rows = [_layer_energy(chip, c, counts.samples, counts.steps, prof) for c in counts.layers]
+    placed = placement or place(chip, prof.resources, max_chips=None)
+    counts = count_ops(chip, traces, placed)
+    energy = _energy_table(counts, prof)
     return EnergyReport(profile=prof, samples=counts.samples, steps=counts.steps, backend=traces.backend,
-                        layers=rows, groups=counts.groups)
-
-
-def plot_energy(report: EnergyReport, target: str | os.PathLike) -> Path:
-    """Write a per-layer stacked bar plot (nJ/sample by term) as PNG, atomically, with Agg."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(4.0, 1.2 * len(report.layers) + 2.0), 3.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    names = [r.layer for r in report.layers]
-    bottom = np.zeros(len(names))
-    for term in TERMS:
-        heights = np.array([r.energy_pj[term] / 1e3 for r in report.layers])
-        if heights.any():
-            ax.bar(names, heights, bottom=bottom, label=term)
-            bottom += heights
-    ax.set_ylabel("energy per sample (nJ)")
-    ax.set_title(f"Energy per layer, profile {report.profile.name}")
-    if bottom.any():
-        ax.legend(fontsize="small")
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return Path(target)
+                        placement=placed, layers=_layer_rows(chip, counts, energy, NEUROCORE),
+                        cores=_core_rows(counts, energy), groups=counts.groups)
 
 
 def write_energy_report(report: EnergyReport, folder: str | os.PathLike, stem: str = "energy") -> dict[str, Path]:
-    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``folder``, each atomically."""
+    """Write ``<stem>.json``, ``<stem>.md``, ``<stem>.png`` (per layer) and ``<stem>_cores.png``, each atomically."""
+    from st2chip.analysis.energy_plots import plot_cores, plot_layers
+
     folder = Path(folder)
     return {
         "json": write_json(folder / f"{stem}.json", report.to_dict()),
         "markdown": write_text(folder / f"{stem}.md", report.to_markdown()),
-        "plot": plot_energy(report, folder / f"{stem}.png"),
+        "plot": plot_layers(report, folder / f"{stem}.png"),
+        "cores_plot": plot_cores(report, folder / f"{stem}_cores.png"),
     }

@@ -1,23 +1,27 @@
-r"""Synaptic operations of a torch model, counted from its real activity.
+r"""Synaptic operations of a torch model before mapping, counted from its real activity.
 
-Forward hooks on every ``nn.Linear``, ``nn.Conv2d``, :class:`~st2chip.pruning.LowRankLinear`
-and attention :class:`~st2chip.transformer.SpikeProduct` look at the actual inputs of
-each call. With :math:`x_j` an input element and :math:`\mathrm{nnz}_j` the number of
-non-zero weights leaving it (for a convolution: the non-zero kernel taps that reach
-an output, borders included):
+Forward hooks on every ``nn.Linear``, ``nn.Conv2d``, :class:`~st2chip.learn.pruning.LowRankLinear`
+and attention :class:`~st2chip.learn.transformer.SpikeProduct` look at the actual inputs of each
+call. Linear and convolution layers are counted **by NeuroBench** (``single_layer_MACs`` of
+``neurobench.metrics``, the reference tool's own code): a binarised copy of the layer (pruned
+zeros drop out, bias ignored) applied to the binarised input, so with :math:`x_j` an input
+element and :math:`\mathrm{nnz}_j` the non-zero weights leaving it (for a convolution: the
+non-zero kernel taps that reach an output, borders included), the count is
+:math:`\sum_j [x_j \ne 0]\,\mathrm{nnz}_j`, ACs when every input lies in {-1, 0, 1}
+(spikes), MACs otherwise (analog: direct-encoded pixels, the mean that feeds the head).
+This is the count st2chip's chip counter (:mod:`st2chip.analysis.traffic`) makes on the mapped model.
 
-- **spikes** (every input is 0 or 1) and **counts** (non-negative integers, e.g. the
-  ST residual stream, a sum of spike trains that reach the synapses separately):
-  :math:`\mathrm{ACs} = \sum_j x_j\,\mathrm{nnz}_j` — one accumulate per spike and
-  non-zero synapse, so pruning and silence both show up;
-- **analog** (anything else: direct-encoded pixels, the graded output of a
-  low-rank ``V`` that feeds ``U``, the mean that feeds the head):
-  :math:`\mathrm{MACs} = \sum_j \mathrm{nnz}_j` over every input element.
+What NeuroBench does not count the chip's way stays here:
 
-A :class:`LowRankLinear` counts two layers, ``name.V`` (on its input) and ``name.U``
-(MACs on V's graded output). A spike product :math:`(QK^\top)V` counts one AC per
-coincident spike pair in :math:`QK^\top` and one per spike of :math:`V` meeting a
-non-zero score; it has no weights (it runs on host or product neurons).
+- **counts** (non-negative integers, e.g. the ST residual stream, a sum of spike trains
+  that reach the synapses separately): NeuroBench would binarise them into one MAC per
+  non-zero element; the chip sees every spike, so :math:`\mathrm{ACs} = \sum_j x_j\,\mathrm{nnz}_j`
+  (NeuroBench's binarised layer applied to the unbinarised counts);
+- a :class:`LowRankLinear` counts two layers, ``name.V`` (on its input) and ``name.U``
+  (MACs on V's non-zero graded outputs), as the factored relay on the chip;
+- a spike product :math:`(QK^\top)V` counts one AC per coincident spike pair in
+  :math:`QK^\top` and one per spike of :math:`V` meeting a non-zero score; it has no
+  weights (it runs on host or product neurons) and NeuroBench does not see it.
 
 Energy :math:`E = \mathrm{ACs}\,E_{AC} + \mathrm{MACs}\,E_{MAC}` with a profile from
 ``st2chip/analysis/profiles`` (45 nm: 0.9 pJ and 4.6 pJ). BN and neuron updates are not counted.
@@ -31,6 +35,8 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from neurobench.metrics.utils.layers import single_layer_MACs
+from neurobench.metrics.utils.layers.macs import stateless_layer_macs
 from torch import nn
 
 from st2chip.learn.data import Split
@@ -98,16 +104,18 @@ def _input_kind(x: torch.Tensor) -> str:
 
 
 def _linear_ops(x: torch.Tensor, weight: torch.Tensor, analog: bool) -> float:
+    """One low-rank factor: each input event (a spike, a count's spikes, a non-zero graded value) times its fan-out."""
     fanout = (weight != 0).sum(0).to(x.dtype)  # non-zero weights leaving each input
-    if analog:
-        return float(x.numel() // x.shape[-1] * fanout.sum())
-    return float((x.reshape(-1, x.shape[-1]).sum(0) * fanout).sum())
+    events = (x != 0).to(x.dtype) if analog else x
+    return float((events.reshape(-1, x.shape[-1]).sum(0) * fanout).sum())
 
 
-def _conv_ops(x: torch.Tensor, conv: nn.Conv2d, analog: bool) -> float:
-    mask = (conv.weight != 0).to(x.dtype)
-    src = torch.ones_like(x) if analog else x
-    return float(F.conv2d(src, mask, None, conv.stride, conv.padding, conv.dilation, conv.groups).sum())
+def _neurobench_ops(x: torch.Tensor, module: nn.Module, kind: str) -> tuple[str, float]:
+    """Input kind and operations of one Linear/Conv call, by NeuroBench's code (counts unbinarised: one AC per spike)."""
+    if kind == "counts":
+        return kind, float(stateless_layer_macs(x, module, total=False))
+    ops, spiking = single_layer_MACs(x, module)
+    return ("spikes" if spiking else "analog"), float(ops)
 
 
 class SopCounter:
@@ -117,6 +125,7 @@ class SopCounter:
         self.model = model
         self.layers: dict[str, LayerOps] = {}
         self._handles: list = []
+        self._counting = False  # NeuroBench runs a deep copy of the layer, hooks included: do not count that call
 
     def _add(self, name: str, kind: str, inp: str, ops: float, weights: list[torch.Tensor]) -> None:
         row = self.layers.setdefault(name, LayerOps(name, kind))
@@ -132,19 +141,28 @@ class SopCounter:
     def _hook(self, name: str):
         @torch.no_grad()
         def hook(module: nn.Module, args: tuple, _output) -> None:
-            x = args[0].detach()
-            kind = _input_kind(x)
-            if isinstance(module, SpikeProduct):
-                self._add(name, "spike-product", kind, _product_ops(module, *args), [])
-            elif isinstance(module, LowRankLinear):
-                self._add(f"{name}.V", "lowrank.V", kind, _linear_ops(x, module.V, kind == "analog"), [module.V])
-                hidden = F.linear(x, module.V)
-                self._add(f"{name}.U", "lowrank.U", "analog", _linear_ops(hidden, module.U, True), [module.U])
-            elif isinstance(module, nn.Conv2d):
-                self._add(name, "conv", kind, _conv_ops(x, module, kind == "analog"), [module.weight])
-            else:
-                self._add(name, "linear", kind, _linear_ops(x, module.weight, kind == "analog"), [module.weight])
+            if self._counting:
+                return
+            self._counting = True
+            try:
+                self._count(name, module, args)
+            finally:
+                self._counting = False
         return hook
+
+    def _count(self, name: str, module: nn.Module, args: tuple) -> None:
+        """Count one call of a hooked layer (see the module docstring)."""
+        x = args[0].detach()
+        kind = _input_kind(x)
+        if isinstance(module, SpikeProduct):
+            self._add(name, "spike-product", kind, _product_ops(module, *args), [])
+        elif isinstance(module, LowRankLinear):
+            self._add(f"{name}.V", "lowrank.V", kind, _linear_ops(x, module.V, kind == "analog"), [module.V])
+            hidden = F.linear(x, module.V)
+            self._add(f"{name}.U", "lowrank.U", "analog", _linear_ops(hidden, module.U, True), [module.U])
+        else:
+            layer = "conv" if isinstance(module, nn.Conv2d) else "linear"
+            self._add(name, layer, *_neurobench_ops(x, module, kind), [module.weight])
 
     def __enter__(self) -> "SopCounter":
         for name, m in self.model.named_modules():

@@ -119,6 +119,41 @@ class Population:
         return self.bias_mant << self.bias_exp
 
 
+@dataclass(frozen=True)
+class ConvKernel:
+    r"""A synapse group's weights as one 2-D convolution, the form lava-nc's ``Conv`` process stores.
+
+    ``kernel`` ``(C_out, C_in / groups, k_h, k_w)`` holds the group's 8-bit
+    mantissas, one per kernel tap (torch's cross-correlation on NIR's
+    ``(C, H, W)`` maps, flattened in C order): the group's matrix is exactly this
+    convolution of the source's spikes, so the chip stores ``C_out C_in k_h k_w / groups``
+    weights instead of one per synapse. Padding is symmetric; there is no
+    weight exponent (lava's fixed-point ``Conv`` applies none), so only groups
+    with ``exp = 0`` get one.
+    """
+
+    kernel: np.ndarray
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def __post_init__(self) -> None:
+        rec = "convolution kernel"
+        _check_int_range(rec, "kernel", self.kernel, *WEIGHT_MANT_RANGE)
+        c_out, c_in_group = self.kernel.shape[:2]
+        if self.kernel.ndim != 4 or c_out != self.out_shape[0] or c_in_group * self.groups != self.in_shape[0]:
+            raise ChipRangeError(f"{rec}: field 'kernel' of shape {list(self.kernel.shape)} with groups "
+                                 f"{self.groups} does not map {list(self.in_shape)} to {list(self.out_shape)}")
+
+    @property
+    def size(self) -> int:
+        """Weights the kernel stores."""
+        return int(self.kernel.size)
+
+
 @dataclass
 class SynapseGroup:
     r"""Weights from one source (input port or population) to one population.
@@ -136,6 +171,9 @@ class SynapseGroup:
     towards the pipeline depth. A ``feedback`` group is a recurrent connection (a layer to
     itself or to an earlier layer): it does not count towards depths, and its
     source reaches the target one step later (plus the depth between them).
+    ``conv``, when set, is the same weights as one convolution (see
+    :class:`ConvKernel`): how Lava stores them; the matrix stays for every
+    other backend.
     """
 
     name: str
@@ -148,6 +186,7 @@ class SynapseGroup:
     delay: int = 0
     lag: int = 0
     feedback: bool = False
+    conv: ConvKernel | None = None
 
     def __post_init__(self) -> None:
         rec = f"synapse group '{self.name}'"
@@ -162,6 +201,13 @@ class SynapseGroup:
         self.delay, self.lag = int(self.delay), int(self.lag)
         if self.feedback and self.delay:
             raise ChipRangeError(f"{rec}: a feedback group takes no extra delay (got delay {self.delay})")
+        if self.conv is not None:
+            if self.exp or self.delay or self.feedback:
+                raise ChipRangeError(f"{rec}: field 'conv': a convolution takes no weight exponent, delay or "
+                                     f"feedback (exp {self.exp}, delay {self.delay}, feedback {self.feedback})")
+            if self.mantissa.shape != (int(np.prod(self.conv.out_shape)), int(np.prod(self.conv.in_shape))):
+                raise ChipRangeError(f"{rec}: field 'conv' maps {list(self.conv.in_shape)} to "
+                                     f"{list(self.conv.out_shape)}, the matrix is {list(self.mantissa.shape)}")
 
     @property
     def shape(self) -> tuple[int, int]:

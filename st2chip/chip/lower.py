@@ -33,6 +33,11 @@ Steps, each measured in ``ChipGraph.report``:
    makes the largest folded weight a full 8-bit mantissa; each incoming synapse
    group gets the smallest exponent that fits; biases get 13-bit mantissas with
    per-neuron exponents. The relative error of each step is reported.
+5. **Storage.** A group whose chain is one ``Conv2d`` is also kept as a
+   convolution kernel (:mod:`st2chip.chip.conv_storage`) when its quantized
+   matrix is exactly one, with exponent 0, between whole layers; Lava then runs
+   it as lava-nc's ``Conv``. Every other group is a matrix (dense or CSR). The
+   report's ``storage`` says per group which, and why not a convolution.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, DELAY_MAX, VTH_MAX,
                                     WEIGHT_EXP_RANGE, ChipGraph, InputPort, Population, SynapseGroup)
+from st2chip.chip.conv_storage import conv_kernel
 from st2chip.errors import GraphError, St2chipWarning
 from st2chip import limits
 from st2chip.graph import linear
@@ -185,6 +191,7 @@ class _Path:
     lag: int  # steps the chain's Delay nodes hold the signal
     recurrent: bool  # the chain crosses a back edge
     kinds: tuple[str, ...]  # node types on the chain, source side first
+    conv: str | None = None  # the chain's one weighted node, when that is a Conv2d
 
 
 def _chain(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[str]], back: set,
@@ -195,6 +202,7 @@ def _chain(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[s
     count = lag = 0
     recurrent = (start, target) in back
     kinds: list[str] = []
+    weighted: list[str] = []
     name = start
     while True:
         node = graph.nodes[name]
@@ -208,6 +216,7 @@ def _chain(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[s
             weight, bias = (w, b.copy()) if weight is None else (weight @ w, bias + weight @ b)
             count += isinstance(node, nir.Affine)
             kinds.append(type(node).__name__)
+            weighted.append(name)
         elif isinstance(node, nir.Delay):
             steps = np.unique(delay_steps(name, node, dt))
             if steps.size > 1:
@@ -215,7 +224,8 @@ def _chain(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[s
                                  f"chip delays all its synapses alike so far", node=name, field="delay")
             lag += int(steps[0])
         elif not isinstance(node, nir.Flatten):
-            return _Path(name, weight, bias, count, lag, recurrent, tuple(reversed(kinds)))
+            conv = weighted[0] if len(weighted) == 1 and isinstance(graph.nodes[weighted[0]], nir.Conv2d) else None
+            return _Path(name, weight, bias, count, lag, recurrent, tuple(reversed(kinds)), conv)
         sources = preds.get(name, [])
         if len(sources) != 1:
             raise GraphError(f"a linear node between neuron layers needs exactly one input edge, found "
@@ -225,17 +235,19 @@ def _chain(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[s
 
 
 def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back: set, dt: float
-              ) -> tuple[list[tuple[str, int, bool]], np.ndarray, np.ndarray, int, list[str]]:
+              ) -> tuple[list[tuple[str, int, bool]], np.ndarray, np.ndarray, int, list[str], dict]:
     """Every path into neuron node ``name`` as one matrix over its (source, lag, recurrent) keys, side by side.
 
     Paths with the same key add up. Returns the keys in order, the weight
     ``(n, Σ n_source)`` (CSR: lowering works from the non-zeros, never a dense
-    copy), the summed bias, the most Affines on one path, and the distinct chains
-    of node types (for the report).
+    copy), the summed bias, the most Affines on one path, the distinct chains
+    of node types (for the report) and, per key whose one path is a single
+    Conv2d, that node's name.
     """
     by_key: dict[tuple[str, int, bool], tuple[sp.csr_matrix, np.ndarray]] = {}
     affines = 0
     chains: list[str] = []
+    convs: dict[tuple[str, int, bool], str | None] = {}
     for start in preds.get(name, []):
         path = _chain(graph, start, name, preds, back, dt)
         if path.weight is None:
@@ -249,6 +261,7 @@ def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back:
         key = (path.source, path.lag, path.recurrent)
         old = by_key.get(key)
         by_key[key] = (path.weight, path.bias) if old is None else (old[0] + path.weight, old[1] + path.bias)
+        convs[key] = path.conv if old is None else None
         affines = max(affines, path.affines)
         chains.append(" -> ".join(path.kinds))
     if not by_key:
@@ -260,7 +273,8 @@ def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back:
         else sp.csr_matrix(by_key[keys[0]][0])
     weight.sum_duplicates()
     weight.eliminate_zeros()
-    return keys, weight, sum(by_key[k][1] for k in keys), affines, list(dict.fromkeys(chains))
+    return (keys, weight, sum(by_key[k][1] for k in keys), affines, list(dict.fromkeys(chains)),
+            {k: c for k, c in convs.items() if c is not None})
 
 
 @dataclass
@@ -275,6 +289,7 @@ class _Planned:
     scales: dict[str, int]
     form: str
     report: dict
+    convs: dict[tuple[str, int, bool], tuple[str, nir.Conv2d]]  # keys whose path is one Conv2d: its node
 
 
 def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
@@ -317,7 +332,7 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
           decay_groups: int, depth: dict[str, int]) -> _Planned:
     """Pass 1 for one neuron layer: read, fold thresholds, group decays, split outliers, scale; sets its depth."""
     layer = _read_neuron(name, node, dt)
-    keys, weight, bias, affines, chains = _incoming(graph, name, preds, back, dt)
+    keys, weight, bias, affines, chains, convs = _incoming(graph, name, preds, back, dt)
     forward = list(dict.fromkeys(s for s, _, rec in keys if not rec))
     # paths of different depth are aligned with synaptic delays, so that the chip adds what float adds
     depth[name] = 1 + max(depth[s] for s in forward)
@@ -407,7 +422,8 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
     layer_report["bias_error"] = float(max(bias_errors, default=0.0))
     # chip voltage per float unit of v (after folding): readouts are compared with float through it
     layer_report["voltage_unit"] = {pop.name: 64.0 * scales[pop.name] for pop, _ in parts}
-    return _Planned(name, keys, _widths(graph, keys), w_fold, parts, scales, form, layer_report)
+    return _Planned(name, keys, _widths(graph, keys), w_fold, parts, scales, form, layer_report,
+                    {k: (c, graph.nodes[c]) for k, c in convs.items()})
 
 
 def _widths(graph: nir.NIRGraph, keys: list[tuple[str, int, bool]]) -> list[int]:
@@ -454,18 +470,21 @@ def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], dep
                       FeedbackLatencyWarning)
     if any(rec for _, _, rec in plan.keys):
         report["recurrent"] = list(dict.fromkeys(s for s, _, rec in plan.keys if rec))
-    src_parts, offset = [], 0  # (source input or population, its columns in w_fold, delay, lag, recurrent)
+    src_parts, offset = [], 0  # (source input or population, its columns in w_fold, delay, key)
     for key, width in zip(plan.keys, plan.widths):
-        source, lag, recurrent = key
+        source = key[0]
         cols = [(source, offset + np.arange(width))] if not layer_pops[source] \
             else [(p.name, offset + p.index) for p in layer_pops[source]]
-        src_parts += [(src, c, delay[key], lag, recurrent) for src, c in cols]
+        src_parts += [(src, c, delay[key], key) for src, c in cols]
         offset += width
     groups, errors, outlier_errors = [], [], []
+    storage: dict[str, str] = {}
+    whole_layer = len(plan.parts) == 1
     for pop, index in plan.parts:
         w_rows = _take(plan.w_fold, index, axis=0)
         s_scale = plan.scales[pop.name]
-        for src_name, cols, extra, lag, recurrent in src_parts:
+        for src_name, cols, extra, key in src_parts:
+            _, lag, recurrent = key
             w_sub = sp.csr_matrix(_take(w_rows, cols, axis=1))
             smax = float(np.abs(w_sub.data).max(initial=0.0))
             exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * s_scale / MANT_FULL) - 1e-12))
@@ -477,8 +496,16 @@ def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], dep
             mant.eliminate_zeros()
             stored = mant if plan.form == "sparse" else mant.toarray().astype(np.int64)
             gname = f"{src_name}->{pop.name}" + (f"+{lag}" if lag else "") + ("~" if recurrent else "")
+            conv = None
+            if key in plan.convs:
+                whole = whole_layer and len(layer_pops[key[0]]) <= 1  # one population each: natural order
+                conv = _as_conv(plan.convs[key], mant, exp, extra, recurrent, whole)
+                storage[gname] = conv if isinstance(conv, str) else "convolution"
+                conv = None if isinstance(conv, str) else conv
             groups.append(SynapseGroup(gname, src_name, pop.name, stored, exp, plan.form, err, delay=extra, lag=lag,
-                                       feedback=recurrent))
+                                       feedback=recurrent, conv=conv))
+    if storage:
+        report["storage"] = storage
     report["weight_error"] = float(max(errors, default=0.0))
     if outlier_errors:
         report["outlier_weight_error"] = float(max(outlier_errors))
@@ -491,3 +518,17 @@ def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], dep
                       f"after quantization (over {100 * WEIGHT_ERROR_WARN:g} %); expect the chip to differ from "
                       f"float (st2chip verify measures it)", QuantizationWarning)
     return groups
+
+
+def _as_conv(conv: tuple[str, nir.Conv2d], mant: sp.csr_matrix, exp: int, delay: int, recurrent: bool,
+             whole: bool):
+    """The group's :class:`~st2chip.chip.chipgraph.ConvKernel`, or why it stays a matrix."""
+    name, node = conv
+    if recurrent or delay:
+        return "matrix: a delayed or feedback group (lava's Conv has no delay)"
+    if exp:
+        return f"matrix: weight exponent {exp} (lava's fixed-point Conv applies none)"
+    if not whole:
+        return "matrix: a layer split into several populations (decay groups or outliers)"
+    found = conv_kernel(name, node, tuple(int(d) for d in node.input_type["input"]), mant)
+    return f"matrix: {found}" if isinstance(found, str) else found

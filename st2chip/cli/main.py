@@ -155,8 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="reference", choices=["reference", "engine", "lava"],
                    help="where the spike traces come from (default reference: the engine, bit-exact with "
                         "Lava, faster)")
-    p.add_argument("--profile", default="45nm", help="energy profile name (45nm, loihi2) or JSON path")
-    p.add_argument("-o", "--output", default=None, help="folder for energy.json/.md/.png")
+    p.add_argument("--profile", default="45nm",
+                   help="energy profile: 45nm, loihi (Loihi 1, Davies 2018), loihi2 (estimates), or a JSON file")
+    p.add_argument("--resources", default=None, metavar="MODEL",
+                   help="chip resource model the network is placed on for per-core counts and routing: loihi1, "
+                        "loihi2 or a JSON file (default: the profile's, loihi2 for 45nm)")
+    p.add_argument("-o", "--output", default=None,
+                   help="folder for energy.json, energy.md, energy.png (per layer) and energy_cores.png")
 
     p = sub.add_parser("import", help="a framework's .nir file -> canonical .nir that every command takes",
                        description="Read a graph as norse, snnTorch, SpikingJelly or plain NIR wrote it, absorb "
@@ -351,14 +356,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_energy(args: argparse.Namespace) -> int:
     from st2chip.analysis.energy import energy_report, load_profile, write_energy_report
+    from st2chip.chip.placement import load_resources, place
     from st2chip.cli.pipeline import run_backend
     profile = load_profile(args.profile)
+    resources = load_resources(args.resources or profile.resources)
     _check_target(args, args.backend == "lava")
     log, graph, chip = _pipeline(args)
+    placement = log.stage("place", place, chip, resources, max_chips=None)
     inputs = _run_inputs(args, graph)
     traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, False,
                        **_engine_args(args))
-    report = log.stage("energy", energy_report, chip, traces, profile)
+    report = log.stage("energy", energy_report, chip, traces, profile, placement)
     print(report.to_markdown())
     if args.output:
         paths = write_energy_report(report, args.output)

@@ -30,7 +30,7 @@ from st2chip.learn.transformer import SpikingTransformer, STConfig
 MODELS = ("mlp", "cnn", "rnn", "st")
 # (epochs, Adam learning rate) when --epochs / --lr are not given, per model and data set
 DEFAULTS = {("mlp", "digits"): (30, 5e-3), ("mlp", "mnist1d"): (30, 5e-3), ("cnn", "digits"): (30, 5e-3),
-            ("rnn", "digits"): (40, 1e-2), ("rnn", "mnist1d"): (60, 1e-2), ("st", "digits"): (30, 5e-3),
+            ("rnn", "digits"): (40, 1e-2), ("rnn", "mnist1d"): (120, 1e-2), ("st", "digits"): (30, 5e-3),
             ("st", "cifar10"): (30, 5e-3)}
 
 
@@ -223,7 +223,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"RNN: thermometer levels per value (default {ROWS_LEVELS} per digits pixel, "
                         f"{MNIST1D_LEVELS} for mnist1d)")
     t.add_argument("--readout", choices=READOUTS, default=None,
-                   help="RNN: leaky readout (LI, decay 0.7 per step; default) or integrate over all steps (I)")
+                   help="RNN: leaky readout (LI, decay 0.7 per step; default on digits) or integrate over all steps "
+                        "(I; default on mnist1d)")
     _common(t, epochs=None, lr=None)
     t.set_defaults(func=run_train)
 

@@ -72,6 +72,7 @@ class RNNConfig:
     syn_leak: float = 0.5  # initial current decay alpha
     reset: str = "zero"  # "zero" or "subtract"
     surrogate: float = 2.0  # sharpness of the arctan surrogate gradient (smaller: wider)
+    min_threshold: float = 1e-3  # thresholds are clamped here: a tiny threshold leaves the chip few voltage levels
     dropout: float = 0.0  # training only: drops hidden spikes on their way to the readout and the recurrence
     readout: str = "leaky"  # "leaky" (NIR LI) or "integrate" (NIR I)
     readout_leak: float = 0.7  # "leaky": the readout voltage's decay per step
@@ -88,9 +89,11 @@ class RNNConfig:
 
     @classmethod
     def mnist1d(cls, **overrides) -> "RNNConfig":
-        """MNIST-1D (``sequence``): 16 thermometer levels, 40 steps."""
+        """MNIST-1D (``sequence``): 16 thermometer levels, 40 steps, an integrating readout, a wide
+        surrogate and thresholds kept at 0.25 or above (so that folding them leaves enough voltage levels)."""
         from st2chip.learn.data import MNIST1D_LEVELS, MNIST1D_STEPS
-        values = {"levels": MNIST1D_LEVELS, "leak": 0.95, "syn_leak": 0.8, **overrides, "encoding": "sequence"}
+        values = {"levels": MNIST1D_LEVELS, "leak": 0.95, "syn_leak": 0.8, "surrogate": 1.0,
+                  "readout": "integrate", "min_threshold": 0.25, **overrides, "encoding": "sequence"}
         c = cls(**values)
         c.inputs, c.steps, c.hold = c.levels, MNIST1D_STEPS, 1
         return c
@@ -119,8 +122,8 @@ class SpikingRNN(nn.Module):
         for name in ("leak", "syn_leak"):
             if not 0.0 < getattr(c, name) < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {getattr(c, name)}")
-        if c.threshold <= 0:
-            raise ValueError(f"threshold must be positive, got {c.threshold}")
+        if not 0 < c.min_threshold <= c.threshold:
+            raise ValueError(f"need 0 < min_threshold <= threshold, got {c.min_threshold} and {c.threshold}")
         if c.readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, not {c.readout!r}")
         if c.readout == "leaky" and not 0.0 <= c.readout_leak < 1.0:
@@ -159,7 +162,7 @@ class SpikingRNN(nn.Module):
     @property
     def theta(self) -> torch.Tensor:
         """Threshold, kept positive."""
-        return self.threshold.clamp_min(1e-3)
+        return self.threshold.clamp_min(self.config.min_threshold)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Spikes ``(T, B, inputs)`` of images ``(B, 64)`` (``rows``) or sequences ``(B, T)`` (``sequence``)."""

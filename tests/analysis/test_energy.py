@@ -9,8 +9,9 @@ import pytest
 import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import ChipGraph, InputPort, Population, SynapseGroup
-from st2chip.analysis.energy import (available_profiles, count_sops, energy_report, load_profile,
-                            write_energy_report)
+from st2chip.analysis.energy import available_profiles, energy_report, load_profile, write_energy_report
+from st2chip.analysis.traffic import count_ops
+from st2chip.chip.placement import place
 from st2chip.errors import InputError
 from st2chip.traces import Traces
 
@@ -47,6 +48,11 @@ def _split_chip() -> ChipGraph:
                   SynapseGroup("x->hB", "x", "hB", W1[b], exp=0),
                   SynapseGroup("hA->o", "hA", "o", W2[:, a], exp=0),
                   SynapseGroup("hB->o", "hB", "o", W2[:, b], exp=0)])
+
+
+def count_sops(chip: ChipGraph, traces: Traces):
+    """Counts on the chip placed on one Loihi 2 core (these graphs are tiny)."""
+    return count_ops(chip, traces, place(chip, "loihi2"))
 
 
 def _traces(x: np.ndarray, h: np.ndarray) -> Traces:
@@ -87,12 +93,13 @@ def test_counts_match_hand_computation():
     c = count_sops(_chip(), _hand_traces())
     assert (c.samples, c.steps) == (2, 3)
     g = {x.name: x for x in c.groups}
-    assert (g["x->h"].acs, g["x->h"].macs, g["x->h"].routed, g["x->h"].nnz) == (3*2 + 4*0 + 1*2 + 2*2, 0, 10, 6)
+    # input 1 has no non-zero weight: its 4 spikes cost nothing and are not sent anywhere
+    assert (g["x->h"].acs, g["x->h"].macs, g["x->h"].routed, g["x->h"].nnz) == (3*2 + 4*0 + 1*2 + 2*2, 0, 6, 6)
     assert (g["h->o"].acs, g["h->o"].routed, g["h->o"].nnz) == (2*1 + 0*1 + 3*1, 5, 3)
-    fc1, out = c.layers
-    assert (fc1.layer, fc1.acs, fc1.neuron_updates, fc1.spikes, fc1.routed) == ("fc1", 12, 3 * 3 * 2, 5, 10)
-    assert (out.layer, out.acs, out.neuron_updates, out.spikes, out.routed) == ("out", 5, 2 * 3 * 2, 0, 5)
-    assert {fc1.partition, out.partition} == {"neurocore"}
+    assert list(c.by_layer("acs")) == [12, 5]
+    assert list(c.by_layer("neuron_updates")) == [3 * 3 * 2, 2 * 3 * 2]
+    assert list(c.by_layer("spikes")) == [5, 0]
+    assert list(c.by_layer("routed_host")) == [6, 0] and list(c.by_layer("routed_local")) == [0, 5]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -108,8 +115,8 @@ def test_zeroing_a_weight_removes_exactly_its_sources_spikes(i, j):
     tr = _random_traces(7)
     pruned = W1.copy()
     pruned[i, j] = 0
-    before = count_sops(_chip(), tr).layers[0].acs
-    after = count_sops(_chip(pruned), tr).layers[0].acs
+    before = count_sops(_chip(), tr).by_layer("acs")[0]
+    after = count_sops(_chip(pruned), tr).by_layer("acs")[0]
     assert before - after == int(tr.inputs["x"][:, :, j].sum()) > 0
 
 
@@ -127,10 +134,12 @@ def test_sparse_explicit_zeros_cost_nothing():
 def test_split_layer_reads_each_populations_neurons():
     tr = _random_traces(3)
     whole, split = count_sops(_chip(), tr), count_sops(_split_chip(), tr)
-    assert [(l.layer, l.acs, l.nnz, l.neuron_updates, l.spikes) for l in split.layers] == \
-           [(l.layer, l.acs, l.nnz, l.neuron_updates, l.spikes) for l in whole.layers]
-    # routing is per target population: each input spike now goes to two of them
-    assert split.layers[0].routed == 2 * whole.layers[0].routed == 2 * int(tr.inputs["x"].sum())
+    for q in ("acs", "neuron_updates", "spikes", "routed_local"):
+        assert list(split.by_layer(q)) == list(whole.by_layer(q)), q
+    # one message per synapse group and destination core, to the inputs with a non-zero weight into it
+    x = tr.inputs["x"]
+    assert whole.by_layer("routed_host")[0] == int(x[:, :, [0, 2, 3]].sum())
+    assert split.by_layer("routed_host")[0] == int(x[:, :, [0, 2, 3]].sum() + x[:, :, [2, 3]].sum())
     g = {x.name: x for x in split.groups}
     h = tr.spikes["fc1"]
     assert g["hB->o"].routed == int(h[:, :, 1].sum())
@@ -168,30 +177,34 @@ def test_averaging_is_per_sample():
                      voltages={}, scores=np.zeros((10, 2)))
     once, twice = count_sops(_chip(), tr), count_sops(_chip(), doubled)
     assert twice.samples == 2 * once.samples
-    assert [l.acs for l in twice.layers] == [2 * l.acs for l in once.layers]
+    assert list(twice.by_layer("acs")) == [2 * a for a in once.by_layer("acs")]
     r1, r2 = energy_report(_chip(), tr, "loihi2"), energy_report(_chip(), doubled, "loihi2")
     t1, t2 = r1.totals(), r2.totals()
-    assert t2.pop("energy_pj") == pytest.approx(t1.pop("energy_pj"))
+    for nested in ("energy_pj", "spikes_routed"):
+        assert t2.pop(nested) == pytest.approx(t1.pop(nested))
     assert t2 == pytest.approx(t1)
 
 
 def test_loihi_profile_terms():
     prof = load_profile("loihi2")
-    assert prof.e_neuron_update_pj > 0 and prof.e_spike_routed_pj > 0 and prof.has_static
+    assert prof.e_neuron_update_pj > 0 and prof.e_spike_local_pj > 0 and prof.p_static_core_mw > 0
     assert "Davies" in prof.source and "proxy" in prof.source
     rep = energy_report(_chip(), _hand_traces(), prof)
-    fc1 = rep.layers[0]
-    assert fc1.cores == 1
+    fc1, out = rep.layers
+    assert rep.placement.n_cores == 1 and fc1.cores == 1
     assert fc1.energy_pj["ac"] == pytest.approx(6 * prof.e_ac_pj)
     assert fc1.energy_pj["neuron"] == pytest.approx(9 * prof.e_neuron_update_pj)
-    assert fc1.energy_pj["routing"] == pytest.approx(5 * prof.e_spike_routed_pj)
-    assert fc1.energy_pj["static"] == pytest.approx(3 * prof.t_step_us * prof.p_static_core_mw * 1e3)
+    assert fc1.energy_pj["routing"] == 0 and out.energy_pj["routing"] == pytest.approx(2.5 * prof.e_spike_local_pj)
+    # one core for 3 steps, shared by fc1 (3 neurons) and out (2 neurons)
+    static = 3 * prof.t_step_us * prof.p_static_core_mw * 1e3
+    assert fc1.energy_pj["static"] == pytest.approx(static * 3 / 5)
+    assert rep.totals()["energy_pj"]["static"] == pytest.approx(static)
 
 
 def test_bundled_profiles_load():
-    assert {"45nm", "loihi2"} <= set(available_profiles())
+    assert {"45nm", "loihi", "loihi2"} <= set(available_profiles())
     p = load_profile("45nm")
-    assert (p.e_ac_pj, p.e_mac_pj, p.has_static) == (0.9, 4.6, False)
+    assert (p.e_ac_pj, p.e_mac_pj, p.p_static_core_mw) == (0.9, 4.6, 0.0)
     assert "Horowitz" in p.source
 
 
@@ -202,8 +215,7 @@ def test_bundled_profiles_load():
     ('{"name": "p", "source": "s", "E_MAC_pJ": 1}', "'E_AC_pJ'"),
     ('{"name": "p", "source": "s", "E_AC_pJ": -1, "E_MAC_pJ": 1}', "'E_AC_pJ'"),
     ('{"name": "p", "source": "s", "E_AC_pJ": 1, "E_MAC_pJ": "4.6"}', "'E_MAC_pJ'"),
-    ('{"name": "p", "source": "s", "E_AC_pJ": 1, "E_MAC_pJ": 1, "P_STATIC_CORE_mW": 1, '
-     '"NEURONS_PER_CORE": 1024}', "'T_STEP_us'"),
+    ('{"name": "p", "source": "s", "E_AC_pJ": 1, "E_MAC_pJ": 1, "P_STATIC_CORE_mW": 1}', "'T_STEP_us'"),
 ])
 def test_bad_profile_files_name_file_and_key(tmp_path, content, needle):
     path = tmp_path / "bad.json"
@@ -234,16 +246,17 @@ def test_report_files(tmp_path):
     rep = energy_report(_chip(), _hand_traces(), "loihi2")
     out = tmp_path / "run"
     paths = write_energy_report(rep, out)
-    assert sorted(p.name for p in out.iterdir()) == ["energy.json", "energy.md", "energy.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["energy.json", "energy.md", "energy.png", "energy_cores.png"]
     data = json.loads(paths["json"].read_text())
     assert data["samples"] == 2 and [l["layer"] for l in data["layers"]] == ["fc1", "out"]
     assert data["total"]["energy_pj"]["total"] == pytest.approx(rep.total_pj)
-    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["total"]["energy_per_step_pj"] == pytest.approx(rep.total_pj / 3)
+    assert [c["core"] for c in data["cores"]] == [0]
+    for key in ("plot", "cores_plot"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = paths["markdown"].read_text()
-    table = [line for line in md.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + 2 + 1  # header, rule, two layers, total
-    assert all(len(line) <= 80 for line in table)
-    assert "fc1" in md and "loihi2" in md
+    assert all(len(line) <= 80 for line in md.splitlines() if line.startswith("|"))
+    assert "fc1" in md and "loihi2" in md and "per time step" in md
 
 
 def test_profile_that_is_not_utf8_or_huge_is_one_clear_error(tmp_path):

@@ -1,0 +1,176 @@
+r"""Operations and spike traffic of a placed ChipGraph, counted from real traces, per layer and per core.
+
+Conventions (DESIGN.md, "Energy conventions"): a spike of source neuron :math:`j` costs one
+accumulate (AC) per **non-zero** outgoing weight in each synapse group it feeds; a graded
+(``analog``) input costs one MAC per non-zero weight in every step where its value is non-zero.
+An event is a non-zero entry of a ``(samples, steps, n)`` trace.
+
+Routing follows the placement (:func:`st2chip.chip.placement.place`): a spike travels once to
+every **destination core** that holds a target neuron it has a non-zero weight onto (the axon
+fan-out the placement counts). Each message is classed by where it comes from:
+
+- ``local``: source neuron on the same core;
+- ``core``: another core of the same chip;
+- ``chip``: a core of another chip;
+- ``host``: an input port (the host injects it: boundary traffic).
+
+Synaptic ops and messages are charged to the core (and layer) of the target neurons, neuron
+updates (every neuron, every step) and emitted spikes to the neuron's own core. Everything is
+kept per ``(layer, core)`` so that sums over cores and sums over layers agree exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from st2chip.chip.chipgraph import ChipGraph, SynapseGroup
+from st2chip.chip.placement import Placement
+from st2chip.errors import InputError
+from st2chip.traces import Traces
+
+ROUTES = ("local", "core", "chip", "host")
+QUANTITIES = ("acs", "macs", "neuron_updates", "spikes", *(f"routed_{r}" for r in ROUTES))
+
+
+@dataclass
+class GroupCounts:
+    """Operations of one synapse group over the whole batch (integers, not averaged)."""
+
+    name: str
+    source: str
+    target: str
+    layer: str
+    source_kind: str  # "spike" or "analog" input port, or "population"
+    nnz: int
+    acs: int
+    macs: int
+    routed: int
+
+
+@dataclass
+class OpCounts:
+    """Integer counts over ``samples`` x ``steps``: ``table[q]`` is ``(layers, cores)`` for each of :data:`QUANTITIES`.
+
+    ``neurons`` is ``(layers, cores)`` too: how many of each layer's neurons sit on each core.
+    """
+
+    samples: int
+    steps: int
+    layers: list[str]
+    placement: Placement
+    table: dict[str, np.ndarray]
+    neurons: np.ndarray
+    groups: list[GroupCounts]
+
+    def by_layer(self, quantity: str) -> np.ndarray:
+        return self.table[quantity].sum(axis=1)
+
+    def by_core(self, quantity: str) -> np.ndarray:
+        return self.table[quantity].sum(axis=0)
+
+
+def batch_shape(traces: Traces) -> tuple[int, int]:
+    """(samples, steps) shared by every trace array; InputError names the one that differs."""
+    arrays = {f"input '{k}'": v for k, v in traces.inputs.items()} | \
+             {f"layer '{k}'": v for k, v in traces.spikes.items()}
+    if not arrays:
+        raise InputError(f"traces from '{traces.backend}': no input or spike arrays")
+    shapes = {k: np.shape(v) for k, v in arrays.items()}
+    first, shape = next(iter(shapes.items()))
+    for key, other in shapes.items():
+        if len(other) != 3 or other[:2] != shape[:2]:
+            raise InputError(f"traces from '{traces.backend}': {key} has shape {other}, "
+                             f"expected (samples, steps, n) matching {first} {shape}")
+    return int(shape[0]), int(shape[1])
+
+
+def _layer_spikes(chip: ChipGraph, traces: Traces, layer: str) -> np.ndarray:
+    if layer not in traces.spikes:
+        raise InputError(f"traces from '{traces.backend}': no spikes for layer '{layer}'")
+    arr = np.asarray(traces.spikes[layer])
+    if arr.shape[2] != chip.layer_size(layer):
+        raise InputError(f"traces from '{traces.backend}': layer '{layer}' has {arr.shape[2]} neurons, "
+                         f"the chip graph {chip.layer_size(layer)}")
+    return arr
+
+
+def _source_activity(chip: ChipGraph, traces: Traces, source: str) -> tuple[str, np.ndarray]:
+    """Source kind and events per source neuron over the batch (non-zero entries: spikes or graded values)."""
+    port = next((i for i in chip.inputs if i.name == source), None)
+    if port is None:
+        pop = chip.population(source)
+        values = _layer_spikes(chip, traces, pop.layer)[:, :, pop.index]
+        return "population", np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
+    if source not in traces.inputs:
+        raise InputError(f"traces from '{traces.backend}': no values for input '{source}'")
+    values = np.asarray(traces.inputs[source])
+    if values.shape[2] != port.size:
+        raise InputError(f"traces from '{traces.backend}': input '{source}' has {values.shape[2]} "
+                         f"elements, the chip graph {port.size}")
+    return port.kind, np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
+
+
+def _route_class(src_core: np.ndarray | None, dst_core: np.ndarray, cores_per_chip: int) -> np.ndarray:
+    """Index into :data:`ROUTES` of each (source core, destination core) message."""
+    if src_core is None:
+        return np.full(dst_core.shape, ROUTES.index("host"))
+    same_chip = src_core // cores_per_chip == dst_core // cores_per_chip
+    return np.where(src_core == dst_core, ROUTES.index("local"),
+                    np.where(same_chip, ROUTES.index("core"), ROUTES.index("chip")))
+
+
+def _group_traffic(group: SynapseGroup, activity: np.ndarray, dst: np.ndarray, src: np.ndarray | None,
+                   n_cores: int, cores_per_chip: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per destination core: synaptic ops ``(n_cores,)`` and messages by route ``(len(ROUTES), n_cores)``.
+
+    ``dst`` is the core of each target neuron, ``src`` of each source neuron (None: an input port).
+    """
+    w = sp.coo_matrix(group.mantissa)
+    keep = w.data != 0
+    rows, cols = w.row[keep], w.col[keep]
+    cores = dst[rows]
+    ops = np.bincount(cores, weights=activity[cols], minlength=n_cores)
+    pairs = np.unique(cores.astype(np.int64) * group.shape[1] + cols)  # one message per (core, source neuron)
+    pair_core, pair_src = pairs // group.shape[1], pairs % group.shape[1]
+    route = _route_class(None if src is None else src[pair_src], pair_core, cores_per_chip)
+    flat = np.bincount(route * n_cores + pair_core, weights=activity[pair_src], minlength=len(ROUTES) * n_cores)
+    return np.rint(ops).astype(np.int64), np.rint(flat).astype(np.int64).reshape(len(ROUTES), n_cores)
+
+
+def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts:
+    """Count synaptic ops, neuron updates, emitted spikes and routed messages per (layer, core)."""
+    samples, steps = batch_shape(traces)
+    layers = chip.layers()
+    row = {layer: i for i, layer in enumerate(layers)}
+    n_cores = placement.n_cores
+    per_chip = placement.resources.cores_per_chip
+    core_of = placement.assignment()
+    table = {q: np.zeros((len(layers), n_cores), dtype=np.int64) for q in QUANTITIES}
+    neurons = np.zeros((len(layers), n_cores), dtype=np.int64)
+    for pop in chip.populations:
+        neurons[row[pop.layer]] += np.bincount(core_of[pop.name], minlength=n_cores)
+    table["neuron_updates"] = neurons * steps * samples
+    for pop in chip.populations:
+        if not pop.readout:
+            spikes = np.count_nonzero(_layer_spikes(chip, traces, pop.layer)[:, :, pop.index], axis=(0, 1))
+            table["spikes"][row[pop.layer]] += np.bincount(core_of[pop.name], weights=spikes,
+                                                           minlength=n_cores).astype(np.int64)
+    groups = []
+    for sg in chip.synapses:
+        kind, activity = _source_activity(chip, traces, sg.source)
+        target = chip.population(sg.target)
+        ops, routed = _group_traffic(sg, activity.astype(np.float64), core_of[sg.target], core_of.get(sg.source),
+                                     n_cores, per_chip)
+        r = row[target.layer]
+        table["macs" if kind == "analog" else "acs"][r] += ops
+        for i, route in enumerate(ROUTES):
+            table[f"routed_{route}"][r] += routed[i]
+        total = int(ops.sum())
+        groups.append(GroupCounts(name=sg.name, source=sg.source, target=sg.target, layer=target.layer,
+                                  source_kind=kind, nnz=sg.nnz, acs=0 if kind == "analog" else total,
+                                  macs=total if kind == "analog" else 0, routed=int(routed.sum())))
+    return OpCounts(samples=samples, steps=steps, layers=layers, placement=placement, table=table,
+                    neurons=neurons, groups=groups)
