@@ -112,21 +112,24 @@ def plot(results: list[dict], path: Path) -> None:
 
     n = [r["neurons"] for r in results]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.loglog(n, [r["total_s"] for r in results], "o-", label="map (normalize + lower + place)")
-    ax1.loglog(n, [r["lower_s"] for r in results], "s--", label="lower")
-    ax1.axhline(60, color="grey", lw=0.8, ls=":", label="goal 60 s")
-    ax1.set_xlabel("neurons")
-    ax1.set_ylabel("seconds")
-    ax1.legend(fontsize=8)
-    ax2.semilogx(n, [r["peak_gb"] for r in results], "o-", label="peak RSS")
-    ax2.semilogx(n, [r["baseline_gb"] for r in results], ":", label="interpreter + imports")
-    ax2.axhline(4, color="grey", lw=0.8, ls=":", label="goal 4 GB")
-    ax2.set_xlabel("neurons")
-    ax2.set_ylabel("GB")
-    ax2.legend(fontsize=8)
+    _panel(ax1.loglog, ax1, n, results, [("total_s", "o-", "map (normalize + lower + place)"),
+                                         ("lower_s", "s--", "lower")], 60, "goal 60 s", "seconds")
+    _panel(ax2.semilogx, ax2, n, results, [("peak_gb", "o-", "peak RSS"),
+                                           ("baseline_gb", ":", "interpreter + imports")], 4, "goal 4 GB", "GB")
     fig.suptitle("st2chip mapping at scale (sparse CNN, ~99 synapses per neuron)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _panel(draw, ax, n: list[int], results: list[dict], series: list[tuple[str, str, str]], goal: float,
+           goal_label: str, ylabel: str) -> None:
+    """One panel: each (field, style, label) of ``results`` against neurons, and the goal as a line."""
+    for field, style, label in series:
+        draw(n, [r[field] for r in results], style, label=label)
+    ax.axhline(goal, color="grey", lw=0.8, ls=":", label=goal_label)
+    ax.set_xlabel("neurons")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
 
 
 def main() -> None:
