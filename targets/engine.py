@@ -19,6 +19,16 @@ integer state (int64), exactly as Lava's ``PyLifModelBitAcc`` with ``Dense`` /
   matrix product, CSR groups (pruned weights) a sparse one, and on CPU at low
   spike rates (below :data:`EVENT_RATE`) dense groups gather the weight rows of
   the sources that spiked (event-driven), decided per step;
+- a :class:`~st2chip.chip.chipgraph.Relay` (a factored low-rank layer's middle)
+  sends its integer input, unshifted, as a graded value; groups out of it
+  multiply value × weight (exact: the float bound then covers ``Σ |2 m| max|x|``),
+  with Lava's floor shift for a negative exponent; it records ``x != 0`` as
+  its spikes and ``x`` as its voltage;
+- a :class:`~st2chip.chip.chipgraph.HostProduct` (the host partition of a spiking
+  Transformer: its attention product) reads its three layers' spikes of the step
+  and sends the integer counts :math:`(Q K^\top) V` per head, graded, like a relay
+  (exact: a float64 product of 0/1 matrices, far below 2^53); an analog input
+  port sends its integer levels the same way;
 - reset to zero, or by subtraction of the threshold for ``reset="subtract"``
   populations; feedback (recurrent) groups read the spikes of the step before,
   like every group;
@@ -58,9 +68,16 @@ def batch_steps(inputs: dict[str, np.ndarray]) -> tuple[int, int]:
     return next(iter(shapes.values()))
 
 
-def product_dtype(mantissa: np.ndarray | sp.csr_matrix) -> torch.dtype:
-    """float32 when every fan-in sum of ``|2 m|`` is below 2^24 (exact), float64 below 2^53."""
-    fan_in = np.asarray(abs(mantissa).sum(axis=1)).ravel() * 2 if np.size(mantissa) else np.zeros(1)
+def product_dtype(mantissa: np.ndarray | sp.csr_matrix, source_max: np.ndarray | None = None) -> torch.dtype:
+    """float32 when every fan-in sum of ``|2 m| x_max`` is below 2^24 (exact), float64 below 2^53
+    (``source_max``: the largest value per source, 1 for spikes)."""
+    if not np.size(mantissa):
+        fan_in = np.zeros(1)
+    elif source_max is None:
+        fan_in = np.asarray(abs(mantissa).sum(axis=1)).ravel() * 2
+    else:
+        fan_in = np.asarray(abs(sp.csr_matrix(mantissa, dtype=np.float64)) @ np.asarray(source_max, np.float64)
+                            ).ravel() * 2
     worst = float(fan_in.max(initial=0))
     if worst < F32_EXACT:
         return torch.float32
@@ -72,9 +89,11 @@ def product_dtype(mantissa: np.ndarray | sp.csr_matrix) -> torch.dtype:
 class Synapses:
     """One synapse group on a device: integer synaptic input for its target from source spikes."""
 
-    def __init__(self, group: SynapseGroup, device: torch.device) -> None:
-        self.name, self.exp = group.name, group.exp
-        self.dtype = product_dtype(group.mantissa)
+    def __init__(self, group: SynapseGroup, device: torch.device, source_max: np.ndarray | None = None,
+                 act_shift: int = ACT_SHIFT) -> None:
+        self.name, self.exp, self.act_shift = group.name, group.exp, act_shift
+        self.graded = source_max is not None  # the source sends values (a relay), not 0/1 spikes
+        self.dtype = product_dtype(group.mantissa, source_max)
         self.sparse = sp.issparse(group.mantissa)
         self.n_tgt = group.shape[0]
         self.empty = group.nnz == 0
@@ -92,21 +111,22 @@ class Synapses:
             self.weight_t = torch.from_numpy(2 * group.dense().T).to(self.dtype).to(device).contiguous()
 
     def accumulate(self, spikes: torch.Tensor) -> torch.Tensor:
-        """``((Σ_j 2 m_ij s_j) << exp) << 6`` as int64 ``(B, n_tgt)`` for 0/1 ``spikes`` ``(B, n_src)``:
-        the synaptic input already shifted to the current's scale (``a << 6``)."""
+        """``((Σ_j 2 m_ij s_j) << exp) << act_shift`` as int64 ``(B, n_tgt)`` for 0/1 ``spikes`` (or a relay's
+        integer values) ``(B, n_src)``: the synaptic input already shifted to the current's scale
+        (``a << 6``; a relay target takes ``a`` unshifted)."""
         if self.empty:
             return torch.zeros(spikes.shape[0], self.n_tgt, dtype=torch.int64, device=spikes.device)
         s = spikes.to(self.dtype)
         if self.sparse:
             acc = torch.sparse.mm(self.weight, s.T).T
-        elif s.device.type == "cpu" and s.numel() and float(s.mean()) < EVENT_RATE:
+        elif not self.graded and s.device.type == "cpu" and s.numel() and float(s.mean()) < EVENT_RATE:
             acc = self._events(s)
         else:
             acc = s @ self.weight_t
         acc = acc.to(torch.int64)
         if self.exp >= 0:  # (acc << exp) << 6 in one shift
-            return acc.bitwise_left_shift_(self.exp + ACT_SHIFT)
-        return acc.bitwise_right_shift_(-self.exp).bitwise_left_shift_(ACT_SHIFT)  # floor first, as Lava
+            return acc.bitwise_left_shift_(self.exp + self.act_shift)
+        return acc.bitwise_right_shift_(-self.exp).bitwise_left_shift_(self.act_shift)  # floor first, as Lava
 
     def _events(self, s: torch.Tensor) -> torch.Tensor:
         """Event-driven: add the weight rows of the sources that spiked, sample by sample."""
@@ -154,10 +174,15 @@ class Engine:
         self.u_forgets = bool((self.decay_u == 0).all())        # du = 4095 everywhere: u = a
         self.v_keeps = bool((self.decay_v == 1 << DECAY_SHIFT).all())  # dv = 0 everywhere: no leak
         self.has_bias = bool((self.bias != 0).any())
+        relays, graded = chip.relay_bounds(), chip.source_bounds()
+        self.relays = {name: self._slice(name) for name in relays}
+        self.hosts = [(h, [self._layer_index(layer) for layer in h.inputs]) for h in chip.hosts]
+        self.analog = {i.name for i in chip.inputs if i.kind == "analog"}
         fed: set[str] = set()
         self.synapses = []
         for s in chip.synapses:
-            self.synapses.append((Synapses(s, dev), s.source, s.target, s.target not in fed, s.delay))
+            syn = Synapses(s, dev, graded.get(s.source), 0 if s.target in relays else ACT_SHIFT)
+            self.synapses.append((syn, s.source, s.target, s.target not in fed, s.delay))
             fed.add(s.target)
         self.max_delay = max((s.delay for s in chip.synapses), default=0)
         self.unfed = [self._slice(p.name) for p in pops if p.name not in fed]
@@ -177,6 +202,23 @@ class Engine:
                 out[:, :, lo:lo + p.size] = part
             else:
                 out[:, :, torch.from_numpy(p.index).to(record.device)] = part
+        return out
+
+    def _layer_index(self, layer: str) -> torch.Tensor:
+        """Positions of ``layer``'s neurons, in the layer's order, in the state vector."""
+        index = np.empty(self.chip.layer_size(layer), np.int64)
+        for p in self.chip.layer_populations(layer):
+            index[p.index] = self.layout.start[p.name] + np.arange(p.size)
+        return torch.from_numpy(index).to(self.device)
+
+    def _host_step(self, fired: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each host product's counts ``(Q K^T) V`` per head from this step's spikes of its input layers."""
+        out = {}
+        for h, (iq, ik, iv) in self.hosts:
+            split = lambda i: fired[:, i].to(torch.float64).reshape(  # noqa: E731
+                -1, h.tokens, h.heads, h.dim // h.heads).transpose(1, 2)
+            counts = (split(iq) @ split(ik).transpose(-2, -1)) @ split(iv)
+            out[h.name] = counts.transpose(1, 2).reshape(-1, h.size).round_().to(torch.int64)
         return out
 
     def _slice(self, name: str) -> slice:
@@ -200,22 +242,39 @@ class Engine:
             u = torch.where(u <= -UV_MAX, u + 2 * UV_MAX, u)
         return u
 
+    def _relay_step(self, a_in: torch.Tensor, u: torch.Tensor, v: torch.Tensor, fired: torch.Tensor, g: int
+                    ) -> dict[str, torch.Tensor]:
+        """Each relay sends its input ``x`` (from its window's start on); it keeps no state, records
+        ``x != 0`` as spikes and ``x`` as voltage (``u``, ``v``, ``fired`` are overwritten in place)."""
+        out = {}
+        for name, cols in self.relays.items():
+            x = a_in[:, cols].clone() if g > self.layout.depth[name] else torch.zeros_like(a_in[:, cols])
+            u[:, cols] = 0  # u may be a_in itself (a view of x's source): x is a copy
+            v[:, cols] = x
+            fired[:, cols] = x != 0
+            out[name] = x
+        return out
+
     def run_batch(self, inputs: dict[str, torch.Tensor], voltages: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Spikes (and voltages) of every neuron at every global step, ``(T + depth, B, N)``."""
         batch, steps = inputs[next(iter(inputs))].shape[:2]
         horizon = steps + self.chip.depth
         dev, n = self.device, self.n
-        # raw bytes to the device once, then bool and time-major there: (T, B, n)
-        inputs = {name: x.to(dev, non_blocking=True).to(torch.bool).transpose(0, 1).contiguous()
+        # raw bytes to the device once, then bool (spikes) or int64 (analog levels) and time-major there: (T, B, n)
+        kinds = {name: torch.int64 if name in self.analog else torch.bool for name in inputs}
+        inputs = {name: x.to(dev, non_blocking=True).to(kinds[name]).transpose(0, 1).contiguous()
                   for name, x in inputs.items()}
         u = torch.zeros(batch, n, dtype=torch.int64, device=dev)
         v = torch.zeros_like(u)
         spikes = torch.zeros(batch, n, dtype=torch.bool, device=dev)
-        in_prev = {name: torch.zeros(batch, size, dtype=torch.bool, device=dev) for name, size in self.inputs.items()}
+        in_prev = {name: torch.zeros(batch, size, dtype=kinds[name], device=dev) for name, size in self.inputs.items()}
         rec_s = torch.zeros(horizon, batch, n, dtype=torch.bool, device=dev)
         rec_v = torch.zeros(horizon, batch, n, dtype=torch.int64, device=dev) if voltages else None
         history: deque = deque(maxlen=self.max_delay)  # (population spikes, input spikes) of earlier steps
+        sent = {name: torch.zeros(batch, cols.stop - cols.start, dtype=torch.int64, device=dev)
+                for name, cols in self.relays.items()}  # each relay's (and host's) graded values of the step before
+        sent |= {h.name: torch.zeros(batch, h.size, dtype=torch.int64, device=dev) for h, _ in self.hosts}
         for g in range(1, horizon + 1):
             a_in = torch.empty(batch, n, dtype=torch.int64, device=dev)
             for cols in self.unfed:
@@ -225,7 +284,8 @@ class Engine:
                     past_s, past_in = torch.zeros_like(spikes), {k: torch.zeros_like(x) for k, x in in_prev.items()}
                 else:
                     past_s, past_in = history[-delay] if delay else (spikes, in_prev)
-                src = past_in[source] if source in past_in else past_s[:, self._slice(source)]
+                src = (past_in[source] if source in past_in else sent[source] if source in sent
+                       else past_s[:, self._slice(source)])
                 if first:  # the first group into a population writes its input, later ones add
                     a_in[:, self._slice(target)] = syn.accumulate(src)
                 else:
@@ -246,6 +306,10 @@ class Engine:
                 v = torch.where(fired, torch.where(self.subtract, v - self.vth, 0), v)
             else:
                 v.masked_fill_(fired, 0)
+            if self.relays:
+                sent = sent | self._relay_step(a_in, u, v, fired, g)
+            if self.hosts:
+                sent = sent | self._host_step(fired)
             prev_spikes, spikes = spikes, fired
             rec_s[g - 1] = fired
             if rec_v is not None:

@@ -11,8 +11,12 @@ Lava's LIF cannot express run st2chip's own neuron model
 sample's spikes reaches the next sample. A synapse group that lowering kept
 as a convolution kernel runs as lava-nc's ``Conv`` (its ``(W, H, C)`` ports
 reshaped and transposed to st2chip's flat C-order vectors); every other group
-as ``Dense``/``Sparse`` (``Delay*`` when delayed). Spikes and voltages
-are recorded with ``Monitor`` processes and cut back into per-sample windows.
+as ``Dense``/``Sparse`` (``Delay*`` when delayed). A relay (a factored
+low-rank layer's middle, :class:`~st2chip.chip.chipgraph.Relay`) is lava-nc's
+``GradedVec`` with ``vth = 0`` (stateless: it sends its input as a graded
+spike), and the groups out of it take graded input (``num_message_bits = 24``).
+Spikes and voltages are recorded with ``Monitor`` processes (a relay's values
+with its spike sink) and cut back into per-sample windows.
 
 The simulation runs in a child process in its own process group
 (:mod:`.lava_process`): Ctrl-C or SIGTERM, to this process or its whole group,
@@ -27,7 +31,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from st2chip.chip.chipgraph import ChipGraph
+from st2chip.chip.chipgraph import MESSAGE_BITS, ChipGraph
+from st2chip.errors import InputError
 from st2chip.traces import Traces
 
 from .lava_compat import ensure_lava
@@ -37,6 +42,7 @@ from .engine import assemble, batch_steps
 
 def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int):
     from lava.proc.dense.process import Dense, DelayDense
+    from lava.proc.graded.process import GradedVec
     from lava.proc.io.source import RingBuffer
     from lava.proc.lif.process import LIFReset
     from lava.proc.sparse.process import DelaySparse, Sparse
@@ -47,7 +53,11 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
     depths = chip.depths()
     quiet = chip.quiet_steps()
     procs = {name: RingBuffer(data=data) for name, data in source_data.items()}
+    relays = {pop.name for pop in chip.populations if pop.graded}
     for pop in chip.populations:
+        if pop.graded:  # stateless, no threshold: nothing to reset between samples
+            procs[pop.name] = GradedVec(shape=(pop.size,), vth=0)
+            continue
         common = dict(shape=(pop.size,), du=pop.du, dv=pop.dv, vth=pop.vth, bias_mant=pop.bias_mant,
                       bias_exp=pop.bias_exp, reset_interval=window, reset_offset=(1 + depths[pop.name]) % window,
                       name=pop.name)
@@ -58,7 +68,8 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
             _connect_conv(syn, procs[syn.source].s_out, procs[syn.target].a_in)
             continue
         weights = 2 * syn.mantissa
-        kwargs = dict(weight_exp=syn.exp, num_weight_bits=8, sign_mode=SignMode.MIXED, name=syn.name)
+        kwargs = dict(weight_exp=syn.exp, num_weight_bits=8, sign_mode=SignMode.MIXED, name=syn.name,
+                      num_message_bits=MESSAGE_BITS if syn.source in relays else 0)
         if sp.issparse(weights):
             csr = sp.csr_matrix(weights, dtype=np.int32)
             conn = (DelaySparse(weights=csr, delays=_sparse_delays(csr, syn.delay), **kwargs) if syn.delay
@@ -108,6 +119,8 @@ def _import_lava() -> None:
     import lava.proc.conv.process  # noqa: F401
     import lava.proc.dense.models  # noqa: F401
     import lava.proc.dense.process  # noqa: F401
+    import lava.proc.graded.models  # noqa: F401
+    import lava.proc.graded.process  # noqa: F401
     import lava.proc.io.sink  # noqa: F401
     import lava.proc.io.source  # noqa: F401
     import lava.proc.lif.models  # noqa: F401
@@ -133,7 +146,7 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
     for pop in chip.populations:
         sinks[pop.name] = SpikeSink(shape=(pop.size,), buffer=total)
         procs[pop.name].s_out.connect(sinks[pop.name].a_in)
-        if voltages or pop.readout:
+        if (voltages or pop.readout) and not pop.graded:  # a relay's value is what its sink receives
             monitors[pop.name] = Monitor()
             monitors[pop.name].probe(procs[pop.name].v, total)
     anchor = procs[chip.populations[0].name]
@@ -146,13 +159,27 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
     return raw_s, raw_v
 
 
+def unsupported(chip: ChipGraph) -> str | None:
+    """Why this backend cannot run ``chip`` yet (None when it can)."""
+    parts = [f"a host partition ({', '.join(h.name for h in chip.hosts)})"] if chip.hosts else []
+    parts += [f"analog input port '{i.name}'" for i in chip.inputs if i.kind == "analog"]
+    if not parts:
+        return None
+    return (f"the Lava backend runs neurocore partitions fed by spikes; this ChipGraph has {' and '.join(parts)} "
+            f"(host processes and graded input ports are not wired into Lava yet): run it on the engine")
+
+
 def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True) -> Traces:
     """Run ``inputs`` (name -> spikes ``(B, T, n)``) on Lava's fixed-point CPU simulator.
 
     ``voltages=False`` records voltages of readout populations only (their final
     voltage is the output): each Monitor is one more OS process, and dropping the
-    others about halves the run time.
+    others about halves the run time. A ChipGraph it cannot run (:func:`unsupported`)
+    is an :class:`~st2chip.errors.InputError`.
     """
+    why = unsupported(chip)
+    if why is not None:
+        raise InputError(why)
     _import_lava()
     batch, steps = batch_steps(inputs)
     # a sample's window: T steps, the pipeline depth, and room for spikes a graph-level delay (lag)
@@ -170,7 +197,9 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
     for pop in chip.populations:
         # global step g (1-based) of sample k, local step j: g = k*window + d + 1 + j
         idx = np.arange(batch)[:, None] * window + depths[pop.name] + np.arange(steps)[None, :]
-        rec_s[pop.name] = raw_s[pop.name][idx].astype(np.uint8)
-        if pop.name in raw_v:
+        rec_s[pop.name] = (raw_s[pop.name][idx] != 0).astype(np.uint8)
+        if pop.graded and voltages:
+            rec_v[pop.name] = raw_s[pop.name][idx].astype(np.int64)
+        elif pop.name in raw_v:
             rec_v[pop.name] = raw_v[pop.name][idx].astype(np.int64)
     return assemble(chip, "lava", inputs, rec_s, rec_v)

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from st2chip.chip.chipgraph import ChipGraph, SynapseGroup
 from st2chip.chip.placement import Placement
 from st2chip.errors import InputError
+from st2chip.graph.product import SpikeProduct
 from st2chip.traces import Traces
 
 ROUTES = ("local", "core", "chip", "host")
@@ -99,11 +101,16 @@ def _layer_spikes(chip: ChipGraph, traces: Traces, layer: str) -> np.ndarray:
 
 def _source_activity(chip: ChipGraph, traces: Traces, source: str) -> tuple[str, np.ndarray]:
     """Source kind and events per source neuron over the batch (non-zero entries: spikes or graded values)."""
+    host = next((h for h in chip.hosts if h.name == source), None)
+    if host is not None:  # a host product's graded counts, recomputed from its input layers' spikes
+        q, k, v = (torch.from_numpy(_layer_spikes(chip, traces, layer).astype(np.float64)) for layer in host.inputs)
+        counts = SpikeProduct(host.heads, host.tokens, host.dim, 1.0, host.inputs).counts(q, k, v).numpy()
+        return "analog", np.count_nonzero(counts, axis=(0, 1)).astype(np.int64)
     port = next((i for i in chip.inputs if i.name == source), None)
     if port is None:
         pop = chip.population(source)
         values = _layer_spikes(chip, traces, pop.layer)[:, :, pop.index]
-        return "population", np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
+        return "analog" if pop.graded else "population", np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
     if source not in traces.inputs:
         raise InputError(f"traces from '{traces.backend}': no values for input '{source}'")
     values = np.asarray(traces.inputs[source])

@@ -31,6 +31,9 @@ UV_MAX = 2**23            # u and v are 24-bit signed
 ACT_SHIFT = 6             # synaptic input and threshold are left-shifted by 6 bits
 DECAY_SHIFT = 12
 DELAY_MAX = 61            # extra synaptic delay in steps (Loihi 2: 6 bits; netx clamps whole delays at 62)
+MESSAGE_BITS = 24         # a graded spike's payload: signed 24 bit (lava's num_message_bits)
+GRADED_ACC_MAX = 2**31 - 1  # a graded group's sum before its exponent: Lava accumulates in int32
+GRADED_INPUT_MAX = 2**24 - 1  # a graded group's input to a LIF: (a << 6) + u must stay within int32
 
 
 def _check_int_range(record: str, name: str, value, lo: int, hi: int) -> None:
@@ -49,16 +52,66 @@ class InputPort:
     """Where spikes (or graded values) enter the chip from the host.
 
     ``kind="spike"``: binary events, each costing one accumulate per non-zero
-    outgoing weight; ``kind="analog"``: graded inputs, each costing a MAC.
+    outgoing weight; ``kind="analog"``: graded inputs, integers ``0 .. levels``
+    (e.g. an image's 8-bit levels), each non-zero value costing a MAC per weight.
     """
 
     name: str
     size: int
     kind: Literal["spike", "analog"] = "spike"
+    levels: int = 1
 
     def __post_init__(self) -> None:
         if self.size <= 0:
             raise ChipRangeError(f"input '{self.name}': field 'size' must be positive, got {self.size}")
+        if self.kind not in ("spike", "analog"):
+            raise ChipRangeError(f"input '{self.name}': field 'kind' must be 'spike' or 'analog', got {self.kind!r}")
+        top = 1 if self.kind == "spike" else 2 ** (MESSAGE_BITS - 1) - 1
+        _check_int_range(f"input '{self.name}'", "levels", self.levels, 1, top)
+        self.levels = int(self.levels)
+
+
+@dataclass
+class HostProduct:
+    r"""A host partition: a spiking Transformer's attention product, computed off the neurocores.
+
+    Each step it reads the spikes its three input layers (``Q``, ``K``, ``V``, of
+    ``tokens * dim`` neurons each, token-major) sent that step and sends, per head
+    :math:`h` (features :math:`h d_h .. (h+1) d_h - 1`, :math:`d_h = dim / heads`),
+    the integer counts
+
+    .. math::  C_h = (Q_h K_h^\top)\, V_h \in \{0, \dots, tokens \cdot d_h\}^{tokens \times d_h}
+
+    as graded values to its outgoing groups, which add them one step later like
+    any synapse input (a MAC per non-zero weight; the attention scale is in their
+    weights). It holds no neurons or synapses: it runs on the chip's embedded
+    CPUs or the host (:mod:`st2chip.graph.product` is its float meaning).
+    """
+
+    name: str
+    inputs: tuple[str, str, str]
+    heads: int
+    tokens: int
+    dim: int
+
+    def __post_init__(self) -> None:
+        rec = f"host product '{self.name}'"
+        for field_name in ("heads", "tokens", "dim"):
+            _check_int_range(rec, field_name, getattr(self, field_name), 1, 2**31 - 1)
+        if self.dim % self.heads:
+            raise ChipRangeError(f"{rec}: field 'dim' ({self.dim}) must be a multiple of 'heads' ({self.heads})")
+        if len(self.inputs) != 3:
+            raise ChipRangeError(f"{rec}: field 'inputs' must name three layers (Q, K, V), got {list(self.inputs)}")
+        self.inputs = tuple(self.inputs)
+
+    @property
+    def size(self) -> int:
+        return self.tokens * self.dim
+
+    @property
+    def max_value(self) -> int:
+        """The largest count it can send: every spike of a head on."""
+        return self.tokens * (self.dim // self.heads)
 
 
 @dataclass
@@ -118,6 +171,57 @@ class Population:
         """Effective bias ``bias_mant << bias_exp`` in voltage units."""
         return self.bias_mant << self.bias_exp
 
+    @property
+    def graded(self) -> bool:
+        """Whether what it sends is a multi-bit value (a :class:`Relay`) rather than a 0/1 spike."""
+        return False
+
+
+@dataclass
+class Relay(Population):
+    r"""A graded-spike relay: the ``r`` middle values of a factored low-rank layer ``W = U V``.
+
+    Per step it sends its integer synaptic input, unshifted, as a graded message:
+
+    .. math::
+
+        x_i = \Big(\sum_j 2 m_{ij} s_j\Big) \ll e_V \quad(\text{arithmetic right shift, i.e. floor, when } e_V < 0),
+        \qquad \text{sent when } x_i \neq 0,
+
+    with the 8-bit mantissas :math:`m` and exponent :math:`e_V` of its incoming
+    group V (0/1 spikes only). It keeps no state between steps and has no
+    threshold: lava-nc's ``GradedVec`` with ``vth = 0`` (``v = a_in``,
+    ``s_out = v * (|v| > 0)``, ``v`` cleared after each step; its ``exp`` is not
+    applied by the fixed-point model). The message is signed :data:`MESSAGE_BITS`
+    bit and is never saturated: :class:`ChipGraph` refuses a relay whose worst
+    case :math:`\max|x_i| = \lceil \sum_j |2 m_{ij}|\, 2^{e_V} \rceil` needs more.
+    Its outgoing groups (U) read ``x`` as a graded input: :math:`a_k = (\sum_i 2 u_{ki} x_i) \ll e_U`,
+    a MAC per non-zero weight. ``scale`` is the relay's fixed-point unit: ``x ≈ scale · (V s)``
+    in the float graph's terms (``V`` the float factor, after folding).
+    A relay is recorded like a population: its "spikes" are ``x != 0``, its voltage is ``x``.
+    The LIF fields are fixed (``du = 4095``, ``dv = 0``, ``vth = 0``, no bias) and unused.
+    """
+
+    du: int = DECAY_MAX
+    dv: int = 0
+    vth: int = 0
+    bias_mant: np.ndarray = 0  # type: ignore[assignment]
+    bias_exp: np.ndarray = 0  # type: ignore[assignment]
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fixed = (self.du, self.dv, self.vth, int(np.abs(self.bias).max(initial=0)), self.readout, self.reset)
+        if fixed != (DECAY_MAX, 0, 0, 0, False, "zero"):
+            raise ChipRangeError(f"relay '{self.name}': du, dv, vth, bias, readout and reset are fixed "
+                                 f"(4095, 0, 0, 0, False, 'zero'), got {fixed}")
+        if not np.isfinite(self.scale) or self.scale <= 0:
+            raise ChipRangeError(f"relay '{self.name}': field 'scale' must be positive, got {self.scale}")
+
+    @property
+    def graded(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True)
 class ConvKernel:
@@ -162,7 +266,8 @@ class SynapseGroup:
     arithmetic right shift when :math:`e < 0`), with 8-bit signed mantissas
     :math:`m` and one exponent :math:`e` per group. ``form`` records where the
     weights came from: ``dense``, ``sparse`` (CSR; unstructured pruning) or
-    ``lowrank`` (a multiplied-out U·V). ``error`` is the relative quantization
+    ``lowrank`` (a multiplied-out U·V) or ``factored`` (one factor of a U·V kept
+through a :class:`Relay`: V into the relay, U out of it). ``error`` is the relative quantization
     error ``||W_q - W|| / ||W||`` against the folded float weights. ``delay``
     holds a spike that many steps longer than the one step every group takes
     (Lava's ``DelayDense`` / ``DelaySparse``; 0 to :data:`DELAY_MAX`): to align
@@ -181,7 +286,7 @@ class SynapseGroup:
     target: str
     mantissa: np.ndarray | sp.csr_matrix
     exp: int
-    form: Literal["dense", "sparse", "lowrank"] = "dense"
+    form: Literal["dense", "sparse", "lowrank", "factored"] = "dense"
     error: float = 0.0
     delay: int = 0
     lag: int = 0
@@ -229,6 +334,15 @@ class SynapseGroup:
         """Non-zero outgoing weights per source neuron."""
         return np.asarray((self.dense() != 0).sum(axis=0)).ravel()
 
+    def input_bound(self, source_max: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Worst-case ``|Σ_j 2 m_ij x_j|`` per target before the exponent, and ``|a|`` after it, for source
+        values bounded by ``source_max`` (per source; None: 0/1 spikes). Integers, exact."""
+        w = abs(sp.csr_matrix(self.mantissa, dtype=np.int64)) * 2
+        x = np.ones(self.shape[1], np.int64) if source_max is None else np.asarray(source_max, np.int64)
+        acc = np.asarray(w @ x, dtype=np.int64).ravel()
+        shifted = acc << self.exp if self.exp >= 0 else -((-acc) >> -self.exp)  # ceil: floor of the negative
+        return acc, shifted
+
 
 @dataclass
 class ChipGraph:
@@ -243,12 +357,19 @@ class ChipGraph:
     populations: list[Population]
     synapses: list[SynapseGroup]
     report: dict = field(default_factory=dict)
+    hosts: list[HostProduct] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        names = [i.name for i in self.inputs] + [p.name for p in self.populations]
+        self._check_wiring()
+        self._check_hosts()
+        self._check_relays()
+
+    def _check_wiring(self) -> None:
+        names = [i.name for i in self.inputs] + [p.name for p in self.populations] + [h.name for h in self.hosts]
         if len(set(names)) != len(names):
-            raise ChipRangeError("ChipGraph: input and population names must be unique")
-        sizes = {i.name: i.size for i in self.inputs} | {p.name: p.size for p in self.populations}
+            raise ChipRangeError("ChipGraph: input, population and host names must be unique")
+        sizes = ({i.name: i.size for i in self.inputs} | {p.name: p.size for p in self.populations}
+                 | {h.name: h.size for h in self.hosts})
         pops = {p.name for p in self.populations}
         for s in self.synapses:
             if s.source not in sizes:
@@ -260,6 +381,61 @@ class ChipGraph:
                     f"synapse group '{s.name}': field 'mantissa' has shape {s.shape}, "
                     f"expected {(sizes[s.target], sizes[s.source])}")
 
+    def _check_hosts(self) -> None:
+        """A host product reads three spiking layers of its size; its groups are undelayed forward matrices."""
+        layers = {p.layer for p in self.populations}
+        for h in self.hosts:
+            for layer in h.inputs:
+                pops = self.layer_populations(layer) if layer in layers else []
+                if not pops or any(p.readout or p.graded for p in pops) or self.layer_size(layer) != h.size:
+                    raise ChipRangeError(f"host product '{h.name}': field 'inputs' names '{layer}', which is not a "
+                                         f"spiking layer of {h.size} neurons")
+        hosts = {h.name for h in self.hosts}
+        for s in self.synapses:
+            if s.source in hosts and (s.delay or s.feedback or s.conv is not None):
+                raise ChipRangeError(f"synapse group '{s.name}': a host product's values go out through an "
+                                     f"undelayed, non-feedback matrix group")
+
+    def _check_relays(self) -> None:
+        """Relays take 0/1 spikes through undelayed, non-feedback groups; their messages stay within
+        :data:`MESSAGE_BITS`; what every graded group (out of a relay, a host product or an analog input)
+        adds up stays within Lava's int32 sum and a LIF's input range."""
+        bounds, graded = self.relay_bounds(), self.source_bounds()
+        analog = {i.name for i in self.inputs if i.kind == "analog"}
+        for s in self.synapses:
+            rec = f"synapse group '{s.name}'"
+            if s.target in bounds and (s.source in bounds or s.source in analog or s.feedback):
+                raise ChipRangeError(f"{rec}: a relay takes 0/1 spikes through a forward group (source "
+                                     f"'{s.source}', feedback {s.feedback})")
+            if s.source not in graded:
+                continue
+            if s.source in bounds and (s.target in bounds or s.delay or s.feedback or s.conv is not None):
+                raise ChipRangeError(f"{rec}: a relay's graded output goes to a LIF population through an "
+                                     f"undelayed, non-feedback matrix group")
+            acc, shifted = s.input_bound(graded[s.source])
+            for what, value, limit in (("sum before the exponent", acc, GRADED_ACC_MAX),
+                                       ("synaptic input", shifted, GRADED_INPUT_MAX)):
+                if value.size and int(value.max()) > limit:
+                    raise ChipRangeError(f"{rec}: worst-case graded {what} {int(value.max())} exceeds {limit}")
+        for name, bound in bounds.items():
+            if bound.size and int(bound.max()) >= 2 ** (MESSAGE_BITS - 1):
+                raise ChipRangeError(f"relay '{name}': worst-case message {int(bound.max())} needs more than "
+                                     f"{MESSAGE_BITS} bits")
+
+    def source_bounds(self) -> dict[str, np.ndarray]:
+        """The largest value each graded source sends, per source neuron: relays, host products and
+        analog input ports (0/1 spike sources are not listed)."""
+        return (self.relay_bounds() | {h.name: np.full(h.size, h.max_value, np.int64) for h in self.hosts}
+                | {i.name: np.full(i.size, i.levels, np.int64) for i in self.inputs if i.kind == "analog"})
+
+    def relay_bounds(self) -> dict[str, np.ndarray]:
+        """Per relay: the largest ``|x_i|`` it can send (its incoming groups with every spike on)."""
+        out = {p.name: np.zeros(p.size, np.int64) for p in self.populations if p.graded}
+        for s in self.synapses:
+            if s.target in out:
+                out[s.target] += s.input_bound()[1]
+        return out
+
     def population(self, name: str) -> Population:
         return next(p for p in self.populations if p.name == name)
 
@@ -270,8 +446,14 @@ class ChipGraph:
         """Longest chain of synapse groups from any input to each population."""
         depth = {i.name: 0 for i in self.inputs}
         remaining = list(self.populations)
+        hosts = list(self.hosts)
         while remaining:
             progressed = False
+            for h in list(hosts):  # a host product sends the step its inputs spike, as their populations
+                pops = [p.name for layer in h.inputs for p in self.layer_populations(layer)]
+                if all(p in depth for p in pops):
+                    depth[h.name] = max(depth[p] for p in pops)
+                    hosts.remove(h)
             for pop in list(remaining):
                 groups = [s for s in self.incoming(pop.name) if not s.feedback]
                 if all(s.source in depth for s in groups):

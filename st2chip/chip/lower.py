@@ -38,23 +38,39 @@ Steps, each measured in ``ChipGraph.report``:
    matrix is exactly one, with exponent 0, between whole layers; Lava then runs
    it as lava-nc's ``Conv``. Every other group is a matrix (dense or CSR). The
    report's ``storage`` says per group which, and why not a convolution.
+6. **Low rank.** A path that is exactly ``Affine V (r x n) -> Affine U (m x r)``
+   (a DSP layer) is either multiplied out (``product``: one ``m x n`` group) or
+   kept ``factored``: a :class:`~st2chip.chip.chipgraph.Relay` of ``r`` graded
+   neurons, a group V from the source into it and a group U (graded input,
+   MACs) from it into the layer; the relay adds one pipeline step, which the
+   other paths into the layer absorb as synaptic delay. ``lowrank="auto"``
+   decides per path by the cost model of :func:`_lowrank_costs`; the layer's
+   report ``lowrank`` gives both costs, the choice and why. An Affine that only
+   reorders (a permutation matrix, e.g. a bundle's token reshape) is not a factor.
+7. **Partitions.** An Input with ``metadata["levels"]`` is an analog port (integer
+   levels, e.g. a direct-encoded image); a :class:`~st2chip.graph.product.SpikeProduct`
+   (a spiking Transformer's attention, composed from a bundle) becomes a
+   :class:`~st2chip.chip.chipgraph.HostProduct` (the host partition), whose graded
+   counts reach the next layer through an ordinary quantized group.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nir
 import numpy as np
 import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, DELAY_MAX, VTH_MAX,
-                                    WEIGHT_EXP_RANGE, ChipGraph, InputPort, Population, SynapseGroup)
+                                    WEIGHT_EXP_RANGE, GRADED_ACC_MAX, GRADED_INPUT_MAX, MESSAGE_BITS, ChipGraph,
+                                    HostProduct, InputPort, Population, Relay, SynapseGroup)
 from st2chip.chip.conv_storage import conv_kernel
 from st2chip.errors import GraphError, St2chipWarning
 from st2chip import limits
 from st2chip.graph import linear
+from st2chip.graph.product import SpikeProduct
 from st2chip.graph.reading import back_edges, delay_steps, reset_mode
 
 SPIKING = (nir.LIF, nir.IF, nir.CubaLIF)
@@ -66,6 +82,9 @@ SPARSE_BELOW = 0.5       # store as CSR when fewer than this fraction of weights
 OUTLIER_FACTOR = 64.0    # a neuron whose folded weights exceed 64x its group's median gets its own population
 WEIGHT_ERROR_WARN = 0.05 # a layer whose relative weight error exceeds 5 % is reported with a warning
 BYTES_PER_WEIGHT = 48    # budget per stored weight while lowering: a few CSR copies (8-byte value, 4-byte index)
+LOWRANK_MODES = ("product", "factored", "auto")
+SPIKE_RATE = 0.1         # assumed spikes per source neuron per step for the low-rank cost model (no traces at lowering)
+MAC_PER_AC = 4.6 / 0.9   # a MAC's energy in accumulates: the 45 nm figures (E_MAC 4.6 pJ, E_AC 0.9 pJ, DESIGN.md)
 
 
 class QuantizationWarning(St2chipWarning):
@@ -192,18 +211,46 @@ class _Path:
     recurrent: bool  # the chain crosses a back edge
     kinds: tuple[str, ...]  # node types on the chain, source side first
     conv: str | None = None  # the chain's one weighted node, when that is a Conv2d
+    factors: _Factors | None = None  # the chain is exactly Affine V -> Affine U: the two factors
 
 
-def _chain(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[str]], back: set,
-           dt: float) -> _Path:
-    """Walk back from node ``start`` (which feeds ``target``) through linear nodes to a neuron or Input."""
+@dataclass
+class _Factors:
+    """The float factors of a low-rank path ``W = U V`` and the V node (the relay's name)."""
+
+    u: sp.csr_matrix  # (m, r)
+    v: sp.csr_matrix  # (r, n)
+    relay: str
+
+
+@dataclass(frozen=True)
+class _Trail:
+    """What a walk back from a neuron layer has collected so far (target side first)."""
+
+    recurrent: bool
     weight: sp.csr_matrix | None = None
     bias: np.ndarray | None = None
-    count = lag = 0
-    recurrent = (start, target) in back
-    kinds: list[str] = []
-    weighted: list[str] = []
-    name = start
+    affines: int = 0
+    lag: int = 0
+    kinds: tuple[str, ...] = ()
+    weighted: tuple[str, ...] = ()
+    affine_mats: tuple[sp.csr_matrix, ...] = ()
+    branched: bool = False
+
+
+def _chains(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[str]], back: set,
+            dt: float) -> list[_Path]:
+    """Walk back from node ``start`` (which feeds ``target``) through linear nodes to neurons or Inputs.
+
+    A linear node with several input edges (NIR adds a node's inputs: a residual sum)
+    splits the walk into one path per branch; the part they share is in every
+    path's weight, its bias only in the first path's.
+    """
+    return _walk(graph, start, preds, back, dt, _Trail(recurrent=(start, target) in back))
+
+
+def _walk(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back: set, dt: float,
+          trail: _Trail) -> list[_Path]:
     while True:
         node = graph.nodes[name]
         if isinstance(node, (nir.Affine, nir.Scale, *linear.SPATIAL)):
@@ -213,47 +260,75 @@ def _chain(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[s
                 w, b = sp.diags(node.scale, format="csr"), np.zeros(node.scale.size)
             else:
                 w, b = linear.as_matrix(name, node, tuple(int(d) for d in node.input_type["input"]))
-            weight, bias = (w, b.copy()) if weight is None else (weight @ w, bias + weight @ b)
-            count += isinstance(node, nir.Affine)
-            kinds.append(type(node).__name__)
-            weighted.append(name)
+            weight, bias = ((w, b.copy()) if trail.weight is None
+                            else (trail.weight @ w, trail.bias + trail.weight @ b))
+            affine = isinstance(node, nir.Affine) and not _is_permutation(w)
+            trail = replace(
+                trail, weight=weight, bias=bias, affines=trail.affines + affine,
+                kinds=(*trail.kinds, type(node).__name__ if affine or not isinstance(node, nir.Affine)
+                       else "Permutation"), weighted=(*trail.weighted, name),
+                affine_mats=(*trail.affine_mats, w) if affine else trail.affine_mats)
         elif isinstance(node, nir.Delay):
             steps = np.unique(delay_steps(name, node, dt))
             if steps.size > 1:
                 raise GraphError(f"per-element delays differ ({steps.tolist()} steps); a synapse group on the "
                                  f"chip delays all its synapses alike so far", node=name, field="delay")
-            lag += int(steps[0])
+            trail = replace(trail, lag=trail.lag + int(steps[0]))
         elif not isinstance(node, nir.Flatten):
-            conv = weighted[0] if len(weighted) == 1 and isinstance(graph.nodes[weighted[0]], nir.Conv2d) else None
-            return _Path(name, weight, bias, count, lag, recurrent, tuple(reversed(kinds)), conv)
+            return [_path(graph, name, trail)]
         sources = preds.get(name, [])
-        if len(sources) != 1:
-            raise GraphError(f"a linear node between neuron layers needs exactly one input edge, found "
-                             f"{len(sources)}", node=name)
-        recurrent = recurrent or (sources[0], name) in back
-        name = sources[0]
+        if not sources:
+            raise GraphError("a linear node between neuron layers needs an input edge", node=name)
+        if len(sources) == 1:
+            trail = replace(trail, recurrent=trail.recurrent or (sources[0], name) in back)
+            name = sources[0]
+            continue
+        paths = []
+        for i, src in enumerate(sources):
+            bias = trail.bias if i == 0 or trail.bias is None else np.zeros_like(trail.bias)
+            paths += _walk(graph, src, preds, back, dt, replace(
+                trail, bias=bias, recurrent=trail.recurrent or (src, name) in back, branched=True))
+        return paths
+
+
+def _is_permutation(w: sp.csr_matrix) -> bool:
+    """A square 0/1 matrix with one 1 in every row and every column: it only reorders."""
+    n = w.shape[0]
+    return (w.shape[1] == n and w.nnz == n and bool(np.all(w.data == 1))
+            and np.array_equal(np.diff(w.indptr), np.ones(n, np.int64)) and np.unique(w.indices).size == n)
+
+
+def _path(graph: nir.NIRGraph, source: str, trail: _Trail) -> _Path:
+    """The finished path from ``source``: a lone Conv2d or an unbranched Affine V -> Affine U is noted."""
+    weighted = trail.weighted
+    conv = weighted[0] if len(weighted) == 1 and isinstance(graph.nodes[weighted[0]], nir.Conv2d) else None
+    factors = (_Factors(trail.affine_mats[0], trail.affine_mats[1], weighted[1])
+               if len(weighted) == 2 and len(trail.affine_mats) == 2 and not trail.branched else None)
+    return _Path(source, trail.weight, trail.bias, trail.affines, trail.lag, trail.recurrent,
+                 tuple(reversed(trail.kinds)), conv, factors)
 
 
 def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back: set, dt: float
-              ) -> tuple[list[tuple[str, int, bool]], np.ndarray, np.ndarray, int, list[str], dict]:
+              ) -> tuple[list[tuple[str, int, bool]], np.ndarray, np.ndarray, int, list[str], dict, dict]:
     """Every path into neuron node ``name`` as one matrix over its (source, lag, recurrent) keys, side by side.
 
     Paths with the same key add up. Returns the keys in order, the weight
     ``(n, Σ n_source)`` (CSR: lowering works from the non-zeros, never a dense
     copy), the summed bias, the most Affines on one path, the distinct chains
     of node types (for the report) and, per key whose one path is a single
-    Conv2d, that node's name.
+    Conv2d, that node's name; last, per key with a low-rank path (more than one
+    Affine), its :class:`_Factors` or why it cannot be factored.
     """
     by_key: dict[tuple[str, int, bool], tuple[sp.csr_matrix, np.ndarray]] = {}
     affines = 0
     chains: list[str] = []
     convs: dict[tuple[str, int, bool], str | None] = {}
-    for start in preds.get(name, []):
-        path = _chain(graph, start, name, preds, back, dt)
+    lowrank: dict[tuple[str, int, bool], _Factors | str] = {}
+    for path in (p for start in preds.get(name, []) for p in _chains(graph, start, name, preds, back, dt)):
         if path.weight is None:
             raise GraphError(f"input from '{path.source}' must pass through an Affine, Linear, convolution or "
                              f"pooling node", node=name)
-        if not isinstance(graph.nodes[path.source], (nir.Input, *SPIKING)):
+        if not isinstance(graph.nodes[path.source], (nir.Input, SpikeProduct, *SPIKING)):
             raise GraphError(f"input comes from '{path.source}', which does not emit spikes", node=name)
         if path.recurrent and path.lag:
             raise GraphError(f"a Delay node on the recurrent path from '{path.source}' is not lowered yet",
@@ -262,6 +337,10 @@ def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back:
         old = by_key.get(key)
         by_key[key] = (path.weight, path.bias) if old is None else (old[0] + path.weight, old[1] + path.bias)
         convs[key] = path.conv if old is None else None
+        if old is not None and (key in lowrank or path.affines > 1):
+            lowrank[key] = "another path from the same source adds to it"
+        elif path.affines > 1:
+            lowrank[key] = _factorable(graph, path)
         affines = max(affines, path.affines)
         chains.append(" -> ".join(path.kinds))
     if not by_key:
@@ -274,7 +353,18 @@ def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back:
     weight.sum_duplicates()
     weight.eliminate_zeros()
     return (keys, weight, sum(by_key[k][1] for k in keys), affines, list(dict.fromkeys(chains)),
-            {k: c for k, c in convs.items() if c is not None})
+            {k: c for k, c in convs.items() if c is not None}, lowrank)
+
+
+def _factorable(graph: nir.NIRGraph, path: _Path) -> _Factors | str:
+    """The path's factors when it can be kept factored through a relay, else why not."""
+    if path.factors is None:
+        return f"the chain {' -> '.join(path.kinds)} is not exactly Affine -> Affine"
+    if path.recurrent:
+        return "a recurrent path (a relay would add a step to the feedback)"
+    if sum(src == path.factors.relay for src, _ in graph.edges) != 1:
+        return f"the V node '{path.factors.relay}' feeds more than one node"
+    return path.factors
 
 
 @dataclass
@@ -290,52 +380,79 @@ class _Planned:
     form: str
     report: dict
     convs: dict[tuple[str, int, bool], tuple[str, nir.Conv2d]]  # keys whose path is one Conv2d: its node
+    relays: list[Relay]  # relays of the factored keys (populations before the layer's own)
+    factored: dict[tuple[str, int, bool], list[SynapseGroup]]  # keys kept factored: their V and U groups
 
 
-def lower(graph: nir.NIRGraph, *, decay_groups: int = 1) -> ChipGraph:
+def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, lowrank: str = "product") -> ChipGraph:
     """Map a canonical NIR graph (see :mod:`st2chip.graph.normalize`) onto the chip.
 
     ``decay_groups`` bounds the number of populations (distinct ``dv``) per layer.
+    ``lowrank`` is what becomes of a DSP ``U·V`` path: ``product`` (multiplied
+    out, the default here), ``factored`` (through a graded relay; a
+    :class:`GraphError` where that cannot be done) or ``auto`` (per path, the
+    cheaper by :func:`_lowrank_costs`; the CLI's default).
     Pass 1 reads, folds, groups and scales every neuron layer into populations;
     pass 2 quantizes the synapse groups between them (a recurrent group may come
     from a layer that pass 1 reaches later).
     """
     if decay_groups < 1:
         raise GraphError("decay_groups must be at least 1", field="decay_groups")
+    if lowrank not in LOWRANK_MODES:
+        raise GraphError(f"lowrank must be one of {', '.join(LOWRANK_MODES)}, got {lowrank!r}", field="lowrank")
     dt = float(graph.metadata.get("dt", 1e-3))
     preds: dict[str, list[str]] = {}
     for src, dst in graph.edges:
         preds.setdefault(dst, []).append(src)
     back = back_edges(graph)
     inputs: list[InputPort] = []
+    hosts: list[HostProduct] = []
     depth: dict[str, int] = {}
     planned: list[_Planned] = []
     report: dict = {"dt": dt, "layers": {}}
+    sources: dict[str, list[tuple[str, np.ndarray]]] = {}  # planned layer or input -> (population, its neurons)
     for name, node in graph.nodes.items():
         if isinstance(node, nir.Input):
-            inputs.append(InputPort(name, int(np.prod(next(iter(node.input_type.values()))))))
+            inputs.append(_input_port(name, node))
             depth[name] = 0
+            sources[name] = [(name, np.arange(inputs[-1].size))]
+        elif isinstance(node, SpikeProduct):
+            hosts.append(HostProduct(name, node.inputs, node.heads, node.tokens, node.dim))
+            depth[name] = max(depth[layer] for layer in node.inputs)  # it sends the step its inputs spike
+            sources[name] = [(name, np.arange(node.size))]
         elif isinstance(node, NEURONS):
-            planned.append(_plan(graph, name, node, preds, back, dt, decay_groups, depth))
+            planned.append(_plan(graph, name, node, preds, back, dt, decay_groups, depth, lowrank, sources))
+            sources[name] = [(pop.name, pop.index) for pop, _ in planned[-1].parts]
         elif not isinstance(node, (nir.Affine, nir.Flatten, nir.Scale, nir.Delay, nir.Output, *linear.SPATIAL)):
             raise _not_lowered(name, node)
-    layer_pops = {p.name: [pop for pop, _ in p.parts] for p in planned} | {i.name: [] for i in inputs}
+    layer_pops = ({p.name: [pop for pop, _ in p.parts] for p in planned} | {i.name: [] for i in inputs}
+                  | {h.name: [] for h in hosts})
     synapses: list[SynapseGroup] = []
     for plan in planned:
         synapses += _synapse_groups(plan, layer_pops, depth)
         report["layers"][plan.name] = plan.report
-    populations = [pop for plan in planned for pop, _ in plan.parts]
-    return ChipGraph(inputs, populations, synapses, report)
+    populations = [pop for plan in planned for pop in [*plan.relays, *(p for p, _ in plan.parts)]]
+    return ChipGraph(inputs, populations, synapses, report, hosts)
+
+
+def _input_port(name: str, node: nir.Input) -> InputPort:
+    """A spike port, or an analog one when the Input's ``metadata["levels"]`` says it takes integer levels."""
+    size = int(np.prod(next(iter(node.input_type.values()))))
+    levels = (node.metadata or {}).get("levels")
+    if levels is None:
+        return InputPort(name, size)
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise GraphError(f"metadata 'levels' must be a positive integer, got {levels!r}", node=name, field="metadata")
+    return InputPort(name, size, "analog", int(levels))
 
 
 def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, list[str]], back: set, dt: float,
-          decay_groups: int, depth: dict[str, int]) -> _Planned:
-    """Pass 1 for one neuron layer: read, fold thresholds, group decays, split outliers, scale; sets its depth."""
+          decay_groups: int, depth: dict[str, int], lowrank: str,
+          source_pops: dict[str, list[tuple[str, np.ndarray]]]) -> _Planned:
+    """Pass 1 for one neuron layer: read, fold thresholds, group decays, split outliers, scale, keep low-rank
+    paths factored where chosen; sets its depth."""
     layer = _read_neuron(name, node, dt)
-    keys, weight, bias, affines, chains, convs = _incoming(graph, name, preds, back, dt)
-    forward = list(dict.fromkeys(s for s, _, rec in keys if not rec))
-    # paths of different depth are aligned with synaptic delays, so that the chip adds what float adds
-    depth[name] = 1 + max(depth[s] for s in forward)
+    keys, weight, bias, affines, chains, convs, lowrank_paths = _incoming(graph, name, preds, back, dt)
     n = weight.shape[0]
     if n == 0:
         raise GraphError("the layer has no neurons", node=name, field="weight")
@@ -422,8 +539,171 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
     layer_report["bias_error"] = float(max(bias_errors, default=0.0))
     # chip voltage per float unit of v (after folding): readouts are compared with float through it
     layer_report["voltage_unit"] = {pop.name: 64.0 * scales[pop.name] for pop, _ in parts}
+    relays, factored = _lowrank(name, lowrank, lowrank_paths, scale, parts, scales, source_pops, layer_report)
+    # paths of different depth are aligned with synaptic delays, so that the chip adds what float adds;
+    # a relay is one more step
+    depth[name] = 1 + max(depth[s] + ((s, lag, rec) in factored) for s, lag, rec in keys if not rec)
     return _Planned(name, keys, _widths(graph, keys), w_fold, parts, scales, form, layer_report,
-                    {k: (c, graph.nodes[c]) for k, c in convs.items()})
+                    {k: (c, graph.nodes[c]) for k, c in convs.items()}, relays, factored)
+
+
+def _lowrank_costs(u: sp.csr_matrix, v: sp.csr_matrix, product_nnz: int) -> dict:
+    r"""Synapse memory and synaptic operations per step of a path ``W = U V``, multiplied out or factored.
+
+    Weights stored: ``nnz(U V)`` (product) against ``nnz(U) + nnz(V)`` (at most
+    :math:`r(m+n)`). Operations per step, with every source neuron spiking at
+    rate :math:`\rho` = :data:`SPIKE_RATE`: product :math:`\rho\,\mathrm{nnz}(W)`
+    accumulates; factored :math:`\rho\,\mathrm{nnz}(V)` accumulates into the relay
+    plus :math:`\rho_r\,\mathrm{nnz}(U)` MACs out of it, where a relay neuron with
+    mean fan-in :math:`k = \mathrm{nnz}(V)/r` sends whenever one of its inputs
+    spiked, :math:`\rho_r = 1-(1-\rho)^k`; a MAC counts :data:`MAC_PER_AC`
+    accumulates (``ops``: accumulate-equivalents per step).
+    """
+    rank = max(v.shape[0], 1)
+    relay_rate = 1.0 - (1.0 - SPIKE_RATE) ** (v.nnz / rank)
+    acs, macs = SPIKE_RATE * v.nnz, relay_rate * u.nnz
+    return {"product": {"weights": int(product_nnz), "ops": SPIKE_RATE * product_nnz},
+            "factored": {"weights": int(u.nnz + v.nnz), "acs": acs, "macs": macs, "ops": acs + MAC_PER_AC * macs}}
+
+
+def _choose(mode: str, costs: dict) -> tuple[bool, str]:
+    """Factored or not, and why: ``auto`` keeps the factors when the ratio of stored weights times the ratio
+    of operations (factored / product) is below 1, i.e. memory saved outweighs operations added."""
+    if mode != "auto":
+        return mode == "factored", f"lowrank={mode}"
+    prod, fact = costs["product"], costs["factored"]
+    mem = fact["weights"] / max(prod["weights"], 1)
+    ops = fact["ops"] / max(prod["ops"], 1e-12)
+    verdict = "factored" if mem * ops < 1 else "product"
+    return verdict == "factored", (f"{verdict}: factored stores {mem:.2f}x the weights at {ops:.2f}x the "
+                                   f"synaptic-op energy (product of ratios {mem * ops:.2f} "
+                                   f"{'<' if verdict == 'factored' else '>='} 1)")
+
+
+def _lowrank(name: str, mode: str, paths: dict, fold: np.ndarray, parts: list[tuple[Population, np.ndarray]],
+             scales: dict[str, int], sources: dict[str, list[tuple[str, np.ndarray]]], report: dict
+             ) -> tuple[list[Relay], dict[tuple[str, int, bool], list[SynapseGroup]]]:
+    """Decide and build the factored form of each low-rank path into layer ``name`` (``fold``: per-neuron
+    factor of the threshold folding). Fills ``report["lowrank"]`` per V node; ``mode="factored"`` raises
+    where a path cannot be factored."""
+    relays, factored, entries = [], {}, {}
+    for key, found in paths.items():
+        if isinstance(found, str):
+            if mode == "factored":
+                raise GraphError(f"the low-rank path from '{key[0]}' cannot be kept factored: {found}", node=name)
+            entries[key[0]] = {"chosen": "product", "why": f"not factorable: {found}"}
+            continue
+        u_fold = sp.csr_matrix(sp.diags(fold) @ found.u)
+        u_fold.sum_duplicates()  # canonical: sorted indices
+        costs = _lowrank_costs(found.u, found.v, sp.csr_matrix(found.u @ found.v).count_nonzero())
+        keep, why = _choose(mode, costs)
+        entry = {"relay": found.relay, "rank": int(found.v.shape[0]), "shape": [int(u_fold.shape[0]),
+                 int(found.v.shape[1])], "cost": costs, "chosen": "product", "why": why}
+        if keep:
+            built = _factored_groups(name, found.relay, found.v, u_fold, parts, scales, sources[key[0]])
+            if isinstance(built, str):
+                if mode == "factored":
+                    raise GraphError(f"the low-rank path from '{key[0]}' cannot be kept factored: {built}",
+                                     node=name)
+                entry["why"] = f"product: {built}"
+            else:
+                relay, groups, errors = built
+                relays.append(relay)
+                factored[key] = groups
+                entry.update(chosen="factored", relay_scale=relay.scale, **errors)
+        entries[found.relay] = entry
+    if entries:
+        report["lowrank"] = entries
+    return relays, factored
+
+
+def _quantize(w: sp.csr_matrix, scale: float, exp: int | None = None) -> tuple[sp.csr_matrix, int, float]:
+    """8-bit mantissas ``m`` with ``2 m 2^exp ≈ w · scale`` (``exp``: the smallest that fits, unless given),
+    CSR with pruned zeros dropped, and the relative error."""
+    smax = float(np.abs(w.data).max(initial=0.0))
+    if exp is None:
+        exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * scale / MANT_FULL) - 1e-12))
+        exp = int(np.clip(exp, *WEIGHT_EXP_RANGE))
+    values = np.clip(np.rint(w.data * scale / 2.0**exp / 2), -128, 127).astype(np.int16)
+    err = _rel_error(2 * values * 2.0**exp / scale, w.data)
+    mant = sp.csr_matrix((values, w.indices.copy(), w.indptr.copy()), shape=w.shape)
+    mant.eliminate_zeros()  # in place: on copies, so that ``w`` (maybe the caller's matrix) keeps its structure
+    return mant, exp, err
+
+
+def _exp_needed(w: sp.csr_matrix, scale: float) -> int:
+    """The exponent :func:`_quantize` would pick, unclipped."""
+    smax = float(np.abs(w.data).max(initial=0.0))
+    return 0 if smax == 0 else int(np.ceil(np.log2(smax * scale / MANT_FULL) - 1e-12))
+
+
+def _factored_groups(name: str, relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matrix,
+                     parts: list[tuple[Population, np.ndarray]], scales: dict[str, int],
+                     source_pops: list[tuple[str, np.ndarray]]):
+    """The relay, its V groups (one per source population; delay set later) and U groups (one per target
+    population) with their errors, or why the chip's ranges do not allow it.
+
+    The relay's unit is ``R = 2^{e_V} · 254 / max|V|`` (``x ≈ R · V s``); U's groups
+    carry ``U_fold / R`` at their population's scale. ``e_V`` is 0 unless U would
+    then need an exponent outside [-8, 7] or a bound of
+    :meth:`~st2chip.chip.chipgraph.ChipGraph._check_relays` would be broken: then the
+    nearest ``e_V`` that works (below 0 the relay drops low bits: floor).
+    """
+    v = sp.csr_matrix(v)
+    vmax = float(np.abs(v.data).max(initial=0.0))
+    if vmax == 0 or u_fold.nnz == 0:
+        return "a factor is all zero"
+    rank = v.shape[0]
+    lo, hi = WEIGHT_EXP_RANGE
+    for e_v in (*range(0, lo - 1, -1), *range(1, hi + 1)):
+        r_scale = 2.0**e_v * MANT_FULL / vmax
+        u_parts = [(pop, _take(u_fold, index, axis=0)) for pop, index in parts]
+        needs = [_exp_needed(sp.csr_matrix(w / r_scale), scales[pop.name]) for pop, w in u_parts]
+        if min(needs) < lo or max(needs) > hi:
+            continue
+        relay = Relay(relay_name, relay_name, np.arange(rank), scale=r_scale)
+        groups, v_errors, u_errors = [], [], []
+        for src, cols in source_pops:
+            mant, exp, err = _quantize(sp.csr_matrix(_take(v, cols, axis=1)), r_scale)
+            groups.append(SynapseGroup(f"{src}->{relay_name}", src, relay_name, _stored(mant), exp, "factored", err))
+            v_errors.append(err)
+        bound = sum(g.input_bound()[1] for g in groups)
+        if bound.max(initial=0) >= 2 ** (MESSAGE_BITS - 1):
+            continue
+        v_eff = _dequantized(groups, v.shape, [c for _, c in source_pops], r_scale)
+        ok, product_errors = True, []
+        for pop, w in u_parts:
+            mant, exp, err = _quantize(sp.csr_matrix(w / r_scale), scales[pop.name])
+            group = SynapseGroup(f"{relay_name}->{pop.name}", relay_name, pop.name, _stored(mant), exp, "factored",
+                                 err)
+            acc, shifted = group.input_bound(bound)
+            if acc.max(initial=0) > GRADED_ACC_MAX or shifted.max(initial=0) > GRADED_INPUT_MAX:
+                ok = False
+                break
+            groups.append(group)
+            u_errors.append(err)
+            u_eff = 2.0 * mant.toarray() * 2.0**exp / scales[pop.name] * r_scale
+            w_exact = (w @ v).toarray()
+            product_errors.append(_rel_error(u_eff @ v_eff, w_exact))
+        if ok:
+            return relay, groups, {"v_error": max(v_errors), "u_error": max(u_errors),
+                                   "product_error": max(product_errors), "v_exp": e_v}
+    return (f"no relay exponent keeps U's exponent within {list(WEIGHT_EXP_RANGE)} and the graded messages "
+            f"within {MESSAGE_BITS} bits and int32 sums")
+
+
+def _stored(mant: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
+    """CSR below :data:`SPARSE_BELOW` non-zeros (pruned factors), else dense, as for every other group."""
+    return mant if mant.nnz < SPARSE_BELOW * mant.shape[0] * mant.shape[1] else mant.toarray().astype(np.int64)
+
+
+def _dequantized(groups: list[SynapseGroup], shape: tuple[int, int], cols: list[np.ndarray], scale: float
+                 ) -> np.ndarray:
+    """The float V the relay's groups stand for (dense ``(r, n)``): ``2 m 2^e / scale`` per source block."""
+    out = np.zeros(shape)
+    for g, c in zip(groups, cols):
+        out[:, c] = 2.0 * g.dense() * 2.0**g.exp / scale
+    return out
 
 
 def _widths(graph: nir.NIRGraph, keys: list[tuple[str, int, bool]]) -> list[int]:
@@ -431,7 +711,7 @@ def _widths(graph: nir.NIRGraph, keys: list[tuple[str, int, bool]]) -> list[int]
     out = []
     for source, _, _ in keys:
         node = graph.nodes[source]
-        out.append(int(np.prod(next(iter(node.input_type.values())))) if isinstance(node, nir.Input)
+        out.append(int(np.prod(next(iter(node.input_type.values())))) if isinstance(node, (nir.Input, SpikeProduct))
                    else int(np.size(node.v_threshold)))
     return out
 
@@ -453,8 +733,9 @@ def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], dep
     """Pass 2 for one layer: quantize one synapse group per (source population, target population, key)."""
     name, report = plan.name, plan.report
     delay: dict[tuple[str, int, bool], int] = {}
-    for source, lag, recurrent in plan.keys:
-        delay[(source, lag, recurrent)] = 0 if recurrent else depth[name] - 1 - depth[source] + lag
+    for key in plan.keys:  # a factored path's relay is one step: its V groups take one step less of delay
+        source, lag, recurrent = key
+        delay[key] = 0 if recurrent else depth[name] - 1 - (key in plan.factored) - depth[source] + lag
     too_long = {s: d for (s, _, _), d in delay.items() if d > DELAY_MAX}
     if too_long:
         raise GraphError(f"the path from {', '.join(too_long)} needs a delay of {max(too_long.values())} "
@@ -473,6 +754,9 @@ def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], dep
     src_parts, offset = [], 0  # (source input or population, its columns in w_fold, delay, key)
     for key, width in zip(plan.keys, plan.widths):
         source = key[0]
+        if key in plan.factored:
+            offset += width
+            continue
         cols = [(source, offset + np.arange(width))] if not layer_pops[source] \
             else [(p.name, offset + p.index) for p in layer_pops[source]]
         src_parts += [(src, c, delay[key], key) for src, c in cols]
@@ -485,15 +769,8 @@ def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], dep
         s_scale = plan.scales[pop.name]
         for src_name, cols, extra, key in src_parts:
             _, lag, recurrent = key
-            w_sub = sp.csr_matrix(_take(w_rows, cols, axis=1))
-            smax = float(np.abs(w_sub.data).max(initial=0.0))
-            exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * s_scale / MANT_FULL) - 1e-12))
-            exp = int(np.clip(exp, *WEIGHT_EXP_RANGE))
-            values = np.clip(np.rint(w_sub.data * s_scale / 2.0**exp / 2), -128, 127).astype(np.int16)
-            err = _rel_error(2 * values * 2.0**exp / s_scale, w_sub.data)
+            mant, exp, err = _quantize(sp.csr_matrix(_take(w_rows, cols, axis=1)), s_scale)
             (outlier_errors if pop.name.endswith("/outliers") else errors).append(err)
-            mant = sp.csr_matrix((values, w_sub.indices, w_sub.indptr), shape=w_sub.shape)
-            mant.eliminate_zeros()
             stored = mant if plan.form == "sparse" else mant.toarray().astype(np.int64)
             gname = f"{src_name}->{pop.name}" + (f"+{lag}" if lag else "") + ("~" if recurrent else "")
             conv = None
@@ -506,6 +783,10 @@ def _synapse_groups(plan: _Planned, layer_pops: dict[str, list[Population]], dep
                                        feedback=recurrent, conv=conv))
     if storage:
         report["storage"] = storage
+    relays = {r.name for r in plan.relays}
+    for key, groups_of_key in plan.factored.items():
+        groups += [replace(g, delay=delay[key], lag=key[1]) if g.target in relays else g for g in groups_of_key]
+    errors += [e["product_error"] for e in report.get("lowrank", {}).values() if e["chosen"] == "factored"]
     report["weight_error"] = float(max(errors, default=0.0))
     if outlier_errors:
         report["outlier_weight_error"] = float(max(outlier_errors))

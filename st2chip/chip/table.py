@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 
 
 def neuron_model(chip: ChipGraph, layer: str) -> str:
-    """``LIF`` where Lava's own LIF runs the layer, else ``own (...)``: why it needs st2chip's neuron model."""
+    """``LIF`` where Lava's own LIF runs the layer, ``graded`` for a relay (lava-nc's ``GradedVec``), else
+    ``own (...)``: why it needs st2chip's neuron model."""
     pops = chip.layer_populations(layer)
+    if all(p.graded for p in pops):
+        return "graded"
     names = {p.name for p in pops}
     out = [s for s in chip.synapses if s.source in names]
     needs = [why for why, yes in (("subtract", any(p.reset == "subtract" for p in pops)),
@@ -38,13 +41,13 @@ def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict
         info = chip.report.get("layers", {}).get(layer, {})
         rows.append({
             "layer": layer,
-            "kind": info.get("kind", "?"),
+            "kind": "relay" if all(p.graded for p in pops) else info.get("kind", "?"),
             "neurons": chip.layer_size(layer),
             "populations": len(pops),
             "model": neuron_model(chip, layer),
             "linear": info.get("chains", ["Affine"]),
             "dv": sorted({p.dv for p in pops}),
-            "vth": sorted({p.vth for p in pops}) if not pops[0].readout else None,
+            "vth": sorted({p.vth for p in pops}) if not (pops[0].readout or pops[0].graded) else None,
             "synapses": sum(s.shape[0] * s.shape[1] for s in syns),
             "nonzero": sum(s.nnz for s in syns),
             "form": sorted({s.form for s in syns}),
@@ -54,6 +57,8 @@ def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict
             "leak_error": info.get("leak_error", 0.0),
             "bias_error": info.get("bias_error", 0.0),
         })
+        if "lowrank" in info:
+            rows[-1]["lowrank"] = info["lowrank"]
         if placement is not None:
             rows[-1]["cores"] = cores.get(layer, 0)
             rows[-1]["bound"] = placement.bound.get(layer, "-")
@@ -91,15 +96,42 @@ def format_table(chip: ChipGraph, placement: Placement | None = None) -> str:
     out.append(f"{len(chip.populations)} populations, {sum(r['neurons'] for r in rows)} neurons, "
                f"{len(chip.synapses)} synapse groups, {total_nnz}/{total_syn} non-zero weights, "
                f"dt={chip.report['dt']:g} s, pipeline depth {chip.depth}")
-    if any(r["model"] != "LIF" for r in rows):
+    if any(r["model"] not in ("LIF", "graded") for r in rows):
         out.append("model 'own': st2chip's Lava neuron, not Lava's LIF (reset by subtraction; a recurrent or delayed "
                    "source is silenced at the end of each sample's window)")
+    out += [_lowrank_line(r["layer"], relay, e) for r in rows for relay, e in r.get("lowrank", {}).items()]
+    if any(r["model"] == "graded" for r in rows):
+        out.append("kind 'relay': the middle of a factored low-rank layer U·V (graded values, lava-nc's GradedVec); "
+                   "form 'factored': V into it, U (MACs) out of it")
+    out += [_partition_line(chip, h) for h in chip.hosts]
+    out += [f"analog input '{i.name}': {i.size} integer levels 0..{i.levels} per step (a MAC per non-zero weight)"
+            for i in chip.inputs if i.kind == "analog"]
     if placement is not None:
         out.append(placement.summary())
         if any(r["bound"] != "-" for r in rows):
             out.append("cores: what bound them - neur (neurons per core), mem (synapse memory), in (fan-in axons), "
                        "out (fan-out axons)")
     return "\n".join(out)
+
+
+def _partition_line(chip: ChipGraph, host) -> str:
+    """One line for a host partition: what it computes, from which layers, into which."""
+    into = sorted({chip.population(s.target).layer for s in chip.synapses if s.source == host.name})
+    return (f"host partition '{host.name}': attention product (Q K^T) V, {host.heads} heads x {host.tokens} tokens x "
+            f"{host.dim // host.heads}, of {', '.join(host.inputs)}; counts up to {host.max_value} per value, "
+            f"{host.size} values per step into {', '.join(into)}")
+
+
+def _lowrank_line(layer: str, relay: str, entry: dict) -> str:
+    """One low-rank path's choice with both costs (stored weights, accumulate-equivalent ops per step)."""
+    cost = entry.get("cost")
+    if cost is None:
+        return f"low rank {relay} -> {layer}: {entry['chosen']} ({entry['why']})"
+    p, f = cost["product"], cost["factored"]
+    err = f", error product-equivalent {100 * entry['product_error']:.2f} %" if "product_error" in entry else ""
+    return (f"low rank {relay} -> {layer} (rank {entry['rank']}, {entry['shape'][0]}x{entry['shape'][1]}): "
+            f"{entry['chosen']}; weights {f['weights']} factored vs {p['weights']} product, ops/step "
+            f"{f['ops']:.1f} vs {p['ops']:.1f}{err} ({entry['why']})")
 
 
 _BOUND = {"neurons": "neur", "memory": "mem", "fan-in": "in", "fan-out": "out", "-": ""}

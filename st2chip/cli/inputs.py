@@ -260,10 +260,35 @@ def rows_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) -> 
     return limit(RunInputs({name: spikes}, test.y[:count], "the digits test split, row by row"), samples, steps)
 
 
+def direct_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) -> RunInputs:
+    """The digits test split for a composed bundle (encoding ``direct``): each image as integer levels
+    ``round(levels * x)`` (``levels`` from the metadata), the same at every one of ``steps`` steps."""
+    from st2chip.learn.data import load_digits_split
+
+    name, size = _only_input(graph, "digits (direct)")
+    metadata = graph.metadata if isinstance(graph.metadata, dict) else {}
+    levels = limits.positive_int(metadata.get("levels", 255), "metadata field 'levels'", "the graph")
+    stored = steps if steps is not None else metadata.get("steps")
+    if stored is None:
+        raise InputError("encoding 'direct': the graph's metadata has no 'steps'; pass --steps T")
+    steps = limits.positive_int(stored, "--steps" if steps is not None else "metadata field 'steps'", "the graph")
+    _, test = load_digits_split()
+    if size != test.x.shape[1]:
+        raise InputError(f"input node '{name}' takes {size} values; the digits data set has {test.x.shape[1]} "
+                         f"(8x8 images): give your own inputs with --inputs FILE.npy (integer levels)")
+    count = len(test) if samples is None else max(min(int(samples), len(test)), 1)
+    limits.check_alloc(f"{count} digits samples x {steps} steps", count * steps * size, _ENCODE_BYTES,
+                       "the digits inputs")
+    values = np.round(np.asarray(test.x[:count], np.float64) * levels).astype(np.uint8 if levels < 256 else np.int64)
+    return RunInputs({name: np.repeat(values[:, None, :], steps, axis=1)}, test.y[:count],
+                     f"the digits test split, direct ({levels} levels)")
+
+
 def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, steps: int | None) -> RunInputs:
     """``--inputs`` when given (``--steps`` defaults to its T); else, for a graph whose metadata says
     ``encoding: sequence`` (an MNIST-1D model), the MNIST-1D test split; for ``encoding: rows`` (an RNN
-    reading digits row by row), the digits test split in that code; else the whole digits test
+    reading digits row by row), the digits test split in that code; for ``encoding: direct`` (a composed
+    bundle), the digits test split as integer levels; else the whole digits test
     split, rate-coded (``--steps`` or the graph's metadata). ``samples`` keeps the first ones."""
     metadata = graph.metadata if isinstance(graph.metadata, dict) else {}
     if path is not None:
@@ -272,6 +297,8 @@ def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, s
         inputs = mnist1d_inputs(graph, samples, steps)
     elif metadata.get("encoding") == "rows":
         inputs = rows_inputs(graph, samples, steps)
+    elif metadata.get("encoding") == "direct":
+        inputs = direct_inputs(graph, samples, steps)
     else:
         origin = "the digits inputs (--steps)"
         if steps is None:

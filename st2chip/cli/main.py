@@ -29,6 +29,9 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
                    help="at most K distinct voltage decays (one Lava process each) per layer (default 4)")
     p.add_argument("--dt", type=float, default=None,
                    help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
+    p.add_argument("--lowrank", choices=["auto", "factored", "product"], default="auto",
+                   help="a DSP low-rank layer U·V: kept factored through a graded relay, multiplied out, or "
+                        "auto (default): per layer, the cheaper by stored weights x synaptic-op energy")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -226,7 +229,8 @@ def _pipeline(args: argparse.Namespace):
     from st2chip.cli.pipeline import Log, load_graph, map_graph
     log = Log(args.verbose)
     graph = log.stage("read+normalize", load_graph, args.model, args.dt)
-    chip = log.stage("lower", map_graph, graph, args.decay_groups, args.model)
+    # export-netx has no --lowrank: netx cannot express a graded relay, so its layers stay multiplied out
+    chip = log.stage("lower", map_graph, graph, args.decay_groups, args.model, getattr(args, "lowrank", "product"))
     return log, graph, chip
 
 
@@ -338,7 +342,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs.spikes, **_engine_args(args))
               for b in everything]
     cross = ()
-    if "lava" in backends and args.lava_samples:
+    if "lava" in backends and args.lava_samples and _lava_cannot(chip):
+        print(f"lava cross-check skipped: {_lava_cannot(chip)}")
+    elif "lava" in backends and args.lava_samples:
         n = min(args.lava_samples, inputs.samples)
         head = {name: x[:n] for name, x in inputs.spikes.items()}
         cross = (log.stage("simulate:lava", run_backend, "lava", graph, chip, head, target=args.target),)
@@ -352,6 +358,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if failed:
         print(f"st2chip: verification failed: {'; '.join(failed)}", file=sys.stderr)
     return 0 if report.passed else 1
+
+
+def _lava_cannot(chip) -> str | None:
+    from st2chip.targets import lava
+    return lava.unsupported(chip)
 
 
 def _cmd_energy(args: argparse.Namespace) -> int:

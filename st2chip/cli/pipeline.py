@@ -17,6 +17,8 @@ import numpy as np
 from st2chip.chip.chipgraph import ChipGraph
 from st2chip.errors import GraphError, InputError
 from st2chip.chip.lower import lower
+from st2chip.graph.bundle import MANIFEST
+from st2chip.graph.bundle_graph import bundle_graph
 from st2chip.graph.normalize import normalize
 from st2chip.graph.simulate import simulate
 from st2chip.traces import Traces
@@ -51,7 +53,12 @@ class Log:
 
 
 def load_graph(path: str | os.PathLike | nir.NIRGraph, dt: float | None = None) -> nir.NIRGraph:
-    """Read (if a path) and normalize a NIR graph."""
+    """Read (if a path) and normalize a NIR graph; a deployment bundle folder is composed into one graph
+    (:func:`~st2chip.graph.bundle_graph.bundle_graph`), with the ``dt`` of its manifest."""
+    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST)):
+        if dt is not None:
+            raise InputError(f"{path}: a bundle's dt is in its manifest; --dt applies to .nir files")
+        return bundle_graph(path)
     return normalize(path, dt=dt)
 
 
@@ -122,10 +129,12 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
     raise InputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
 
 
-def map_graph(graph: nir.NIRGraph, decay_groups: int, source: str | os.PathLike | None = None) -> ChipGraph:
-    """Lower a canonical graph; a lowering error names ``source`` (the file) as well as the node and field."""
+def map_graph(graph: nir.NIRGraph, decay_groups: int, source: str | os.PathLike | None = None,
+              lowrank: str = "auto") -> ChipGraph:
+    """Lower a canonical graph (``lowrank``: see :func:`~st2chip.chip.lower.lower`); a lowering error names
+    ``source`` (the file) as well as the node and field."""
     try:
-        return lower(graph, decay_groups=decay_groups)
+        return lower(graph, decay_groups=decay_groups, lowrank=lowrank)
     except GraphError as err:
         if source is None or err.source:
             raise

@@ -22,6 +22,8 @@ With ``dt = graph.metadata["dt"]`` (forward Euler), per step:
 - ``IF``: :math:`v \leftarrow v + dt\, r I` (NIR's :math:`\dot v = R I`); spike and reset as LIF.
 - ``LI``, ``CubaLI``: as LIF, CubaLIF without spikes; ``I``: :math:`v \leftarrow v + dt\, r I`. Both output their voltage.
 - ``Delay``: :math:`y[t] = x[t - \tau/dt]` per element (whole steps), zero before the signal arrives.
+- :class:`~st2chip.graph.product.SpikeProduct` (st2chip's attention product, in composed bundles):
+  :math:`s (Q K^\top) V` per head of its three named inputs at the same step (feed-forward graphs only).
 
 The coefficients (:math:`1 - dt/\tau`, :math:`dt\,r/\tau`, ...) are computed in
 float64 and the run happens in the dtype asked for: float64 for
@@ -39,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from st2chip.errors import GraphError, InputError
+from st2chip.graph.product import SpikeProduct
 from st2chip.graph.reading import back_edges, delay_steps, reset_mode
 from st2chip.traces import Traces
 
@@ -46,7 +49,7 @@ SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
 NEURONS = (*SPIKING, nir.LI, nir.CubaLI, nir.I)
 LINEAR = (nir.Affine, nir.Scale, nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d)
 PASS_THROUGH = (nir.Input, nir.Output, nir.Flatten)
-EVALUATED = (*PASS_THROUGH, *LINEAR, *NEURONS, nir.Delay)
+EVALUATED = (*PASS_THROUGH, *LINEAR, *NEURONS, nir.Delay, SpikeProduct)
 
 
 @dataclass
@@ -183,6 +186,9 @@ def run_graph(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, *
     run = GraphRun({})
     for name in order:
         node = graph.nodes[name]
+        if isinstance(node, SpikeProduct):
+            run.values[name] = node(*(run.values[s] for s in node.inputs))
+            continue
         if isinstance(node, nir.Input):
             x = torch.as_tensor(inputs[name]).to(dtype)
         else:
@@ -207,6 +213,8 @@ def _run_steps(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, 
                record: bool) -> GraphRun:
     """Step-major run of a graph with back edges, nodes in the graph's (canonical) order."""
     back = back_edges(graph)
+    if any(isinstance(node, SpikeProduct) for node in graph.nodes.values()):
+        raise GraphError("a graph with a SpikeProduct runs feed-forward only; this one has a cycle", field="edges")
     loose = sorted(f"{a} -> {b}" for a, b in back if not isinstance(graph.nodes[a], NEURONS))
     if loose:
         raise GraphError(f"the graph has a cycle, and edge(s) {', '.join(loose)} point backwards from a node that is "

@@ -50,7 +50,7 @@ def test_affine_chain_product_and_bias():
     import nir
     import numpy as np
 
-    from st2chip.chip.lower import _chain
+    from st2chip.chip.lower import _chains
 
     rng = np.random.default_rng(0)
     v_w, v_b = rng.normal(size=(2, 5)), rng.normal(size=2)
@@ -61,7 +61,33 @@ def test_affine_chain_product_and_bias():
                                 "out": nir.Output(output_type={"output": np.array([4])})},
                          edges=[("in", "V"), ("V", "U"), ("U", "n"), ("n", "out")], type_check=False)
     preds = {dst: [src] for src, dst in graph.edges}
-    path = _chain(graph, "U", "n", preds, set(), 1e-3)  # from the edge into neuron n
+    [path] = _chains(graph, "U", "n", preds, set(), 1e-3)  # from the edge into neuron n
     assert (path.source, path.affines, path.lag, path.recurrent) == ("in", 2, 0, False)
     np.testing.assert_allclose(path.weight.toarray(), u_w @ v_w)
     np.testing.assert_allclose(path.bias, u_w @ v_b + u_b)
+
+
+def test_a_sum_into_a_linear_node_splits_into_one_path_per_branch():
+    """NIR adds a node's inputs: U fed by two sources is two paths through U, U's bias counted once."""
+    import nir
+    import numpy as np
+
+    from st2chip.chip.lower import _chains
+
+    rng = np.random.default_rng(1)
+    u_w, u_b = rng.normal(size=(3, 4)), rng.normal(size=3)
+    lif = lambda n: nir.IF(r=np.ones(n), v_threshold=np.ones(n), v_reset=np.zeros(n))  # noqa: E731
+    graph = nir.NIRGraph(nodes={"in": nir.Input(input_type={"input": np.array([4])}),
+                                "a": lif(4), "s": nir.Scale(scale=np.full(4, 2.0)),
+                                "U": nir.Affine(weight=u_w, bias=u_b), "n": lif(3),
+                                "out": nir.Output(output_type={"output": np.array([3])})},
+                         edges=[("in", "a"), ("in", "s"), ("a", "U"), ("s", "U"), ("U", "n"), ("n", "out")],
+                         type_check=False)
+    preds: dict = {}
+    for src, dst in graph.edges:
+        preds.setdefault(dst, []).append(src)
+    paths = _chains(graph, "U", "n", preds, set(), 1e-3)
+    assert [p.source for p in paths] == ["a", "in"]
+    np.testing.assert_allclose(paths[0].weight.toarray(), u_w)
+    np.testing.assert_allclose(paths[1].weight.toarray(), 2 * u_w)
+    np.testing.assert_allclose(paths[0].bias + paths[1].bias, u_b)

@@ -101,7 +101,7 @@ def test_rnn_graph_on_mnist1d_sequences_matches_torch(tmp_path):
     assert raw.metadata["encoding"] == "sequence" and raw.metadata["steps"] == 40 and "hold" not in raw.metadata
     graph = normalize(write_nir(raw, tmp_path / "rnn.nir"))
     values = np.random.default_rng(0).random((10, 40)).astype(np.float32)
-    _compare(model, graph, model.encode(values).double(), ["lif"], 1)
+    _compare(model, graph, model.encode(values).double(), ["lif"], 40)  # integrating readout: T = 40
 
 
 def test_rnn_parameters_map_back():

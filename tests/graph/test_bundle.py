@@ -126,10 +126,11 @@ def test_run_bundle_rejects_foreign_folder(tmp_path) -> None:
         run_bundle(tmp_path, np.zeros((1, 64)))
 
 
-def test_map_on_a_bundle_folder_names_its_parts(tmp_path, capsys):
+def test_map_on_a_broken_bundle_folder_names_its_manifest(tmp_path, capsys):
     from st2chip.cli.main import main
 
     (tmp_path / "manifest.json").write_text("{}")
     (tmp_path / "head.nir").write_bytes(b"")
     assert main(["map", str(tmp_path)]) == 2
-    assert "deployment bundle" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "manifest.json" in err and "st2chip-bundle" in err

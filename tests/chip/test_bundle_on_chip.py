@@ -1,0 +1,65 @@
+"""A spiking Transformer bundle as one ChipGraph: neurocore partition, host partition (the attention
+product) and an analog input port, run by the engine against the float graph."""
+
+import numpy as np
+import pytest
+import torch
+
+from st2chip.analysis.verify import compare
+from st2chip.chip.lower import lower
+from st2chip.cli.main import main
+from st2chip.converters.transformer import export_bundle
+from st2chip.errors import InputError
+from st2chip.graph.bundle_graph import bundle_graph
+from st2chip.graph.simulate import simulate
+from st2chip.learn.transformer import SpikingTransformer, STConfig
+from st2chip.targets import engine, lava
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    torch.manual_seed(1)
+    model = SpikingTransformer(STConfig.tiny_digits(ranks={"blocks.0.mlp.fc2": 4})).eval()
+    with torch.no_grad():  # livelier than a fresh init, so that every layer spikes
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.ndim > 1:
+                p.mul_(4.0)
+    return export_bundle(model, tmp_path_factory.mktemp("st") / "bundle")
+
+
+def test_bundle_lowers_to_one_chipgraph_with_a_host_partition(bundle):
+    chip = lower(bundle_graph(bundle), decay_groups=2)
+    [host] = chip.hosts
+    assert host.inputs == ("blocks.0.qkv.attn.q.lif", "blocks.0.qkv.attn.k.lif", "blocks.0.qkv.attn.v.lif")
+    assert (host.tokens, host.dim, host.heads) == (16, 32, 2)
+    assert [(i.kind, i.levels) for i in chip.inputs] == [("analog", 255)]
+    depths = chip.depths()
+    q = max(depths[p.name] for p in chip.layer_populations("blocks.0.qkv.attn.q.lif"))
+    assert min(depths[p.name] for p in chip.layer_populations("blocks.0.proj.attn.lif")) == q + 1
+    with pytest.raises(InputError, match="host partition"):
+        lava.run(chip, {"x": np.zeros((1, 4, 64), np.uint8)})
+
+
+def test_engine_follows_the_float_graph(bundle, digits):
+    graph = bundle_graph(bundle)
+    chip = lower(graph, decay_groups=2)
+    x = np.repeat(np.round(np.asarray(digits[1].x[:40]) * 255)[:, None, :], 4, axis=1).astype(np.uint8)
+    flt, eng = simulate(graph, x), engine.run(chip, {"x": x})
+    agreement = compare(flt, eng, voltages=False).spike_agreement
+    assert all(flt.spikes[layer].sum() > 0 for layer in agreement), "every layer should spike"
+    # an untrained network with weights x4: quantization differences grow layer by layer (the host product and
+    # the analog port are exact: tests/targets/test_engine_host.py); a wiring error would leave far less
+    assert agreement["sps.stem.0.lif"] > 0.99 and min(agreement.values()) > 0.85, agreement
+    units = chip.voltage_units("readout")
+    err = np.linalg.norm(eng.scores / units - flt.scores) / np.linalg.norm(flt.scores)
+    assert err < 0.25, err
+
+
+def test_cli_maps_and_verifies_a_bundle_folder(bundle, capsys):
+    assert main(["map", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "host partition 'blocks.0.product'" in out and "analog input 'x'" in out
+    assert main(["verify", str(bundle), "--samples", "8", "--min-agreement", "90", "--max-drop", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "lava cross-check skipped" in out and "direct (255 levels)" in out
+    assert main(["map", str(bundle), "--dt", "1e-3"]) == 2
