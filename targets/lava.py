@@ -48,12 +48,13 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
     from lava.proc.sparse.process import DelaySparse, Sparse
     from lava.utils.weightutils import SignMode
 
+    from .lava_host import HostProductProcess
     from .lava_neuron import CubaNeuron
 
     depths = chip.depths()
     quiet = chip.quiet_steps()
     procs = {name: RingBuffer(data=data) for name, data in source_data.items()}
-    relays = {pop.name for pop in chip.populations if pop.graded}
+    graded = set(chip.source_bounds())  # relays, host products and analog ports send graded values
     for pop in chip.populations:
         if pop.graded:  # stateless, no threshold: nothing to reset between samples
             procs[pop.name] = GradedVec(shape=(pop.size,), vth=0)
@@ -63,13 +64,17 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
                       name=pop.name)
         procs[pop.name] = (CubaNeuron(**common, reset_mode=pop.reset, quiet=quiet.get(pop.name, 0))
                            if pop.reset != "zero" or pop.name in quiet else LIFReset(**common))
+    for h in chip.hosts:
+        procs[h.name] = HostProductProcess(heads=h.heads, tokens=h.tokens, dim=h.dim, name=h.name)
+        for port, layer in zip((procs[h.name].q, procs[h.name].k, procs[h.name].v), h.inputs):
+            procs[chip.layer_populations(layer)[0].name].s_out.connect(port)
     for syn in chip.synapses:
         if syn.conv is not None:
             _connect_conv(syn, procs[syn.source].s_out, procs[syn.target].a_in)
             continue
         weights = 2 * syn.mantissa
         kwargs = dict(weight_exp=syn.exp, num_weight_bits=8, sign_mode=SignMode.MIXED, name=syn.name,
-                      num_message_bits=MESSAGE_BITS if syn.source in relays else 0)
+                      num_message_bits=MESSAGE_BITS if syn.source in graded else 0)
         if sp.issparse(weights):
             csr = sp.csr_matrix(weights, dtype=np.int32)
             conn = (DelaySparse(weights=csr, delays=_sparse_delays(csr, syn.delay), **kwargs) if syn.delay
@@ -129,7 +134,7 @@ def _import_lava() -> None:
     import lava.proc.monitor.process  # noqa: F401
     import lava.proc.sparse.models  # noqa: F401
     import lava.proc.sparse.process  # noqa: F401
-    from . import lava_neuron  # noqa: F401 - st2chip's neuron process and its model
+    from . import lava_host, lava_neuron  # noqa: F401 - st2chip's processes and their models
 
 
 def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, total: int,
@@ -160,13 +165,16 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
 
 
 def unsupported(chip: ChipGraph) -> str | None:
-    """Why this backend cannot run ``chip`` yet (None when it can)."""
-    parts = [f"a host partition ({', '.join(h.name for h in chip.hosts)})"] if chip.hosts else []
-    parts += [f"analog input port '{i.name}'" for i in chip.inputs if i.kind == "analog"]
-    if not parts:
-        return None
-    return (f"the Lava backend runs neurocore partitions fed by spikes; this ChipGraph has {' and '.join(parts)} "
-            f"(host processes and graded input ports are not wired into Lava yet): run it on the engine")
+    """Why this backend cannot run ``chip`` (None when it can): a host product reads each input layer
+    from one population's port, in the layer's own order."""
+    for h in chip.hosts:
+        for layer in h.inputs:
+            pops = chip.layer_populations(layer)
+            if len(pops) != 1 or not np.array_equal(pops[0].index, np.arange(pops[0].size)):
+                return (f"host partition '{h.name}' reads layer '{layer}', which lowering split into {len(pops)} "
+                        f"populations (decay groups or outliers); on Lava it takes one population per input "
+                        f"layer: lower with --decay-groups 1, or run the engine")
+    return None
 
 
 def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True) -> Traces:
