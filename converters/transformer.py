@@ -269,6 +269,9 @@ def export_bundle(model: SpikingTransformer, folder: str | os.PathLike, dt: floa
     """
     if model.config.reset != "zero":
         raise InputError("NIR 1.0 LIF resets to v_reset; only reset='zero' models can be exported")
+    if model.config.layout != "image" or not model.config.norm:
+        raise InputError(f"bundles hold image-layout models with batch norms (folded on export); this model has "
+                         f"layout '{model.config.layout}', norm {model.config.norm}: not exported yet")
     target = Path(folder)
     if target.exists() and not (target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))):
         raise InputError(f"{target}: exists and is not an st2chip bundle; not overwriting it")

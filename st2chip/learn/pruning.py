@@ -24,6 +24,7 @@ fine-tuning trains the kept factors. U and V are stored, never only their produc
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Literal
 
 import torch
@@ -35,13 +36,14 @@ Scope = Literal["global", "layer"]
 
 
 class LowRankLinear(nn.Module):
-    """A bias-free linear map :math:`y = x (U V)^\\top` that stores the factors U and V.
+    """A linear map :math:`y = x (U V)^\\top (+ b)` that stores the factors U and V.
 
     ``U``: ``(out_features, rank)``; ``V``: ``(rank, in_features)``. The input first
-    meets ``V`` (giving ``rank`` graded values), then ``U``.
+    meets ``V`` (giving ``rank`` graded values), then ``U``. Bias-free unless
+    ``bias`` (chip-faithful models, where a folded batch norm leaves a bias after ``U``).
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = False) -> None:
         super().__init__()
         if not 1 <= rank <= min(in_features, out_features):
             raise ValueError(f"rank must lie in [1, {min(in_features, out_features)}], got {rank}")
@@ -50,17 +52,21 @@ class LowRankLinear(nn.Module):
         scale = (3.0 * in_features * rank) ** -0.25
         self.U = nn.Parameter(torch.randn(out_features, rank) * scale)
         self.V = nn.Parameter(torch.randn(rank, in_features) * scale)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, rank: int | None = None) -> "LowRankLinear":
-        """Best rank-``rank`` factorization of ``weight`` (truncated SVD, balanced factors)."""
+    def from_weight(cls, weight: torch.Tensor, rank: int | None = None,
+                    bias: torch.Tensor | None = None) -> "LowRankLinear":
+        """Best rank-``rank`` factorization of ``weight`` (truncated SVD, balanced factors); ``bias`` is copied."""
         u, s, vh = torch.linalg.svd(weight.detach(), full_matrices=False)
         r = len(s) if rank is None else rank
-        m = cls(weight.shape[1], weight.shape[0], r).to(weight.device)
+        m = cls(weight.shape[1], weight.shape[0], r, bias=bias is not None).to(weight.device, weight.dtype)
         root = s[:r].sqrt()
         with torch.no_grad():
             m.U.copy_(u[:, :r] * root)
             m.V.copy_(root[:, None] * vh[:r])
+            if bias is not None:
+                m.bias.copy_(bias)
         return m
 
     def product(self) -> torch.Tensor:
@@ -72,10 +78,11 @@ class LowRankLinear(nn.Module):
         return self.U.norm(dim=0) * self.V.norm(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.V), self.U)
+        return F.linear(F.linear(x, self.V), self.U, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"bias={self.bias is not None}")
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -132,6 +139,20 @@ def make_permanent(model: nn.Module) -> nn.Module:
     return model
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy, also of a freshly pruned model.
+
+    Right after pruning, a masked ``weight`` is ``weight_orig * weight_mask`` with
+    autograd history, which ``copy.deepcopy`` refuses; it is recomputed without
+    history first (the value is the same, and the next forward recomputes it anyway).
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if prune.is_pruned(m) and hasattr(m, "weight_mask"):
+                m.weight = m.weight_orig * m.weight_mask
+    return copy.deepcopy(model)
+
+
 def nonzero_weights(model: nn.Module) -> tuple[int, int]:
     """(non-zero, total) entries over the prunable matrices (both factors for low-rank layers)."""
     nonzero = total = 0
@@ -177,7 +198,8 @@ def factorize(model: nn.Module, rank: int | None = None) -> dict[str, int]:
     for name, m in prunable_layers(model).items():
         if isinstance(m, nn.Linear):
             full = min(m.weight.shape)
-            _set_module(model, name, LowRankLinear.from_weight(m.weight, None if rank is None else min(rank, full)))
+            _set_module(model, name, LowRankLinear.from_weight(m.weight, None if rank is None else min(rank, full),
+                                                               bias=m.bias))
     return _record_ranks(model)
 
 
@@ -206,5 +228,5 @@ def truncate(model: nn.Module, rank: int | None = None, threshold: float = 0.0) 
         keep = int((s >= threshold * s[0]).sum())
         if rank is not None:
             keep = min(keep, rank)
-        _set_module(model, name, LowRankLinear.from_weight(m.product(), max(keep, 1)))
+        _set_module(model, name, LowRankLinear.from_weight(m.product(), max(keep, 1), bias=m.bias))
     return _record_ranks(model)

@@ -58,13 +58,19 @@ def train_classifier(model: nn.Module, train: Split, test: Split, *, epochs: int
                      param_groups: Iterable[dict] | None = None,
                      penalty: Callable[[nn.Module], torch.Tensor] | None = None,
                      after_step: Callable[[nn.Module], None] | None = None,
-                     desc: str = "train", progress: bool = True) -> TrainResult:
-    """Train with Adam + cosine schedule and cross-entropy (+ ``penalty(model)``).
+                     after_epoch: Callable[[int, nn.Module], None] | None = None,
+                     schedule: str = "cosine", desc: str = "train", progress: bool = True) -> TrainResult:
+    """Train with Adam + cosine (or ``schedule="constant"``) learning rate and cross-entropy (+ ``penalty(model)``).
 
     ``param_groups`` overrides the optimizer's groups (e.g. a separate learning
     rate for sLIF thresholds and leaks); ``after_step`` runs after every
-    optimizer step (e.g. to re-apply pruning masks).
+    optimizer step (e.g. to re-apply pruning masks); ``after_epoch(epoch, model)``
+    after every epoch (1-based). With a constant rate, the model after epoch ``k``
+    is the model a ``k``-epoch run gives, so one run measures every budget up to ``epochs``.
+    The data order depends on ``seed`` only.
     """
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', not {schedule!r}")
     generator = seed_everything(seed)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
@@ -72,12 +78,13 @@ def train_classifier(model: nn.Module, train: Split, test: Split, *, epochs: int
         {"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.Adam(groups, lr=lr)
     steps_per_epoch = (len(train) + batch_size - 1) // batch_size
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+                 if schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
     x_all = torch.as_tensor(train.x)
     y_all = torch.as_tensor(train.y)
     loss_fn = nn.CrossEntropyLoss()
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
+    for epoch in bar:
         model.train()
         order = torch.randperm(len(train), generator=generator)
         total, count = 0.0, 0
@@ -90,11 +97,13 @@ def train_classifier(model: nn.Module, train: Split, test: Split, *, epochs: int
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            scheduler.step()
             if after_step is not None:
                 after_step(model)
             total += loss.detach().item() * len(idx)
             count += len(idx)
         bar.set_postfix(loss=f"{total / count:.4f}")
+        if after_epoch is not None:
+            after_epoch(epoch + 1, model)
     return TrainResult(evaluate(model, train, device=device), evaluate(model, test, device=device),
                        epochs, str(device))

@@ -21,10 +21,22 @@ the binary spike trains that meet there, each through the same synapses. The
 block matrices :math:`W_Q, W_K, W_V, W_O, W_1, W_2` (no bias; BN carries it)
 are what L1P and DSP prune (see :mod:`st2chip.pruning`); a matrix named in
 ``STConfig.ranks`` is built as a factored :class:`~st2chip.pruning.LowRankLinear`.
+
+**Sequences** (``layout="sequence"``, :meth:`STConfig.tiny_mnist1d`): a 1-D input
+of ``image_size`` values (MNIST-1D: 40) goes through the same stages with 1-D
+convolutions; the patch convolution (kernel = stride = ``patch_size``) cuts the
+sequence into non-overlapping windows, one token per window (40 / 4 = 10 tokens
+of 4 values each), and the whole sequence is direct-encoded, repeated ``T`` times.
+
+**Chip-faithful models** (``norm=False``, :func:`fold_batch_norms`): no batch
+norm; every matrix and convolution has a bias instead, as on the chip, where a
+batch norm can only exist folded into weights and bias. Then a per-neuron
+threshold is no longer absorbed by a trainable BN scale.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -61,11 +73,20 @@ class STConfig:
     attn_scale: float = 0.25
     reset: str = "zero"
     ranks: dict[str, int] = field(default_factory=dict)
+    layout: str = "image"  # "image": (C, H, W) with 2-D convs; "sequence": (C, L) with 1-D convs, L = image_size
+    norm: bool = True  # batch norms after every matrix; False: biases instead (chip-faithful, see fold_batch_norms)
 
     @classmethod
     def tiny_digits(cls, **overrides) -> "STConfig":
         """8x8 digits, 2x2 patches (16 tokens), dim 32, one block, T = 4."""
         return cls(**overrides)
+
+    @classmethod
+    def tiny_mnist1d(cls, **overrides) -> "STConfig":
+        """MNIST-1D: 40 values, windows of 4 (10 tokens), dim 32, one block, T = 4."""
+        base = dict(image_size=40, patch_size=4, layout="sequence")
+        base.update(overrides)
+        return cls(**base)
 
     @classmethod
     def cifar10(cls, **overrides) -> "STConfig":
@@ -90,7 +111,24 @@ class _Factory:
     def __init__(self, config: STConfig) -> None:
         if config.neuron not in ("slif", "lif"):
             raise ValueError(f"neuron must be 'slif' or 'lif', not {config.neuron!r}")
+        if config.layout not in ("image", "sequence"):
+            raise ValueError(f"layout must be 'image' or 'sequence', not {config.layout!r}")
         self.config = config
+        self.spatial = 1 if config.layout == "sequence" else 2
+
+    def conv(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> nn.Module:
+        conv = nn.Conv1d if self.spatial == 1 else nn.Conv2d
+        return conv(c_in, c_out, kernel, stride, padding, bias=not self.config.norm)
+
+    def norm(self, n: int, spatial: int = 0) -> nn.Module:
+        """A batch norm over ``n`` channels (``spatial`` trailing axes), or an identity without norms."""
+        if not self.config.norm:
+            return nn.Identity()
+        return nn.BatchNorm2d(n) if spatial == 2 else nn.BatchNorm1d(n)
+
+    def channel_shape(self, c: int) -> tuple[int, ...]:
+        """Shape of per-channel neuron parameters of a feature map."""
+        return (c,) + (1,) * self.spatial
 
     def neuron(self, shape: tuple[int, ...], threshold: float | None = None) -> SLIF:
         c = self.config
@@ -100,10 +138,10 @@ class _Factory:
         return SLIF(shape, theta, c.leak, reset=c.reset)  # type: ignore[arg-type]
 
     def matrix(self, name: str, n_in: int, n_out: int) -> nn.Module:
-        rank = self.config.ranks.get(name)
+        rank, bias = self.config.ranks.get(name), not self.config.norm
         if rank is None:
-            return nn.Linear(n_in, n_out, bias=False)
-        return LowRankLinear(n_in, n_out, rank)
+            return nn.Linear(n_in, n_out, bias=bias)
+        return LowRankLinear(n_in, n_out, rank, bias=bias)
 
 
 class SpikeProduct(nn.Module):
@@ -136,7 +174,7 @@ class SpikingSelfAttention(nn.Module):
             raise ValueError(f"dim {c.dim} is not divisible by heads {c.heads}")
         d = c.dim
         self.q, self.k, self.v, self.proj = (f.matrix(f"{prefix}.{n}", d, d) for n in ("q", "k", "v", "proj"))
-        self.q_bn, self.k_bn, self.v_bn, self.proj_bn = (nn.BatchNorm1d(d) for _ in range(4))
+        self.q_bn, self.k_bn, self.v_bn, self.proj_bn = (f.norm(d) for _ in range(4))
         self.q_sn, self.k_sn, self.v_sn, self.proj_sn = (f.neuron((d,)) for _ in range(4))
         self.product = SpikeProduct(c.heads, c.attn_scale)
         self.attn_sn = f.neuron((d,), threshold=c.attn_threshold)
@@ -156,9 +194,9 @@ class SpikingMLPBlock(nn.Module):
         super().__init__()
         c = f.config
         self.fc1 = f.matrix(f"{prefix}.fc1", c.dim, c.mlp_hidden)
-        self.fc1_bn, self.fc1_sn = nn.BatchNorm1d(c.mlp_hidden), f.neuron((c.mlp_hidden,))
+        self.fc1_bn, self.fc1_sn = f.norm(c.mlp_hidden), f.neuron((c.mlp_hidden,))
         self.fc2 = f.matrix(f"{prefix}.fc2", c.mlp_hidden, c.dim)
-        self.fc2_bn, self.fc2_sn = nn.BatchNorm1d(c.dim), f.neuron((c.dim,))
+        self.fc2_bn, self.fc2_sn = f.norm(c.dim), f.neuron((c.dim,))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         h = self.fc1_sn(_bn(self.fc1_bn, self.fc1(u)))
@@ -179,13 +217,13 @@ class Block(nn.Module):
 
 
 class _ConvBNSN(nn.Module):
-    """Conv2d (no bias) + BN + SN on time-first feature maps ``(T, B, C, H, W)``."""
+    """Conv (no bias) + BN + SN on time-first feature maps ``(T, B, C, H, W)`` or ``(T, B, C, L)``."""
 
     def __init__(self, f: _Factory, c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
-        self.sn = f.neuron((c_out, 1, 1))
+        self.conv = f.conv(c_in, c_out, kernel, stride, padding)
+        self.bn = f.norm(c_out, f.spatial)
+        self.sn = f.neuron(f.channel_shape(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, b = x.shape[:2]
@@ -207,7 +245,7 @@ class SpikingPatchSplitting(nn.Module):
         self.rpe = _ConvBNSN(f, c.dim, c.dim, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(T, B, C, H, W)`` images to ``(T, B, N, D)`` tokens."""
+        """``(T, B, C, H, W)`` images or ``(T, B, C, L)`` sequences to ``(T, B, N, D)`` tokens."""
         z = self.patch(self.stem(x))
         u = z + self.rpe(z)
         return u.flatten(3).transpose(2, 3)
@@ -237,10 +275,11 @@ class SpikingTransformer(nn.Module):
         return {name: modules[name] for name in self.block_matrix_names()}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Direct encoding: images ``(B, H*W*C)`` or ``(B, C, H, W)`` repeated ``T`` times."""
+        """Direct encoding: images ``(B, H*W*C)`` or ``(B, C, H, W)`` (sequences ``(B, C*L)``) repeated ``T`` times."""
         c = self.config
         x = torch.as_tensor(x, dtype=torch.float32)
-        x = x.reshape(x.shape[0], c.in_channels, c.image_size, c.image_size)
+        side = (c.image_size,) * (1 if c.layout == "sequence" else 2)
+        x = x.reshape(x.shape[0], c.in_channels, *side)
         return x.unsqueeze(0).expand(c.steps, *x.shape).contiguous()
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
@@ -249,3 +288,40 @@ class SpikingTransformer(nn.Module):
         for block in self.blocks:
             u = block(u)
         return self.head(u.mean(dim=(0, 2)))
+
+
+def _normed_matrix(norm_name: str) -> str:
+    """The module a batch norm follows: ``attn.q_bn`` -> ``attn.q``, ``stem.0.bn`` -> ``stem.0.conv``."""
+    if norm_name.endswith("_bn"):
+        return norm_name[:-3]
+    return norm_name.rpartition(".")[0] + ".conv"
+
+
+@torch.no_grad()
+def fold_batch_norms(model: SpikingTransformer) -> SpikingTransformer:
+    r"""A chip-faithful copy of ``model`` (``norm=False``): every batch norm folded into the matrix before it.
+
+    In eval mode a BN is the per-channel affine map :math:`y \mapsto s\,y + b'` with
+    :math:`s = \gamma / \sqrt{\sigma^2 + \epsilon}` and :math:`b' = \beta - s\mu`
+    (running statistics); so :math:`W' = \mathrm{diag}(s) W` (for a factored matrix,
+    :math:`U' = \mathrm{diag}(s) U`) and the bias is :math:`b'`. The copy computes
+    what ``model`` computes in eval mode and trains without batch norms afterwards.
+    Fold before pruning: pruning masks are not carried over.
+    """
+    if not model.config.norm:
+        raise ValueError("the model has no batch norms to fold (config.norm is False)")
+    state = model.state_dict()
+    modules = dict(model.named_modules())
+    for name, bn in modules.items():
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            continue
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        target = _normed_matrix(name)
+        key = f"{target}.U" if isinstance(modules[target], LowRankLinear) else f"{target}.weight"
+        state[key] = state[key] * scale.reshape(-1, *[1] * (state[key].dim() - 1))
+        state[f"{target}.bias"] = bn.bias - scale * bn.running_mean
+        for k in [k for k in state if k.startswith(f"{name}.")]:
+            del state[k]
+    folded = SpikingTransformer(dataclasses.replace(model.config, norm=False, ranks=dict(model.config.ranks)))
+    folded.load_state_dict(state)
+    return folded.to(next(model.parameters()).device)

@@ -48,3 +48,10 @@ def test_an_onnx_part_that_is_not_what_its_step_claims_is_refused(tmp_path):
     shutil.copy(other / "readout.onnx", folder / "blocks.0.product.onnx")
     with pytest.raises(InputError, match=r"blocks\.0\.product"):
         bundle_graph(folder)
+
+
+@pytest.mark.parametrize("config", [STConfig.tiny_digits(norm=False), STConfig.tiny_mnist1d()])
+def test_models_bundles_cannot_hold_yet_are_refused_on_export(tmp_path, config):
+    with pytest.raises(InputError, match="not exported yet"):
+        export_bundle(SpikingTransformer(config).eval(), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
