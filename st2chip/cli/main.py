@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_EXIT)
     _add_graph_args(p)
     p.add_argument("--json", help="also write the table (and the placement, per core) as JSON here")
+    p.add_argument("--report", metavar="DIR",
+                   help="also write report.md, report.json and report.png here: per layer kind, synapses, "
+                        "non-zeros, bits, errors, cores, estimated operations; host partitions, boundary "
+                        "traffic, per-core use")
     p.add_argument("--resources", default="loihi2", metavar="NAME|FILE",
                    help="resource model: loihi2 (default), loihi1, a JSON file in the same format, or none "
                         "(lower only, no placement)")
@@ -295,6 +299,9 @@ def _cmd_map(args: argparse.Namespace) -> int:
         if placement is not None:
             data["placement"] = placement.to_dict()
         write_json(args.json, data)
+    if args.report:
+        from st2chip.chip.report import write_report
+        print("report written: " + ", ".join(str(p) for p in write_report(chip, placement, args.report)))
     return 0
 
 

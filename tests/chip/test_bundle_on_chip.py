@@ -1,6 +1,8 @@
 """A spiking Transformer bundle as one ChipGraph: neurocore partition, host partition (the attention
 product) and an analog input port, run by the engine against the float graph."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -52,10 +54,19 @@ def test_engine_follows_the_float_graph(bundle, digits):
     assert err < 0.25, err
 
 
-def test_cli_maps_a_bundle_and_verifies_it_on_the_engine_and_lava(bundle, capsys):
-    assert main(["map", str(bundle)]) == 0
+def test_cli_maps_a_bundle_and_verifies_it_on_the_engine_and_lava(bundle, capsys, tmp_path):
+    assert main(["map", str(bundle), "--report", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "host partition 'blocks.0.product'" in out and "analog input 'x'" in out
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    layers = {r["layer"]: r for r in data["layers"]}
+    assert "factored" in layers["blocks.0.mlp.mlp.fc2.lif"]["form"]  # the DSP layer, kept factored by --lowrank auto
+    assert data["boundary_per_step"]["blocks.0.product"] == {"to_chip": 512, "from_chip": 1536, "kind": "host"}
+    # graded sources (the analog image, the host's counts) cost MACs, spikes ACs at the assumed rate
+    assert layers["sps.stem.0.lif"]["estimated_macs_per_step"] == layers["sps.stem.0.lif"]["nonzero"]
+    assert layers["blocks.0.proj.attn.lif"]["estimated_macs_per_step"] == 512
+    assert "## Host partitions" in (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "report.png").stat().st_size > 0
     # one population per layer, so that Lava's host process reads each input layer from one port
     assert main(["verify", str(bundle), "--decay-groups", "1", "--samples", "4", "--lava-samples", "1",
                  "--min-agreement", "85", "--max-drop", "100"]) == 0
