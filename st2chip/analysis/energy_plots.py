@@ -33,7 +33,8 @@ def _save(fig, target: str | os.PathLike) -> Path:
 
 def plot_layers(report: EnergyReport, target: str | os.PathLike) -> Path:
     """Per-layer stacked bars of nJ per sample by term (synaptic, neuron, routing, static, host)."""
-    fig = _figure(max(4.0, 1.2 * len(report.layers) + 2.0), 3.5)
+    long_names = max((len(r.layer) for r in report.layers), default=0) > 10
+    fig = _figure(max(4.0, (0.6 if long_names else 1.2) * len(report.layers) + 2.0), 5.0 if long_names else 3.5)
     ax = fig.add_subplot()
     names = [r.layer for r in report.layers]
     bottom = np.zeros(len(names))
@@ -43,6 +44,10 @@ def plot_layers(report: EnergyReport, target: str | os.PathLike) -> Path:
             ax.bar(names, heights, bottom=bottom, label=_LABELS[term])
             bottom += heights
     ax.set_ylabel("energy per sample (nJ)")
+    if long_names:  # slanted, so that long layer names (a bundle's) do not overlap
+        ax.tick_params(axis="x", labelrotation=35, labelsize="small")
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     ax.set_title(f"Energy per layer, profile {report.profile.name}")
     if bottom.any():
         ax.legend(fontsize="small")

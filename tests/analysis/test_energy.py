@@ -268,3 +268,32 @@ def test_profile_that_is_not_utf8_or_huge_is_one_clear_error(tmp_path):
     huge.write_bytes(b" " * (2 << 20))
     with pytest.raises(InputError, match="a profile is a small JSON file"):
         load_profile(huge)
+
+
+def test_pruning_90_percent_of_a_layer_cuts_exactly_the_removed_synapses_operations():
+    """L1 magnitude pruning (torch.nn.utils.prune) of 90 % of a layer: with the same spikes, the counted
+    ACs fall by the spikes that reached each removed weight, no more and no less."""
+    import torch
+    from torch.nn.utils import prune
+
+    rng = np.random.default_rng(11)
+    w = rng.integers(-127, 128, (30, 50))
+    w[w == 0] = 1
+    linear = torch.nn.Linear(50, 30, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+    prune.l1_unstructured(linear, "weight", amount=0.9)
+    kept = linear.weight_mask.numpy().astype(bool)
+    assert kept.sum() == 150  # 10 % of 1,500
+    x = (rng.random((6, 9, 50)) < 0.3).astype(np.uint8)
+
+    def acs(weights: np.ndarray) -> int:
+        chip = ChipGraph([InputPort("x", 50)], [_pop("h", "fc", np.arange(30))],
+                         [SynapseGroup("x->h", "x", "h", sp.csr_matrix(weights), exp=0, form="sparse")])
+        traces = Traces("hand", inputs={"x": x}, spikes={"fc": np.zeros((6, 9, 30), np.uint8)},
+                        voltages={}, scores=np.zeros((6, 30)))
+        return int(count_sops(chip, traces).by_layer("acs")[0].sum())
+
+    spikes_per_source = x.sum(axis=(0, 1))
+    removed = (~kept) * spikes_per_source[None, :]
+    assert acs(w) - acs(np.where(kept, w, 0)) == int(removed.sum()) > 0
