@@ -6,7 +6,11 @@ For every seed: train a dense plain-LIF ST; then
 each fine-tuning once in the LIF arm (thresholds/leaks frozen) and once in the sLIF
 arm (per-neuron thresholds/leaks learn; see st2chip.compensation). Each row reports
 test accuracy (mean and standard deviation over seeds), parameters, non-zero weights,
-synaptic operations counted from the real spikes on the test set, and 45 nm energy.
+synaptic operations counted from the real spikes on the test set, and 45 nm energy;
+and the same **on the chip**: each model is exported as a bundle, composed, lowered
+(``--chip-decay-groups`` K, ``--lowrank auto``), run on the fixed-point engine over the whole
+test split, and counted from the engine's traces (st2chip.analysis.traffic) with the 45 nm
+and Loihi 2 profiles: chip accuracy, ACs, MACs and energy per sample.
 
     python benchmarks/pruning.py --quick     # smoke run, about a minute or two
     python benchmarks/pruning.py             # the full table in docs/pruning.md
@@ -23,6 +27,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,18 +35,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from st2chip.learn import compensation, pruning  # noqa: E402
 from st2chip.learn.data import load_digits_split  # noqa: E402
 from st2chip.io import atomic_path, write_json  # noqa: E402
-from st2chip.analysis.energy import load_profile  # noqa: E402
+from st2chip.analysis.energy import energy_report, load_profile  # noqa: E402
+from st2chip.chip.lower import lower  # noqa: E402
+from st2chip.cli.inputs import direct_inputs  # noqa: E402
+from st2chip.converters.transformer import export_bundle  # noqa: E402
+from st2chip.graph.bundle_graph import bundle_graph  # noqa: E402
+from st2chip.targets import engine  # noqa: E402
 from st2chip.analysis.model_sops import count_sops  # noqa: E402
 from st2chip.learn.training import default_device, evaluate, seed_everything, train_classifier  # noqa: E402
 from st2chip.learn.transformer import SpikingTransformer, STConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+CHIP_PROFILES = ("45nm", "loihi2")
 SETTINGS = {
     "quick": dict(seeds=1, base_epochs=8, penalty_epochs=2, finetune_epochs=3,
                   sparsities=[0.0, 0.9], ranks=[4]),
@@ -67,17 +79,36 @@ def measure(model: torch.nn.Module, test, device: torch.device) -> dict:
             "block_sops": sum(l.acs + l.macs for l in blocks) / sops.samples}
 
 
+def measure_chip(model: torch.nn.Module, decay_groups: int) -> dict:
+    """The model as the chip runs it, on the whole digits test split: accuracy, ACs and MACs per sample,
+    cores (Loihi 2 placement) and energy per sample with each profile of :data:`CHIP_PROFILES`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = bundle_graph(export_bundle(model.cpu(), Path(tmp) / "bundle"))
+    chip = lower(graph, decay_groups=decay_groups, lowrank="auto")
+    inputs = direct_inputs(graph, None, None)
+    traces = engine.run(chip, inputs.spikes, voltages=False, batch_size=128)
+    reports = {p: energy_report(chip, traces, p) for p in CHIP_PROFILES}
+    totals = reports["45nm"].totals()
+    return {"chip_accuracy": float(np.mean(traces.scores.argmax(1) == inputs.labels)),
+            "chip_acs": totals["acs"], "chip_macs": totals["macs"], "chip_sops": totals["acs"] + totals["macs"],
+            "chip_nonzero": sum(s.nnz for s in chip.synapses), "chip_cores": reports["loihi2"].placement.n_cores,
+            **{f"chip_energy_nj_{p}": r.total_pj / 1e3 for p, r in reports.items()}}
+
+
 def run_seed(seed: int, s: dict, lr: float, arms: list[tuple[str, float | None]], train, test,
-             device: torch.device, bar: tqdm, train_norm: bool = True) -> list[dict]:
+             device: torch.device, bar: tqdm, train_norm: bool = True, chip_groups: int = 4) -> list[dict]:
     """All rows of one seed: dense, L1P at every sparsity, DSP at every rank, in every arm.
 
-    ``arms``: (label, intrinsic learning rate), ``None`` for the frozen LIF arm.
+    ``arms``: (label, intrinsic learning rate), ``None`` for the frozen LIF arm. ``chip_groups`` > 0
+    also measures every model on the chip with that many decay groups.
     """
+    chip = (lambda m: measure_chip(m, chip_groups)) if chip_groups > 0 else (lambda m: {})
     seed_everything(seed)
     dense = SpikingTransformer(STConfig.tiny_digits(neuron="lif"))
     train_classifier(dense, train, test, epochs=s["base_epochs"], lr=5e-3, seed=seed, device=device,
                      progress=False)
-    rows = [{"method": "dense", "level": None, "arm": "lif", "seed": seed, **measure(dense, test, device)}]
+    rows = [{"method": "dense", "level": None, "arm": "lif", "seed": seed, **measure(dense, test, device),
+             **chip(dense)}]
     bar.update()
 
     l1 = copy.deepcopy(dense)
@@ -102,7 +133,7 @@ def run_seed(seed: int, s: dict, lr: float, arms: list[tuple[str, float | None]]
                                              seed=seed, device=device, train_norm=train_norm, progress=False)
             pruning.make_permanent(model)
             rows.append({"method": method, "level": level, "arm": arm, "seed": seed,
-                         "accuracy_pruned": pruned_accuracy, **measure(model, test, device)})
+                         "accuracy_pruned": pruned_accuracy, **measure(model, test, device), **chip(model)})
             bar.update()
     return rows
 
@@ -123,6 +154,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         for k in ("parameters", "nonzero_weights", "weights", "nonzero_block_weights", "block_weights",
                   "sparsity", "acs", "macs", "sops", "energy_nj", "block_sops"):
             row[k] = mean(k)
+        for k in (k for k in rs[0] if k.startswith("chip_")):
+            row[k] = mean(k)
         row["sops_std"] = std("sops")
         row["ranks"] = sorted(set(rs[0]["ranks"].values()))
         table.append(row)
@@ -130,7 +163,10 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def pareto_plot(table: list[dict], target: Path, title: str) -> Path:
-    """Accuracy versus SOPs per sample, one marker per method and arm, with the Pareto front."""
+    """Accuracy versus SOPs per sample, one marker per method and arm, with the Pareto front: the chip's
+    accuracy and operations where the rows have them, else the torch model's."""
+    on_chip = all("chip_sops" in r for r in table)
+    ops, acc = ("chip_sops", "chip_accuracy") if on_chip else ("sops", "accuracy_mean")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     arms = list(dict.fromkeys(r["arm"] for r in table if r["method"] != "dense"))
     colors = dict(zip(arms, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
@@ -140,25 +176,26 @@ def pareto_plot(table: list[dict], target: Path, title: str) -> Path:
         rs = [r for r in table if r["method"] == method and r["arm"] == arm]
         if not rs:
             continue
-        ax.errorbar([r["sops"] for r in rs], [100 * r["accuracy_mean"] for r in rs],
+        ax.errorbar([r[ops] for r in rs], [100 * r[acc] for r in rs],
                     yerr=[100 * r["accuracy_std"] for r in rs], fmt=marker, color=color, capsize=3,
                     label=f"{method.upper() if method != 'dense' else 'dense'} ({arm})",
                     mfc="none" if method == "dsp" else color)
         for r in rs:
             if r["level"] is not None:
                 tag = f"{100 * r['level']:.0f}%" if method == "l1p" else f"r{r['level']}"
-                ax.annotate(tag, (r["sops"], 100 * r["accuracy_mean"]), fontsize=7,
+                ax.annotate(tag, (r[ops], 100 * r[acc]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
     front, best = [], -1.0
-    for r in sorted(table, key=lambda r: r["sops"]):
-        if r["accuracy_mean"] > best:
+    for r in sorted(table, key=lambda r: r[ops]):
+        if r[acc] > best:
             front.append(r)
-            best = r["accuracy_mean"]
-    ax.step([r["sops"] for r in front], [100 * r["accuracy_mean"] for r in front], where="post",
+            best = r[acc]
+    ax.step([r[ops] for r in front], [100 * r[acc] for r in front], where="post",
             color="grey", lw=1, alpha=0.6, label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel("synaptic operations per sample (ACs + MACs, from test-set spikes)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel("synaptic operations per sample (ACs + MACs, "
+                  + ("counted on the chip: engine traces)" if on_chip else "torch model, test-set spikes)"))
+    ax.set_ylabel("test accuracy (%)" + (" on the chip (engine)" if on_chip else ""))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -182,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=int, nargs="+", default=None, help="DSP ranks (override)")
     parser.add_argument("--l1", type=float, default=1e-4, help="L1 penalty strength")
     parser.add_argument("--group", type=float, default=1e-3, help="DSP group penalty strength")
+    parser.add_argument("--chip-decay-groups", type=int, default=4, metavar="K",
+                        help="measure every model on the chip with K decay groups (default 4; 0: skip the chip)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON output, PNG beside it (default results/pruning.json, or pruning_quick.json with --quick)")
     args = parser.parse_args(argv)
@@ -201,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tqdm(total=runs, desc=f"pruning benchmark ({mode})") as bar:
         for seed in range(s["seeds"]):
-            rows += run_seed(seed, s, args.lr, arms, train, test, device, bar, train_norm=not args.freeze_norm)
+            rows += run_seed(seed, s, args.lr, arms, train, test, device, bar, train_norm=not args.freeze_norm,
+                             chip_groups=args.chip_decay_groups)
     table = aggregate(rows)
     minutes = (time.time() - started) / 60
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -211,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "pruning", "mode": mode, "command": command,
               "device": device_name, "torch": torch.__version__, "minutes": minutes,
               "settings": {**s, "lr": args.lr, "freeze_norm": args.freeze_norm, "intrinsic_lr": args.intrinsic_lr, "base_lr": 5e-3,
+                           "chip_decay_groups": args.chip_decay_groups, "chip_profiles": list(CHIP_PROFILES),
                            "config": STConfig.tiny_digits(neuron="lif").to_dict()},
               "energy_profile": {"name": profile.name, "E_AC_pJ": profile.e_ac_pj, "E_MAC_pJ": profile.e_mac_pj,
                                  "source": profile.source},
