@@ -46,6 +46,7 @@ FIGURES = {
     "E_SPIKE_CORE_pJ": "e_spike_core_pj",
     "E_SPIKE_CHIP_pJ": "e_spike_chip_pj",
     "E_SPIKE_HOST_pJ": "e_spike_host_pj",
+    "E_HOST_OP_pJ": "e_host_op_pj",
     "P_STATIC_CORE_mW": "p_static_core_mw",
     "T_STEP_us": "t_step_us",
 }
@@ -78,6 +79,7 @@ class Profile:
     e_spike_core_pj: float = 0.0
     e_spike_chip_pj: float = 0.0
     e_spike_host_pj: float = 0.0
+    e_host_op_pj: float = 0.0
     p_static_core_mw: float = 0.0
     t_step_us: float = 0.0
     resources: str = "loihi2"
@@ -220,6 +222,7 @@ class LayerEnergy:
     spike_rate: float
     weight_density: float
     energy_pj: dict[str, float]
+    host_ops: float = 0.0  # a host partition's own operations (accumulates on the host CPU)
 
     @property
     def total_pj(self) -> float:
@@ -247,7 +250,7 @@ class CoreEnergy:
         return sum(self.energy_pj.values())
 
 
-_SUMMED = ("neurons", "synapses", "acs", "macs", "neuron_updates", "spikes")
+_SUMMED = ("neurons", "synapses", "acs", "macs", "neuron_updates", "spikes", "host_ops")
 
 
 def _summary(rows: list[LayerEnergy], steps: int) -> dict:
@@ -313,7 +316,8 @@ class EnergyReport:
         t = self.totals()
         checks = [("MACs", t["macs"], "E_MAC_pJ"), ("neuron updates", t["neuron_updates"], "E_NEURON_UPDATE_pJ"),
                   *((f"spikes routed ({r})", t["spikes_routed"][r], _ROUTE_FIGURE[r]) for r in ROUTES),
-                  ("static power", len(self.cores), "P_STATIC_CORE_mW")]
+                  ("static power", len(self.cores), "P_STATIC_CORE_mW"),
+                  ("host partition operations", t["host_ops"], "E_HOST_OP_pJ")]
         return [f"{what} (no {key})" for what, n, key in checks if n and key not in self.profile.figures]
 
     def to_dict(self) -> dict:
@@ -358,6 +362,9 @@ class EnergyReport:
             f"({self.placement.resources.name}).", "",
             *_table(("layer", "synapses (nnz)", "ACs/sample", "MACs/sample", "nJ/sample", "share %"), layer_rows),
             "", f"Per inference {_nj(total)} nJ; per time step {_nj(t['energy_per_step_pj'])} nJ.", "",
+            *[f"Host partition `{r.layer}`: {r.host_ops:,.1f} operations per sample (the attention product's "
+              f"accumulates on the host CPU; the spikes it reads are routed to the host)." for r in self.layers
+              if r.partition == "host"],
             "By term (nJ/sample):", "", *_table(("layer", *TERMS), term_rows), "",
             "Spike rate (spikes per neuron per step), weight density (non-zero / stored) and spikes routed "
             "per sample:", "",
@@ -414,8 +421,19 @@ def energy_report(chip: ChipGraph, traces: Traces, profile: Profile | str | os.P
     counts = count_ops(chip, traces, placed)
     energy = _energy_table(counts, prof)
     return EnergyReport(profile=prof, samples=counts.samples, steps=counts.steps, backend=traces.backend,
-                        placement=placed, layers=_layer_rows(chip, counts, energy, NEUROCORE),
-                        cores=_core_rows(counts, energy), groups=counts.groups)
+                        placement=placed, layers=_layer_rows(chip, counts, energy, NEUROCORE)
+                        + _host_rows(counts, prof), cores=_core_rows(counts, energy), groups=counts.groups)
+
+
+def _host_rows(counts: OpCounts, profile: Profile) -> list[LayerEnergy]:
+    """One row per host partition (partition ``host``): its own operations, priced by ``E_HOST_OP_pJ``."""
+    per = 1.0 / counts.samples
+    zero_routes = {r: 0.0 for r in ROUTES}
+    return [LayerEnergy(layer=h.name, partition="host", neurons=0, synapses=0, weights=0, cores=0, acs=0.0,
+                        macs=0.0, neuron_updates=0.0, spikes=0.0, spikes_routed=dict(zero_routes), spike_rate=0.0,
+                        weight_density=0.0, host_ops=h.ops * per,
+                        energy_pj={t: (h.ops * per * profile.e_host_op_pj if t == "host" else 0.0) for t in TERMS})
+            for h in counts.hosts]
 
 
 def write_energy_report(report: EnergyReport, folder: str | os.PathLike, stem: str = "energy") -> dict[str, Path]:

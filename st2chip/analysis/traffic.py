@@ -53,6 +53,21 @@ class GroupCounts:
 
 
 @dataclass
+class HostCounts:
+    """A host partition's own work over the whole batch: the attention product's accumulates.
+
+    Per step and head, forming :math:`S = Q K^\top` costs one accumulate per coincident spike pair
+    (:math:`\sum S`), and :math:`S V` one per spike of V meeting a non-zero score
+    (:math:`\sum_{i,j} [S_{ij} > 0] \sum_d V_{jd}`); the spikes it reads are routed to the host from
+    the input layers' cores.
+    """
+
+    name: str
+    ops: int
+    spikes_in: int
+
+
+@dataclass
 class OpCounts:
     """Integer counts over ``samples`` x ``steps``: ``table[q]`` is ``(layers, cores)`` for each of :data:`QUANTITIES`.
 
@@ -66,6 +81,7 @@ class OpCounts:
     table: dict[str, np.ndarray]
     neurons: np.ndarray
     groups: list[GroupCounts]
+    hosts: list[HostCounts]
 
     def by_layer(self, quantity: str) -> np.ndarray:
         return self.table[quantity].sum(axis=1)
@@ -179,5 +195,25 @@ def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts
         groups.append(GroupCounts(name=sg.name, source=sg.source, target=sg.target, layer=target.layer,
                                   source_kind=kind, nnz=sg.nnz, acs=0 if kind == "analog" else total,
                                   macs=total if kind == "analog" else 0, routed=int(routed.sum())))
+    hosts = []
+    for h in chip.hosts:
+        q, k, v = (_layer_spikes(chip, traces, layer) for layer in h.inputs)
+        hosts.append(HostCounts(h.name, _product_ops(h, q, k, v), int(q.sum() + k.sum() + v.sum())))
+        for layer in h.inputs:  # every spike of Q, K and V also travels to the host
+            for pop in chip.layer_populations(layer):
+                sent = np.count_nonzero(_layer_spikes(chip, traces, layer)[:, :, pop.index], axis=(0, 1))
+                table["routed_host"][row[layer]] += np.bincount(core_of[pop.name], weights=sent,
+                                                                minlength=n_cores).astype(np.int64)
     return OpCounts(samples=samples, steps=steps, layers=layers, placement=placement, table=table,
-                    neurons=neurons, groups=groups)
+                    neurons=neurons, groups=groups, hosts=hosts)
+
+
+def _product_ops(host, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> int:
+    """Accumulates of the attention product over a batch of ``(B, T, tokens * dim)`` spikes (see :class:`HostCounts`)."""
+    split = lambda x: torch.from_numpy(x.astype(np.float64)).reshape(  # noqa: E731
+        *x.shape[:2], host.tokens, host.heads, host.dim // host.heads).transpose(2, 3)
+    qh, kh, vh = split(q), split(k), split(v)
+    scores = qh @ kh.transpose(-2, -1)  # (B, T, heads, tokens, tokens)
+    pairs = float(scores.sum())
+    meets = float(((scores > 0).to(torch.float64) * vh.sum(-1).unsqueeze(-2)).sum())
+    return int(round(pairs + meets))
