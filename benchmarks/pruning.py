@@ -156,6 +156,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
             row[k] = mean(k)
         for k in (k for k in rs[0] if k.startswith("chip_")):
             row[k] = mean(k)
+        if "chip_accuracy" in rs[0]:
+            row["chip_accuracy_std"] = std("chip_accuracy")
         row["sops_std"] = std("sops")
         row["ranks"] = sorted(set(rs[0]["ranks"].values()))
         table.append(row)
@@ -166,7 +168,8 @@ def pareto_plot(table: list[dict], target: Path, title: str) -> Path:
     """Accuracy versus SOPs per sample, one marker per method and arm, with the Pareto front: the chip's
     accuracy and operations where the rows have them, else the torch model's."""
     on_chip = all("chip_sops" in r for r in table)
-    ops, acc = ("chip_sops", "chip_accuracy") if on_chip else ("sops", "accuracy_mean")
+    ops, acc, spread = (("chip_sops", "chip_accuracy", "chip_accuracy_std") if on_chip
+                        else ("sops", "accuracy_mean", "accuracy_std"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     arms = list(dict.fromkeys(r["arm"] for r in table if r["method"] != "dense"))
     colors = dict(zip(arms, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
@@ -177,7 +180,7 @@ def pareto_plot(table: list[dict], target: Path, title: str) -> Path:
         if not rs:
             continue
         ax.errorbar([r[ops] for r in rs], [100 * r[acc] for r in rs],
-                    yerr=[100 * r["accuracy_std"] for r in rs], fmt=marker, color=color, capsize=3,
+                    yerr=[100 * r[spread] for r in rs], fmt=marker, color=color, capsize=3,
                     label=f"{method.upper() if method != 'dense' else 'dense'} ({arm})",
                     mfc="none" if method == "dsp" else color)
         for r in rs:
