@@ -41,8 +41,8 @@ def read_graph(path: str | os.PathLike) -> nir.NIRGraph:
     if p.is_dir():
         if (p / "manifest.json").is_file():
             parts = ", ".join(sorted(f.name for f in p.glob("*.nir"))) or "none"
-            raise InputError(f"{p}: is a deployment bundle, not a .nir file; map one of its NIR parts "
-                             f"({parts})")
+            raise InputError(f"{p}: is a deployment bundle, not a .nir file; st2chip map, simulate, verify "
+                             f"and energy take the folder itself, this step takes one NIR part ({parts})")
         raise InputError(f"{p}: is a directory, not a .nir file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")
