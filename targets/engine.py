@@ -52,6 +52,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from st2chip.attention import attention_counts
 from st2chip.chip.chipgraph import ACT_SHIFT, DECAY_SHIFT, UV_MAX, ChipGraph, SynapseGroup
 from st2chip.traces import Traces
 
@@ -214,11 +215,9 @@ class Engine:
     def _host_step(self, fired: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each host product's counts ``(Q K^T) V`` per head from this step's spikes of its input layers."""
         out = {}
-        for h, (iq, ik, iv) in self.hosts:
-            split = lambda i: fired[:, i].to(torch.float64).reshape(  # noqa: E731
-                -1, h.tokens, h.heads, h.dim // h.heads).transpose(1, 2)
-            counts = (split(iq) @ split(ik).transpose(-2, -1)) @ split(iv)
-            out[h.name] = counts.transpose(1, 2).reshape(-1, h.size).round_().to(torch.int64)
+        for h, inputs in self.hosts:
+            q, k, v = (fired[:, i].to(torch.float64) for i in inputs)
+            out[h.name] = attention_counts(q, k, v, h.tokens, h.heads).round_().to(torch.int64)
         return out
 
     def _slice(self, name: str) -> slice:

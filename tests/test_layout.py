@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Package folder -> dotted package, in pipeline order. A module may import its own
 # layer and the layers listed before it, never one listed after it.
 LAYERS = [
-    ("st2chip/errors.py st2chip/io.py st2chip/traces.py st2chip/limits.py", "base"),
+    ("st2chip/errors.py st2chip/io.py st2chip/traces.py st2chip/limits.py st2chip/attention.py", "base"),
     ("st2chip/learn", "st2chip.learn"),
     ("st2chip/graph", "st2chip.graph"),
     ("converters", "st2chip.converters"),
@@ -17,7 +17,7 @@ LAYERS = [
     ("st2chip/analysis", "st2chip.analysis"),
     ("st2chip/cli", "st2chip.cli"),
 ]
-BASE_MODULES = {"st2chip.errors", "st2chip.io", "st2chip.traces", "st2chip.limits"}
+BASE_MODULES = {"st2chip.errors", "st2chip.io", "st2chip.traces", "st2chip.limits", "st2chip.attention"}
 
 
 def _rank_of_module(name: str) -> int | None:

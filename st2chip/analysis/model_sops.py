@@ -39,6 +39,7 @@ from neurobench.metrics.utils.layers import single_layer_MACs
 from neurobench.metrics.utils.layers.macs import stateless_layer_macs
 from torch import nn
 
+from st2chip.attention import attention_ops
 from st2chip.learn.data import Split
 from st2chip.analysis.energy import Profile, load_profile
 from st2chip.learn.pruning import LowRankLinear
@@ -178,9 +179,7 @@ class SopCounter:
 
 def _product_ops(module: SpikeProduct, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> float:
     t, b, n, d = q.shape
-    split = lambda x: x.reshape(t, b, n, module.heads, d // module.heads).transpose(2, 3)
-    scores = split(q) @ split(k).transpose(-2, -1)
-    return float(scores.sum() + ((scores != 0).to(v.dtype) @ split(v)).sum())
+    return attention_ops(*(x.reshape(t, b, n * d) for x in (q, k, v)), tokens=n, heads=module.heads)
 
 
 def _batches(split: Split, batch_size: int, device: torch.device | str) -> Iterator[torch.Tensor]:

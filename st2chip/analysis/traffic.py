@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from st2chip.attention import attention_ops
 from st2chip.chip.chipgraph import ChipGraph, SynapseGroup
 from st2chip.chip.placement import Placement
 from st2chip.errors import InputError
@@ -210,10 +211,5 @@ def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts
 
 def _product_ops(host, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> int:
     """Accumulates of the attention product over a batch of ``(B, T, tokens * dim)`` spikes (see :class:`HostCounts`)."""
-    split = lambda x: torch.from_numpy(x.astype(np.float64)).reshape(  # noqa: E731
-        *x.shape[:2], host.tokens, host.heads, host.dim // host.heads).transpose(2, 3)
-    qh, kh, vh = split(q), split(k), split(v)
-    scores = qh @ kh.transpose(-2, -1)  # (B, T, heads, tokens, tokens)
-    pairs = float(scores.sum())
-    meets = float(((scores > 0).to(torch.float64) * vh.sum(-1).unsqueeze(-2)).sum())
-    return int(round(pairs + meets))
+    flat = (torch.from_numpy(x.astype(np.float64)) for x in (q, k, v))
+    return int(round(attention_ops(*flat, tokens=host.tokens, heads=host.heads)))

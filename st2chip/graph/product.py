@@ -25,6 +25,7 @@ import nir
 import numpy as np
 import torch
 
+from st2chip.attention import attention_counts
 from st2chip.errors import GraphError
 
 
@@ -58,10 +59,7 @@ class SpikeProduct(nir.NIRNode):
 
     def counts(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The integer part ``(Q K^T) V`` per head of flat spikes ``(..., tokens * dim)``; same shape."""
-        lead = q.shape[:-1]
-        split = lambda x: x.reshape(*lead, self.tokens, self.heads, self.dim // self.heads).transpose(-3, -2)  # noqa: E731
-        out = (split(q) @ split(k).transpose(-2, -1)) @ split(v)
-        return out.transpose(-3, -2).reshape(*lead, self.size)
+        return attention_counts(q, k, v, self.tokens, self.heads)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``s (Q K^T) V`` per head of flat spikes ``(..., tokens * dim)``."""

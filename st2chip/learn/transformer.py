@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from st2chip.attention import attention_counts
 from st2chip.learn.neurons import SLIF
 from st2chip.learn.pruning import LowRankLinear
 
@@ -159,9 +160,8 @@ class SpikeProduct(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attend ``(T, B, N, D)`` spike tensors; returns ``(T, B, N, D)``."""
         t, b, n, d = q.shape
-        split = lambda x: x.reshape(t, b, n, self.heads, d // self.heads).transpose(2, 3)
-        out = (split(q) @ split(k).transpose(-2, -1)) @ split(v) * self.scale
-        return out.transpose(2, 3).reshape(t, b, n, d)
+        flat = (x.reshape(t, b, n * d) for x in (q, k, v))
+        return (attention_counts(*flat, tokens=n, heads=self.heads) * self.scale).reshape(t, b, n, d)
 
 
 class SpikingSelfAttention(nn.Module):

@@ -13,7 +13,9 @@ Kept in a package of its own: Lava's model search scans the process module's fol
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from st2chip.attention import attention_counts
 from st2chip.targets.lava_compat import ensure_lava
 
 ensure_lava()
@@ -46,7 +48,8 @@ class HostProductProcess(AbstractProcess):
 @requires(CPU)
 @tag("fixed_pt")
 class PyHostProductModel(PyLoihiProcessModel):
-    """The counts in int64 arithmetic (exact), sent as int32 (they never exceed ``tokens * dim / heads``)."""
+    """The counts in int64 arithmetic (:func:`st2chip.attention.attention_counts`, exact), sent as int32
+    (they never exceed ``tokens * dim / heads``)."""
 
     q: PyInPort = LavaPyType(PyInPort.VEC_DENSE, bool)
     k: PyInPort = LavaPyType(PyInPort.VEC_DENSE, bool)
@@ -54,8 +57,6 @@ class PyHostProductModel(PyLoihiProcessModel):
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
 
     def run_spk(self) -> None:
-        heads, tokens, dim = (self.proc_params[k] for k in ("heads", "tokens", "dim"))
-        split = lambda x: x.astype(np.int64).reshape(tokens, heads, dim // heads).transpose(1, 0, 2)  # noqa: E731
-        q, k, v = split(self.q.recv()), split(self.k.recv()), split(self.v.recv())
-        counts = (q @ k.transpose(0, 2, 1)) @ v
-        self.s_out.send(counts.transpose(1, 0, 2).reshape(-1).astype(np.int32))
+        q, k, v = (torch.from_numpy(port.recv().astype(np.int64)) for port in (self.q, self.k, self.v))
+        counts = attention_counts(q, k, v, self.proc_params["tokens"], self.proc_params["heads"])
+        self.s_out.send(counts.numpy().astype(np.int32))
