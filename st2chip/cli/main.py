@@ -349,8 +349,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs.spikes, **_engine_args(args))
               for b in everything]
     cross = ()
-    if "lava" in backends and args.lava_samples and _lava_cannot(chip):
-        print(f"lava cross-check skipped: {_lava_cannot(chip)}")
+    lava_cannot = _lava_cannot(chip) if "lava" in backends and args.lava_samples else None
+    if lava_cannot:
+        print(f"lava cross-check skipped: {lava_cannot}")
     elif "lava" in backends and args.lava_samples:
         n = min(args.lava_samples, inputs.samples)
         head = {name: x[:n] for name, x in inputs.spikes.items()}

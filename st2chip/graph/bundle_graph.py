@@ -227,7 +227,8 @@ def _product_step(comp: _Composer, step: dict, manifest: dict, session, where: s
 
 
 def _readout_step(comp: _Composer, step: dict, session, where: str) -> None:
-    """Mean over steps and tokens: an averaging Affine and an ``I`` readout (voltage after the last step)."""
+    """Mean over steps and tokens: an ``I`` readout (voltage after the last step) fed through the head's
+    Affine with the token mean folded in, or through an averaging Affine when the head is not one."""
     t, _, tokens, classes = step["inputs"][0]["shape"]
     probe = np.random.default_rng(0).normal(size=(t, 2, tokens, classes)).astype(np.float32)
     if not np.allclose(_run_onnx(session, {"y": probe}, where), probe.mean(axis=(0, 2)), rtol=1e-4, atol=1e-5):
@@ -235,10 +236,11 @@ def _readout_step(comp: _Composer, step: dict, session, where: str) -> None:
     readout = step["name"]
     comp.add(readout, nir.I(r=np.full(classes, 1.0 / (comp.dt * comp.steps))), where)
     mean = np.kron(np.ones((1, tokens)) / tokens, np.eye(classes))
-    [head] = comp.tensors[step["inputs"][0]["tensor"]][:1] or [None]
-    node = comp.nodes.get(head)
-    if len(comp.tensors[step["inputs"][0]["tensor"]]) == 1 and isinstance(node, nir.Affine) \
-            and not any(a == head for a, _ in comp.edges):  # the head reads the mean token: fold the mean into it
+    sources = _sources(comp, step["inputs"][0], where)
+    head = sources[0]
+    node = comp.nodes[head]
+    if len(sources) == 1 and isinstance(node, nir.Affine) and not any(a == head for a, _ in comp.edges):
+        # the head is read only here: fold the token mean into it
         comp.nodes[head] = nir.Affine(weight=mean @ node.weight, bias=mean @ node.bias)
         comp.edges.append((head, readout))
     else:

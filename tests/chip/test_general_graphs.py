@@ -28,13 +28,6 @@ def _lif(shape, seed: int, reset: str = "zero") -> nir.LIF:
                    v_threshold=rng.uniform(0.8, 1.2, shape), v_reset=np.zeros(shape), metadata={"reset": reset})
 
 
-def _conv(rng, c_out: int, c_in: int, k: int, **kw) -> nir.Conv2d:
-    groups = kw.pop("groups", 1)
-    return nir.Conv2d(input_shape=None, weight=rng.normal(0.15, 0.4, (c_out, c_in // groups, k, k)),
-                      stride=kw.pop("stride", 1), padding=kw.pop("padding", 0), dilation=kw.pop("dilation", 1),
-                      groups=groups, bias=rng.normal(0, 0.02, c_out))
-
-
 def _check(graph: nir.NIRGraph, chip, x: np.ndarray, min_agreement: float):
     """Engine = Lava exactly; float vs engine spike agreement per layer at least ``min_agreement``."""
     inputs = {"input": x}
@@ -53,18 +46,8 @@ def _spikes(seed: int, shape, rate: float = 0.3) -> np.ndarray:
     return (np.random.default_rng(seed).random(shape) < rate).astype(np.uint8)
 
 
-def test_convolutions_with_stride_padding_groups_and_dilation():
-    rng = np.random.default_rng(0)
-    nodes = {"input": nir.Input(input_type={"input": np.array([2, 9, 9])}),
-             "c1": _conv(rng, 4, 2, 3, stride=2, padding=1), "l1": _lif((4, 5, 5), 1),
-             "c2": _conv(rng, 6, 4, 2, groups=2, dilation=2), "l2": _lif((6, 3, 3), 2),
-             "flat": nir.Flatten(input_type={"input": np.array([6, 3, 3])}),
-             "fc": nir.Affine(weight=rng.normal(0, 0.3, (5, 54)), bias=np.zeros(5)),
-             "out_neuron": nir.LI(tau=np.full(5, 0.005), r=np.ones(5), v_leak=np.zeros(5)),
-             "output": nir.Output(output_type={"output": np.array([5])})}
-    edges = [("input", "c1"), ("c1", "l1"), ("l1", "c2"), ("c2", "l2"), ("l2", "flat"), ("flat", "fc"),
-             ("fc", "out_neuron"), ("out_neuron", "output")]
-    graph = normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
+def test_convolutions_with_stride_padding_groups_and_dilation(strided_cnn):
+    graph = normalize(strided_cnn(_lif((4, 5, 5), 1), _lif((6, 3, 3), 2)))
     chip = lower(graph, decay_groups=2)
     assert chip.report["layers"]["l1"]["chains"] == ["Conv2d"]
     assert {s.form for s in chip.synapses if s.target.startswith("l1")} == {"sparse"}
@@ -72,12 +55,12 @@ def test_convolutions_with_stride_padding_groups_and_dilation():
     _check(graph, chip, _spikes(1, (3, 20, 162)), 0.97)
 
 
-def test_sum_and_average_pooling_fold_into_the_next_convolution():
+def test_sum_and_average_pooling_fold_into_the_next_convolution(random_conv):
     rng = np.random.default_rng(3)
     nodes = {"input": nir.Input(input_type={"input": np.array([1, 8, 8])}),
-             "c1": _conv(rng, 4, 1, 3, padding=1), "l1": _lif((4, 8, 8), 4),
+             "c1": random_conv(rng, 4, 1, 3, padding=1), "l1": _lif((4, 8, 8), 4),
              "sum": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
-             "c2": _conv(rng, 4, 4, 3, padding=1), "l2": _lif((4, 4, 4), 5),
+             "c2": random_conv(rng, 4, 4, 3, padding=1), "l2": _lif((4, 4, 4), 5),
              "avg": nir.AvgPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
              "flat": nir.Flatten(input_type={"input": np.array([4, 2, 2])}),
              "fc": nir.Affine(weight=rng.normal(0.2, 0.5, (3, 16)), bias=np.zeros(3)),
