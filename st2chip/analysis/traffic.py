@@ -198,11 +198,11 @@ def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts
                                   macs=total if kind == "analog" else 0, routed=int(routed.sum())))
     hosts = []
     for h in chip.hosts:
-        q, k, v = (_layer_spikes(chip, traces, layer) for layer in h.inputs)
-        hosts.append(HostCounts(h.name, _product_ops(h, q, k, v), int(q.sum() + k.sum() + v.sum())))
-        for layer in h.inputs:  # every spike of Q, K and V also travels to the host
+        qkv = [_layer_spikes(chip, traces, layer) for layer in h.inputs]
+        hosts.append(HostCounts(h.name, _product_ops(h, *qkv), int(sum(x.sum() for x in qkv))))
+        for layer, spikes in zip(h.inputs, qkv):  # every spike of Q, K and V also travels to the host
             for pop in chip.layer_populations(layer):
-                sent = np.count_nonzero(_layer_spikes(chip, traces, layer)[:, :, pop.index], axis=(0, 1))
+                sent = np.count_nonzero(spikes[:, :, pop.index], axis=(0, 1))
                 table["routed_host"][row[layer]] += np.bincount(core_of[pop.name], weights=sent,
                                                                 minlength=n_cores).astype(np.int64)
     return OpCounts(samples=samples, steps=steps, layers=layers, placement=placement, table=table,
