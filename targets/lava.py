@@ -32,7 +32,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import MESSAGE_BITS, ChipGraph
-from st2chip.errors import InputError
 from st2chip.traces import Traces
 
 from .lava_compat import ensure_lava
@@ -48,7 +47,7 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
     from lava.proc.sparse.process import DelaySparse, Sparse
     from lava.utils.weightutils import SignMode
 
-    from .lava_host import HostProductProcess
+    from .lava_host import host_product
     from .lava_neuron import CubaNeuron
 
     depths = chip.depths()
@@ -65,9 +64,12 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
         procs[pop.name] = (CubaNeuron(**common, reset_mode=pop.reset, quiet=quiet.get(pop.name, 0))
                            if pop.reset != "zero" or pop.name in quiet else LIFReset(**common))
     for h in chip.hosts:
-        procs[h.name] = HostProductProcess(heads=h.heads, tokens=h.tokens, dim=h.dim, name=h.name)
-        for port, layer in zip((procs[h.name].q, procs[h.name].k, procs[h.name].v), h.inputs):
-            procs[chip.layer_populations(layer)[0].name].s_out.connect(port)
+        pops = [chip.layer_populations(layer) for layer in h.inputs]
+        procs[h.name] = host_product(heads=h.heads, tokens=h.tokens, dim=h.dim, name=h.name,
+                                     parts=[[p.index for p in role] for role in pops])
+        for role, role_pops in zip("qkv", pops):
+            for i, pop in enumerate(role_pops):
+                procs[pop.name].s_out.connect(getattr(procs[h.name], f"{role}{i}"))
     for syn in chip.synapses:
         if syn.conv is not None:
             _connect_conv(syn, procs[syn.source].s_out, procs[syn.target].a_in)
@@ -164,30 +166,13 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
     return raw_s, raw_v
 
 
-def unsupported(chip: ChipGraph) -> str | None:
-    """Why this backend cannot run ``chip`` (None when it can): a host product reads each input layer
-    from one population's port, in the layer's own order."""
-    for h in chip.hosts:
-        for layer in h.inputs:
-            pops = chip.layer_populations(layer)
-            if len(pops) != 1 or not np.array_equal(pops[0].index, np.arange(pops[0].size)):
-                return (f"host partition '{h.name}' reads layer '{layer}', which lowering split into {len(pops)} "
-                        f"populations (decay groups or outliers); on Lava it takes one population per input "
-                        f"layer: lower with --decay-groups 1, or run the engine")
-    return None
-
-
 def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True) -> Traces:
     """Run ``inputs`` (name -> spikes ``(B, T, n)``) on Lava's fixed-point CPU simulator.
 
     ``voltages=False`` records voltages of readout populations only (their final
     voltage is the output): each Monitor is one more OS process, and dropping the
-    others about halves the run time. A ChipGraph it cannot run (:func:`unsupported`)
-    is an :class:`~st2chip.errors.InputError`.
+    others about halves the run time.
     """
-    why = unsupported(chip)
-    if why is not None:
-        raise InputError(why)
     _import_lava()
     batch, steps = batch_steps(inputs)
     # a sample's window: T steps, the pipeline depth, and room for spikes a graph-level delay (lag)

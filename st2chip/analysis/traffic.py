@@ -55,7 +55,7 @@ class GroupCounts:
 
 @dataclass
 class HostCounts:
-    """A host partition's own work over the whole batch: the attention product's accumulates.
+    r"""A host partition's own work over the whole batch: the attention product's accumulates.
 
     Per step and head, forming :math:`S = Q K^\top` costs one accumulate per coincident spike pair
     (:math:`\sum S`), and :math:`S V` one per spike of V meeting a non-zero score

@@ -20,7 +20,7 @@ from st2chip.chip.lower import lower
 from st2chip.graph.bundle import MANIFEST
 from st2chip.graph.bundle_graph import bundle_graph
 from st2chip.graph.normalize import normalize
-from st2chip.graph.simulate import simulate
+from st2chip.graph.simulate import SPIKING, simulate
 from st2chip.traces import Traces
 
 BACKENDS = ("float", "reference", "engine", "lava")  # engine: another name of reference
@@ -106,8 +106,7 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
     if target not in LAVA_TARGETS:
         raise InputError(f"unknown target '{target}' (choose from {', '.join(LAVA_TARGETS)})")
     if backend == "float":
-        order = [name for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
-        return simulate(graph, np.concatenate([inputs[name] for name in order], axis=2))
+        return simulate(graph, _graph_inputs(graph, inputs))
     if backend in ("reference", "engine") and ray is not None:
         from st2chip.targets import ray_shards
         return ray_shards.run(chip, inputs, address=None if ray == "local" else ray, voltages=voltages,
@@ -139,3 +138,16 @@ def map_graph(graph: nir.NIRGraph, decay_groups: int, source: str | os.PathLike 
         if source is None or err.source:
             raise
         raise GraphError(err.reason, node=err.node, field=err.field, source=str(source)) from None
+
+
+def _graph_inputs(graph: nir.NIRGraph, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The float interpreter's one input array: each Input node's signal, in graph order."""
+    return np.concatenate([inputs[name] for name, node in graph.nodes.items() if isinstance(node, nir.Input)], axis=2)
+
+
+def run_layer_by_layer(graph: nir.NIRGraph, inputs: dict[str, np.ndarray], chip_traces: Traces) -> Traces:
+    """The float graph with every spiking layer fed the chip's spikes of the layers before it (see
+    :func:`~st2chip.graph.simulate.simulate`'s ``forced``): what each layer alone makes of the chip's inputs."""
+    spiking = [name for name, node in graph.nodes.items() if isinstance(node, SPIKING) and name in chip_traces.spikes]
+    return simulate(graph, _graph_inputs(graph, inputs), forced={name: chip_traces.spikes[name] for name in spiking})
+

@@ -58,6 +58,7 @@ class GraphRun:
 
     values: dict[str, torch.Tensor]
     voltages: dict[str, torch.Tensor] = field(default_factory=dict)
+    own: dict[str, torch.Tensor] = field(default_factory=dict)  # a forced node's own output (see run_graph)
 
 
 def topological_order(graph: nir.NIRGraph) -> list[str] | None:
@@ -171,8 +172,18 @@ def _delay(name: str, node: nir.Delay, x: torch.Tensor, dt: float) -> torch.Tens
 
 
 def run_graph(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, *,
-              dtype: torch.dtype = torch.float64, record: bool = False) -> GraphRun:
-    """Run ``graph`` on time-first inputs ``(T, ...)`` (one per Input node name); see the module docstring."""
+              dtype: torch.dtype = torch.float64, record: bool = False,
+              forced: dict[str, torch.Tensor] | None = None) -> GraphRun:
+    """Run ``graph`` on time-first inputs ``(T, ...)`` (one per Input node name); see the module docstring.
+
+    ``forced`` (neuron node -> output ``(T, ...)``) replaces those nodes' outputs downstream (and on their
+    back edges) while each still runs on its own: its own output is kept in ``GraphRun.own``. Forcing every
+    neuron layer with a chip's spikes runs each layer of the float graph on the chip's inputs to it.
+    """
+    forced = {name: torch.as_tensor(x).to(dtype) for name, x in (forced or {}).items()}
+    unforceable = sorted(n for n in forced if not isinstance(graph.nodes.get(n), NEURONS))
+    if unforceable:
+        raise GraphError(f"only neuron nodes can be forced, not {unforceable}", field="forced")
     unknown = [f"'{n}' ({type(node).__name__})" for n, node in graph.nodes.items() if not isinstance(node, EVALUATED)]
     if unknown:
         raise GraphError(f"the float interpreter cannot run node(s) {', '.join(unknown)}; "
@@ -182,7 +193,7 @@ def run_graph(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, *
         raise InputError(f"the graph needs inputs {missing}")
     order = topological_order(graph)
     if order is None:
-        return _run_steps(graph, inputs, dt, dtype, record)
+        return _run_steps(graph, inputs, dt, dtype, record, forced)
     run = GraphRun({})
     for name in order:
         node = graph.nodes[name]
@@ -204,13 +215,15 @@ def run_graph(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, *
             run.values[name], v = _neuron(name, node, dt, x, record)
             if v is not None:
                 run.voltages[name] = v
+            if name in forced:
+                run.own[name], run.values[name] = run.values[name], forced[name]
         else:
             run.values[name] = x
     return run
 
 
 def _run_steps(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, dtype: torch.dtype,
-               record: bool) -> GraphRun:
+               record: bool, forced: dict[str, torch.Tensor]) -> GraphRun:
     """Step-major run of a graph with back edges, nodes in the graph's (canonical) order."""
     back = back_edges(graph)
     if any(isinstance(node, SpikeProduct) for node in graph.nodes.values()):
@@ -227,6 +240,7 @@ def _run_steps(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, 
     history: dict[str, list[torch.Tensor]] = {n: [] for n, node in graph.nodes.items() if isinstance(node, nir.Delay)}
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in graph.nodes}
     volts: dict[str, list[torch.Tensor]] = {name: [] for name in neurons}
+    own: dict[str, list[torch.Tensor]] = {name: [] for name in forced}
     for t in range(steps):
         now: dict[str, torch.Tensor] = {}
         for name, node in graph.nodes.items():
@@ -248,12 +262,16 @@ def _run_steps(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor], dt: float, 
                 now[name] = neurons[name].step(x)
                 if record:
                     volts[name].append(neurons[name].v)
+                if name in forced:
+                    own[name].append(now[name])
+                    now[name] = forced[name][t]
             else:
                 now[name] = x
         for name, value in now.items():
             outputs[name].append(value)
     run = GraphRun({name: torch.stack(values) for name, values in outputs.items()})
     run.voltages = {name: torch.stack(v) for name, v in volts.items() if v}
+    run.own = {name: torch.stack(values) for name, values in own.items()}
     return run
 
 
@@ -262,13 +280,17 @@ def _width(node: nir.NIRNode) -> int:
     return int(np.size(node.r))
 
 
-def simulate(graph: nir.NIRGraph, inputs: np.ndarray, *, record: bool = True) -> Traces:
+def simulate(graph: nir.NIRGraph, inputs: np.ndarray, *, record: bool = True,
+             forced: dict[str, np.ndarray] | None = None) -> Traces:
     """The ``float`` backend: a canonical graph on ``inputs`` ``(B, T, n_in)``, in float64.
 
     Several Input nodes take consecutive slices of the last axis, in graph order.
     ``scores`` are what feeds the Output nodes (concatenated in graph order): spike
     counts over all steps for a spiking node, otherwise the value at the last step
     (an ``I``/``LI`` readout's voltage). With ``record=False`` spikes and voltages stay empty.
+    ``forced`` (layer -> spikes ``(B, T, n)``, e.g. a chip backend's) feeds every layer downstream of a
+    forced one those spikes instead of its float output (backend ``float (layer by layer)``): each
+    layer's recorded spikes are then what the float layer does with the chip's inputs.
     """
     nodes = graph.nodes
     dt = float(graph.metadata["dt"])
@@ -280,18 +302,22 @@ def simulate(graph: nir.NIRGraph, inputs: np.ndarray, *, record: bool = True) ->
     batch, steps = x.shape[:2]
     bounds = np.cumsum([0, *widths])
     slices = {n: x[:, :, bounds[i]:bounds[i + 1]] for i, n in enumerate(input_names)}
-    run = run_graph(graph, {n: torch.from_numpy(np.ascontiguousarray(s.transpose(1, 0, 2), dtype=np.float64))
-                            for n, s in slices.items()}, dt, record=record)
+    time_first = lambda a: torch.from_numpy(np.ascontiguousarray(np.asarray(a).transpose(1, 0, 2),  # noqa: E731
+                                                                 dtype=np.float64))
+    run = run_graph(graph, {n: time_first(s) for n, s in slices.items()}, dt, record=record,
+                    forced={n: time_first(s) for n, s in (forced or {}).items()})
     to_numpy = lambda t: t.permute(1, 0, 2).numpy()  # noqa: E731  (T, B, n) -> (B, T, n)
+    own = {**run.values, **run.own}
     spiking = [n for n, node in nodes.items() if isinstance(node, SPIKING)]
-    spikes = {n: to_numpy(run.values[n]).astype(np.uint8) for n in spiking} if record else {}
+    spikes = {n: to_numpy(own[n]).astype(np.uint8) for n in spiking} if record else {}
     voltages = {n: to_numpy(v) for n, v in run.voltages.items()}
     preds: dict[str, list[str]] = {name: [] for name in nodes}
     for a, b in graph.edges:
         preds[b].append(a)
     outputs = [n for n, node in nodes.items() if isinstance(node, nir.Output)]
-    scores = np.concatenate([_score(n, nodes, preds, run.values) for n in outputs], axis=1)
-    return Traces(backend="float", inputs={n: s.copy() for n, s in slices.items()}, spikes=spikes,
+    scores = np.concatenate([_score(n, nodes, preds, own) for n in outputs], axis=1)
+    return Traces(backend="float (layer by layer)" if forced else "float",
+                  inputs={n: s.copy() for n, s in slices.items()}, spikes=spikes,
                   voltages=voltages, scores=scores, meta={"dt": dt, "steps": steps})
 
 

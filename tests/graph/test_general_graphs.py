@@ -113,3 +113,36 @@ def test_unknown_reset_mode_is_refused():
     with pytest.raises(GraphError, match="reset must be one of") as info:
         simulate(normalize(graph), np.zeros((1, 2, 5)))
     assert info.value.node == "B"
+
+
+def test_forced_layers_feed_their_given_spikes_downstream_and_on_back_edges():
+    """Forcing A and B with other spikes: each layer runs on the forced spikes of its sources (B on A's, A on its
+    own and B's of the step before) and records what it does itself (the layer-by-layer reading of verify)."""
+    raw = _recurrent()
+    graph = normalize(raw)
+    rng = np.random.default_rng(4)
+    x = (rng.random((2, 10, 5)) < 0.4).astype(np.float64)
+    fA, fB = ((rng.random((2, 10, n)) < 0.3).astype(np.uint8) for n in (6, 4))
+    run = simulate(graph, x, forced={"A": fA, "B": fB})
+    assert run.backend == "float (layer by layer)"
+    mat = {k: raw.nodes[k].weight for k in ("fa", "rec", "fab", "fba", "fo")}
+    vA, vB = np.zeros((2, 6)), np.zeros((2, 4))
+    for t in range(10):
+        before_a = fA[:, t - 1] if t else np.zeros((2, 6))
+        before_b = fB[:, t - 1] if t else np.zeros((2, 4))
+        vA = 0.9 * vA + x[:, t] @ mat["fa"].T + before_a @ mat["rec"].T + before_b @ mat["fba"].T
+        sA = (vA > 1).astype(float)
+        vA = np.where(sA > 0, 0.0, vA)  # a layer resets on its own spikes
+        vB = 0.8 * vB + fA[:, t] @ mat["fab"].T
+        sB = (vB > 1).astype(float)
+        vB = np.where(sB > 0, 0.0, vB)
+        np.testing.assert_array_equal(run.spikes["A"][:, t], sA)
+        np.testing.assert_array_equal(run.spikes["B"][:, t], sB)
+    assert not np.array_equal(run.spikes["B"], simulate(graph, x).spikes["B"])  # the forcing changed B's inputs
+    np.testing.assert_allclose(run.scores, fB[:, -1] @ mat["fo"].T)  # the output reads what it is fed: forced B
+
+
+def test_only_neuron_layers_can_be_forced():
+    graph = normalize(_recurrent())
+    with pytest.raises(GraphError, match=r"only neuron nodes can be forced, not \['fa'\]"):
+        simulate(graph, np.zeros((1, 2, 5)), forced={"fa": np.zeros((1, 2, 6))})

@@ -75,15 +75,27 @@ def test_lava_runs_the_host_partition_and_analog_ports_like_the_engine():
                                   lava.run(analog, {"x": levels}).voltages["t"])
 
 
-def test_lava_refuses_a_host_input_layer_split_into_populations():
-    chip = _host_chip()
-    half = np.arange(N // 2)
-    pops = [p for p in chip.populations if p.name != "q"] + [
-        Population(f"q/g{i}", "q", half + i * N // 2, du=4095, dv=4095, vth=1, bias_mant=0, bias_exp=0)
-        for i in range(2)]
-    groups = [g for g in chip.synapses if g.target != "q"] + [
-        SynapseGroup(f"in->q/g{i}", "in", f"q/g{i}", sp.csr_matrix(np.eye(N, 3 * N)[half + i * N // 2] * 127).astype(
-            np.int64), 0, "sparse") for i in range(2)]
-    split = ChipGraph(chip.inputs, pops, groups, hosts=chip.hosts)
-    assert "split into 2 populations" in lava.unsupported(split)
-    engine.run(split, {"in": np.zeros((1, 2, 3 * N), np.uint8)})  # the engine takes it
+def _split(chip: ChipGraph, layer: str, parts: list[np.ndarray]) -> ChipGraph:
+    """``chip`` with ``layer`` held by several populations (as decay grouping leaves it), each fed its rows."""
+    pops = [p for p in chip.populations if p.name != layer] + [
+        Population(f"{layer}/g{i}", layer, index, du=4095, dv=4095, vth=1, bias_mant=0, bias_exp=0)
+        for i, index in enumerate(parts)]
+    (feed,) = [g for g in chip.synapses if g.target == layer]
+    groups = [g for g in chip.synapses if g.target != layer] + [
+        SynapseGroup(f"{feed.source}->{layer}/g{i}", feed.source, f"{layer}/g{i}", feed.mantissa[index], 0, "sparse")
+        for i, index in enumerate(parts)]
+    return ChipGraph(chip.inputs, pops, groups, hosts=chip.hosts)
+
+
+def test_lava_host_reads_layers_split_into_populations_like_the_engine():
+    """Q split into two interleaved populations, K into three: the host process gathers each layer's spikes
+    from one port per population, in the layer's order."""
+    chip = _split(_host_chip(), "q", [np.arange(0, N, 2), np.arange(1, N, 2)])
+    chip = _split(chip, "k", [np.array([5, 0, 7]), np.array([1, 2, 3, 4]), np.array([6, 8, 9, 10, 11])])
+    x = (np.random.default_rng(4).random((2, 5, 3 * N)) < 0.5).astype(np.uint8)
+    eng, lav = engine.run(chip, {"in": x}), lava.run(chip, {"in": x})
+    np.testing.assert_array_equal(eng.voltages["t"], 128 * np.cumsum(_loop_counts(x[..., :N], x[..., N:2 * N],
+                                                                                   x[..., 2 * N:]), axis=1))
+    for layer in eng.spikes:
+        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer], err_msg=layer)
+        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer], err_msg=layer)
