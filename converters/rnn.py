@@ -24,7 +24,9 @@ and ``metadata["reset"] = "subtract"`` on the node for reset by subtraction
 torch scores; the ``integrate`` readout is an ``I`` with :math:`r = 1/dt`, its
 voltage ``T`` times the scores. Metadata: ``dt``, ``steps``, ``encoding``
 (``"rows"``, with ``levels`` and ``hold``, or ``"sequence"``, with ``levels``),
-``producer = "st2chip"``, ``model = "rnn"``.
+``producer = "st2chip"``, ``model = "rnn"``. A model trained with ``qat`` is
+written as its forward pass computes: weights and decays on the chip's grids
+(:meth:`~st2chip.learn.rnn.SpikingRNN.weights`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def rnn_to_nir(model: SpikingRNN, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     beta = np.broadcast_to(to_numpy(model.beta), n).copy()
     theta = np.broadcast_to(to_numpy(model.theta), n).copy()
     bias = to_numpy(model.bias)
+    w_in, w_rec = (to_numpy(w) for w in model.weights())  # on the chip's grid for a model trained with qat
     lif = nir.CubaLIF(tau_syn=dt / (1 - alpha), tau_mem=dt / (1 - beta), r=1 / (1 - beta), v_leak=bias / (1 - beta),
                       v_threshold=theta, v_reset=np.zeros(n), w_in=1 / (1 - alpha),
                       metadata={"reset": "subtract"} if c.reset == "subtract" else {})
@@ -55,9 +58,9 @@ def rnn_to_nir(model: SpikingRNN, dt: float = DEFAULT_DT) -> nir.NIRGraph:
                          v_leak=np.zeros(c.classes))
     nodes: dict[str, nir.NIRNode] = {
         "input": nir.Input(input_type={"input": np.array([c.inputs])}),
-        "fc_in": nir.Affine(weight=to_numpy(model.fc_in.weight), bias=np.zeros(c.hidden)),
+        "fc_in": nir.Affine(weight=w_in, bias=np.zeros(c.hidden)),
         "lif": lif,
-        "rec": nir.Affine(weight=to_numpy(model.rec.weight), bias=np.zeros(c.hidden)),
+        "rec": nir.Affine(weight=w_rec, bias=np.zeros(c.hidden)),
         "fc_out": nir.Affine(weight=to_numpy(model.fc_out.weight), bias=to_numpy(model.fc_out.bias)),
         "readout": readout,
         "output": nir.Output(output_type={"output": np.array([c.classes])}),

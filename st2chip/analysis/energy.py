@@ -29,7 +29,7 @@ from st2chip.chip.chipgraph import ChipGraph
 from st2chip.chip.placement import Placement, place
 from st2chip.errors import InputError
 from st2chip.io import write_json, write_text
-from st2chip.analysis.traffic import ROUTES, GroupCounts, OpCounts, count_ops
+from st2chip.analysis.traffic import ROUTES, BoundaryCounts, GroupCounts, OpCounts, count_ops
 from st2chip.traces import Traces
 
 # ChipGraph has no partition field yet: everything it holds runs on neurocores.
@@ -298,6 +298,7 @@ class EnergyReport:
     layers: list[LayerEnergy]
     cores: list[CoreEnergy]
     groups: list[GroupCounts]
+    boundaries: list[BoundaryCounts]
 
     @property
     def total_pj(self) -> float:
@@ -338,6 +339,8 @@ class EnergyReport:
             "total": self.totals(),
             "unpriced": self.unpriced(),
             "groups": [asdict(g) for g in self.groups],
+            "boundaries": [{"name": b.name, "kind": b.kind, "to_chip_per_step": b.to_chip.tolist(),
+                            "from_chip_per_step": b.from_chip.tolist()} for b in self.boundaries],
         }
 
     def to_markdown(self) -> str:
@@ -355,6 +358,8 @@ class EnergyReport:
                      for c in sorted(shown, key=lambda c: c.core)]
         more = len(self.cores) - len(shown)
         unpriced = self.unpriced()
+        boundary_rows = [(b.name, b.kind, f"{b.to_chip.mean():,.1f}", f"{b.to_chip.max(initial=0):,.1f}",
+                          f"{b.from_chip.mean():,.1f}", f"{b.from_chip.max(initial=0):,.1f}") for b in self.boundaries]
         return "\n".join([
             f"Energy per sample (one inference), profile `{self.profile.name}`: {self.samples} samples x "
             f"{self.steps} steps of traces from {self.backend}, partition(s) {', '.join(self.partitions())}, "
@@ -369,6 +374,9 @@ class EnergyReport:
             "Spike rate (spikes per neuron per step), weight density (non-zero / stored) and spikes routed "
             "per sample:", "",
             *_table(("layer", "rate", "density", *ROUTES), route_rows), "",
+            "Boundary traffic, host <-> neurocores: non-zero values per time step (mean over samples; mean and "
+            "peak over steps; every step in energy.json):", "",
+            *_table(("boundary", "kind", "to chip", "peak", "from chip", "peak"), boundary_rows), "",
             f"Per core (the {len(shown)} costliest" + (f"; {more} more in energy.json" if more else "") + "):", "",
             *_table(("core", "chip", "layers", "neurons", "nJ/sample"), core_rows), "",
             *([f"Counted but not priced by this profile: {', '.join(unpriced)}.", ""] if unpriced else []),
@@ -422,7 +430,8 @@ def energy_report(chip: ChipGraph, traces: Traces, profile: Profile | str | os.P
     energy = _energy_table(counts, prof)
     return EnergyReport(profile=prof, samples=counts.samples, steps=counts.steps, backend=traces.backend,
                         placement=placed, layers=_layer_rows(chip, counts, energy, NEUROCORE)
-                        + _host_rows(counts, prof), cores=_core_rows(counts, energy), groups=counts.groups)
+                        + _host_rows(counts, prof), cores=_core_rows(counts, energy), groups=counts.groups,
+                        boundaries=counts.boundaries)
 
 
 def _host_rows(counts: OpCounts, profile: Profile) -> list[LayerEnergy]:

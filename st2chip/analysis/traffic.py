@@ -69,6 +69,18 @@ class HostCounts:
 
 
 @dataclass
+class BoundaryCounts:
+    """Values crossing one host <-> neurocore boundary per time step (mean over samples), counted from traces:
+    an input port's non-zero values into the chip, or a host partition's spikes read off the chip
+    (``from_chip``) and non-zero counts sent back (``to_chip``)."""
+
+    name: str
+    kind: str  # "spike" or "analog" input port, or "host"
+    to_chip: np.ndarray  # (steps,)
+    from_chip: np.ndarray  # (steps,)
+
+
+@dataclass
 class OpCounts:
     """Integer counts over ``samples`` x ``steps``: ``table[q]`` is ``(layers, cores)`` for each of :data:`QUANTITIES`.
 
@@ -83,6 +95,7 @@ class OpCounts:
     neurons: np.ndarray
     groups: list[GroupCounts]
     hosts: list[HostCounts]
+    boundaries: list[BoundaryCounts]
 
     def by_layer(self, quantity: str) -> np.ndarray:
         return self.table[quantity].sum(axis=1)
@@ -116,25 +129,48 @@ def _layer_spikes(chip: ChipGraph, traces: Traces, layer: str) -> np.ndarray:
     return arr
 
 
-def _source_activity(chip: ChipGraph, traces: Traces, source: str) -> tuple[str, np.ndarray]:
-    """Source kind and events per source neuron over the batch (non-zero entries: spikes or graded values)."""
+def _source_values(chip: ChipGraph, traces: Traces, source: str) -> tuple[str, np.ndarray]:
+    """Source kind and what it sends, ``(samples, steps, n)``: spikes, or graded values (an analog port, a
+    relay, a host product's counts, recomputed from its input layers' spikes)."""
     host = next((h for h in chip.hosts if h.name == source), None)
-    if host is not None:  # a host product's graded counts, recomputed from its input layers' spikes
+    if host is not None:
         q, k, v = (torch.from_numpy(_layer_spikes(chip, traces, layer).astype(np.float64)) for layer in host.inputs)
-        counts = SpikeProduct(host.heads, host.tokens, host.dim, 1.0, host.inputs).counts(q, k, v).numpy()
-        return "analog", np.count_nonzero(counts, axis=(0, 1)).astype(np.int64)
+        return "analog", SpikeProduct(host.heads, host.tokens, host.dim, 1.0, host.inputs).counts(q, k, v).numpy()
     port = next((i for i in chip.inputs if i.name == source), None)
     if port is None:
         pop = chip.population(source)
-        values = _layer_spikes(chip, traces, pop.layer)[:, :, pop.index]
-        return "analog" if pop.graded else "population", np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
+        return "analog" if pop.graded else "population", _layer_spikes(chip, traces, pop.layer)[:, :, pop.index]
     if source not in traces.inputs:
         raise InputError(f"traces from '{traces.backend}': no values for input '{source}'")
     values = np.asarray(traces.inputs[source])
     if values.shape[2] != port.size:
         raise InputError(f"traces from '{traces.backend}': input '{source}' has {values.shape[2]} "
                          f"elements, the chip graph {port.size}")
-    return port.kind, np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
+    return port.kind, values
+
+
+def _source_activity(chip: ChipGraph, traces: Traces, source: str) -> tuple[str, np.ndarray]:
+    """Source kind and events per source neuron over the batch (non-zero entries: spikes or graded values)."""
+    kind, values = _source_values(chip, traces, source)
+    return kind, np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
+
+
+def _per_step(values: np.ndarray) -> np.ndarray:
+    """Non-zero entries of ``(samples, steps, n)`` per step, mean over samples."""
+    return np.count_nonzero(values, axis=(0, 2)) / values.shape[0]
+
+
+def boundary_counts(chip: ChipGraph, traces: Traces) -> list[BoundaryCounts]:
+    """What crosses each host <-> neurocore boundary per step: every input port (values in) and every host
+    partition (its input layers' spikes out to the host, its non-zero counts back in)."""
+    out = []
+    for port in chip.inputs:
+        kind, values = _source_values(chip, traces, port.name)
+        out.append(BoundaryCounts(port.name, kind, _per_step(values), np.zeros(values.shape[1])))
+    for h in chip.hosts:
+        spikes = sum(_per_step(_layer_spikes(chip, traces, layer)) for layer in h.inputs)
+        out.append(BoundaryCounts(h.name, "host", _per_step(_source_values(chip, traces, h.name)[1]), spikes))
+    return out
 
 
 def _route_class(src_core: np.ndarray | None, dst_core: np.ndarray, cores_per_chip: int) -> np.ndarray:
@@ -206,7 +242,7 @@ def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts
                 table["routed_host"][row[layer]] += np.bincount(core_of[pop.name], weights=sent,
                                                                 minlength=n_cores).astype(np.int64)
     return OpCounts(samples=samples, steps=steps, layers=layers, placement=placement, table=table,
-                    neurons=neurons, groups=groups, hosts=hosts)
+                    neurons=neurons, groups=groups, hosts=hosts, boundaries=boundary_counts(chip, traces))
 
 
 def _product_ops(host, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> int:

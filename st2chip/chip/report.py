@@ -96,6 +96,8 @@ def _markdown(chip: ChipGraph, placement: Placement | None, data: dict) -> str:
               "| port or partition | kind | to the neurocores | from the neurocores |", "|---|---|---:|---:|"]
     lines += [f"| {name} | {b['kind']} | {b['to_chip']:,} | {b['from_chip']:,} |"
               for name, b in data["boundary_per_step"].items()]
+    lines += ["", "What actually crosses, per step on real inputs, is counted from the spike traces by "
+                  "`st2chip energy` (its boundary traffic table)."]
     lines += ["", "## The map table", "", "```", format_table(chip, placement), "```"]
     if placement is not None:
         lines += ["", "## Per core", "", "```", format_cores(placement), "```"]

@@ -55,3 +55,28 @@ def test_host_operations_and_the_spikes_it_reads_are_counted():
     [row] = [r for r in report.layers if r.partition == "host"]
     assert row.host_ops == pytest.approx(host.ops / 3) and row.energy_pj["host"] == pytest.approx(row.host_ops * 0.9)
     assert "host partition operations (no E_HOST_OP_pJ)" in energy_report(chip, traces, "loihi2").unpriced()
+
+
+def test_boundary_traffic_is_counted_per_step_from_the_traces():
+    """The input port's spikes go in; Q, K, V spikes go out to the host and its non-zero counts come back,
+    per step, averaged over samples; written to the report's Markdown and JSON."""
+    chip = _chip()
+    x = (np.random.default_rng(5).random((3, 5, 3 * N)) < 0.5).astype(np.uint8)
+    traces = engine.run(chip, {"in": x})
+    port, host = count_ops(chip, traces, place(chip, "loihi2")).boundaries
+    assert (port.name, port.kind, host.name, host.kind) == ("in", "spike", "attn", "host")
+    np.testing.assert_allclose(port.to_chip, x.sum(axis=(0, 2)) / 3)
+    np.testing.assert_array_equal(port.from_chip, 0)
+    q, k, v = (traces.spikes[layer].astype(np.int64) for layer in "qkv")
+    np.testing.assert_allclose(host.from_chip, (q + k + v).sum(axis=(0, 2)) / 3)
+    dh = DIM // HEADS
+    nonzero = np.zeros(5)
+    for b, t, h in np.ndindex(3, 5, HEADS):  # count[n, d] of head h is non-zero when some m has Q_n.K_m > 0, V_m,d
+        cols = slice(h * dh, (h + 1) * dh)
+        qh, kh, vh = (a[b, t].reshape(TOKENS, DIM)[:, cols] for a in (q, k, v))
+        nonzero[t] += np.count_nonzero((qh @ kh.T) @ vh)
+    np.testing.assert_allclose(host.to_chip, nonzero / 3)
+    assert host.to_chip.sum() > 0
+    report = energy_report(chip, traces, "45nm")
+    assert report.to_dict()["boundaries"][1]["to_chip_per_step"] == pytest.approx((nonzero / 3).tolist())
+    assert "| attn     |  host |" in report.to_markdown()
