@@ -38,8 +38,9 @@ Steps, each measured in ``ChipGraph.report``:
    matrix is exactly one, with exponent 0, between whole layers; Lava then runs
    it as lava-nc's ``Conv``. Every other group is a matrix (dense or CSR). The
    report's ``storage`` says per group which, and why not a convolution.
-6. **Low rank.** A path that is exactly ``Affine V (r x n) -> Affine U (m x r)``
-   (a DSP layer) is either multiplied out (``product``: one ``m x n`` group) or
+6. **Low rank.** A path that ends in ``Affine V (r x n) -> Affine U (m x r)``
+   (a DSP layer; a permutation or other linear node before ``V`` is multiplied
+   into ``V``) is either multiplied out (``product``: one ``m x n`` group) or
    kept ``factored``: a :class:`~st2chip.chip.chipgraph.Relay` of ``r`` graded
    neurons, a group V from the source into it and a group U (graded input,
    MACs) from it into the layer; the relay adds one pipeline step, which the
@@ -211,7 +212,8 @@ class _Path:
     recurrent: bool  # the chain crosses a back edge
     kinds: tuple[str, ...]  # node types on the chain, source side first
     conv: str | None = None  # the chain's one weighted node, when that is a Conv2d
-    factors: _Factors | None = None  # the chain is exactly Affine V -> Affine U: the two factors
+    factors: _Factors | None = None  # the chain ends in Affine V -> Affine U: the two factors (see _path)
+    nodes: tuple[str, ...] = ()  # the weighted nodes on the chain
 
 
 @dataclass
@@ -219,8 +221,17 @@ class _Factors:
     """The float factors of a low-rank path ``W = U V`` and the V node (the relay's name)."""
 
     u: sp.csr_matrix  # (m, r)
-    v: sp.csr_matrix  # (r, n)
+    v: sp.csr_matrix  # (r, n): V times whatever lies between it and this path's source
     relay: str
+    nodes: tuple[str, ...] = ()  # the weighted nodes on the path
+
+
+@dataclass
+class _Refused:
+    """Why a low-rank path stays multiplied out, and the weighted nodes it passes (a relay it would share)."""
+
+    why: str
+    nodes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -234,8 +245,9 @@ class _Trail:
     lag: int = 0
     kinds: tuple[str, ...] = ()
     weighted: tuple[str, ...] = ()
-    affine_mats: tuple[sp.csr_matrix, ...] = ()
-    branched: bool = False
+    mats: tuple[sp.csr_matrix, ...] = ()  # each weighted node's matrix, in the order of ``weighted``
+    affines_at: tuple[int, ...] = ()  # positions in ``weighted`` of the Affines that are not permutations
+    branched_at: int | None = None  # weighted nodes collected when the walk first split (a residual sum)
 
 
 def _chains(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[str]], back: set,
@@ -266,8 +278,8 @@ def _walk(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back: set
             trail = replace(
                 trail, weight=weight, bias=bias, affines=trail.affines + affine,
                 kinds=(*trail.kinds, type(node).__name__ if affine or not isinstance(node, nir.Affine)
-                       else "Permutation"), weighted=(*trail.weighted, name),
-                affine_mats=(*trail.affine_mats, w) if affine else trail.affine_mats)
+                       else "Permutation"), weighted=(*trail.weighted, name), mats=(*trail.mats, w),
+                affines_at=(*trail.affines_at, len(trail.weighted)) if affine else trail.affines_at)
         elif isinstance(node, nir.Delay):
             steps = np.unique(delay_steps(name, node, dt))
             if steps.size > 1:
@@ -287,7 +299,8 @@ def _walk(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back: set
         for i, src in enumerate(sources):
             bias = trail.bias if i == 0 or trail.bias is None else np.zeros_like(trail.bias)
             paths += _walk(graph, src, preds, back, dt, replace(
-                trail, bias=bias, recurrent=trail.recurrent or (src, name) in back, branched=True))
+                trail, bias=bias, recurrent=trail.recurrent or (src, name) in back,
+                branched_at=len(trail.weighted) if trail.branched_at is None else trail.branched_at))
         return paths
 
 
@@ -299,13 +312,27 @@ def _is_permutation(w: sp.csr_matrix) -> bool:
 
 
 def _path(graph: nir.NIRGraph, source: str, trail: _Trail) -> _Path:
-    """The finished path from ``source``: a lone Conv2d or an unbranched Affine V -> Affine U is noted."""
+    """The finished path from ``source``: a lone Conv2d, or low-rank factors, is noted.
+
+    Factors: a chain whose two Affines (permutations aside) are its last two
+    weighted nodes, ``U`` feeding the layer and ``V`` right before it, unbranched
+    between them; whatever reorders or scales on the source side of ``V`` (a
+    bundle's token permutation) is multiplied into ``V``, so the relay still has
+    ``rank`` neurons. Paths that branch before ``V`` (a residual sum into it) share
+    its relay (see :func:`_lowrank`).
+    """
     weighted = trail.weighted
     conv = weighted[0] if len(weighted) == 1 and isinstance(graph.nodes[weighted[0]], nir.Conv2d) else None
-    factors = (_Factors(trail.affine_mats[0], trail.affine_mats[1], weighted[1])
-               if len(weighted) == 2 and len(trail.affine_mats) == 2 and not trail.branched else None)
+    factors = None
+    if trail.affines_at == (0, 1) and (trail.branched_at is None or trail.branched_at >= 2):
+        v = trail.mats[1]
+        for w in trail.mats[2:]:
+            v = v @ w
+        v = sp.csr_matrix(v)
+        v.sum_duplicates()  # canonical: sorted indices (products leave them unsorted)
+        factors = _Factors(trail.mats[0], v, weighted[1], weighted)
     return _Path(source, trail.weight, trail.bias, trail.affines, trail.lag, trail.recurrent,
-                 tuple(reversed(trail.kinds)), conv, factors)
+                 tuple(reversed(trail.kinds)), conv, factors, weighted)
 
 
 def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back: set, dt: float
@@ -317,13 +344,13 @@ def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back:
     copy), the summed bias, the most Affines on one path, the distinct chains
     of node types (for the report) and, per key whose one path is a single
     Conv2d, that node's name; last, per key with a low-rank path (more than one
-    Affine), its :class:`_Factors` or why it cannot be factored.
+    Affine), its :class:`_Factors` or why it cannot be factored (:class:`_Refused`).
     """
     by_key: dict[tuple[str, int, bool], tuple[sp.csr_matrix, np.ndarray]] = {}
     affines = 0
     chains: list[str] = []
     convs: dict[tuple[str, int, bool], str | None] = {}
-    lowrank: dict[tuple[str, int, bool], _Factors | str] = {}
+    lowrank: dict[tuple[str, int, bool], _Factors | _Refused] = {}
     for path in (p for start in preds.get(name, []) for p in _chains(graph, start, name, preds, back, dt)):
         if path.weight is None:
             raise GraphError(f"input from '{path.source}' must pass through an Affine, Linear, convolution or "
@@ -338,9 +365,11 @@ def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back:
         by_key[key] = (path.weight, path.bias) if old is None else (old[0] + path.weight, old[1] + path.bias)
         convs[key] = path.conv if old is None else None
         if old is not None and (key in lowrank or path.affines > 1):
-            lowrank[key] = "another path from the same source adds to it"
+            nodes = (*lowrank[key].nodes, *path.nodes) if key in lowrank else path.nodes
+            lowrank[key] = _Refused("another path from the same source adds to it", nodes)
         elif path.affines > 1:
-            lowrank[key] = _factorable(graph, path)
+            found = _factorable(graph, path)
+            lowrank[key] = _Refused(found, path.nodes) if isinstance(found, str) else found
         affines = max(affines, path.affines)
         chains.append(" -> ".join(path.kinds))
     if not by_key:
@@ -359,7 +388,8 @@ def _incoming(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back:
 def _factorable(graph: nir.NIRGraph, path: _Path) -> _Factors | str:
     """The path's factors when it can be kept factored through a relay, else why not."""
     if path.factors is None:
-        return f"the chain {' -> '.join(path.kinds)} is not exactly Affine -> Affine"
+        return (f"the chain {' -> '.join(path.kinds)} does not end in Affine V -> Affine U on one branch"
+                if path.affines == 2 else f"the chain {' -> '.join(path.kinds)} has {path.affines} Affines")
     if path.recurrent:
         return "a recurrent path (a relay would add a step to the feedback)"
     if sum(src == path.factors.relay for src, _ in graph.edges) != 1:
@@ -584,34 +614,62 @@ def _lowrank(name: str, mode: str, paths: dict, fold: np.ndarray, parts: list[tu
              scales: dict[str, int], sources: dict[str, list[tuple[str, np.ndarray]]], report: dict
              ) -> tuple[list[Relay], dict[tuple[str, int, bool], list[SynapseGroup]]]:
     """Decide and build the factored form of each low-rank path into layer ``name`` (``fold``: per-neuron
-    factor of the threshold folding). Fills ``report["lowrank"]`` per V node; ``mode="factored"`` raises
-    where a path cannot be factored."""
+    factor of the threshold folding). Paths through the same V node (branches of a residual sum into it)
+    share one relay, fed by a V group from each; the U groups go with the first path's key. Fills
+    ``report["lowrank"]`` per V node; ``mode="factored"`` raises where a path cannot be factored."""
     relays, factored, entries = [], {}, {}
+    by_relay: dict[str, dict[tuple[str, int, bool], _Factors]] = {}
     for key, found in paths.items():
-        if isinstance(found, str):
+        if isinstance(found, _Refused):
             if mode == "factored":
-                raise GraphError(f"the low-rank path from '{key[0]}' cannot be kept factored: {found}", node=name)
-            entries[key[0]] = {"chosen": "product", "why": f"not factorable: {found}"}
+                raise GraphError(f"the low-rank path from '{key[0]}' cannot be kept factored: {found.why}", node=name)
+            entries[key[0]] = {"chosen": "product", "why": f"not factorable: {found.why}"}
+        else:
+            by_relay.setdefault(found.relay, {})[key] = found
+    for relay_name, found in by_relay.items():
+        keys = list(found)
+        blocked = [k[0] for k, p in paths.items() if k not in found and relay_name in p.nodes]
+        twice = len({k[0] for k in keys}) < len(keys)
+        if blocked or twice:
+            why = (f"a path from {', '.join(blocked)} through it cannot be factored" if blocked
+                   else "two paths from one source (different lags) reach it")
+            if mode == "factored":
+                raise GraphError(f"the low-rank path through '{relay_name}' cannot be kept factored: {why}",
+                                 node=name)
+            entries[relay_name] = {"chosen": "product", "why": f"not factorable: {why}"}
             continue
-        u_fold = sp.csr_matrix(sp.diags(fold) @ found.u)
+        u = found[keys[0]].u
+        v = sp.csr_matrix(sp.hstack([found[k].v for k in keys], format="csr"))
+        v.sum_duplicates()  # canonical: sorted indices (products leave them unsorted)
+        source_pops, owner, offset = [], {}, 0
+        for k in keys:
+            for pop, cols in sources[k[0]]:
+                source_pops.append((pop, offset + cols))
+                owner[pop] = k
+            offset += found[k].v.shape[1]
+        u_fold = sp.csr_matrix(sp.diags(fold) @ u)
         u_fold.sum_duplicates()  # canonical: sorted indices
-        costs = _lowrank_costs(found.u, found.v, sp.csr_matrix(found.u @ found.v).count_nonzero())
+        costs = _lowrank_costs(u, v, sp.csr_matrix(u @ v).count_nonzero())
         keep, why = _choose(mode, costs)
-        entry = {"relay": found.relay, "rank": int(found.v.shape[0]), "shape": [int(u_fold.shape[0]),
-                 int(found.v.shape[1])], "cost": costs, "chosen": "product", "why": why}
+        entry = {"relay": relay_name, "rank": int(v.shape[0]), "shape": [int(u_fold.shape[0]), int(v.shape[1])],
+                 "cost": costs, "chosen": "product", "why": why}
+        if len(keys) > 1:
+            entry["sources"] = [k[0] for k in keys]
         if keep:
-            built = _factored_groups(name, found.relay, found.v, u_fold, parts, scales, sources[key[0]])
+            built = _factored_groups(name, relay_name, v, u_fold, parts, scales, source_pops)
             if isinstance(built, str):
                 if mode == "factored":
-                    raise GraphError(f"the low-rank path from '{key[0]}' cannot be kept factored: {built}",
+                    raise GraphError(f"the low-rank path through '{relay_name}' cannot be kept factored: {built}",
                                      node=name)
                 entry["why"] = f"product: {built}"
             else:
                 relay, groups, errors = built
                 relays.append(relay)
-                factored[key] = groups
+                for k in keys:
+                    factored[k] = [g for g in groups if g.target == relay_name and owner[g.source] == k]
+                factored[keys[0]] += [g for g in groups if g.source == relay_name]
                 entry.update(chosen="factored", relay_scale=relay.scale, **errors)
-        entries[found.relay] = entry
+        entries[relay_name] = entry
     if entries:
         report["lowrank"] = entries
     return relays, factored

@@ -12,13 +12,15 @@ from st2chip.chip.table import format_table, layer_rows
 from st2chip.errors import ChipRangeError, GraphError
 from st2chip.graph.normalize import normalize
 from st2chip.graph.simulate import simulate
-from st2chip.targets import engine
+from st2chip.targets import engine, lava
 
 
 def uv_graph(n: int = 12, m: int = 10, rank: int = 2, prune: float = 0.0, skip: bool = False,
-             scaled: bool = False, seed: int = 0) -> nir.NIRGraph:
+             scaled: bool = False, permuted: bool = False, residual: bool = False, seed: int = 0) -> nir.NIRGraph:
     """input -> V (rank x n) -> U (m x rank) -> LIF -> Affine -> LI; ``skip``: also input -> Affine -> LI;
-    ``scaled``: a Scale node between U and the LIF."""
+    ``scaled``: a Scale node between U and the LIF; ``permuted``: a permutation (an Affine that reorders, as a
+    bundle's token reshape) between the input and V; ``residual``: V also reads input -> Affine -> LIF ``lif0``
+    (NIR adds its two inputs: a residual sum into the DSP layer)."""
     rng = np.random.default_rng(seed)
     v, u = rng.normal(size=(rank, n)) * 1.5, rng.normal(size=(m, rank)) * 1.5
     v[rng.random(v.shape) < prune] = 0
@@ -36,6 +38,14 @@ def uv_graph(n: int = 12, m: int = 10, rank: int = 2, prune: float = 0.0, skip: 
     if scaled:
         nodes["fc1.S"] = nir.Scale(scale=np.full(m, 2.0))
         edges = [e for e in edges if e != ("fc1.U", "lif1")] + [("fc1.U", "fc1.S"), ("fc1.S", "lif1")]
+    if residual:
+        nodes["pre"] = nir.Affine(weight=rng.normal(0.3, 1.0, size=(n, n)), bias=np.zeros(n))
+        nodes["lif0"] = nir.LIF(tau=np.full(n, 0.005), r=np.ones(n), v_leak=np.zeros(n),
+                                v_threshold=np.ones(n), v_reset=np.zeros(n))
+        edges += [("input", "pre"), ("pre", "lif0"), ("lif0", "fc1.V")]
+    if permuted:
+        nodes["fc1.P"] = nir.Affine(weight=np.eye(n)[rng.permutation(n)], bias=np.zeros(n))
+        edges = [e for e in edges if e != ("input", "fc1.V")] + [("input", "fc1.P"), ("fc1.P", "fc1.V")]
     if skip:
         nodes["skip"] = nir.Affine(weight=rng.normal(size=(3, n)) * 0.3, bias=np.zeros(3))
         edges += [("input", "skip"), ("skip", "li")]
@@ -117,7 +127,7 @@ def test_energy_counts_relay_to_target_as_macs():
 
 def test_factored_refused_where_it_cannot_be_kept():
     graph = uv_graph(scaled=True)
-    with pytest.raises(GraphError, match="not exactly Affine -> Affine"):
+    with pytest.raises(GraphError, match="does not end in Affine V -> Affine U"):
         lower(graph, lowrank="factored")
     entry = lower(graph, lowrank="auto").report["layers"]["lif1"]["lowrank"]["input"]
     assert entry["chosen"] == "product"
@@ -138,3 +148,45 @@ def test_chipgraph_validates_relays():
     delayed = SynapseGroup("r->t", "r", "t", np.full((1, 1), 1), 0, delay=1)
     with pytest.raises(ChipRangeError, match="undelayed"):
         ChipGraph([port], [relay, target], [into, delayed])
+
+
+def test_a_permutation_before_v_is_multiplied_into_v():
+    """input -> P -> V -> U: still a relay of rank neurons, its V group is V P; the engine equals Lava on it."""
+    graph = uv_graph(permuted=True, skip=True)
+    chip = lower(graph, lowrank="factored")
+    assert chip.population("fc1.V").size == 2
+    v_group = next(s for s in chip.synapses if s.name == "input->fc1.V")
+    vp = graph.nodes["fc1.V"].weight @ graph.nodes["fc1.P"].weight
+    relay_scale = chip.population("fc1.V").scale
+    np.testing.assert_allclose(2 * v_group.dense() * 2.0 ** v_group.exp / relay_scale, vp,
+                               atol=2.0 ** v_group.exp / relay_scale)
+    x = spikes()
+    eng, lav = engine.run(chip, {"input": x}), lava.run(chip, {"input": x})
+    for layer in eng.spikes:
+        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer], err_msg=layer)
+        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer], err_msg=layer)
+    same = lower(uv_graph(skip=True), lowrank="factored")  # the same network without P, on permuted inputs
+    perm = np.argmax(graph.nodes["fc1.P"].weight, axis=1)
+    unpermuted = engine.run(same, {"input": x[:, :, perm]})
+    np.testing.assert_array_equal(unpermuted.spikes["lif1"], eng.spikes["lif1"])
+
+
+def test_a_residual_sum_into_v_shares_one_relay():
+    """input + lif0 -> V -> U -> lif1: one relay fed by a V group from each source, the shallower one delayed
+    so that both arrive in the same step; engine = Lava, and the chip follows float as the product form does."""
+    graph = uv_graph(residual=True, skip=True)
+    chip = lower(graph, lowrank="factored")
+    [relay] = [p for p in chip.populations if p.graded]
+    into = {s.source: s for s in chip.synapses if s.target == relay.name}
+    assert set(into) == {"input", "lif0"} and into["input"].delay == 1 and into["lif0"].delay == 0
+    entry = chip.report["layers"]["lif1"]["lowrank"]["fc1.V"]
+    assert entry["chosen"] == "factored" and entry["sources"] == ["input", "lif0"] and entry["shape"] == [10, 24]
+    assert entry["product_error"] < 0.03
+    x = spikes()
+    eng, lav = engine.run(chip, {"input": x}), lava.run(chip, {"input": x})
+    for layer in eng.spikes:
+        np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer], err_msg=layer)
+        np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer], err_msg=layer)
+    flt = simulate(graph, x)
+    assert flt.spikes["lif1"].sum() > 0
+    assert np.mean(eng.spikes["lif1"] == flt.spikes["lif1"]) >= 0.95

@@ -127,3 +127,84 @@ def test_a_few_training_steps_learn_something(digits):
     before = evaluate(model, test)
     train_classifier(model, train, test, epochs=3, lr=1e-2, batch_size=32, seed=0, device="cpu", progress=False)
     assert evaluate(model, test) > max(before, 0.5)
+
+
+def _spread(model: SpikingRNN) -> SpikingRNN:
+    """Spread-out thresholds and leaks, so that folding and the decay grids matter."""
+    with torch.no_grad():
+        model.threshold.uniform_(0.5, 1.5)
+        model.leak_logit.uniform_(-1.0, 3.0)
+        model.syn_leak_logit.uniform_(-1.0, 2.0)
+        model.bias.uniform_(-0.2, 0.2)
+        model.rec.weight.mul_(0.2)  # smaller than the input weights: the recurrent group gets its own exponent
+    return model
+
+
+def test_qat_lowers_to_exactly_the_grid_the_model_uses(tmp_path):
+    import nir
+    from st2chip.chip.lower import lower
+    from st2chip.converters.rnn import rnn_to_nir
+    from st2chip.graph.nirfile import write_nir
+    from st2chip.graph.normalize import normalize
+
+    torch.manual_seed(0)
+    model = _spread(SpikingRNN(RNNConfig.mnist1d(hidden=20, qat=True)))
+    w_in, w_rec = model.weights()
+    assert not torch.equal(w_in, model.fc_in.weight) and not torch.equal(w_rec, model.rec.weight)
+    chip = lower(normalize(write_nir(rnn_to_nir(model), tmp_path / "q.nir")), decay_groups=1)
+    (pop,) = [p for p in chip.populations if p.layer == "lif"]
+    groups = {g.source == pop.name: g for g in chip.synapses if g.target == pop.name}
+    assert groups[True].exp < groups[False].exp  # two groups, two exponents
+    theta = model.theta.detach()[:, None].double()
+    folded = torch.cat([model.fc_in.weight, model.rec.weight], 1).detach().double() / theta
+    assert pop.vth == int(254 / folded.abs().max())  # the scale the model used
+    for recurrent, w in ((False, w_in), (True, w_rec)):
+        g = groups[recurrent]
+        chip_w = torch.as_tensor(2.0 * g.dense() * 2.0**g.exp / pop.vth) * theta
+        torch.testing.assert_close(chip_w, w.detach().double(), rtol=1e-6, atol=0)  # float32 model, same grid
+        assert np.all(np.abs(g.dense()) <= 127)
+    # the decays lie on the chip's 12-bit grids: lowering keeps them exactly
+    dv, du = 4096 * (1 - model.beta.detach().double()), 4095 - 4096 * model.alpha.detach().double()
+    torch.testing.assert_close(dv, dv.round(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(du, du.round(), rtol=0, atol=1e-6)
+    plain = SpikingRNN(RNNConfig.mnist1d(hidden=20))
+    plain.load_state_dict(model.state_dict())
+    assert not torch.equal(plain.beta, model.beta) and not torch.equal(plain.weights()[0], w_in)
+    assert isinstance(rnn_to_nir(model).nodes["fc_in"], nir.Affine)
+
+
+def test_qat_passes_gradients_straight_through():
+    torch.manual_seed(1)
+    model = _spread(SpikingRNN(RNNConfig.mnist1d(hidden=12, qat=True)))
+    probe_in, probe_rec = torch.randn(12, 16), torch.randn(12, 12)
+    w_in, w_rec = model.weights()
+    ((w_in * probe_in).sum() + (w_rec * probe_rec).sum() + (model.beta * 3).sum()).backward()
+    torch.testing.assert_close(model.fc_in.weight.grad, probe_in, rtol=0, atol=0)
+    torch.testing.assert_close(model.rec.weight.grad, probe_rec, rtol=0, atol=0)
+    beta = torch.sigmoid(model.leak_logit.detach())
+    torch.testing.assert_close(model.leak_logit.grad, 3 * beta * (1 - beta))
+
+
+def test_noise_acts_in_training_only_and_follows_the_seed(digits):
+    torch.manual_seed(0)
+    model = SpikingRNN(RNNConfig.digits(hidden=16, noise=0.2))
+    plain = SpikingRNN(RNNConfig.digits(hidden=16))
+    plain.load_state_dict(model.state_dict())
+    x = model.encode(digits[1].x[:8])
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model(x), plain(x), rtol=0, atol=0)
+        model.train()
+        plain.train()
+        noisy = []
+        for _ in range(2):
+            torch.manual_seed(3)
+            noisy.append(model(x))
+        torch.testing.assert_close(noisy[0], noisy[1], rtol=0, atol=0)
+        assert not torch.equal(noisy[0], plain(x))
+
+
+@pytest.mark.parametrize("bad", [{"noise": -0.1}, {"noise": 1.0}, {"noise": True}, {"qat": "yes"}, {"qat": 1}])
+def test_bad_noise_and_qat_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SpikingRNN(RNNConfig.mnist1d(hidden=4, **bad))
