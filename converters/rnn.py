@@ -49,7 +49,7 @@ def _weights(model: SpikingRNN) -> tuple[np.ndarray, np.ndarray]:
     thresholds again, finds the same population scale (an exact grid value could come back a rounding
     error above it, and the scale ``floor(254 / max)`` one lower)."""
     if not model.config.qat:
-        return to_numpy(model.fc_in.weight), to_numpy(model.rec.weight)
+        return to_numpy(model.weights()[0]), to_numpy(model.weights()[1])
     return tuple(to_numpy(w) * (1 - QAT_SHRINK) for w in copy.deepcopy(model).double().weights())
 
 

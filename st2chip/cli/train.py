@@ -42,8 +42,8 @@ def _reset(args: argparse.Namespace) -> dict:
 def _build(args: argparse.Namespace) -> nn.Module:
     neuron = args.neuron
     if args.model in ("mlp", "cnn", "st") and any(getattr(args, o) is not None
-                                                  for o in ("levels", "readout", "noise", "qat")):
-        raise InputError("--levels, --readout, --noise and --qat are options of --model rnn")
+                                                  for o in ("levels", "readout", "noise", "qat", "max_weight")):
+        raise InputError("--levels, --readout, --noise, --qat and --max-weight are options of --model rnn")
     if args.model != "cnn" and args.channels is not None:
         raise InputError("--channels is an option of --model cnn")
     if args.model == "st" and args.reset not in (None, "zero"):
@@ -84,7 +84,7 @@ def _build(args: argparse.Namespace) -> nn.Module:
 
 def _rnn_options(args: argparse.Namespace) -> dict:
     options = _reset(args)
-    for name in ("readout", "noise", "qat"):
+    for name in ("readout", "noise", "qat", "max_weight"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     return options
@@ -230,6 +230,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--noise", type=float, default=None,
                    help="RNN, training only: std of Gaussian voltage noise per step, in units of the threshold, "
                         "for robustness to the chip's rounding (default 0 on digits, {} on mnist1d)")
+    t.add_argument("--max-weight", type=float, default=None,
+                   help="RNN: bound every input and recurrent weight to this many thresholds (softly, tanh), so that "
+                        "the chip's population scale 254 / max|w / threshold| stays fine (0: unbounded; default 0 "
+                        "on digits, {} on mnist1d)")
     t.add_argument("--qat", action=argparse.BooleanOptionalAction, default=None,
                    help="RNN: quantization-aware training: forward pass and export on the chip's 8-bit weight and "
                         "12-bit decay grids (default off on digits, {} on mnist1d)")

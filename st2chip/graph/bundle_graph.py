@@ -7,11 +7,12 @@ module composes them into one canonical NIR graph (plus st2chip's
 - each NIR part is normalized on its own and its nodes are added under the step's
   name (``blocks.0.qkv.attn.q.lif``). A **token part** (its Input is one token,
   ``(D,)``) runs on all ``N`` tokens alike: it is replicated as one layer of
-  ``N`` copies, each Affine as the block-diagonal :math:`I_N \otimes W` and each
+  ``N`` copies, each Affine as the block-diagonal :math:`I_N \otimes W` (a scipy
+  CSR matrix: ``N`` times the part's non-zeros, never ``N^2`` of them) and each
   neuron array tiled ``N`` times (token-major: element ``n D + d``);
 - ``op: add`` (a residual sum of spike trains) becomes fan-in: every source of
   the sum feeds the consumer, as NIR adds a node's inputs;
-- the token reshape ONNX becomes an Affine permutation from ``(D, H', W')`` maps to
+- the token reshape ONNX becomes an Affine permutation (CSR) from ``(D, H', W')`` maps to
   tokens, read off the ONNX model itself by running it on ``0, 1, 2, ...``;
 - the attention-product ONNX becomes a ``SpikeProduct`` node (the integer counts
   :math:`(Q K^\top) V`) and a ``Scale`` by the config's ``attn_scale`` (heads and
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import nir
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from st2chip import limits
@@ -144,9 +146,11 @@ def _replicate(node: nir.NIRNode, tokens: int, where: str) -> nir.NIRNode:
     """``node`` applied to ``tokens`` tokens side by side (itself when there is one)."""
     if tokens == 1:
         return node
-    if isinstance(node, nir.Affine):
-        limits.check_alloc(f"{where}: the Affine replicated over {tokens} tokens", node.weight.size * tokens ** 2, 8)
-        return nir.Affine(weight=np.kron(np.eye(tokens), node.weight), bias=np.tile(node.bias, tokens))
+    if isinstance(node, nir.Affine):  # block-diagonal, sparse: tokens x the part's non-zeros, never tokens^2
+        weight = sp.csr_matrix(node.weight)
+        limits.check_alloc(f"{where}: the Affine replicated over {tokens} tokens", weight.nnz * tokens, 16)
+        return nir.Affine(weight=sp.kron(sp.identity(tokens, format="csr"), weight, format="csr"),
+                          bias=np.tile(node.bias, tokens))
     if isinstance(node, NEURON_TYPES):
         fields = {f.name: np.tile(getattr(node, f.name), tokens) for f in dataclasses.fields(node)
                   if isinstance(getattr(node, f.name), np.ndarray) and f.name not in ("input_type", "output_type")}
@@ -188,9 +192,7 @@ def _tokens_step(comp: _Composer, step: dict, session, where: str) -> None:
     order = _run_onnx(session, {"maps": probe}, where)[0, 0].reshape(-1)
     if order.size != size or not np.array_equal(np.sort(order), np.arange(size)):
         raise InputError(f"{where}: the token reshape is not a permutation of its input")
-    limits.check_alloc(f"{where}: the token permutation", size * size, 8)
-    perm = np.zeros((size, size))
-    perm[np.arange(size), order.astype(np.int64)] = 1.0
+    perm = sp.csr_matrix((np.ones(size), (np.arange(size), order.astype(np.int64))), shape=(size, size))
     name = step["name"]
     comp.add(name, nir.Affine(weight=perm, bias=np.zeros(size)), where)
     comp.feed(step["inputs"][0]["tensor"], name, where)
@@ -235,7 +237,7 @@ def _readout_step(comp: _Composer, step: dict, session, where: str) -> None:
         raise InputError(f"{where}: the readout is not the mean over steps and tokens")
     readout = step["name"]
     comp.add(readout, nir.I(r=np.full(classes, 1.0 / (comp.dt * comp.steps))), where)
-    mean = np.kron(np.ones((1, tokens)) / tokens, np.eye(classes))
+    mean = sp.kron(np.ones((1, tokens)) / tokens, sp.identity(classes), format="csr")
     sources = _sources(comp, step["inputs"][0], where)
     head = sources[0]
     node = comp.nodes[head]

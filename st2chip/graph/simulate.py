@@ -8,7 +8,8 @@ step in the graph's order, a back edge carrying its source's output of the step
 before. A node's inputs add up. State is zero at the start of every sample.
 With ``dt = graph.metadata["dt"]`` (forward Euler), per step:
 
-- ``Affine``: :math:`y = W x + b` over the last axis; ``Scale``: :math:`y = s \odot x`; ``Conv1d``/``Conv2d``:
+- ``Affine``: :math:`y = W x + b` over the last axis (``W`` dense, or a scipy sparse matrix in a composed
+  bundle, whose token parts are replicated block-diagonally); ``Scale``: :math:`y = s \odot x`; ``Conv1d``/``Conv2d``:
   convolution with bias of ``(C, N)``/``(C, H, W)`` maps (a flat signal is reshaped to the node's
   ``input_type`` and flattened back); ``SumPool2d``/``AvgPool2d``: window sums / means (zero padding,
   counted); ``Flatten``, ``Input``, ``Output``: identity (canonical signals are flat already).
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 
 import nir
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
@@ -132,6 +134,10 @@ def _neuron(name: str, node: nir.NIRNode, dt: float, current: torch.Tensor, reco
 
 def _linear(node: nir.NIRNode, x: torch.Tensor) -> torch.Tensor:
     t = lambda a: _coef(a, x.dtype)  # noqa: E731
+    if isinstance(node, nir.Affine) and sp.issparse(node.weight):  # a composed bundle's replicated token part
+        w = sp.csr_matrix(node.weight)
+        y = torch.from_numpy(np.ascontiguousarray((w @ x.reshape(-1, x.shape[-1]).numpy().T).T)).to(x.dtype)
+        return y.reshape(*x.shape[:-1], w.shape[0]) + t(node.bias)
     if isinstance(node, nir.Affine):
         return F.linear(x, t(node.weight), t(node.bias))
     if isinstance(node, nir.Scale):

@@ -97,6 +97,7 @@ class RNNConfig:
     readout_leak: float = 0.7  # "leaky": the readout voltage's decay per step
     noise: float = 0.0  # training only: std of Gaussian voltage noise per step, in units of the threshold
     qat: bool = False  # forward and export use the chip's 8-bit weight and 12-bit decay grids
+    max_weight: float = 0.0  # > 0: the forward pass bounds |w_in|, |w_rec| to max_weight * threshold (softly, tanh)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,6 +170,8 @@ class SpikingRNN(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1), got {c.dropout}")
         if isinstance(c.noise, bool) or not isinstance(c.noise, (int, float)) or not 0.0 <= c.noise < 1.0:
             raise ValueError(f"noise must be a number in [0, 1), got {c.noise!r}")
+        if isinstance(c.max_weight, bool) or not isinstance(c.max_weight, (int, float)) or not c.max_weight >= 0:
+            raise ValueError(f"max_weight must be 0 (unbounded) or positive, got {c.max_weight!r}")
         if not isinstance(c.qat, bool):
             raise ValueError(f"qat must be true or false, got {c.qat!r}")
         if c.encoding == "rows" and (c.inputs != DIGITS_SIDE * c.levels or c.steps != DIGITS_SIDE * c.hold):
@@ -192,11 +195,12 @@ class SpikingRNN(nn.Module):
 
     @property
     def beta(self) -> torch.Tensor:
-        """Voltage decay per neuron (or shared), in (0, 1); with ``qat`` on the chip's grid ``1 - dv/4096``."""
+        """Voltage decay per neuron (or shared), in (0, 1); with ``qat`` on the chip's grid ``1 - dv/4096``
+        (``dv`` of at least 1: NIR's ``tau_mem = dt / (1 - beta)`` needs a leak)."""
         beta = torch.sigmoid(self.leak_logit)
         if not self.config.qat:
             return beta
-        return _straight_through(beta, 1 - torch.round(DECAY_ONE * (1 - beta)).clamp(0, DECAY_MAX) / DECAY_ONE)
+        return _straight_through(beta, 1 - torch.round(DECAY_ONE * (1 - beta)).clamp(1, DECAY_MAX) / DECAY_ONE)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -213,9 +217,12 @@ class SpikingRNN(nn.Module):
         return self.threshold.clamp_min(self.config.min_threshold)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input and recurrent weights the forward pass uses (and the export writes): with ``qat`` on
-        the chip's grid (see the module docstring), else ``fc_in.weight`` and ``rec.weight``."""
+        """The input and recurrent weights the forward pass uses (and the export writes): ``fc_in.weight`` and
+        ``rec.weight``, bounded by ``max_weight`` times the threshold where set, on the chip's grid with ``qat``."""
         w_in, w_rec = self.fc_in.weight, self.rec.weight
+        if self.config.max_weight:
+            bound = self.config.max_weight * self.theta.expand(self.config.hidden)[:, None]
+            w_in, w_rec = (bound * torch.tanh(w / bound) for w in (w_in, w_rec))
         if not self.config.qat:
             return w_in, w_rec
         fold = self.theta.detach().expand(self.config.hidden)[:, None]

@@ -55,3 +55,21 @@ def test_models_bundles_cannot_hold_yet_are_refused_on_export(tmp_path, config):
     with pytest.raises(InputError, match="not exported yet"):
         export_bundle(SpikingTransformer(config).eval(), tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_token_parts_are_replicated_from_their_non_zeros(tmp_path):
+    """Every replicated Affine and the token permutation are CSR: tokens x the part's non-zeros, so a many-token
+    model composes without a tokens^2 dense copy (here 10,000 tokens of a 40 x 30 part: 1.2e11 dense entries)."""
+    import nir
+    import scipy.sparse as sp
+
+    from st2chip.graph.bundle_graph import _replicate
+    w = np.random.default_rng(0).normal(size=(40, 30))
+    w[w < 0.5] = 0
+    big = _replicate(nir.Affine(weight=w, bias=np.arange(40.0)), 10_000, "test")
+    assert sp.issparse(big.weight) and big.weight.shape == (400_000, 300_000)
+    assert big.weight.nnz == 10_000 * np.count_nonzero(w) and big.bias.shape == (400_000,)
+    np.testing.assert_array_equal(big.weight[40:80, 30:60].toarray(), w)
+    graph = bundle_graph(_bundle(tmp_path, "b"))
+    affines = {n: node for n, node in graph.nodes.items() if isinstance(node, nir.Affine)}
+    assert affines and all(sp.issparse(node.weight) for node in affines.values())
