@@ -32,14 +32,26 @@ snnTorch                      NIR as snnTorch exports it              st2chip re
                               ``v_threshold = threshold``,            spike when ``v > threshold``, then ``v = 0``.
                               ``v_reset = 0``                         Exact: the same spikes at the same steps.
 ``Leaky`` with ``beta = 1``   ``LIF`` with ``tau = r = inf``          ``IF`` with ``r = 1/dt``: ``v <- v + I``. Exact.
-``Leaky`` "subtract", "none"  as "zero" (the mechanism is dropped)    read as reset to zero: spikes differ from the
-                                                                      first reset on; :func:`to_nir` refuses these
-                                                                      unless ``force_reset_zero=True``.
+``Leaky`` "subtract", "none"  as "zero" (the mechanism is dropped)    a file: read as reset to zero. :func:`to_nir`
+                                                                      (which sees the mechanism): st2chip's reset by
+                                                                      subtraction plus a self-connection, exact
+                                                                      (below).
 ``Synaptic(alpha, beta)``     ``CubaLIF``: ``tau_syn``, ``tau_mem``,  ``i <- alpha i + I``, ``v <- beta v + i``: exact
                               ``r`` from alpha, beta as for LIF,      until the first spike; snnTorch's resets hold
                               ``w_in = tau_syn/1e-4``                 ``mem`` at 0 for the step after a spike (NIR
                                                                       cannot); not lowerable to the chip yet.
 ============================  ======================================  ===============================================
+
+Reset by subtraction and no reset. snnTorch subtracts a spike's threshold at the
+*next* step, undecayed: ``mem[t] = beta mem[t-1] + I[t] - c threshold spk[t-1]``
+(``c = 1`` "subtract", ``c = 0`` "none"). st2chip's subtract reset
+(``metadata["reset"] = "subtract"``) takes the threshold off right after the spike,
+so the next step decays it: ``p[t] = beta p[t-1] + I[t] - beta threshold spk[t-1]``
+for the value before reset. A self-connection of weight ``(beta - c) threshold``
+(an Affine from the layer to itself, NIR's one-step reading of a back edge) makes
+the two equal: by induction ``p[t] = mem[t]`` and the spikes agree. For ``beta = 1``
+"subtract" needs no self-connection. It lowers to the chip as a feedback group into
+st2chip's own subtract neuron.
 
 ``beta`` is used clamped to ``[0, 1]`` (as snnTorch's forward does); thresholds,
 weights and biases are copied unchanged. snnTorch computes in float32 and
@@ -80,6 +92,7 @@ Quirks absorbed here (snnTorch 1.0.0 with nir 1.0.8 and nirtorch 2.6)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from typing import Any
@@ -254,20 +267,50 @@ def to_nir(model: torch.nn.Module, sample: torch.Tensor | np.ndarray, *, dt: flo
     ``sample``: one input step, ``(n_in,)`` or ``(batch, n_in)``. ``dt`` (seconds,
     default :data:`DEFAULT_DT`) is the step recorded in the graph; the per-step
     dynamics are the same for any dt. Every layer is checked first and all problems
-    are reported in one :class:`InputError`. A Leaky layer must use
-    ``reset_mechanism="zero"``; ``force_reset_zero=True`` converts "subtract" and
-    "none" layers (and Synaptic layers) as reset to zero anyway, with a note.
-    The model itself is not modified (the export runs on a copy).
+    are reported in one :class:`InputError`. Leaky layers with reset "zero",
+    "subtract" or "none" convert exactly (see the module docstring; "subtract" and
+    "none" need the default ``reset_delay=True``); ``force_reset_zero=True`` converts
+    Synaptic layers as reset to zero anyway, with a note. The model itself is not
+    modified (the export runs on a copy).
     """
     step = DEFAULT_DT if dt is None else float(dt)
     if not (math.isfinite(step) and step > 0):
         raise InputError(f"dt must be a positive number of seconds, got {dt}")
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"to_nir takes an snnTorch model (torch.nn.Module), got {type(model).__name__}")
-    notes = _check_model(model, force_reset_zero)
+    notes, resets = _check_model(model, force_reset_zero)
     graph = _export(model, sample)
     graph, repair_notes = _repair(graph, step, reset_known=True)
+    graph = _subtract_resets(graph, resets, step, repair_notes)
     return finish(graph, dt=step, steps=steps, notes=notes + repair_notes, producer=NAME)
+
+
+def _subtract_resets(graph: nir.NIRGraph, resets: dict[str, float], dt: float, notes: list[str]) -> nir.NIRGraph:
+    """snnTorch's "subtract" (``resets[name] = 1``) and "none" (0) layers as st2chip's subtract reset plus a
+    self-connection of weight ``(beta - c) threshold`` (see the module docstring)."""
+    if not resets:
+        return graph
+    nodes, edges = dict(graph.nodes), list(graph.edges)
+    for name, c in resets.items():
+        node = nodes.get(name)
+        if not isinstance(node, (nir.LIF, nir.IF)):
+            raise GraphError(f"expected the Leaky layer's LIF or IF node, found {type(node).__name__}", node=name)
+        beta = np.ones_like(_array(node.v_threshold)) if isinstance(node, nir.IF) else 1.0 - dt / _array(node.tau)
+        widths = {int(np.shape(nodes[a].weight)[0]) for a, b in edges if b == name and hasattr(nodes[a], "weight")}
+        if len(widths) != 1:
+            raise GraphError(f"cannot tell the layer's width from its inputs ({sorted(widths)})", node=name)
+        weight = np.broadcast_to((beta - c) * _array(node.v_threshold), (widths.pop(),)).copy()
+        nodes[name] = dataclasses.replace(node, metadata={**(node.metadata or {}), "reset": "subtract"})
+        what = "reset_mechanism='subtract'" if c else "reset_mechanism='none'"
+        if np.any(weight != 0):
+            loop = f"{name}.reset"
+            nodes[loop] = nir.Affine(weight=np.diag(weight), bias=np.zeros(weight.size))
+            edges += [(name, loop), (loop, name)]
+            notes.append(f"node '{name}': snnTorch's {what} becomes st2chip's reset by subtraction plus a "
+                         f"self-connection '{loop}' of weight (beta - {c:g}) * threshold = {_span(weight)}: exact")
+        else:
+            notes.append(f"node '{name}': snnTorch's {what} is st2chip's reset by subtraction (beta = 1): exact")
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(graph.metadata), type_check=False)
 
 
 def _mechanism(layer: snn.Leaky) -> tuple[str, str]:
@@ -276,10 +319,12 @@ def _mechanism(layer: snn.Leaky) -> tuple[str, str]:
     return runs, str(layer.reset_mechanism)
 
 
-def _check_model(model: torch.nn.Module, force_reset_zero: bool) -> list[str]:
-    """Refuse (all at once) what the export would drop or st2chip cannot read; notes for forced conversions."""
+def _check_model(model: torch.nn.Module, force_reset_zero: bool) -> tuple[list[str], dict[str, float]]:
+    """Refuse (all at once) what the export would drop or st2chip cannot read. Returns notes for forced
+    conversions and, per Leaky layer that subtracts ("subtract": 1) or does not reset ("none": 0), ``c``."""
     problems: list[str] = []
     notes: list[str] = []
+    resets: dict[str, float] = {}
     forced = "converted as reset to zero because force_reset_zero=True; its spikes differ from snnTorch's"
     for name, module in model.named_modules():
         label = f"layer '{name or type(model).__name__}' ({type(module).__name__})"
@@ -287,6 +332,9 @@ def _check_model(model: torch.nn.Module, force_reset_zero: bool) -> list[str]:
             problems.append(f"{label}: recurrent layers are not supported (st2chip refuses cycles)")
         elif isinstance(module, snn.Leaky):
             problems += _check_leaky(label, module, force_reset_zero, notes, forced)
+            runs, says = _mechanism(module)
+            if runs == says and runs in ("subtract", "none") and module.reset_delay:
+                resets[name] = 1.0 if runs == "subtract" else 0.0
         elif isinstance(module, snn.Synaptic):
             if force_reset_zero:
                 notes.append(f"{label}: {forced} after each spike (snnTorch holds mem at 0 for one step)")
@@ -299,7 +347,7 @@ def _check_model(model: torch.nn.Module, force_reset_zero: bool) -> list[str]:
             problems.append(f"{label}: not supported (st2chip converts nn.Linear, nn.Flatten and snn.Leaky)")
     if problems:
         raise InputError("cannot convert the snnTorch model: " + "; ".join(problems))
-    return notes
+    return notes, resets
 
 
 def _check_leaky(label: str, layer: snn.Leaky, force_reset_zero: bool, notes: list[str], forced: str) -> list[str]:
@@ -308,10 +356,11 @@ def _check_leaky(label: str, layer: snn.Leaky, force_reset_zero: bool, notes: li
     if runs != says:
         what = (f"reset_mechanism is '{says}' but forward still runs the '{runs}' update chosen when the layer was "
                 f"built (snnTorch 1.0's setter does not change it); rebuild it with reset_mechanism=\"zero\"")
-    elif runs != "zero":
-        default = " (snnTorch's default)" if runs == "subtract" else ""
-        what = (f"reset_mechanism='{runs}'{default} is not supported: NIR and the chip reset to zero; "
-                f"use reset_mechanism=\"zero\"")
+    elif runs == "unknown":
+        what = "its forward runs an update st2chip does not know; use reset_mechanism=\"zero\" or \"subtract\""
+    elif runs != "zero" and not layer.reset_delay:
+        what = (f"reset_mechanism='{runs}' with reset_delay=False (a reset within the spike's own step) is not "
+                f"converted; use the default reset_delay=True")
     else:
         what = ""
     if what:

@@ -42,8 +42,9 @@ def _reset(args: argparse.Namespace) -> dict:
 def _build(args: argparse.Namespace) -> nn.Module:
     neuron = args.neuron
     if args.model in ("mlp", "cnn", "st") and any(getattr(args, o) is not None
-                                                  for o in ("levels", "readout", "noise", "qat", "max_weight")):
-        raise InputError("--levels, --readout, --noise, --qat and --max-weight are options of --model rnn")
+                                                  for o in ("levels", "readout", "noise", "qat", "max_weight", "leak_groups")):
+        raise InputError("--levels, --readout, --noise, --qat, --max-weight and --leak-groups are options of "
+                         "--model rnn")
     if args.model != "cnn" and args.channels is not None:
         raise InputError("--channels is an option of --model cnn")
     if args.model == "st" and args.reset not in (None, "zero"):
@@ -84,7 +85,7 @@ def _build(args: argparse.Namespace) -> nn.Module:
 
 def _rnn_options(args: argparse.Namespace) -> dict:
     options = _reset(args)
-    for name in ("readout", "noise", "qat", "max_weight"):
+    for name in ("readout", "noise", "qat", "max_weight", "leak_groups"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     return options
@@ -234,6 +235,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="RNN: bound every input and recurrent weight to this many thresholds (softly, tanh), so that "
                         "the chip's population scale 254 / max|w / threshold| stays fine (0: unbounded; default 0 "
                         "on digits, {} on mnist1d)")
+    t.add_argument("--leak-groups", type=int, default=None,
+                   help="RNN: G > 0 shares the learnable decays within G groups of neurons (neuron i in group i %% G), "
+                        "so that the chip's decay grouping (verify --decay-groups K >= G) keeps them exactly (0: one "
+                        "per neuron; default 0 on digits, {} on mnist1d)")
     t.add_argument("--qat", action=argparse.BooleanOptionalAction, default=None,
                    help="RNN: quantization-aware training: forward pass and export on the chip's 8-bit weight and "
                         "12-bit decay grids (default off on digits, {} on mnist1d)")

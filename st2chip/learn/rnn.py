@@ -97,6 +97,7 @@ class RNNConfig:
     readout_leak: float = 0.7  # "leaky": the readout voltage's decay per step
     noise: float = 0.0  # training only: std of Gaussian voltage noise per step, in units of the threshold
     qat: bool = False  # forward and export use the chip's 8-bit weight and 12-bit decay grids
+    leak_groups: int = 0  # > 0: neuron i shares its decays alpha, beta with group i % leak_groups (slif)
     max_weight: float = 0.0  # > 0: the forward pass bounds |w_in|, |w_rec| to max_weight * threshold (softly, tanh)
 
     def to_dict(self) -> dict:
@@ -170,6 +171,10 @@ class SpikingRNN(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1), got {c.dropout}")
         if isinstance(c.noise, bool) or not isinstance(c.noise, (int, float)) or not 0.0 <= c.noise < 1.0:
             raise ValueError(f"noise must be a number in [0, 1), got {c.noise!r}")
+        if isinstance(c.leak_groups, bool) or not isinstance(c.leak_groups, int) \
+                or not 0 <= c.leak_groups <= c.hidden:
+            raise ValueError(f"leak_groups must be an integer from 0 (one per neuron) to hidden = {c.hidden}, "
+                             f"got {c.leak_groups!r}")
         if isinstance(c.max_weight, bool) or not isinstance(c.max_weight, (int, float)) or not c.max_weight >= 0:
             raise ValueError(f"max_weight must be 0 (unbounded) or positive, got {c.max_weight!r}")
         if not isinstance(c.qat, bool):
@@ -182,22 +187,30 @@ class SpikingRNN(nn.Module):
         self.config = c
         learn = c.neuron == "slif"
         shape = (c.hidden,) if learn else ()
+        leak_shape = (c.leak_groups,) if learn and c.leak_groups else shape
         self.fc_in = nn.Linear(c.inputs, c.hidden, bias=False)
         self.rec = nn.Linear(c.hidden, c.hidden, bias=False)
         self.fc_out = nn.Linear(c.hidden, c.classes)
         self.bias = nn.Parameter(torch.zeros(c.hidden), requires_grad=learn)
         self.threshold = nn.Parameter(torch.full(shape, float(c.threshold)), requires_grad=learn)
-        self.leak_logit = nn.Parameter(torch.full(shape, _logit(c.leak)), requires_grad=learn)
-        self.syn_leak_logit = nn.Parameter(torch.full(shape, _logit(c.syn_leak)), requires_grad=learn)
+        self.leak_logit = nn.Parameter(torch.full(leak_shape, _logit(c.leak)), requires_grad=learn)
+        self.syn_leak_logit = nn.Parameter(torch.full(leak_shape, _logit(c.syn_leak)), requires_grad=learn)
         self.reset: ResetMode = c.reset  # type: ignore[assignment]
         self.alpha_surrogate = float(c.surrogate)
         self.drop = nn.Dropout(c.dropout)
+
+    def _per_neuron(self, leak: torch.Tensor) -> torch.Tensor:
+        """One decay per neuron from one per leak group (neuron ``i`` in group ``i % leak_groups``)."""
+        groups = self.config.leak_groups
+        if not groups or leak.dim() == 0:
+            return leak
+        return leak[torch.arange(self.config.hidden, device=leak.device) % groups]
 
     @property
     def beta(self) -> torch.Tensor:
         """Voltage decay per neuron (or shared), in (0, 1); with ``qat`` on the chip's grid ``1 - dv/4096``
         (``dv`` of at least 1: NIR's ``tau_mem = dt / (1 - beta)`` needs a leak)."""
-        beta = torch.sigmoid(self.leak_logit)
+        beta = self._per_neuron(torch.sigmoid(self.leak_logit))
         if not self.config.qat:
             return beta
         return _straight_through(beta, 1 - torch.round(DECAY_ONE * (1 - beta)).clamp(1, DECAY_MAX) / DECAY_ONE)
@@ -205,7 +218,7 @@ class SpikingRNN(nn.Module):
     @property
     def alpha(self) -> torch.Tensor:
         """Current decay per neuron (or shared), in (0, 1); with ``qat`` on the chip's grid ``(4095 - du)/4096``."""
-        alpha = torch.sigmoid(self.syn_leak_logit)
+        alpha = self._per_neuron(torch.sigmoid(self.syn_leak_logit))
         if not self.config.qat:
             return alpha
         du = torch.round(DECAY_MAX - DECAY_ONE * alpha).clamp(0, DECAY_MAX)

@@ -88,20 +88,50 @@ def test_to_nir_leaves_the_model_alone():
         assert torch.equal(before[k], after[k]), k
 
 
-def test_default_subtract_reset_is_refused():
+@pytest.mark.parametrize("reset, beta2", [("subtract", torch.linspace(0.5, 0.95, 4)), ("subtract", 1.0),
+                                           ("none", 0.8), ("none", 1.0)])
+def test_subtract_and_no_reset_convert_spike_for_spike(reset, beta2):
+    """snnTorch subtracts the threshold undecayed at the next step (or never): st2chip's subtract reset plus a
+    self-connection (beta - c) threshold gives the same spikes, step for step."""
+    net = make_net(reset=reset, beta2=beta2)
+    x = input_spikes(steps=30)
+    converted = to_nir(net, torch.zeros(BATCH, N_IN))
+    graph = converted.graph
+    for layer in ("1", "3"):
+        assert graph.nodes[layer].metadata["reset"] == "subtract"
+    loops = {a for a, b in graph.edges if b == a + ".reset"}
+    no_leak = isinstance(beta2, float) and beta2 == 1.0
+    assert loops == ({"1"} if reset == "subtract" and no_leak else {"1", "3"})  # beta = 1 subtract: none needed
+    np.testing.assert_allclose(np.diag(graph.nodes["1.reset"].weight), 0.9 - (reset == "subtract"), rtol=1e-6)
+    ours = simulate(graph, x).spikes
+    theirs = run_snntorch(net, x)
+    for layer in ("1", "3"):
+        assert theirs[layer].sum() > 0
+        np.testing.assert_array_equal(ours[layer], theirs[layer], err_msg=layer)
+    assert any("self-connection '1.reset'" in n for n in converted.notes)
+
+
+def test_subtract_reset_runs_on_the_chip_engine_equal_to_lava():
     net = make_net(reset="subtract")
-    with pytest.raises(InputError, match=r"layer '1' \(Leaky\): reset_mechanism='subtract'.*"
-                                         r"use reset_mechanism=\"zero\"") as info:
+    chip = lower(to_nir(net, torch.zeros(N_IN)).graph, decay_groups=1)
+    assert {p.reset for p in chip.populations} == {"subtract"}
+    x = {"input": input_spikes(steps=12, batch=2)}
+    ref, lav = engine.run(chip, x), lava.run(chip, x)
+    for layer in ref.spikes:
+        np.testing.assert_array_equal(ref.spikes[layer], lav.spikes[layer], err_msg=layer)
+        np.testing.assert_array_equal(ref.voltages[layer], lav.voltages[layer], err_msg=layer)
+
+
+def test_delayed_reset_off_and_stale_setter_are_refused():
+    net = make_net(reset="subtract")
+    net[1].reset_delay = False
+    with pytest.raises(InputError, match=r"layer '1'.*reset_delay=False.*not converted") as info:
         to_nir(net, torch.zeros(N_IN))
-    assert "layer '3'" in str(info.value) and "\n" not in str(info.value)
+    assert "layer '3'" not in str(info.value) and "\n" not in str(info.value)
     converted = to_nir(net, torch.zeros(N_IN), force_reset_zero=True)
     forced = [n for n in converted.notes if "force_reset_zero=True" in n]
-    assert len(forced) == 2 and "layer '1'" in forced[0] and "subtract" in forced[0]
-
-
-def test_none_reset_and_stale_setter_are_refused():
-    with pytest.raises(InputError, match=r"reset_mechanism='none'"):
-        to_nir(make_net(reset="none"), torch.zeros(N_IN))
+    assert len(forced) == 1 and "layer '1'" in forced[0]
+    assert "reset" not in (converted.graph.nodes["1"].metadata or {})
     net = make_net(reset="subtract")
     net[1].reset_mechanism = "zero"   # snnTorch 1.0: forward keeps the subtract update chosen in __init__
     net[3].reset_mechanism = "zero"
