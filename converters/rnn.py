@@ -24,33 +24,16 @@ and ``metadata["reset"] = "subtract"`` on the node for reset by subtraction
 torch scores; the ``integrate`` readout is an ``I`` with :math:`r = 1/dt`, its
 voltage ``T`` times the scores. Metadata: ``dt``, ``steps``, ``encoding``
 (``"rows"``, with ``levels`` and ``hold``, or ``"sequence"``, with ``levels``),
-``producer = "st2chip"``, ``model = "rnn"``. A model trained with ``qat`` is
-written as its forward pass computes: weights and decays on the chip's grids
-(:meth:`~st2chip.learn.rnn.SpikingRNN.weights`).
+``producer = "st2chip"``, ``model = "rnn"``.
 """
 
 from __future__ import annotations
-
-import copy
 
 import nir
 import numpy as np
 
 from st2chip.converters.mlp import DEFAULT_DT, check_finite, to_numpy
 from st2chip.learn.rnn import SpikingRNN
-
-
-QAT_SHRINK = 1e-12  # a qat model's weights shrink by this fraction: see _weights
-
-
-def _weights(model: SpikingRNN) -> tuple[np.ndarray, np.ndarray]:
-    """Input and recurrent weights as the forward pass uses them. A ``qat`` model's lie on the chip's grid;
-    they are computed in float64 and moved a hair toward zero, so that lowering, which divides them by the
-    thresholds again, finds the same population scale (an exact grid value could come back a rounding
-    error above it, and the scale ``floor(254 / max)`` one lower)."""
-    if not model.config.qat:
-        return to_numpy(model.weights()[0]), to_numpy(model.weights()[1])
-    return tuple(to_numpy(w) * (1 - QAT_SHRINK) for w in copy.deepcopy(model).double().weights())
 
 
 def rnn_to_nir(model: SpikingRNN, dt: float = DEFAULT_DT) -> nir.NIRGraph:
@@ -62,7 +45,6 @@ def rnn_to_nir(model: SpikingRNN, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     beta = np.broadcast_to(to_numpy(model.beta), n).copy()
     theta = np.broadcast_to(to_numpy(model.theta), n).copy()
     bias = to_numpy(model.bias)
-    w_in, w_rec = _weights(model)
     lif = nir.CubaLIF(tau_syn=dt / (1 - alpha), tau_mem=dt / (1 - beta), r=1 / (1 - beta), v_leak=bias / (1 - beta),
                       v_threshold=theta, v_reset=np.zeros(n), w_in=1 / (1 - alpha),
                       metadata={"reset": "subtract"} if c.reset == "subtract" else {})
@@ -73,9 +55,9 @@ def rnn_to_nir(model: SpikingRNN, dt: float = DEFAULT_DT) -> nir.NIRGraph:
                          v_leak=np.zeros(c.classes))
     nodes: dict[str, nir.NIRNode] = {
         "input": nir.Input(input_type={"input": np.array([c.inputs])}),
-        "fc_in": nir.Affine(weight=w_in, bias=np.zeros(c.hidden)),
+        "fc_in": nir.Affine(weight=to_numpy(model.fc_in.weight), bias=np.zeros(c.hidden)),
         "lif": lif,
-        "rec": nir.Affine(weight=w_rec, bias=np.zeros(c.hidden)),
+        "rec": nir.Affine(weight=to_numpy(model.rec.weight), bias=np.zeros(c.hidden)),
         "fc_out": nir.Affine(weight=to_numpy(model.fc_out.weight), bias=to_numpy(model.fc_out.bias)),
         "readout": readout,
         "output": nir.Output(output_type={"output": np.array([c.classes])}),

@@ -41,10 +41,8 @@ def _reset(args: argparse.Namespace) -> dict:
 
 def _build(args: argparse.Namespace) -> nn.Module:
     neuron = args.neuron
-    if args.model in ("mlp", "cnn", "st") and any(getattr(args, o) is not None
-                                                  for o in ("levels", "readout", "noise", "qat", "max_weight", "leak_groups")):
-        raise InputError("--levels, --readout, --noise, --qat, --max-weight and --leak-groups are options of "
-                         "--model rnn")
+    if args.model in ("mlp", "cnn", "st") and (args.levels is not None or args.readout is not None):
+        raise InputError("--levels and --readout are options of --model rnn")
     if args.model != "cnn" and args.channels is not None:
         raise InputError("--channels is an option of --model cnn")
     if args.model == "st" and args.reset not in (None, "zero"):
@@ -85,9 +83,8 @@ def _build(args: argparse.Namespace) -> nn.Module:
 
 def _rnn_options(args: argparse.Namespace) -> dict:
     options = _reset(args)
-    for name in ("readout", "noise", "qat", "max_weight", "leak_groups"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
+    if args.readout is not None:
+        options["readout"] = args.readout
     return options
 
 
@@ -228,20 +225,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--readout", choices=READOUTS, default=None,
                    help="RNN: leaky readout (LI, decay 0.7 per step; default on digits) or integrate over all steps "
                         "(I; default on mnist1d)")
-    t.add_argument("--noise", type=float, default=None,
-                   help="RNN, training only: std of Gaussian voltage noise per step, in units of the threshold, "
-                        "for robustness to the chip's rounding (default 0 on digits, {} on mnist1d)")
-    t.add_argument("--max-weight", type=float, default=None,
-                   help="RNN: bound every input and recurrent weight to this many thresholds (softly, tanh), so that "
-                        "the chip's population scale 254 / max|w / threshold| stays fine (0: unbounded; default 0 "
-                        "on digits, {} on mnist1d)")
-    t.add_argument("--leak-groups", type=int, default=None,
-                   help="RNN: G > 0 shares the learnable decays within G groups of neurons (neuron i in group i %% G), "
-                        "so that the chip's decay grouping (verify --decay-groups K >= G) keeps them exactly (0: one "
-                        "per neuron; default 0 on digits, {} on mnist1d)")
-    t.add_argument("--qat", action=argparse.BooleanOptionalAction, default=None,
-                   help="RNN: quantization-aware training: forward pass and export on the chip's 8-bit weight and "
-                        "12-bit decay grids (default off on digits, {} on mnist1d)")
     _common(t, epochs=None, lr=None)
     t.set_defaults(func=run_train)
 

@@ -30,21 +30,6 @@ non-spiking, driven by :math:`c[t] = W_{out} s[t] + b_{out}`:
 
 ``dropout`` (training only) drops hidden spikes on their way to the readout and
 to the recurrence; evaluation and the exported graph never drop anything.
-``noise`` (training only) adds Gaussian noise of standard deviation ``noise`` times
-:math:`\theta_i` to every voltage at every step, so that the network learns to
-tolerate the small differences of the chip's fixed-point arithmetic (rounded
-weights, decays and the floor of a negative weight exponent), which a recurrent
-layer otherwise amplifies. It draws from torch's global generator, which
-:func:`~st2chip.learn.training.train_classifier` seeds.
-
-``qat`` (quantization-aware training) makes the forward pass, in training and
-evaluation, and the export use what :mod:`st2chip.chip.lower` keeps of the hidden
-layer with one decay group: the weights, divided row-wise by :math:`\theta_i`,
-on one population scale :math:`S = \lfloor 254 / \max |W/\theta| \rfloor` with
-8-bit mantissas and the smallest exponent that fits per synapse group (input and
-recurrent), and the decays on their 12-bit grids (:math:`\beta = 1 - dv/4096`,
-:math:`\alpha = (4095 - du)/4096`). Gradients pass the rounding unchanged
-(straight-through estimator).
 
 Encodings (``RNNConfig.encoding``, recorded in the exported graph's metadata):
 
@@ -62,15 +47,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from st2chip.chip.chipgraph import DECAY_MAX, WEIGHT_EXP_RANGE, WEIGHT_MANT_RANGE
-from st2chip.chip.lower import MANT_FULL, MAX_SCALE
 from st2chip.learn.data import DIGITS_SIDE, rows_encode, sequence_encode
 from st2chip.learn.neurons import ResetMode, spike_fn
 
 ENCODINGS = ("rows", "sequence")
-DECAY_ONE = DECAY_MAX + 1  # 4096: a decay of 1 on the chip's 12-bit grid
 READOUTS = ("leaky", "integrate")
 
 
@@ -95,10 +76,6 @@ class RNNConfig:
     dropout: float = 0.0  # training only: drops hidden spikes on their way to the readout and the recurrence
     readout: str = "leaky"  # "leaky" (NIR LI) or "integrate" (NIR I)
     readout_leak: float = 0.7  # "leaky": the readout voltage's decay per step
-    noise: float = 0.0  # training only: std of Gaussian voltage noise per step, in units of the threshold
-    qat: bool = False  # forward and export use the chip's 8-bit weight and 12-bit decay grids
-    leak_groups: int = 0  # > 0: neuron i shares its decays alpha, beta with group i % leak_groups (slif)
-    max_weight: float = 0.0  # > 0: the forward pass bounds |w_in|, |w_rec| to max_weight * threshold (softly, tanh)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,22 +101,6 @@ class RNNConfig:
 
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
-
-
-def _straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``value`` in the forward pass, the gradient of ``x`` in the backward pass."""
-    return x + (value - x).detach()
-
-
-def _quantize_group(folded: torch.Tensor, scale: int) -> torch.Tensor:
-    """One synapse group's folded weights on the chip's grid, as lowering quantizes them: 8-bit mantissas
-    ``m`` with ``2 m 2^e / scale`` and the smallest exponent ``e`` that fits the group's largest weight."""
-    gmax = float(folded.abs().max())
-    exp = 0 if gmax == 0 else math.ceil(math.log2(gmax * scale / MANT_FULL) - 1e-12)
-    exp = min(max(exp, WEIGHT_EXP_RANGE[0]), WEIGHT_EXP_RANGE[1])
-    step = 2.0 * 2.0**exp / scale
-    lo, hi = WEIGHT_MANT_RANGE
-    return torch.round(folded / step).clamp(lo, hi) * step
 
 
 class SpikingRNN(nn.Module):
@@ -169,16 +130,6 @@ class SpikingRNN(nn.Module):
             raise ValueError(f"readout_leak must lie in [0, 1), got {c.readout_leak}")
         if not 0.0 <= c.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {c.dropout}")
-        if isinstance(c.noise, bool) or not isinstance(c.noise, (int, float)) or not 0.0 <= c.noise < 1.0:
-            raise ValueError(f"noise must be a number in [0, 1), got {c.noise!r}")
-        if isinstance(c.leak_groups, bool) or not isinstance(c.leak_groups, int) \
-                or not 0 <= c.leak_groups <= c.hidden:
-            raise ValueError(f"leak_groups must be an integer from 0 (one per neuron) to hidden = {c.hidden}, "
-                             f"got {c.leak_groups!r}")
-        if isinstance(c.max_weight, bool) or not isinstance(c.max_weight, (int, float)) or not c.max_weight >= 0:
-            raise ValueError(f"max_weight must be 0 (unbounded) or positive, got {c.max_weight!r}")
-        if not isinstance(c.qat, bool):
-            raise ValueError(f"qat must be true or false, got {c.qat!r}")
         if c.encoding == "rows" and (c.inputs != DIGITS_SIDE * c.levels or c.steps != DIGITS_SIDE * c.hold):
             raise ValueError(f"encoding 'rows' needs inputs = {DIGITS_SIDE} * levels and steps = {DIGITS_SIDE} * "
                              f"hold; got inputs {c.inputs}, levels {c.levels}, steps {c.steps}, hold {c.hold}")
@@ -187,64 +138,31 @@ class SpikingRNN(nn.Module):
         self.config = c
         learn = c.neuron == "slif"
         shape = (c.hidden,) if learn else ()
-        leak_shape = (c.leak_groups,) if learn and c.leak_groups else shape
         self.fc_in = nn.Linear(c.inputs, c.hidden, bias=False)
         self.rec = nn.Linear(c.hidden, c.hidden, bias=False)
         self.fc_out = nn.Linear(c.hidden, c.classes)
         self.bias = nn.Parameter(torch.zeros(c.hidden), requires_grad=learn)
         self.threshold = nn.Parameter(torch.full(shape, float(c.threshold)), requires_grad=learn)
-        self.leak_logit = nn.Parameter(torch.full(leak_shape, _logit(c.leak)), requires_grad=learn)
-        self.syn_leak_logit = nn.Parameter(torch.full(leak_shape, _logit(c.syn_leak)), requires_grad=learn)
+        self.leak_logit = nn.Parameter(torch.full(shape, _logit(c.leak)), requires_grad=learn)
+        self.syn_leak_logit = nn.Parameter(torch.full(shape, _logit(c.syn_leak)), requires_grad=learn)
         self.reset: ResetMode = c.reset  # type: ignore[assignment]
         self.alpha_surrogate = float(c.surrogate)
         self.drop = nn.Dropout(c.dropout)
 
-    def _per_neuron(self, leak: torch.Tensor) -> torch.Tensor:
-        """One decay per neuron from one per leak group (neuron ``i`` in group ``i % leak_groups``)."""
-        groups = self.config.leak_groups
-        if not groups or leak.dim() == 0:
-            return leak
-        return leak[torch.arange(self.config.hidden, device=leak.device) % groups]
-
     @property
     def beta(self) -> torch.Tensor:
-        """Voltage decay per neuron (or shared), in (0, 1); with ``qat`` on the chip's grid ``1 - dv/4096``
-        (``dv`` of at least 1: NIR's ``tau_mem = dt / (1 - beta)`` needs a leak)."""
-        beta = self._per_neuron(torch.sigmoid(self.leak_logit))
-        if not self.config.qat:
-            return beta
-        return _straight_through(beta, 1 - torch.round(DECAY_ONE * (1 - beta)).clamp(1, DECAY_MAX) / DECAY_ONE)
+        """Voltage decay per neuron (or shared), in (0, 1)."""
+        return torch.sigmoid(self.leak_logit)
 
     @property
     def alpha(self) -> torch.Tensor:
-        """Current decay per neuron (or shared), in (0, 1); with ``qat`` on the chip's grid ``(4095 - du)/4096``."""
-        alpha = self._per_neuron(torch.sigmoid(self.syn_leak_logit))
-        if not self.config.qat:
-            return alpha
-        du = torch.round(DECAY_MAX - DECAY_ONE * alpha).clamp(0, DECAY_MAX)
-        return _straight_through(alpha, (DECAY_MAX - du) / DECAY_ONE)
+        """Current decay per neuron (or shared), in (0, 1)."""
+        return torch.sigmoid(self.syn_leak_logit)
 
     @property
     def theta(self) -> torch.Tensor:
         """Threshold, kept positive."""
         return self.threshold.clamp_min(self.config.min_threshold)
-
-    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input and recurrent weights the forward pass uses (and the export writes): ``fc_in.weight`` and
-        ``rec.weight``, bounded by ``max_weight`` times the threshold where set, on the chip's grid with ``qat``."""
-        w_in, w_rec = self.fc_in.weight, self.rec.weight
-        if self.config.max_weight:
-            bound = self.config.max_weight * self.theta.expand(self.config.hidden)[:, None]
-            w_in, w_rec = (bound * torch.tanh(w / bound) for w in (w_in, w_rec))
-        if not self.config.qat:
-            return w_in, w_rec
-        fold = self.theta.detach().expand(self.config.hidden)[:, None]
-        with torch.no_grad():
-            folded = (w_in / fold, w_rec / fold)
-            wmax = max(float(f.abs().max()) for f in folded)
-            scale = min(max(math.floor(MANT_FULL / wmax), 1), MAX_SCALE) if wmax > 0 else MAX_SCALE
-            grid = [_quantize_group(f, scale) * fold for f in folded]
-        return _straight_through(w_in, grid[0]), _straight_through(w_rec, grid[1])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Spikes ``(T, B, inputs)`` of images ``(B, 64)`` (``rows``) or sequences ``(B, T)`` (``sequence``)."""
@@ -256,19 +174,15 @@ class SpikingRNN(nn.Module):
 
     def run(self, spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden spikes ``(T, B, hidden)`` and readout inputs ``W_out s[t] + b_out`` ``(T, B, classes)``."""
-        w_in, w_rec = self.weights()
-        drive = F.linear(spikes, w_in)
+        drive = self.fc_in(spikes)
         alpha, beta, theta = self.alpha, self.beta, self.theta
-        noise = self.config.noise if self.training else 0.0
         i = torch.zeros_like(drive[0])
         v = torch.zeros_like(drive[0])
         s = torch.zeros_like(drive[0])
         out = []
         for x_t in drive:
-            i = alpha * i + x_t + F.linear(self.drop(s) if self.training else s, w_rec)
+            i = alpha * i + x_t + self.rec(self.drop(s) if self.training else s)
             v = beta * v + i + self.bias
-            if noise:
-                v = v + noise * theta * torch.randn_like(v)
             s = spike_fn(v - theta, self.alpha_surrogate)
             s_reset = s.detach()
             v = v * (1 - s_reset) if self.reset == "zero" else v - theta * s_reset
