@@ -267,7 +267,7 @@ def _walk(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back: set
         node = graph.nodes[name]
         if isinstance(node, (nir.Affine, nir.Scale, *linear.SPATIAL)):
             if isinstance(node, nir.Affine):
-                w, b = sp.csr_matrix(node.weight), node.bias
+                w, b = sp.csr_matrix(node.weight, copy=True), node.bias  # folded in place later: never the graph's
             elif isinstance(node, nir.Scale):
                 w, b = sp.diags(node.scale, format="csr"), np.zeros(node.scale.size)
             else:
