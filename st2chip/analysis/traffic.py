@@ -22,6 +22,8 @@ kept per ``(layer, core)`` so that sums over cores and sums over layers agree ex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -149,27 +151,23 @@ def _source_values(chip: ChipGraph, traces: Traces, source: str) -> tuple[str, n
     return port.kind, values
 
 
-def _source_activity(chip: ChipGraph, traces: Traces, source: str) -> tuple[str, np.ndarray]:
-    """Source kind and events per source neuron over the batch (non-zero entries: spikes or graded values)."""
-    kind, values = _source_values(chip, traces, source)
-    return kind, np.count_nonzero(values, axis=(0, 1)).astype(np.int64)
-
-
 def _per_step(values: np.ndarray) -> np.ndarray:
     """Non-zero entries of ``(samples, steps, n)`` per step, mean over samples."""
     return np.count_nonzero(values, axis=(0, 2)) / values.shape[0]
 
 
-def boundary_counts(chip: ChipGraph, traces: Traces) -> list[BoundaryCounts]:
+def _boundaries(chip: ChipGraph, traces: Traces, source_values: Callable[[str], tuple[str, np.ndarray]]
+                ) -> list[BoundaryCounts]:
     """What crosses each host <-> neurocore boundary per step: every input port (values in) and every host
-    partition (its input layers' spikes out to the host, its non-zero counts back in)."""
+    partition (its input layers' spikes out to the host, its non-zero counts back in);
+    ``source_values`` is :func:`_source_values` for this batch."""
     out = []
     for port in chip.inputs:
-        kind, values = _source_values(chip, traces, port.name)
+        kind, values = source_values(port.name)
         out.append(BoundaryCounts(port.name, kind, _per_step(values), np.zeros(values.shape[1])))
     for h in chip.hosts:
         spikes = sum(_per_step(_layer_spikes(chip, traces, layer)) for layer in h.inputs)
-        out.append(BoundaryCounts(h.name, "host", _per_step(_source_values(chip, traces, h.name)[1]), spikes))
+        out.append(BoundaryCounts(h.name, "host", _per_step(source_values(h.name)[1]), spikes))
     return out
 
 
@@ -218,9 +216,12 @@ def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts
             spikes = np.count_nonzero(_layer_spikes(chip, traces, pop.layer)[:, :, pop.index], axis=(0, 1))
             table["spikes"][row[pop.layer]] += np.bincount(core_of[pop.name], weights=spikes,
                                                            minlength=n_cores).astype(np.int64)
+    # what each source sends, read (a host's counts computed) once, however many groups it feeds
+    source_values = cache(lambda source: _source_values(chip, traces, source))
     groups = []
     for sg in chip.synapses:
-        kind, activity = _source_activity(chip, traces, sg.source)
+        kind, values = source_values(sg.source)
+        activity = np.count_nonzero(values, axis=(0, 1))
         target = chip.population(sg.target)
         ops, routed = _group_traffic(sg, activity.astype(np.float64), core_of[sg.target], core_of.get(sg.source),
                                      n_cores, per_chip)
@@ -242,7 +243,7 @@ def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts
                 table["routed_host"][row[layer]] += np.bincount(core_of[pop.name], weights=sent,
                                                                 minlength=n_cores).astype(np.int64)
     return OpCounts(samples=samples, steps=steps, layers=layers, placement=placement, table=table,
-                    neurons=neurons, groups=groups, hosts=hosts, boundaries=boundary_counts(chip, traces))
+                    neurons=neurons, groups=groups, hosts=hosts, boundaries=_boundaries(chip, traces, source_values))
 
 
 def _product_ops(host, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> int:
