@@ -168,12 +168,17 @@ def _bias_fixed(bias_v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mant, exp
 
 
-def _rel_error(approx: np.ndarray, exact: np.ndarray) -> float:
-    """``||approx - exact|| / ||exact||``, computed on scaled values so huge weights cannot overflow to NaN."""
+def _rel_error(approx: np.ndarray | sp.spmatrix, exact: np.ndarray | sp.spmatrix) -> float:
+    """``||approx - exact|| / ||exact||``, computed on scaled values so huge weights cannot overflow to NaN;
+    for sparse matrices from their stored values (no dense copy)."""
+    if sp.issparse(exact):
+        diff, exact = sp.csr_matrix(approx - exact).data, sp.csr_matrix(exact).data
+    else:
+        diff = approx - exact
     m = float(np.max(np.abs(exact))) if exact.size else 0.0
     if m == 0:
-        return float(np.linalg.norm(approx))
-    return float(np.linalg.norm((approx - exact) / m) / np.linalg.norm(exact / m))
+        return float(np.linalg.norm(diff))
+    return float(np.linalg.norm(diff / m) / np.linalg.norm(exact / m))
 
 
 def _row_absmax(matrix: sp.csr_matrix) -> np.ndarray:
@@ -740,9 +745,8 @@ def _factored_groups(name: str, relay_name: str, v: sp.csr_matrix, u_fold: sp.cs
                 break
             groups.append(group)
             u_errors.append(err)
-            u_eff = 2.0 * mant.toarray() * 2.0**exp / scales[pop.name] * r_scale
-            w_exact = (w @ v).toarray()
-            product_errors.append(_rel_error(u_eff @ v_eff, w_exact))
+            u_eff = sp.csr_matrix(mant, dtype=np.float64) * (2.0 * 2.0**exp / scales[pop.name] * r_scale)
+            product_errors.append(_rel_error(u_eff @ v_eff, w @ v))
         if ok:
             return relay, groups, {"v_error": max(v_errors), "u_error": max(u_errors),
                                    "product_error": max(product_errors), "v_exp": e_v}
@@ -756,12 +760,15 @@ def _stored(mant: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
 
 
 def _dequantized(groups: list[SynapseGroup], shape: tuple[int, int], cols: list[np.ndarray], scale: float
-                 ) -> np.ndarray:
-    """The float V the relay's groups stand for (dense ``(r, n)``): ``2 m 2^e / scale`` per source block."""
-    out = np.zeros(shape)
+                 ) -> sp.csr_matrix:
+    """The float V the relay's groups stand for (CSR ``(r, n)``): ``2 m 2^e / scale`` per source block."""
+    rows, columns, values = [], [], []
     for g, c in zip(groups, cols):
-        out[:, c] = 2.0 * g.dense() * 2.0**g.exp / scale
-    return out
+        m = sp.coo_matrix(g.mantissa)
+        rows.append(m.row)
+        columns.append(np.asarray(c)[m.col])
+        values.append(2.0 * m.data * 2.0**g.exp / scale)
+    return sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=shape)
 
 
 def _widths(graph: nir.NIRGraph, keys: list[tuple[str, int, bool]]) -> list[int]:
