@@ -150,4 +150,3 @@ def run_layer_by_layer(graph: nir.NIRGraph, inputs: dict[str, np.ndarray], chip_
     :func:`~st2chip.graph.simulate.simulate`'s ``forced``): what each layer alone makes of the chip's inputs."""
     spiking = [name for name, node in graph.nodes.items() if isinstance(node, SPIKING) and name in chip_traces.spikes]
     return simulate(graph, _graph_inputs(graph, inputs), forced={name: chip_traces.spikes[name] for name in spiking})
-
