@@ -64,8 +64,8 @@ import nir
 import numpy as np
 import scipy.sparse as sp
 
-from st2chip.chip.chipgraph import (BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, DELAY_MAX, VTH_MAX,
-                                    WEIGHT_EXP_RANGE, GRADED_ACC_MAX, GRADED_INPUT_MAX, MESSAGE_BITS, ChipGraph,
+from st2chip.chip.chipgraph import (ACT_SHIFT, BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, DELAY_MAX, VTH_MAX,
+                                    WEIGHT_EXP_RANGE, UV_MAX, GRADED_ACC_MAX, GRADED_INPUT_MAX, MESSAGE_BITS, ChipGraph,
                                     HostProduct, InputPort, Population, Relay, SynapseGroup)
 from st2chip.chip.conv_storage import conv_kernel
 from st2chip.errors import GraphError, St2chipWarning
@@ -79,6 +79,7 @@ READOUT = (nir.LI, nir.CubaLI, nir.I)
 NEURONS = SPIKING + READOUT
 MANT_FULL = 254          # largest even weight value 2*m with m = 127
 MAX_SCALE = 4096         # cap on vth: leaves 2^5 headroom for v below 2^23
+HEADROOM = 512.0         # thresholds a spiking population's u and v may reach before they wrap or saturate
 SPARSE_BELOW = 0.5       # store as CSR when fewer than this fraction of weights are non-zero
 OUTLIER_FACTOR = 64.0    # a neuron whose folded weights exceed 64x its group's median gets its own population
 WEIGHT_ERROR_WARN = 0.05 # a layer whose relative weight error exceeds 5 % is reported with a warning
@@ -419,7 +420,8 @@ class _Planned:
     factored: dict[tuple[str, int, bool], list[SynapseGroup]]  # keys kept factored: their V and U groups
 
 
-def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, lowrank: str = "product") -> ChipGraph:
+def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, lowrank: str = "product",
+          headroom: float = HEADROOM) -> ChipGraph:
     """Map a canonical NIR graph (see :mod:`st2chip.graph.normalize`) onto the chip.
 
     ``decay_groups`` bounds the number of populations (distinct ``dv``) per layer.
@@ -427,6 +429,9 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, lowrank: str = "product
     out, the default here), ``factored`` (through a graded relay; a
     :class:`GraphError` where that cannot be done) or ``auto`` (per path, the
     cheaper by :func:`_lowrank_costs`; the CLI's default).
+    ``headroom`` is how many thresholds a spiking population's ``u`` and ``v`` may
+    reach before they wrap or saturate; the scale is made as fine as it allows
+    (see :func:`_refined`; each population's ``headroom`` is in the layer report).
     Pass 1 reads, folds, groups and scales every neuron layer into populations;
     pass 2 quantizes the synapse groups between them (a recurrent group may come
     from a layer that pass 1 reaches later).
@@ -435,6 +440,8 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, lowrank: str = "product
         raise GraphError("decay_groups must be at least 1", field="decay_groups")
     if lowrank not in LOWRANK_MODES:
         raise GraphError(f"lowrank must be one of {', '.join(LOWRANK_MODES)}, got {lowrank!r}", field="lowrank")
+    if not headroom > 0:
+        raise GraphError(f"headroom must be a positive number of thresholds, got {headroom!r}", field="headroom")
     dt = float(graph.metadata.get("dt", 1e-3))
     preds: dict[str, list[str]] = {}
     for src, dst in graph.edges:
@@ -456,7 +463,8 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, lowrank: str = "product
             depth[name] = max(depth[layer] for layer in node.inputs)  # it sends the step its inputs spike
             sources[name] = [(name, np.arange(node.size))]
         elif isinstance(node, NEURONS):
-            planned.append(_plan(graph, name, node, preds, back, dt, decay_groups, depth, lowrank, sources))
+            planned.append(_plan(graph, name, node, preds, back, dt, decay_groups, depth, lowrank, sources,
+                                 headroom))
             sources[name] = [(pop.name, pop.index) for pop, _ in planned[-1].parts]
         elif not isinstance(node, (nir.Affine, nir.Flatten, nir.Scale, nir.Delay, nir.Output, *linear.SPATIAL)):
             raise _not_lowered(name, node)
@@ -483,7 +491,7 @@ def _input_port(name: str, node: nir.Input) -> InputPort:
 
 def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, list[str]], back: set, dt: float,
           decay_groups: int, depth: dict[str, int], lowrank: str,
-          source_pops: dict[str, list[tuple[str, np.ndarray]]]) -> _Planned:
+          source_pops: dict[str, list[tuple[str, np.ndarray]]], headroom: float) -> _Planned:
     """Pass 1 for one neuron layer: read, fold thresholds, group decays, split outliers, scale, keep low-rank
     paths factored where chosen; sets its depth."""
     layer = _read_neuron(name, node, dt)
@@ -564,6 +572,8 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
             continue
         wmax = float(row_max[index].max(initial=0.0))
         s_scale = int(np.clip(np.floor(MANT_FULL / wmax), 1, MAX_SCALE)) if wmax > 0 else MAX_SCALE
+        if layer.spiking:
+            s_scale = _refined(s_scale, headroom)
         bias_v = b_fold[index] * s_scale * 64.0
         mant_b, exp_b = _bias_fixed(bias_v)
         bias_errors.append(_rel_error((mant_b << exp_b) / (s_scale * 64.0), b_fold[index]))
@@ -574,6 +584,8 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
     layer_report["bias_error"] = float(max(bias_errors, default=0.0))
     # chip voltage per float unit of v (after folding): readouts are compared with float through it
     layer_report["voltage_unit"] = {pop.name: 64.0 * scales[pop.name] for pop, _ in parts}
+    if layer.spiking:  # thresholds u and v can reach before they wrap or saturate
+        layer_report["headroom"] = {pop.name: UV_MAX / 64.0 / scales[pop.name] for pop, _ in parts}
     relays, factored = _lowrank(name, lowrank, lowrank_paths, scale, parts, scales, source_pops, layer_report)
     # paths of different depth are aligned with synaptic delays, so that the chip adds what float adds;
     # a relay is one more step
@@ -678,6 +690,23 @@ def _lowrank(name: str, mode: str, paths: dict, fold: np.ndarray, parts: list[tu
     if entries:
         report["lowrank"] = entries
     return relays, factored
+
+
+def _refined(scale: int, headroom: float) -> int:
+    """A spiking population's scale ``scale · 2^k``: the finest that keeps ``headroom`` thresholds of range.
+
+    ``scale`` makes the largest folded weight a full mantissa at exponent 0, so every
+    other synapse group gets a negative exponent, and Lava floors each step's input
+    sum ``Σ 2 m s`` shifted right by it: a downward bias of up to one unit, ``1/vth``
+    of a threshold, per step. A recurrent network integrates that bias over its
+    whole run (the MNIST-1D RNN lost 2 to 3 points to it). Multiplying the scale by
+    ``2^k`` moves every exponent up by ``k`` (mantissas unchanged) until ``u`` and
+    ``v``, 24 bits with the voltage ``vth << 6`` at threshold, would wrap or saturate
+    within ``headroom`` thresholds; ``k`` stops at the largest weight exponent.
+    """
+    top = min(MAX_SCALE, UV_MAX / 2.0**ACT_SHIFT / headroom)
+    k = int(np.floor(np.log2(top / scale))) if top >= 2 * scale else 0
+    return scale << min(k, WEIGHT_EXP_RANGE[1])
 
 
 def _quantize(w: sp.csr_matrix, scale: float, exp: int | None = None) -> tuple[sp.csr_matrix, int, float]:

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from st2chip.chip.lower import HEADROOM
 from st2chip.cli.train import register as register_train
 from st2chip.converters.registry import EXPORT_DT, FRAMEWORKS
 from st2chip.errors import InputError, St2chipError, St2chipWarning
@@ -32,6 +33,15 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lowrank", choices=["auto", "factored", "product"], default="auto",
                    help="a DSP low-rank layer U·V: kept factored through a graded relay, multiplied out, or "
                         "auto (default): per layer, the cheaper by stored weights x synaptic-op energy")
+    _add_headroom(p)
+
+
+def _add_headroom(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--headroom", type=float, default=HEADROOM, metavar="H",
+                   help=f"thresholds a spiking neuron's current and voltage may reach before they wrap or saturate "
+                        f"(default {HEADROOM:g}); the fixed-point scale is made as fine as this allows, which "
+                        f"shrinks the floor of negative weight exponents; raise it if float voltages or currents go "
+                        f"further from zero (the layer report gives each population's 'headroom')")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -209,6 +219,7 @@ def _register_export_netx(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="netx HDF5 file to write (replaced atomically)")
     p.add_argument("--decay-groups", type=int, default=1, metavar="K",
                    help="distinct voltage decays per layer when lowering (default 1: netx holds one per layer)")
+    _add_headroom(p)
     p.add_argument("--dt", type=float, default=None,
                    help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
     p.add_argument("--approximate", action="store_true",
@@ -235,7 +246,8 @@ def _pipeline(args: argparse.Namespace):
     log = Log(args.verbose)
     graph = log.stage("read+normalize", load_graph, args.model, args.dt)
     # export-netx has no --lowrank: netx cannot express a graded relay, so its layers stay multiplied out
-    chip = log.stage("lower", map_graph, graph, args.decay_groups, args.model, getattr(args, "lowrank", "product"))
+    chip = log.stage("lower", map_graph, graph, args.decay_groups, args.model, getattr(args, "lowrank", "product"),
+                     args.headroom)
     return log, graph, chip
 
 

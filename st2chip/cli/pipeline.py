@@ -16,7 +16,7 @@ import numpy as np
 
 from st2chip.chip.chipgraph import ChipGraph
 from st2chip.errors import GraphError, InputError
-from st2chip.chip.lower import lower
+from st2chip.chip.lower import HEADROOM, lower
 from st2chip.graph.bundle import MANIFEST
 from st2chip.graph.bundle_graph import bundle_graph
 from st2chip.graph.normalize import normalize
@@ -129,11 +129,11 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
 
 
 def map_graph(graph: nir.NIRGraph, decay_groups: int, source: str | os.PathLike | None = None,
-              lowrank: str = "auto") -> ChipGraph:
-    """Lower a canonical graph (``lowrank``: see :func:`~st2chip.chip.lower.lower`); a lowering error names
-    ``source`` (the file) as well as the node and field."""
+              lowrank: str = "auto", headroom: float = HEADROOM) -> ChipGraph:
+    """Lower a canonical graph (``lowrank``, ``headroom``: see :func:`~st2chip.chip.lower.lower`); a lowering
+    error names ``source`` (the file) as well as the node and field."""
     try:
-        return lower(graph, decay_groups=decay_groups, lowrank=lowrank)
+        return lower(graph, decay_groups=decay_groups, lowrank=lowrank, headroom=headroom)
     except GraphError as err:
         if source is None or err.source:
             raise
