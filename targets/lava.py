@@ -28,15 +28,28 @@ stopped on every path, errors included.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import scipy.sparse as sp
 
+from st2chip import limits
 from st2chip.chip.chipgraph import MESSAGE_BITS, ChipGraph
 from st2chip.traces import Traces
 
 from .lava_compat import ensure_lava
 from .lava_process import call_in_own_group
 from .engine import assemble, batch_steps
+
+
+PROCESS_BYTES = 17 * 2**20  # memory per Lava process (each an OS process): 16.5 MB measured (README)
+
+
+def process_count(chip: ChipGraph, n_inputs: int, voltages: bool) -> int:
+    """Lava processes a run of ``chip`` starts, each an OS process: input sources, populations and their
+    spike sinks, host products, synapse groups and voltage monitors."""
+    monitors = sum(1 for p in chip.populations if (voltages or p.readout) and not p.graded)
+    return n_inputs + 2 * len(chip.populations) + len(chip.hosts) + len(chip.synapses) + monitors
 
 
 def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int):
@@ -157,6 +170,11 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
             monitors[pop.name] = Monitor()
             monitors[pop.name].probe(procs[pop.name].v, total)
     anchor = procs[chip.populations[0].name]
+    # Lava's compiler flattens its process list by recursion, one level per process: a graph with many
+    # populations (K decay groups make up to K^2 of them per layer, and a group per pair) needs more
+    # than Python's default of 1000 (this runs in a child process of its own)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 4 * (len(procs) + len(chip.synapses) + len(sinks)
+                                                                 + len(monitors))))
     try:
         anchor.run(condition=RunSteps(num_steps=total), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
         raw_s = {p.name: np.asarray(sinks[p.name].data.get()).T for p in chip.populations}
@@ -173,8 +191,12 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
     voltage is the output): each Monitor is one more OS process, and dropping the
     others about halves the run time.
     """
-    _import_lava()
     batch, steps = batch_steps(inputs)
+    n = process_count(chip, len(inputs), voltages)
+    limits.check_bytes(f"{n:,} Lava processes (each an OS process of about {limits.human(PROCESS_BYTES)}; fewer "
+                       f"--decay-groups make fewer populations and synapse groups; --backends float,reference "
+                       f"leaves Lava out)", n * PROCESS_BYTES, where="lava")
+    _import_lava()
     # a sample's window: T steps, the pipeline depth, and room for spikes a graph-level delay (lag)
     # still holds, so that none of them reaches the next sample
     window = steps + chip.depth + max((s.lag for s in chip.synapses), default=0)
