@@ -189,21 +189,36 @@ class Engine:
         self.unfed = [self._slice(p.name) for p in pops if p.name not in fed]
         self.inputs = {i.name: i.size for i in chip.inputs}
 
-    def layer_record(self, record: torch.Tensor, layer: str, steps: int) -> torch.Tensor:
+    def layer_record(self, record: torch.Tensor, layer: str, steps: int, starts: dict[str, int] | None = None
+                     ) -> torch.Tensor:
         """One layer's record ``(B, T, n_layer)`` in the layer's neuron order, each population's
-        window shifted by its depth (global steps ``d + 1 .. d + T`` are the sample's steps)."""
+        window shifted by its depth (global steps ``d + 1 .. d + T`` are the sample's steps).
+        ``starts``: where each population's columns begin in ``record`` (default: the state layout)."""
         pops = self.chip.layer_populations(layer)
+        starts = self.layout.start if starts is None else starts
         out = torch.empty(record.shape[1], steps, self.chip.layer_size(layer), dtype=record.dtype,
                           device=record.device)
         for p in pops:
             d = self.layout.depth[p.name]
-            part = record[d:d + steps, :, self._slice(p.name)].transpose(0, 1)
+            part = record[d:d + steps, :, starts[p.name]:starts[p.name] + p.size].transpose(0, 1)
             lo = int(p.index[0]) if p.size else 0
             if np.array_equal(p.index, np.arange(lo, lo + p.size)):  # a contiguous block: a plain copy
                 out[:, :, lo:lo + p.size] = part
             else:
                 out[:, :, torch.from_numpy(p.index).to(record.device)] = part
         return out
+
+    def voltage_columns(self, layers: list[str]) -> tuple[torch.Tensor | None, dict[str, int]]:
+        """State positions of the populations of ``layers`` (None: all of them), and where each
+        population starts among those positions: what :meth:`run_batch` records voltages of."""
+        pops = [p for layer in layers for p in self.chip.layer_populations(layer)]
+        if len(pops) == len(self.chip.populations):
+            return None, self.layout.start
+        starts, cols, at = {}, [], 0
+        for p in pops:
+            starts[p.name], at = at, at + p.size
+            cols.append(np.arange(self.layout.start[p.name], self.layout.start[p.name] + p.size))
+        return torch.from_numpy(np.concatenate(cols or [np.zeros(0, np.int64)])).to(self.device), starts
 
     def _layer_index(self, layer: str) -> torch.Tensor:
         """Positions of ``layer``'s neurons, in the layer's order, in the state vector."""
@@ -254,9 +269,10 @@ class Engine:
             out[name] = x
         return out
 
-    def run_batch(self, inputs: dict[str, torch.Tensor], voltages: bool = True
+    def run_batch(self, inputs: dict[str, torch.Tensor], voltages: bool = True, voltage_cols: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Spikes (and voltages) of every neuron at every global step, ``(T + depth, B, N)``."""
+        """Spikes of every neuron at every global step, ``(T + depth, B, N)``, and voltages (of the state
+        positions ``voltage_cols`` only, when given; none without ``voltages``)."""
         batch, steps = inputs[next(iter(inputs))].shape[:2]
         horizon = steps + self.chip.depth
         dev, n = self.device, self.n
@@ -268,8 +284,10 @@ class Engine:
         v = torch.zeros_like(u)
         spikes = torch.zeros(batch, n, dtype=torch.bool, device=dev)
         in_prev = {name: torch.zeros(batch, size, dtype=kinds[name], device=dev) for name, size in self.inputs.items()}
-        rec_s = torch.zeros(horizon, batch, n, dtype=torch.bool, device=dev)
-        rec_v = torch.zeros(horizon, batch, n, dtype=torch.int64, device=dev) if voltages else None
+        # every step writes its row: no need to zero them first
+        rec_s = torch.empty(horizon, batch, n, dtype=torch.bool, device=dev)
+        width = n if voltage_cols is None else voltage_cols.numel()
+        rec_v = torch.empty(horizon, batch, width, dtype=torch.int64, device=dev) if voltages else None
         history: deque = deque(maxlen=self.max_delay)  # (population spikes, input spikes) of earlier steps
         sent = {name: torch.zeros(batch, cols.stop - cols.start, dtype=torch.int64, device=dev)
                 for name, cols in self.relays.items()}  # each relay's (and host's) graded values of the step before
@@ -312,7 +330,7 @@ class Engine:
             prev_spikes, spikes = spikes, fired
             rec_s[g - 1] = fired
             if rec_v is not None:
-                rec_v[g - 1] = v
+                rec_v[g - 1] = v if voltage_cols is None else v.index_select(1, voltage_cols)
             if self.max_delay:
                 history.append((prev_spikes, in_prev))
             in_prev = {name: (x[g - 1] if g <= steps else torch.zeros_like(in_prev[name]))
@@ -353,15 +371,17 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, device: str | None = 
     record_v = [layer for layer in layers if voltages or layer in chip.readout_layers()]
     spikes = {layer: np.zeros((batch, steps, chip.layer_size(layer)), np.uint8) for layer in layers}
     volts = {layer: np.zeros((batch, steps, chip.layer_size(layer)), np.int64) for layer in record_v}
+    cols, col_starts = engine.voltage_columns(record_v)
     with _exact_cuda():
         for lo in starts:
             hi = min(lo + size, batch)
             chunk = {name: torch.from_numpy(np.ascontiguousarray(x[lo:hi])) for name, x in inputs.items()}
-            rec_s, rec_v = engine.run_batch(chunk, voltages=bool(record_v))
+            rec_s, rec_v = engine.run_batch(chunk, voltages=bool(record_v), voltage_cols=cols)
             for layer in layers:  # one device-to-host copy, straight into the result arrays
                 torch.from_numpy(spikes[layer][lo:hi]).copy_(engine.layer_record(rec_s, layer, steps))
                 if layer in volts:
-                    torch.from_numpy(volts[layer][lo:hi]).copy_(engine.layer_record(rec_v, layer, steps))
+                    torch.from_numpy(volts[layer][lo:hi]).copy_(engine.layer_record(rec_v, layer, steps,
+                                                                                        col_starts))
     return Traces("reference", {k: np.asarray(v, np.uint8) for k, v in inputs.items()}, spikes, volts,
                   scores(chip, spikes, volts))
 

@@ -84,10 +84,17 @@ def test_engine_equals_lava_bit_for_bit(case):
 
 @settings(max_examples=40, deadline=None, derandomize=EXPLORE is None)
 @given(chip_graphs(), st.integers(1, 3))
-def test_batching_and_event_path_change_nothing(case, batch_size):
+def test_batching_event_path_and_recording_change_nothing(case, batch_size):
     chip, x = case
     whole = engine.run(chip, x)
     _assert_equal(whole, engine.run(chip, x, batch_size=batch_size))
+    lean = engine.run(chip, x, voltages=False)  # voltages of the readout populations only
+    assert set(lean.voltages) == set(chip.readout_layers())
+    for layer in lean.voltages:
+        np.testing.assert_array_equal(lean.voltages[layer], whole.voltages[layer], err_msg=layer)
+    for layer in whole.spikes:
+        np.testing.assert_array_equal(lean.spikes[layer], whole.spikes[layer], err_msg=layer)
+    np.testing.assert_array_equal(lean.scores, whole.scores)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
