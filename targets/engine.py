@@ -17,8 +17,8 @@ integer state (int64), exactly as Lava's ``PyLifModelBitAcc`` with ``Dense`` /
   representable integer; checked once, when the engine is built), in float64
   below 2^53, and the exponent is applied after, in int64. Dense groups use a
   matrix product, CSR groups (pruned weights) a sparse one, and on CPU at low
-  spike rates (below :data:`EVENT_RATE`) dense groups gather the weight rows of
-  the sources that spiked (event-driven), decided per step;
+  spike rates (below :data:`EVENT_RATE`) dense groups sum the weight rows of
+  the sources that spiked (event-driven, ``embedding_bag``), decided per step;
 - a :class:`~st2chip.chip.chipgraph.Relay` (a factored low-rank layer's middle)
   sends its integer input, unshifted, as a graded value; groups out of it
   multiply value × weight (exact: the float bound then covers ``Σ |2 m| max|x|``),
@@ -58,7 +58,8 @@ from st2chip.traces import Traces
 
 F32_EXACT = 1 << 24
 F64_EXACT = 1 << 53
-EVENT_RATE = 0.05  # on CPU, dense groups gather the rows of active sources below this spike rate
+EVENT_RATE = 0.1  # on CPU, dense groups sum the rows of active sources below this spike rate ...
+EVENT_MIN_TARGETS = 64  # ... when they have this many targets (fewer: the gather costs more than it saves)
 
 
 def batch_steps(inputs: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -110,6 +111,7 @@ class Synapses:
                                                       size=csr.shape, device=device, check_invariants=True)
         else:  # (n_src, n_tgt): rows are what one source spike adds to every target
             self.weight_t = torch.from_numpy(2 * group.dense().T).to(self.dtype).to(device).contiguous()
+        self.events = not self.sparse and not self.graded and self.n_tgt >= EVENT_MIN_TARGETS
 
     def accumulate(self, spikes: torch.Tensor) -> torch.Tensor:
         """``((Σ_j 2 m_ij s_j) << exp) << act_shift`` as int64 ``(B, n_tgt)`` for 0/1 ``spikes`` (or a relay's
@@ -120,7 +122,7 @@ class Synapses:
         s = spikes.to(self.dtype)
         if self.sparse:
             acc = torch.sparse.mm(self.weight, s.T).T
-        elif not self.graded and s.device.type == "cpu" and s.numel() and float(s.mean()) < EVENT_RATE:
+        elif self.events and s.device.type == "cpu" and s.numel() and float(s.mean()) < EVENT_RATE:
             acc = self._events(s)
         else:
             acc = s @ self.weight_t
@@ -130,10 +132,11 @@ class Synapses:
         return acc.bitwise_right_shift_(-self.exp).bitwise_left_shift_(self.act_shift)  # floor first, as Lava
 
     def _events(self, s: torch.Tensor) -> torch.Tensor:
-        """Event-driven: add the weight rows of the sources that spiked, sample by sample."""
-        b, j = torch.nonzero(s, as_tuple=True)
-        acc = torch.zeros(s.shape[0], self.weight_t.shape[1], dtype=self.dtype, device=s.device)
-        return acc.index_add_(0, b, self.weight_t[j])
+        """Event-driven: per sample, the sum of the weight rows of the sources that spiked (torch's
+        ``embedding_bag``, one fused gather-and-sum; exact under the same bound as the product)."""
+        b, j = torch.nonzero(s, as_tuple=True)  # row-major: samples in order
+        offsets = torch.searchsorted(b, torch.arange(s.shape[0], device=s.device))
+        return torch.nn.functional.embedding_bag(j, self.weight_t, offsets, mode="sum")
 
 
 @dataclass

@@ -113,6 +113,23 @@ def test_product_dtype_follows_the_exactness_bound():
     assert engine.product_dtype(sp.csr_matrix(wide)) == torch.float64
 
 
+@pytest.mark.parametrize("exp", [-3, 0, 2])
+def test_the_event_path_equals_the_integer_product(exp):
+    """Below EVENT_RATE a wide dense group sums the rows of the sources that spiked (embedding_bag):
+    the same integers as the product, samples without a spike included."""
+    rng = np.random.default_rng(exp + 10)
+    m = rng.integers(-128, 128, (100, 300))
+    syn = engine.Synapses(SynapseGroup("x->p", "x", "p", m, exp=exp), torch.device("cpu"))
+    assert syn.events
+    s = torch.from_numpy(rng.random((7, 300)) < 0.03)
+    s[3] = False
+    exact = torch.from_numpy(2 * m).T[None] * s[:, :, None].long()
+    exact = exact.sum(1)
+    exact = (exact << exp if exp >= 0 else exact >> -exp) << 6
+    assert float(s.float().mean()) < engine.EVENT_RATE
+    assert torch.equal(syn.accumulate(s), exact)
+
+
 def test_an_all_zero_sparse_group_adds_nothing():
     """A fully pruned CSR group (no stored weights) is legal and contributes zero input."""
     pop = Population("h", "h", np.arange(3), du=4095, dv=100, vth=10, bias_mant=np.array([50, 0, -20]), bias_exp=3)
