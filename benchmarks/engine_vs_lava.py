@@ -4,7 +4,7 @@ The same ChipGraphs (one decay group each) — the demo-shaped 64-128-10 network
 dense 784-512-512-10 and the same network with 90 % of its weights pruned (CSR
 synapses) — are fed random input spikes at a 10 % rate for T = 16 steps:
 
-- Lava runs a few samples twice (``--lava-samples`` and three times as many),
+- Lava runs a few samples (``--lava-samples``) and three times as many, each twice (the faster counts),
   recording spikes of every layer and the readout's voltages, as the engine
   does here; the difference between the two runs gives its **steady-state**
   rate (compile and start-up excluded), the larger run its rate with them; its
@@ -100,11 +100,17 @@ def _lava(chip, n_in: int, samples: int) -> dict:
     from st2chip.targets import lava
     window = STEPS + chip.depth
     small, large = _inputs(n_in, samples), _inputs(n_in, 3 * samples)
-    t_small = _time(lambda: lava.run(chip, small, voltages=False), "cpu")
-    start = time.perf_counter()
-    traces = lava.run(chip, large, voltages=False)  # spikes of every layer, voltages of the readout
-    t_large = time.perf_counter() - start
+    # the best of two runs each: start-up time varies by more than a small network's whole run
+    t_small = min(_time(lambda: lava.run(chip, small, voltages=False), "cpu") for _ in range(2))
+    t_large = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        traces = lava.run(chip, large, voltages=False)  # spikes of every layer, voltages of the readout
+        t_large = min(t_large, time.perf_counter() - start)
     exact = _equal(traces, engine.run(chip, large, voltages=False))
+    if t_large <= t_small:
+        raise SystemExit(f"Lava's run of {3 * samples} samples was not slower than its run of {samples}: its "
+                         f"steady-state rate is lost in start-up noise; pass a larger --lava-samples")
     steady = (2 * samples * window) / (t_large - t_small)
     return {"samples": [samples, 3 * samples], "seconds": [t_small, t_large],
             "steady_steps_per_s": steady, "with_compile_steps_per_s": 3 * samples * window / t_large,
@@ -119,7 +125,7 @@ def _engine(chip, n_in: int, batches: list[int], device: str) -> list[dict]:
         x = _inputs(n_in, batch)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        reps = 3 if batch <= 32 else 1
+        reps = 3
         seconds = min(_time(lambda: engine.run(chip, x, device=device, voltages=False), device)
                       for _ in range(reps))
         rows.append({"batch": batch, "seconds": seconds, "steps_per_s": batch * window / seconds,
@@ -130,7 +136,7 @@ def _engine(chip, n_in: int, batches: list[int], device: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="engine device (default cpu)")
-    parser.add_argument("--lava-samples", type=int, default=4, help="samples of Lava's smaller run (default 4)")
+    parser.add_argument("--lava-samples", type=int, default=8, help="samples of Lava's smaller run (default 8)")
     parser.add_argument("--lava-json", help="take Lava's rates from this earlier result file instead of running Lava")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)

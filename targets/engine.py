@@ -16,7 +16,9 @@ integer state (int64), exactly as Lava's ``PyLifModelBitAcc`` with ``Dense`` /
   stays below 2^24 (every partial sum of 0/1 spikes is then an exactly
   representable integer; checked once, when the engine is built), in float64
   below 2^53, and the exponent is applied after, in int64. Dense groups use a
-  matrix product, CSR groups (pruned weights) a sparse one, and on CPU at low
+  matrix product, CSR groups (pruned weights) a sparse one (those at least
+  :data:`DENSE_FROM` dense and small run as dense ones: torch's CSR product is
+  no faster than the dense one at 10 % density, ``benchmarks/sparse_products.py``), and on CPU at low
   spike rates (below :data:`EVENT_RATE`) dense groups sum the weight rows of
   the sources that spiked (event-driven, ``embedding_bag``), decided per step;
 - a :class:`~st2chip.chip.chipgraph.Relay` (a factored low-rank layer's middle)
@@ -60,6 +62,8 @@ F32_EXACT = 1 << 24
 F64_EXACT = 1 << 53
 EVENT_RATE = 0.1  # on CPU, dense groups sum the rows of active sources below this spike rate ...
 EVENT_MIN_TARGETS = 64  # ... when they have this many targets (fewer: the gather costs more than it saves)
+DENSE_FROM = 0.05  # a CSR group at least this dense runs as a dense one (its products are no slower, and it
+DENSE_BYTES = 64 * 2**20  # gets the event path) when its dense weights take at most this much memory
 
 
 def batch_steps(inputs: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -96,7 +100,8 @@ class Synapses:
         self.name, self.exp, self.act_shift = group.name, group.exp, act_shift
         self.graded = source_max is not None  # the source sends values (a relay), not 0/1 spikes
         self.dtype = product_dtype(group.mantissa, source_max)
-        self.sparse = sp.issparse(group.mantissa)
+        size = group.shape[0] * group.shape[1]
+        self.sparse = sp.issparse(group.mantissa) and (group.nnz < DENSE_FROM * size or 4 * size > DENSE_BYTES)
         self.n_tgt = group.shape[0]
         self.empty = group.nnz == 0
         if self.empty:

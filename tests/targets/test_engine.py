@@ -97,6 +97,22 @@ def test_batching_event_path_and_recording_change_nothing(case, batch_size):
     np.testing.assert_array_equal(lean.scores, whole.scores)
 
 
+@settings(max_examples=25, deadline=None, derandomize=EXPLORE is None)
+@given(chip_graphs())
+def test_csr_groups_run_alike_as_sparse_or_dense_products(case):
+    """The engine runs a CSR group as a dense one when that is faster (DENSE_FROM); both give the same run."""
+    chip, x = case
+    saved = engine.DENSE_FROM
+    try:
+        engine.DENSE_FROM = 2.0  # every CSR group stays sparse
+        as_csr = engine.run(chip, x)
+        engine.DENSE_FROM = 0.0  # every CSR group runs dense
+        as_dense = engine.run(chip, x)
+    finally:
+        engine.DENSE_FROM = saved
+    _assert_equal(as_csr, as_dense)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 @settings(max_examples=20, deadline=None, derandomize=EXPLORE is None)
 @given(chip_graphs())
