@@ -56,11 +56,23 @@ class Check:
 
 
 @dataclass
+class Headroom:
+    """How far one spiking layer's float voltages go from zero, against what the chip holds (in thresholds)."""
+
+    layer: str
+    reach: float  # the largest |v| / threshold of the float run, over samples, steps and neurons
+    room: float  # the least any of the layer's neurons holds before its voltage saturates
+    beyond: int  # neurons whose float voltage goes further than their own population holds
+    neurons: int
+
+
+@dataclass
 class VerifyReport:
     samples: int
     accuracy: dict[str, float]
     comparisons: list[Comparison] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    headroom: list[Headroom] = field(default_factory=list)
 
     @property
     def chip_exact(self) -> bool:
@@ -74,7 +86,8 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         out = {"samples": self.samples, "accuracy": self.accuracy, "chip_exact": self.chip_exact,
-               "passed": self.passed, "checks": [asdict(c) for c in self.checks], "comparisons": []}
+               "passed": self.passed, "checks": [asdict(c) for c in self.checks], "comparisons": [],
+               "headroom": [asdict(h) for h in self.headroom]}
         for c in self.comparisons:
             d = asdict(c)
             d["overall_spike_agreement"] = c.overall_spike_agreement
@@ -102,9 +115,29 @@ class VerifyReport:
                 d = c.first_divergence
                 lines.append(f"  first divergence: layer '{d.layer}', step {d.step}, sample {d.sample}, "
                              f"neuron {d.neuron} ({d.what})")
+        for h in self.headroom:
+            if h.beyond:
+                lines.append(f"headroom: layer '{h.layer}': float voltages reach {h.reach:.0f} thresholds from zero, "
+                             f"beyond what the chip holds for {h.beyond} of {h.neurons} neurons ({h.room:.0f} "
+                             f"thresholds at least); theirs saturate there (more room: raise --headroom)")
         for check in self.checks:
             lines.append(f"check {'ok    ' if check.passed else 'FAILED'} {check.name}: {check.detail}")
         return "\n".join(lines)
+
+
+def headroom_use(float_traces: Traces, thresholds: dict[str, np.ndarray], room: dict[str, np.ndarray]
+                 ) -> list[Headroom]:
+    """Per layer of ``thresholds`` (its neurons' float thresholds) recorded in ``float_traces``: how far
+    the float voltages go from zero in thresholds, against ``room`` (per neuron, the thresholds its
+    chip voltage holds before it saturates)."""
+    out = []
+    for layer, theta in thresholds.items():
+        if layer not in float_traces.voltages:
+            continue
+        reach = np.abs(float_traces.voltages[layer]).max(axis=(0, 1)) / theta
+        out.append(Headroom(layer, float(reach.max(initial=0.0)), float(room[layer].min(initial=np.inf)),
+                            int((reach > room[layer]).sum()), int(theta.size)))
+    return out
 
 
 def _first_difference(diff: np.ndarray) -> tuple[int, int, int] | None:
@@ -155,7 +188,8 @@ def compare(a: Traces, b: Traces, *, voltages: bool, units: dict[str, np.ndarray
 
 def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: float = 2.0,
            min_agreement: float = 95.0, cross_checks: tuple[Traces, ...] = (),
-           units: dict[str, np.ndarray] | None = None, layer_by_layer: Traces | None = None) -> VerifyReport:
+           units: dict[str, np.ndarray] | None = None, layer_by_layer: Traces | None = None,
+           headroom: list[Headroom] = ()) -> VerifyReport:
     """Compare backends (float→first chip backend, chip→chip) and check the result.
 
     ``cross_checks`` are chip backends run on the first samples only (Lava on a
@@ -171,9 +205,11 @@ def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: 
     agreement also counts every difference again in each layer after it (in a deep
     network a few flips in layer 1 move many spikes later). Given, the agreement
     check takes its worst layer; end-to-end agreement is reported beside it.
+    ``headroom`` (:func:`headroom_use`) is reported, not checked: a saturated voltage is a
+    difference the agreement figures already count.
     """
     accuracy = {t.backend: t.accuracy(labels) for t in traces} if labels is not None else {}
-    report = VerifyReport(samples=traces[0].samples, accuracy=accuracy)
+    report = VerifyReport(samples=traces[0].samples, accuracy=accuracy, headroom=list(headroom))
     floats = [t for t in traces if t.backend == "float"]
     chips = [t for t in traces if t.backend != "float"]
     if floats and chips:

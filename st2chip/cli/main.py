@@ -347,7 +347,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from st2chip.analysis.verify import verify
-    from st2chip.cli.pipeline import BACKENDS, run_backend, run_layer_by_layer
+    from st2chip.cli.pipeline import BACKENDS, chip_headroom, run_backend, run_layer_by_layer
     from st2chip.io import write_json
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
@@ -373,7 +373,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     report = log.stage("verify", verify, traces, inputs.labels, max_drop=args.max_drop,
                        min_agreement=args.min_agreement, cross_checks=cross,
                        units={layer: chip.voltage_units(layer) for layer in chip.readout_layers()},
-                       layer_by_layer=local)
+                       layer_by_layer=local,
+                       headroom=chip_headroom(graph, chip, next(t for t in traces if t.backend == "float"))
+                       if "float" in everything else ())
     print(report.to_text())
     if args.json:
         write_json(args.json, report.to_dict())

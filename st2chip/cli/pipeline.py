@@ -14,7 +14,8 @@ from typing import Callable
 import nir
 import numpy as np
 
-from st2chip.chip.chipgraph import ChipGraph
+from st2chip.analysis.verify import Headroom, headroom_use
+from st2chip.chip.chipgraph import UV_MAX, ChipGraph
 from st2chip.errors import GraphError, InputError
 from st2chip.chip.lower import HEADROOM, lower
 from st2chip.graph.bundle import MANIFEST
@@ -138,6 +139,16 @@ def map_graph(graph: nir.NIRGraph, decay_groups: int, source: str | os.PathLike 
         if source is None or err.source:
             raise
         raise GraphError(err.reason, node=err.node, field=err.field, source=str(source)) from None
+
+
+def chip_headroom(graph: nir.NIRGraph, chip: ChipGraph, float_traces: Traces) -> list[Headroom]:
+    """How far each spiking layer's float voltages go from zero against the range its chip voltage holds
+    (both in thresholds; see :func:`~st2chip.analysis.verify.headroom_use`)."""
+    layers = [layer for layer in chip.layers() if isinstance(graph.nodes.get(layer), SPIKING)]
+    thresholds = {layer: np.broadcast_to(np.ravel(graph.nodes[layer].v_threshold).astype(float),
+                                         (chip.layer_size(layer),)) for layer in layers}
+    room = {layer: UV_MAX / chip.voltage_units(layer) for layer in layers}
+    return headroom_use(float_traces, thresholds, room)
 
 
 def _graph_inputs(graph: nir.NIRGraph, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -10,8 +10,10 @@ import nir
 import numpy as np
 import pytest
 
+from st2chip.analysis.verify import verify
 from st2chip.chip.chipgraph import ACT_SHIFT, UV_MAX
 from st2chip.chip.lower import HEADROOM, lower
+from st2chip.cli.pipeline import chip_headroom
 from st2chip.errors import GraphError
 from st2chip.graph.normalize import normalize
 from st2chip.graph.simulate import simulate
@@ -78,3 +80,30 @@ def test_a_finer_scale_follows_the_float_voltage_closer_and_lava_agrees():
 def test_headroom_must_be_positive():
     with pytest.raises(GraphError, match="headroom"):
         lower(_recurrent(), headroom=0)
+
+
+def test_verify_reports_float_voltages_beyond_the_chips_range():
+    """An inhibited layer whose float voltage sinks further than the chosen headroom is named, with how far."""
+    rng = np.random.default_rng(3)
+    n = 6
+    beta = np.full(n, 0.99)
+    nodes = {"input": nir.Input(input_type={"input": np.array([4])}),
+             "w_in": nir.Affine(weight=-rng.uniform(2.0, 4.0, (n, 4)), bias=np.zeros(n)),
+             "lif": nir.LIF(tau=DT / (1 - beta), r=1 / (1 - beta), v_leak=np.zeros(n),
+                            v_threshold=np.full(n, 0.5), v_reset=np.zeros(n)),
+             "output": nir.Output(output_type={"output": np.array([n])})}
+    graph = normalize(nir.NIRGraph(nodes=nodes, edges=[("input", "w_in"), ("w_in", "lif"), ("lif", "output")],
+                                   metadata={"dt": DT}, type_check=False))
+    x = np.ones((2, 30, 4), np.uint8)
+    flt = simulate(graph, x)
+    reach = float((np.abs(flt.voltages["lif"]) / 0.5).max())
+    assert reach > 64
+    tight, roomy = lower(graph, headroom=32.0), lower(graph, headroom=4 * reach)
+    used = chip_headroom(graph, tight, flt)
+    assert [(h.layer, h.neurons) for h in used] == [("lif", n)]
+    assert used[0].reach == pytest.approx(reach)
+    assert used[0].beyond > 0 and used[0].room < reach
+    report = verify([flt, engine.run(tight, {"input": x})], headroom=used)
+    assert "headroom: layer 'lif': float voltages reach" in report.to_text()
+    assert report.to_dict()["headroom"][0]["beyond"] == used[0].beyond
+    assert chip_headroom(graph, roomy, flt)[0].beyond == 0
