@@ -27,7 +27,9 @@ EPILOG_EXIT = ("exit codes: 0 ok, 1 verification failed a check, 2 bad input, 13
 def _add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="NIR file (.nir), as written by st2chip export or st2chip import")
     p.add_argument("--decay-groups", type=int, default=4, metavar="K",
-                   help="at most K distinct voltage decays (one Lava process each) per layer (default 4)")
+                   help="at most K distinct voltage decays per layer (default 4); each distinct decay (for a "
+                        "CubaLIF, each pair of K current and K voltage decays: up to K^2) is one population, one "
+                        "Lava process, with a synapse group to and from every other")
     p.add_argument("--dt", type=float, default=None,
                    help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
     p.add_argument("--lowrank", choices=["auto", "factored", "product"], default="auto",
