@@ -28,8 +28,8 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="NIR file (.nir), as written by st2chip export or st2chip import")
     p.add_argument("--decay-groups", type=int, default=4, metavar="K",
                    help="at most K distinct voltage decays per layer (default 4); each distinct decay (for a "
-                        "CubaLIF, each pair of K current and K voltage decays: up to K^2) is one population, one "
-                        "Lava process, with a synapse group to and from every other")
+                        "CubaLIF, each pair of K current and K voltage decays: up to K^2) is one population (one "
+                        "Lava process), and each pair of connected populations one synapse group")
     p.add_argument("--dt", type=float, default=None,
                    help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
     p.add_argument("--lowrank", choices=["auto", "factored", "product"], default="auto",
