@@ -62,8 +62,8 @@ F32_EXACT = 1 << 24
 F64_EXACT = 1 << 53
 EVENT_RATE = 0.1  # on CPU, dense groups sum the rows of active sources below this spike rate ...
 EVENT_MIN_TARGETS = 64  # ... when they have this many targets (fewer: the gather costs more than it saves)
-DENSE_FROM = 0.05  # a CSR group at least this dense runs as a dense one (its products are no slower, and it
-DENSE_BYTES = 64 * 2**20  # gets the event path) when its dense weights take at most this much memory
+DENSE_FROM = 0.05  # a CSR group at least this dense runs as a dense one (no slower, and it gets the event path)
+DENSE_BYTES = 64 * 2**20  # ... when its weights, dense, take at most this much memory
 
 
 def batch_steps(inputs: dict[str, np.ndarray]) -> tuple[int, int]:
