@@ -101,7 +101,8 @@ class Synapses:
         self.graded = source_max is not None  # the source sends values (a relay), not 0/1 spikes
         self.dtype = product_dtype(group.mantissa, source_max)
         size = group.shape[0] * group.shape[1]
-        self.sparse = sp.issparse(group.mantissa) and (group.nnz < DENSE_FROM * size or 4 * size > DENSE_BYTES)
+        dense_bytes = size * torch.finfo(self.dtype).bits // 8
+        self.sparse = sp.issparse(group.mantissa) and (group.nnz < DENSE_FROM * size or dense_bytes > DENSE_BYTES)
         self.n_tgt = group.shape[0]
         self.empty = group.nnz == 0
         if self.empty:

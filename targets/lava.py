@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip import limits
-from st2chip.chip.chipgraph import MESSAGE_BITS, ChipGraph
+from st2chip.chip.chipgraph import MESSAGE_BITS, ChipGraph, Population
 from st2chip.traces import Traces
 
 from .lava_compat import ensure_lava
@@ -45,10 +45,15 @@ from .engine import assemble, batch_steps
 PROCESS_BYTES = 17 * 2**20  # memory per Lava process (each an OS process): 16.5 MB measured (README)
 
 
+def _monitored(pop: Population, voltages: bool) -> bool:
+    """Whether a run records ``pop``'s voltage with a Monitor (a relay's value is what its spike sink receives)."""
+    return (voltages or pop.readout) and not pop.graded
+
+
 def process_count(chip: ChipGraph, n_inputs: int, voltages: bool) -> int:
     """Lava processes a run of ``chip`` starts, each an OS process: input sources, populations and their
     spike sinks, host products, synapse groups and voltage monitors."""
-    monitors = sum(1 for p in chip.populations if (voltages or p.readout) and not p.graded)
+    monitors = sum(1 for p in chip.populations if _monitored(p, voltages))
     return n_inputs + 2 * len(chip.populations) + len(chip.hosts) + len(chip.synapses) + monitors
 
 
@@ -166,15 +171,14 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
     for pop in chip.populations:
         sinks[pop.name] = SpikeSink(shape=(pop.size,), buffer=total)
         procs[pop.name].s_out.connect(sinks[pop.name].a_in)
-        if (voltages or pop.readout) and not pop.graded:  # a relay's value is what its sink receives
+        if _monitored(pop, voltages):
             monitors[pop.name] = Monitor()
             monitors[pop.name].probe(procs[pop.name].v, total)
     anchor = procs[chip.populations[0].name]
     # Lava's compiler flattens its process list by recursion, one level per process: a graph with many
     # populations (K decay groups make up to K^2 of them per layer, and a group per pair) needs more
     # than Python's default of 1000 (this runs in a child process of its own)
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 4 * (len(procs) + len(chip.synapses) + len(sinks)
-                                                                 + len(monitors))))
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 4 * process_count(chip, len(source_data), voltages)))
     try:
         anchor.run(condition=RunSteps(num_steps=total), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
         raw_s = {p.name: np.asarray(sinks[p.name].data.get()).T for p in chip.populations}
