@@ -86,6 +86,8 @@ WEIGHT_ERROR_WARN = 0.05 # a layer whose relative weight error exceeds 5 % is re
 BYTES_PER_WEIGHT = 48    # budget per stored weight while lowering: a few CSR copies (8-byte value, 4-byte index)
 LOWRANK_MODES = ("product", "factored", "auto")
 SPIKE_RATE = 0.1         # assumed spikes per source neuron per step for the low-rank cost model (no traces at lowering)
+ROUNDOFF = 1e-6          # relative slack for float32 weights at a full mantissa: lowering the weights the chip
+                         # holds (st2chip.chip.held) must give the same scale and exponents back
 MAC_PER_AC = 4.6 / 0.9   # a MAC's energy in accumulates: the 45 nm figures (E_MAC 4.6 pJ, E_AC 0.9 pJ, DESIGN.md)
 
 
@@ -98,7 +100,7 @@ class FeedbackLatencyWarning(St2chipWarning):
 
 
 @dataclass
-class _Layer:
+class FloatLayer:
     """A neuron node read as a discrete-time layer, in float."""
 
     name: str
@@ -112,30 +114,31 @@ class _Layer:
     reset: str = "zero"
 
 
-def _read_neuron(name: str, node: nir.NIRNode, dt: float) -> _Layer:
+def read_neuron(name: str, node: nir.NIRNode, dt: float) -> FloatLayer:
+    """Neuron node ``name`` as a discrete-time layer (decays, input gain, bias, thresholds) at step ``dt``."""
     reset = reset_mode(name, node) if isinstance(node, SPIKING) else "zero"
     if isinstance(node, SPIKING) and reset == "zero" and np.any(node.v_reset != 0):
         raise GraphError("the chip resets to 0 (or by subtraction, metadata reset = 'subtract'); nonzero v_reset "
                          "cannot be lowered", node=name, field="v_reset")
     if isinstance(node, nir.LIF):
         ratio = dt / node.tau
-        return _Layer(name, 1 - ratio, ratio * node.r, (ratio * node.v_leak), node.v_threshold, True, reset=reset)
+        return FloatLayer(name, 1 - ratio, ratio * node.r, (ratio * node.v_leak), node.v_threshold, True, reset=reset)
     if isinstance(node, nir.IF):
         n = node.r.size
-        return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), node.v_threshold, True, reset=reset)
+        return FloatLayer(name, np.ones(n), dt * node.r, np.zeros(n), node.v_threshold, True, reset=reset)
     if isinstance(node, (nir.CubaLIF, nir.CubaLI)):
         g_syn, g_mem = dt / node.tau_syn, dt / node.tau_mem
         gain = g_mem * node.r * g_syn * node.w_in  # input -> chip current u (which the chip adds to v)
         spiking = isinstance(node, nir.CubaLIF)
-        return _Layer(name, 1 - g_mem, gain, g_mem * node.v_leak,
+        return FloatLayer(name, 1 - g_mem, gain, g_mem * node.v_leak,
                       node.v_threshold if spiking else np.ones(node.r.size), spiking, beta_u=1 - g_syn,
                       bias_gain=gain / g_syn, reset=reset)
     if isinstance(node, nir.LI):
         ratio = dt / node.tau
-        return _Layer(name, 1 - ratio, ratio * node.r, ratio * node.v_leak, np.ones(node.r.size), False)
+        return FloatLayer(name, 1 - ratio, ratio * node.r, ratio * node.v_leak, np.ones(node.r.size), False)
     if isinstance(node, nir.I):
         n = node.r.size
-        return _Layer(name, np.ones(n), dt * node.r, np.zeros(n), np.ones(n), False)
+        return FloatLayer(name, np.ones(n), dt * node.r, np.zeros(n), np.ones(n), False)
     raise _not_lowered(name, node)
 
 
@@ -494,7 +497,7 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
           source_pops: dict[str, list[tuple[str, np.ndarray]]], headroom: float) -> _Planned:
     """Pass 1 for one neuron layer: read, fold thresholds, group decays, split outliers, scale, keep low-rank
     paths factored where chosen; sets its depth."""
-    layer = _read_neuron(name, node, dt)
+    layer = read_neuron(name, node, dt)
     keys, weight, bias, affines, chains, convs, lowrank_paths = _incoming(graph, name, preds, back, dt)
     n = weight.shape[0]
     if n == 0:
@@ -571,7 +574,7 @@ def _plan(graph: nir.NIRGraph, name: str, node: nir.NIRNode, preds: dict[str, li
         if index.size == 0:
             continue
         wmax = float(row_max[index].max(initial=0.0))
-        s_scale = int(np.clip(np.floor(MANT_FULL / wmax), 1, MAX_SCALE)) if wmax > 0 else MAX_SCALE
+        s_scale = int(np.clip(np.floor(MANT_FULL / wmax * (1 + ROUNDOFF)), 1, MAX_SCALE)) if wmax > 0 else MAX_SCALE
         if layer.spiking:
             s_scale = _refined(s_scale, headroom)
         bias_v = b_fold[index] * s_scale * 64.0
@@ -715,7 +718,7 @@ def _quantize(w: sp.csr_matrix, scale: float, exp: int | None = None) -> tuple[s
     CSR with pruned zeros dropped, and the relative error."""
     smax = float(np.abs(w.data).max(initial=0.0))
     if exp is None:
-        exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * scale / MANT_FULL) - 1e-12))
+        exp = 0 if smax == 0 else int(np.ceil(np.log2(smax * scale / MANT_FULL / (1 + ROUNDOFF))))
         exp = int(np.clip(exp, *WEIGHT_EXP_RANGE))
     values = np.clip(np.rint(w.data * scale / 2.0**exp / 2), -128, 127).astype(np.int16)
     err = _rel_error(2 * values * 2.0**exp / scale, w.data)
@@ -727,7 +730,7 @@ def _quantize(w: sp.csr_matrix, scale: float, exp: int | None = None) -> tuple[s
 def _exp_needed(w: sp.csr_matrix, scale: float) -> int:
     """The exponent :func:`_quantize` would pick, unclipped."""
     smax = float(np.abs(w.data).max(initial=0.0))
-    return 0 if smax == 0 else int(np.ceil(np.log2(smax * scale / MANT_FULL) - 1e-12))
+    return 0 if smax == 0 else int(np.ceil(np.log2(smax * scale / MANT_FULL / (1 + ROUNDOFF))))
 
 
 def _factored_groups(name: str, relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matrix,

@@ -26,8 +26,9 @@ EPILOG_EXIT = ("exit codes: 0 ok, 1 verification failed a check, 2 bad input, 13
 
 def _add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="NIR file (.nir), as written by st2chip export or st2chip import")
-    p.add_argument("--decay-groups", type=int, default=4, metavar="K",
-                   help="at most K distinct voltage decays per layer (default 4); each distinct decay (for a "
+    p.add_argument("--decay-groups", type=int, default=None, metavar="K",
+                   help="at most K distinct voltage decays per layer (default: the graph's metadata "
+                        "'decay_groups', which st2chip quantize records, else 4); each distinct decay (for a "
                         "CubaLIF, each pair of K current and K voltage decays: up to K^2) is one population (one "
                         "Lava process), and each pair of connected populations one synapse group")
     p.add_argument("--dt", type=float, default=None,
@@ -424,7 +425,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from st2chip.learn.checkpoint import load_checkpoint
-    kind, model, _ = load_checkpoint(args.checkpoint)
+    kind, model, extra = load_checkpoint(args.checkpoint)
     if kind == "st":
         from st2chip.converters.transformer import export_bundle
         path = export_bundle(model, args.output, dt=args.dt)
@@ -437,7 +438,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from st2chip.converters.rnn import rnn_to_nir as to_nir
     else:
         from st2chip.converters.mlp import mlp_to_nir as to_nir
-    path = write_nir(to_nir(model, dt=args.dt), args.output)
+    graph = to_nir(model, dt=args.dt)
+    if isinstance(extra.get("chip_aware"), dict):  # st2chip quantize tied the decays into this many groups
+        graph.metadata["decay_groups"] = int(extra["chip_aware"]["decay_groups"])
+    path = write_nir(graph, args.output)
     print(f"NIR graph written to {path}")
     return 0
 

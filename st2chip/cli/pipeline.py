@@ -129,11 +129,29 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
     raise InputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
 
 
-def map_graph(graph: nir.NIRGraph, decay_groups: int, source: str | os.PathLike | None = None,
+DEFAULT_DECAY_GROUPS = 4
+
+
+def decay_groups_of(graph: nir.NIRGraph, given: int | None) -> int:
+    """``given``, else the graph's ``metadata["decay_groups"]`` (written by export after st2chip quantize), else
+    :data:`DEFAULT_DECAY_GROUPS`."""
+    if given is not None:
+        return given
+    value = graph.metadata.get("decay_groups", DEFAULT_DECAY_GROUPS)
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise GraphError(f"metadata 'decay_groups' must be a positive integer, got {value!r}",
+                         field="metadata.decay_groups")
+    return int(value)
+
+
+def map_graph(graph: nir.NIRGraph, decay_groups: int | None, source: str | os.PathLike | None = None,
               lowrank: str = "auto", headroom: float = HEADROOM) -> ChipGraph:
-    """Lower a canonical graph (``lowrank``, ``headroom``: see :func:`~st2chip.chip.lower.lower`); a lowering
-    error names ``source`` (the file) as well as the node and field."""
+    """Lower a canonical graph (``decay_groups``: see :func:`decay_groups_of`; ``lowrank``, ``headroom``: see
+    :func:`~st2chip.chip.lower.lower`); a lowering error names ``source`` (the file) as well as the node and field."""
     try:
+        decay_groups = decay_groups_of(graph, decay_groups)
         return lower(graph, decay_groups=decay_groups, lowrank=lowrank, headroom=headroom)
     except GraphError as err:
         if source is None or err.source:

@@ -1,4 +1,5 @@
-"""``st2chip train`` and ``st2chip prune``: train a spiking classifier, prune it, write checkpoints.
+"""``st2chip train``, ``prune`` and ``quantize``: train a spiking classifier, prune it, fine-tune it with the
+chip in the loop, write checkpoints.
 
 Checkpoints are written and read by :mod:`st2chip.checkpoint` (``kind`` is ``"mlp"``,
 ``"cnn"``, ``"rnn"`` or ``"st"``; ``config`` rebuilds the model, including low-rank ranks
@@ -171,6 +172,40 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_quantize(args: argparse.Namespace) -> int:
+    """Fine-tune a checkpoint with the chip in the loop (tied decays, the chip's weights); write a new one."""
+    from st2chip.chip.lower import HEADROOM
+    from st2chip.chip.finetune import ADAPTERS, chip_finetune
+    kind, model, extra = load_checkpoint(args.checkpoint)
+    if kind not in ADAPTERS:
+        raise InputError(f"{args.checkpoint}: quantize fine-tunes {', '.join(ADAPTERS)} checkpoints so far; this "
+                         f"one is kind {kind!r} (its chip accuracy: st2chip verify)")
+    if args.decay_groups < 1:
+        raise InputError(f"--decay-groups must be at least 1, got {args.decay_groups}")
+    if args.epochs < 1 or not args.lr > 0:
+        raise InputError(f"need --epochs >= 1 and --lr > 0, got {args.epochs} and {args.lr}")
+    headroom = HEADROOM if args.headroom is None else args.headroom
+    if not headroom > 0:
+        raise InputError(f"--headroom must be positive, got {headroom}")
+    device = torch.device(args.device) if args.device else default_device()
+    data = extra.get("data", "digits")
+    train, test = load_split(data, args.data_root)
+    before = evaluate(model.to(device), test, device=device)
+    start = time.perf_counter()
+    result, chip = chip_finetune(model, kind, train, test, decay_groups=args.decay_groups, headroom=headroom,
+                                 epochs=args.epochs, lr=args.lr, seed=args.seed, device=device)
+    summary = {**extra, "test_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
+               "chip_aware": {"decay_groups": args.decay_groups, "headroom": headroom, "epochs": args.epochs,
+                              "lr": args.lr, "seed": args.seed, "accuracy_before": before,
+                              "seconds": round(time.perf_counter() - start, 1), **chip}}
+    save_checkpoint(model, kind, asdict(model.config), args.out, summary)
+    exact = "exactly" if chip["last_change"] == 0 else f"up to {chip['last_change']:.2g} (not converged)"
+    print(f"chip-in-the-loop {kind}: {args.decay_groups} decay groups per layer, {args.epochs} epochs; test "
+          f"accuracy {100 * before:.1f}% -> {100 * result.test_accuracy:.1f}%; the chip holds its weights "
+          f"{exact} -> {args.out} (export it, then st2chip verify)")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, epochs: int | None, lr: float | None) -> None:
     """``--epochs``/``--lr`` (None: per model and data set, :data:`DEFAULTS`) and the options every command takes."""
     def per_model(i: int) -> str:
@@ -186,7 +221,7 @@ def _common(p: argparse.ArgumentParser, epochs: int | None, lr: float | None) ->
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` and ``prune`` subcommands; each sets ``func(args) -> exit code``."""
+    """Add the ``train``, ``prune`` and ``quantize`` subcommands; each sets ``func(args) -> exit code``."""
     fmt = argparse.RawDescriptionHelpFormatter
     t = subparsers.add_parser(
         "train", help="train a spiking classifier on digits and write a checkpoint", formatter_class=fmt,
@@ -253,3 +288,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="checkpoint file to write")
     _common(p, epochs=10, lr=2e-3)
     p.set_defaults(func=run_prune)
+
+    q = subparsers.add_parser(
+        "quantize", help="fine-tune a checkpoint with the chip in the loop (tied decays, the chip's weights)",
+        formatter_class=fmt,
+        description="Quantization-aware fine-tuning against the numbers the chip will hold. Each neuron's\n"
+                    "decays are tied into K (current, voltage) pairs per layer (k-means, seeded); every step\n"
+                    "lowers the model, reads back the 8-bit weights the chip holds and trains on them\n"
+                    "(straight-through gradients). The checkpoint written holds exactly those weights and\n"
+                    "decays: its float simulation and the chip differ only by fixed-point state arithmetic.\n"
+                    "Its export records K, which map, simulate, verify and energy then use by default.\n"
+                    "Covers the sLIF MLP (mlp) and the recurrent network (rnn): graphs of Affine paths.\n\n"
+                    "example:\n  st2chip train --model rnn --data mnist1d --out rnn.pt\n"
+                    "  st2chip quantize rnn.pt --decay-groups 4 --out rnn-q.pt\n"
+                    "  st2chip export rnn-q.pt --out rnn-q.nir && st2chip verify rnn-q.nir")
+    q.add_argument("checkpoint", help="checkpoint written by 'st2chip train' (kind mlp or rnn)")
+    q.add_argument("--decay-groups", type=int, default=4, metavar="K",
+                   help="distinct (current, voltage) decay pairs per layer, one population each (default 4)")
+    q.add_argument("--headroom", type=float, default=None, metavar="H",
+                   help="the lowering's headroom, as in st2chip map (default its default); map with the same")
+    q.add_argument("--out", required=True, help="checkpoint file to write")
+    _common(q, epochs=60, lr=1e-3)
+    q.set_defaults(func=run_quantize)

@@ -129,3 +129,45 @@ def test_rows_inputs_follow_the_graph_and_refuse_what_does_not_fit():
     odd.metadata["encoding"] = "rows"
     with pytest.raises(InputError, match="takes 5 values"):
         resolve_inputs(odd, None, 2, None)
+
+
+def test_quantize_an_rnn_and_map_it_with_its_decay_groups(tmp_path, capsys):
+    ckpt, tuned, path = tmp_path / "rnn.pt", tmp_path / "rnn-q.pt", tmp_path / "rnn-q.nir"
+    assert _run(capsys, "train", "--model", "rnn", "--hidden", "16", "--steps", "8", "--epochs", "1",
+                "--device", "cpu", "--out", str(ckpt))[0] == 0
+    code, out, _ = _run(capsys, "quantize", str(ckpt), "--decay-groups", "3", "--epochs", "1", "--device", "cpu",
+                        "--out", str(tuned))
+    assert code == 0 and "holds its weights exactly" in out
+    _, _, extra = load_checkpoint(tuned)
+    assert extra["chip_aware"]["decay_groups"] == 3 and extra["chip_aware"]["last_change"] == 0
+    assert _run(capsys, "export", str(tuned), "-o", str(path))[0] == 0
+    assert read_graph(path).metadata["decay_groups"] == 3
+    table = tmp_path / "map.json"
+    assert _run(capsys, "map", str(path), "--json", str(table))[0] == 0
+    import json
+    layers = json.loads(table.read_text())["layers"]
+    lif = next(layer for layer in layers if layer["layer"] == "lif")
+    assert lif["weight_error"] < 1e-6 and lif["leak_error"] < 1e-6 and 1 < lif["populations"] <= 3
+
+
+def test_quantize_refuses_what_it_does_not_cover(tmp_path, capsys):
+    ckpt = tmp_path / "cnn.pt"
+    assert _run(capsys, "train", "--model", "cnn", "--channels", "2", "2", "--steps", "4", "--epochs", "1",
+                "--device", "cpu", "--out", str(ckpt))[0] == 0
+    code, _, err = _run(capsys, "quantize", str(ckpt), "--out", str(tmp_path / "q.pt"))
+    assert code == 2 and "mlp, rnn" in err and not (tmp_path / "q.pt").exists()
+    code, _, err = _run(capsys, "quantize", str(ckpt), "--decay-groups", "0", "--out", str(tmp_path / "q.pt"))
+    assert code == 2 and not (tmp_path / "q.pt").exists()
+
+
+def test_decay_groups_come_from_the_option_else_the_graph_else_four():
+    from st2chip.cli.pipeline import decay_groups_of
+    from st2chip.errors import GraphError
+    graph = nir.NIRGraph(nodes={}, edges=[], metadata={"decay_groups": np.int64(3)}, type_check=False)
+    assert decay_groups_of(graph, None) == 3 and decay_groups_of(graph, 5) == 5
+    graph.metadata = {}
+    assert decay_groups_of(graph, None) == 4
+    for bad in ("3", 0, 2.5, True):
+        graph.metadata = {"decay_groups": bad}
+        with pytest.raises(GraphError, match="decay_groups"):
+            decay_groups_of(graph, None)

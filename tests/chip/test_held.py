@@ -1,0 +1,75 @@
+"""Reading back what the chip holds: weights within half a quantization step, decays on the chip's grid,
+and lowering the held weights gives the same mantissas back (the fixed point chip-in-the-loop training needs)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from st2chip.chip.held import held_parameters
+from st2chip.chip.lower import lower
+from st2chip.converters.rnn import rnn_to_nir
+from st2chip.errors import GraphError
+from st2chip.graph.normalize import normalize
+from st2chip.learn.rnn import RNNConfig, SpikingRNN
+
+
+def _rnn_graph(hidden: int = 12, seed: int = 0):
+    """An untrained RNN with spread thresholds and decays, as its canonical NIR graph."""
+    torch.manual_seed(seed)
+    model = SpikingRNN(RNNConfig.digits(hidden=hidden, hold=1))
+    with torch.no_grad():
+        model.threshold.uniform_(0.3, 1.7)
+        model.leak_logit.uniform_(0.0, 4.0)
+        model.syn_leak_logit.uniform_(-1.0, 2.0)
+        model.rec.weight.mul_(3.0)
+    return normalize(rnn_to_nir(model))
+
+
+def test_held_weights_are_the_chip_mantissas_in_float_units():
+    graph = _rnn_graph()
+    chip = lower(graph, decay_groups=3)
+    held = held_parameters(graph, chip)
+    assert set(held.weights) == {"fc_in", "rec", "fc_out"}
+    lif, readout = graph.nodes["lif"], chip.report["layers"]
+    units = readout["lif"]["voltage_unit"]
+    for group in (g for g in chip.synapses if g.target.startswith("lif")):
+        pop = chip.population(group.target)
+        node = "rec" if group.feedback else "fc_in"
+        cols = chip.population(group.source).index if group.feedback else np.arange(group.shape[1])
+        step = 2.0 * 2.0**group.exp / (units[pop.name] / 64.0) * lif.v_threshold[pop.index][:, None]
+        diff = np.abs(held.weights[node][np.ix_(pop.index, cols)] - graph.nodes[node].weight[np.ix_(pop.index, cols)])
+        assert np.all(diff <= step / 2 + 1e-9)  # rounding to the nearest mantissa (none saturates here)
+    for pop in chip.layer_populations("lif"):
+        np.testing.assert_array_equal(held.decays["lif"][pop.index], 1 - pop.dv / 4096)
+        np.testing.assert_array_equal(held.current_decays["lif"][pop.index], (4095 - pop.du) / 4096)
+    # the digits RNN's leaky readout (LI, decay 0.7) on the 12-bit grid
+    assert "readout" not in held.current_decays
+    np.testing.assert_array_equal(held.decays["readout"], 1 - round(4096 * 0.3) / 4096)
+
+
+def test_lowering_the_held_weights_gives_them_back():
+    graph = _rnn_graph(seed=1)
+    chip = lower(graph, decay_groups=2)
+    assert chip.report["layers"]["lif"]["weight_error"] > 1e-3  # float weights: something to round
+    held = held_parameters(graph, chip)
+    again = copy.deepcopy(graph)
+    for node, w in held.weights.items():  # as a float32 model would carry them
+        again.nodes[node].weight = w.astype(np.float32)
+    chip2 = lower(again, decay_groups=2)
+    for layer in ("lif", "readout"):
+        assert chip2.report["layers"][layer]["weight_error"] < 1e-6
+        assert chip2.report["layers"][layer]["voltage_unit"] == chip.report["layers"][layer]["voltage_unit"]
+    for a, b in zip(chip.synapses, chip2.synapses):
+        assert (a.name, a.exp) == (b.name, b.exp)
+        np.testing.assert_array_equal(a.dense(), b.dense())
+
+
+def test_held_parameters_refuse_a_convolution(strided_cnn):
+    import nir
+    graph = normalize(strided_cnn(nir.IF(r=np.ones((4, 5, 5)), v_threshold=np.ones((4, 5, 5))),
+                                  nir.IF(r=np.ones((6, 3, 3)), v_threshold=np.ones((6, 3, 3)))))
+    with pytest.raises(GraphError, match="one Affine node") as err:
+        held_parameters(graph, lower(graph))
+    assert err.value.node == "l1"
