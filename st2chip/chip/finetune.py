@@ -3,9 +3,9 @@ r"""Chip-in-the-loop fine-tuning: train a model against the numbers the chip wil
 Lowering changes a trained model three ways (:mod:`st2chip.chip.lower`): per-neuron
 decays are grouped into a few values per layer, folded weights are rounded to 8-bit
 mantissas with one exponent per synapse group, and the state runs in fixed point.
-A recurrent network integrates the first two over its whole run: the MNIST-1D RNN
-loses up to 4 points on the chip (README). :func:`chip_finetune` removes them from
-the comparison:
+A recurrent network integrates the first two over its whole run: mapped directly, the
+MNIST-1D RNN lost up to 4.3 points on the chip (README). :func:`chip_finetune` removes
+them from the comparison:
 
 1. **Tied decays.** Each neuron's chip decays ``(du, dv)`` are clustered jointly
    into ``decay_groups`` pairs (k-means, seeded, fixed from then on); every neuron of
