@@ -32,6 +32,7 @@ import sys
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from st2chip import limits
 from st2chip.chip.chipgraph import MESSAGE_BITS, ChipGraph, Population
@@ -42,6 +43,7 @@ from .lava_process import call_in_own_group
 from .engine import assemble, batch_steps
 
 
+PROGRESS_CHUNKS = 50  # with a progress bar, the run is split into at most this many Lava runs
 PROCESS_BYTES = 17 * 2**20  # memory per Lava process (each an OS process): 16.5 MB measured (README)
 
 
@@ -158,8 +160,12 @@ def _import_lava() -> None:
 
 
 def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, total: int,
-              voltages: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Build, run and stop the Lava network (in the child); raw spikes ``(total, n)`` and voltages."""
+              voltages: bool, progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Build, run and stop the Lava network (in the child); raw spikes ``(total, n)`` and voltages.
+
+    With ``progress`` the run is split into at most :data:`PROGRESS_CHUNKS` runs of whole sample
+    windows (Lava continues where the last run stopped) under a progress bar over samples.
+    """
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as SpikeSink
@@ -179,17 +185,26 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
     # populations (K decay groups make up to K^2 of them per layer, and a group per pair) needs more
     # than Python's default of 1000 (this runs in a child process of its own)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 4 * process_count(chip, len(source_data), voltages)))
+    samples = total // window
+    per_run = max(1, -(-samples // PROGRESS_CHUNKS)) if progress else samples
+    bar = tqdm(total=samples, desc="lava", unit="sample", leave=False, disable=not progress)
     try:
-        anchor.run(condition=RunSteps(num_steps=total), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        for done in range(0, samples, per_run):
+            n = min(per_run, samples - done)
+            anchor.run(condition=RunSteps(num_steps=n * window), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+            bar.update(n)
         raw_s = {p.name: np.asarray(sinks[p.name].data.get()).T for p in chip.populations}
         raw_v = {name: np.asarray(mon.get_data()[name]["v"]).reshape(total, -1) for name, mon in monitors.items()}
     finally:
+        bar.close()
         anchor.stop()
     return raw_s, raw_v
 
 
-def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True) -> Traces:
-    """Run ``inputs`` (name -> spikes ``(B, T, n)``) on Lava's fixed-point CPU simulator.
+def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True,
+        progress: bool = False) -> Traces:
+    """Run ``inputs`` (name -> spikes ``(B, T, n)``) on Lava's fixed-point CPU simulator (``progress``: a
+    progress bar over samples).
 
     ``voltages=False`` records voltages of readout populations only (their final
     voltage is the output): each Monitor is one more OS process, and dropping the
@@ -210,7 +225,7 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
         padded = np.zeros((batch, window, x.shape[2]), np.int32)
         padded[:, :steps] = x
         source_data[name] = padded.reshape(total, x.shape[2]).T.copy()
-    raw_s, raw_v = call_in_own_group(_simulate, chip, source_data, window, total, voltages)
+    raw_s, raw_v = call_in_own_group(_simulate, chip, source_data, window, total, voltages, progress)
     depths = chip.depths()
     rec_s, rec_v = {}, {}
     for pop in chip.populations:

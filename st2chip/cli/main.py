@@ -368,7 +368,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if "lava" in backends and args.lava_samples:
         n = min(args.lava_samples, inputs.samples)
         head = {name: x[:n] for name, x in inputs.spikes.items()}
-        cross = (log.stage("simulate:lava", run_backend, "lava", graph, chip, head, target=args.target),)
+        cross = (log.stage("simulate:lava", run_backend, "lava", graph, chip, head, target=args.target,
+                           progress=True),)
     local = None
     if "float" in backends and any(b != "float" for b in everything):
         chip_traces = next(t for t in traces if t.backend != "float")

@@ -125,7 +125,7 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
                 raise InputError("--target loihi2-hw: lava-loihi is installed, but st2chip's Lava backend "
                                  "(targets/lava.py) builds Loihi2SimCfg runs only so far")
             return lava.run(chip, inputs, voltages=voltages, run_cfg=run_cfg)
-        return lava.run(chip, inputs, voltages=voltages)
+        return lava.run(chip, inputs, voltages=voltages, progress=progress)
     raise InputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
 
 

@@ -76,10 +76,10 @@ EXPLORE = os.environ.get("ST2CHIP_ENGINE_EXAMPLES")
 
 @settings(max_examples=int(EXPLORE or 12), deadline=None, derandomize=EXPLORE is None,
           suppress_health_check=[HealthCheck.too_slow])
-@given(chip_graphs())
-def test_engine_equals_lava_bit_for_bit(case):
-    chip, x = case
-    _assert_equal(engine.run(chip, x), lava.run(chip, x))
+@given(chip_graphs(), st.booleans())
+def test_engine_equals_lava_bit_for_bit(case, progress):
+    chip, x = case  # with a progress bar Lava runs one sample window at a time, continuing each run
+    _assert_equal(engine.run(chip, x), lava.run(chip, x, progress=progress))
 
 
 @settings(max_examples=40, deadline=None, derandomize=EXPLORE is None)
