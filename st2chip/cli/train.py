@@ -16,6 +16,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+from st2chip.chip.lower import HEADROOM
 from st2chip.learn import compensation, pruning
 from st2chip.learn.cnn import CNNConfig, SpikingCNN
 from st2chip.learn.data import (DATASETS, DIGITS_SIDE, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, ROWS_HOLD,
@@ -174,7 +175,6 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """Fine-tune a checkpoint with the chip in the loop (tied decays, the chip's weights); write a new one."""
-    from st2chip.chip.lower import HEADROOM
     from st2chip.chip.finetune import ADAPTERS, chip_finetune
     kind, model, extra = load_checkpoint(args.checkpoint)
     if kind not in ADAPTERS:
@@ -296,7 +296,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "decays are tied into K (current, voltage) pairs per layer (k-means, seeded); every step\n"
                     "lowers the model, reads back the 8-bit weights the chip holds and trains on them\n"
                     "(straight-through gradients). The checkpoint written holds exactly those weights and\n"
-                    "decays: its float simulation and the chip differ only by fixed-point state arithmetic.\n"
+                    "decays: its float simulation and the chip differ only by fixed-point state arithmetic\n"
+                    "and 13-bit biases.\n"
                     "Its export records K, which map, simulate, verify and energy then use by default.\n"
                     "Covers the sLIF MLP (mlp) and the recurrent network (rnn): graphs of Affine paths.\n\n"
                     "example:\n  st2chip train --model rnn --data mnist1d --out rnn.pt\n"
@@ -306,7 +307,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--decay-groups", type=int, default=4, metavar="K",
                    help="distinct (current, voltage) decay pairs per layer, one population each (default 4)")
     q.add_argument("--headroom", type=float, default=None, metavar="H",
-                   help="the lowering's headroom, as in st2chip map (default its default); map with the same")
+                   help=f"the lowering's headroom, as in st2chip map (default {HEADROOM:g}, map's default); map, "
+                        f"verify and energy with the same --headroom")
     q.add_argument("--out", required=True, help="checkpoint file to write")
     _common(q, epochs=60, lr=1e-3)
     q.set_defaults(func=run_quantize)
