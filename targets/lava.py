@@ -29,6 +29,7 @@ stopped on every path, errors included.
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 import scipy.sparse as sp
@@ -187,6 +188,9 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 4 * process_count(chip, len(source_data), voltages)))
     samples = total // window
     per_run = max(1, -(-samples // PROGRESS_CHUNKS)) if progress else samples
+    # tqdm's default lock is a multiprocessing semaphore shared with the caller since the fork: this process
+    # may be SIGKILLed holding it, which would block the caller's next bar; this one keeps a lock of its own
+    tqdm.set_lock(threading.RLock())
     bar = tqdm(total=samples, desc="lava", unit="sample", leave=False, disable=not progress)
     try:
         for done in range(0, samples, per_run):

@@ -89,6 +89,12 @@ def _all_samples_on_lava() -> list[str]:
     return ["--lava-samples", str(SAMPLES)] if "--lava-samples" in inspect.getsource(st2chip.cli.main) else []
 
 
+def _terminal_sigint() -> None:
+    """SIGINT as a terminal's program gets it: a test run started in the background (``make test &``) has it
+    ignored, and an ignored disposition survives exec, so the CLI would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 CASES = {
     "sigint-process": (signal.SIGINT, False, 130),
     "sigint-group": (signal.SIGINT, True, 130),
@@ -105,7 +111,8 @@ def test_signal_during_lava_run_stops_everything(model_and_inputs, case):
     proc = subprocess.Popen(
         [sys.executable, "-m", "st2chip.cli", "verify", str(nir_path), "--inputs", str(x_path),
          "--backends", "reference,lava", "--dt", "1e-3", *_all_samples_on_lava()],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env,
+        preexec_fn=_terminal_sigint)
     sid = proc.pid
     try:
         # Lava is running once the session holds the main process plus Lava's workers.
