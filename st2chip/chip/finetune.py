@@ -130,11 +130,11 @@ class ChipInTheLoop:
         """Per neuron of ``layer``: its float decays on the chip's scale, columns ``du``, ``dv`` (``du`` 0
         without a current decay)."""
         voltage, current = self.decays[layer]
-        beta = torch.sigmoid(self._raw(*voltage)).detach().cpu().double().numpy()
-        alpha = (torch.sigmoid(self._raw(*current)).detach().cpu().double().numpy()
-                 if current is not None else np.ones_like(beta))
-        alpha, beta = np.broadcast_arrays(np.atleast_1d(alpha), np.atleast_1d(beta))
-        return np.stack([DECAY_MAX - 4096.0 * alpha, 4096.0 * (1.0 - beta)], axis=1)
+        beta = np.atleast_1d(torch.sigmoid(self._raw(*voltage)).detach().cpu().double().numpy())
+        du = (DECAY_MAX - 4096.0 * np.atleast_1d(torch.sigmoid(self._raw(*current)).detach().cpu().double().numpy())
+              if current is not None else np.zeros_like(beta))
+        du, beta = np.broadcast_arrays(du, beta)
+        return np.stack([du, 4096.0 * (1.0 - beta)], axis=1)
 
     def _cluster(self, layer: str, seed: int) -> np.ndarray:
         points = np.rint(self._grid(layer))
