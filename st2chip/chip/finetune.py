@@ -40,7 +40,7 @@ from torch.nn.utils import parametrize
 
 from st2chip.chip.chipgraph import DECAY_MAX
 from st2chip.chip.held import held_parameters
-from st2chip.chip.lower import HEADROOM, lower
+from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM, lower
 from st2chip.graph.normalize import normalize
 from st2chip.learn.data import Split
 from st2chip.learn.training import TrainResult, evaluate, train_classifier
@@ -188,7 +188,7 @@ class ChipInTheLoop:
         return {"rounds": rounds, "last_change": change, "layers": self.report}
 
 
-def chip_finetune(model: nn.Module, kind: str, train: Split, test: Split, *, decay_groups: int = 4,
+def chip_finetune(model: nn.Module, kind: str, train: Split, test: Split, *, decay_groups: int = DEFAULT_DECAY_GROUPS,
                   headroom: float = HEADROOM, epochs: int = 60, lr: float = 1e-3, seed: int = 0,
                   device: torch.device | str = "cpu", progress: bool = True) -> tuple[TrainResult, dict]:
     """Fine-tune ``model`` with the chip in the loop and leave it holding the chip's numbers (module docstring).

@@ -66,9 +66,7 @@ def held_parameters(graph: nir.NIRGraph, chip: ChipGraph) -> Held:
         held.decays[pop.layer][pop.index] = 1.0 - pop.dv / 4096.0
         if pop.layer in held.current_decays:
             held.current_decays[pop.layer][pop.index] = (DECAY_MAX - pop.du) / 4096.0
-    units = {pop: 64.0 for pop in where}
-    for layer in layers:
-        units |= chip.report["layers"][layer]["voltage_unit"]
+    units = {layer: chip.voltage_units(layer) / 64.0 for layer in layers}  # per neuron: its population's scale
     for group in chip.synapses:
         source_layer, cols = where[group.source]
         target_layer, rows = where[group.target]
@@ -78,6 +76,6 @@ def held_parameters(graph: nir.NIRGraph, chip: ChipGraph) -> Held:
         layer = layers[target_layer]
         m = sp.coo_matrix(group.mantissa)
         r, c = rows[m.row], cols[m.col]
-        scale = units[group.target] / 64.0
-        held.weights[affine][r, c] = 2.0 * m.data * 2.0**group.exp / scale * layer.threshold[r] / layer.gain[r]
+        held.weights[affine][r, c] = (2.0 * m.data * 2.0**group.exp / units[target_layer][r]
+                                      * layer.threshold[r] / layer.gain[r])
     return held

@@ -80,6 +80,7 @@ NEURONS = SPIKING + READOUT
 MANT_FULL = 254          # largest even weight value 2*m with m = 127
 MAX_SCALE = 4096         # cap on vth: leaves 2^5 headroom for v below 2^23
 HEADROOM = 512.0         # thresholds a spiking population's u and v may reach before they wrap or saturate
+DEFAULT_DECAY_GROUPS = 4  # the commands' default decay groups per layer (map, verify, energy, demo, quantize)
 SPARSE_BELOW = 0.5       # store as CSR when fewer than this fraction of weights are non-zero
 OUTLIER_FACTOR = 64.0    # a neuron whose folded weights exceed 64x its group's median gets its own population
 WEIGHT_ERROR_WARN = 0.05 # a layer whose relative weight error exceeds 5 % is reported with a warning

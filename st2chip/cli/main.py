@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from st2chip.chip.lower import HEADROOM
+from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM
 from st2chip.cli.train import register as register_train
 from st2chip.converters.registry import EXPORT_DT, FRAMEWORKS
 from st2chip.errors import InputError, St2chipError, St2chipWarning
@@ -27,10 +27,10 @@ EPILOG_EXIT = ("exit codes: 0 ok, 1 verification failed a check, 2 bad input, 13
 def _add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="NIR file (.nir), as written by st2chip export or st2chip import")
     p.add_argument("--decay-groups", type=int, default=None, metavar="K",
-                   help="at most K distinct voltage decays per layer (default: the graph's metadata "
-                        "'decay_groups', which st2chip quantize records, else 4); each distinct decay (for a "
-                        "CubaLIF, each pair of K current and K voltage decays: up to K^2) is one population (one "
-                        "Lava process), and each pair of connected populations one synapse group")
+                   help=f"at most K distinct voltage decays per layer (default: the graph's metadata "
+                        f"'decay_groups', which st2chip quantize records, else {DEFAULT_DECAY_GROUPS}); each distinct "
+                        f"decay (for a CubaLIF, each pair of K current and K voltage decays: up to K^2) is one "
+                        f"population (one Lava process), and each pair of connected populations one synapse group")
     p.add_argument("--dt", type=float, default=None,
                    help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
     p.add_argument("--lowrank", choices=["auto", "factored", "product"], default="auto",
@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--samples", type=int, default=100,
                    help="test samples run through float, reference and Lava (default 100; the split has 360)")
-    p.add_argument("--decay-groups", type=int, default=4, metavar="K", help="decay groups per layer (default 4)")
+    p.add_argument("--decay-groups", type=int, default=DEFAULT_DECAY_GROUPS, metavar="K",
+                   help=f"decay groups per layer (default {DEFAULT_DECAY_GROUPS})")
     p.add_argument("--epochs", type=int, default=25, help="training epochs (default 25)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--retrain", action="store_true", help="train again even if runs/<name>/model.pt exists")

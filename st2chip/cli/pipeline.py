@@ -17,7 +17,7 @@ import numpy as np
 from st2chip.analysis.verify import Headroom, headroom_use
 from st2chip.chip.chipgraph import UV_MAX, ChipGraph
 from st2chip.errors import GraphError, InputError
-from st2chip.chip.lower import HEADROOM, lower
+from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM, lower
 from st2chip.graph.bundle import MANIFEST
 from st2chip.graph.bundle_graph import bundle_graph
 from st2chip.graph.normalize import normalize
@@ -127,9 +127,6 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
             return lava.run(chip, inputs, voltages=voltages, run_cfg=run_cfg)
         return lava.run(chip, inputs, voltages=voltages, progress=progress)
     raise InputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
-
-
-DEFAULT_DECAY_GROUPS = 4
 
 
 def decay_groups_of(graph: nir.NIRGraph, given: int | None) -> int:

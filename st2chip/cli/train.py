@@ -16,7 +16,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from st2chip.chip.lower import HEADROOM
+from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM
 from st2chip.learn import compensation, pruning
 from st2chip.learn.cnn import CNNConfig, SpikingCNN
 from st2chip.learn.data import (DATASETS, DIGITS_SIDE, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, ROWS_HOLD,
@@ -304,8 +304,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "  st2chip quantize rnn.pt --decay-groups 4 --out rnn-q.pt\n"
                     "  st2chip export rnn-q.pt --out rnn-q.nir && st2chip verify rnn-q.nir")
     q.add_argument("checkpoint", help="checkpoint written by 'st2chip train' (kind mlp or rnn)")
-    q.add_argument("--decay-groups", type=int, default=4, metavar="K",
-                   help="distinct (current, voltage) decay pairs per layer, one population each (default 4)")
+    q.add_argument("--decay-groups", type=int, default=DEFAULT_DECAY_GROUPS, metavar="K",
+                   help=f"distinct (current, voltage) decay pairs per layer, one population each (default "
+                        f"{DEFAULT_DECAY_GROUPS}, map's default)")
     q.add_argument("--headroom", type=float, default=None, metavar="H",
                    help=f"the lowering's headroom, as in st2chip map (default {HEADROOM:g}, map's default); map, "
                         f"verify and energy with the same --headroom")
