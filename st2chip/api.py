@@ -1,0 +1,268 @@
+"""st2chip's Python API: the pipeline's stages as functions you chain, with exactly the CLI's defaults.
+
+::
+
+    import st2chip
+    graph = st2chip.load("model.nir")              # canonical NIR (a .nir file or a bundle folder)
+    chip = st2chip.lower(graph)                    # ChipGraph: fixed-point populations and synapse groups
+    traces = st2chip.run(chip, x)                  # st2chip's bit-exact engine; backend="lava" for Lava
+    report = st2chip.verify(graph, x, labels=y)    # float vs engine vs Lava, with pass/fail checks
+    print(st2chip.energy(chip, x).to_dict())       # synaptic operations and energy from the spike traces
+
+Inputs are shaped as ``--inputs`` files are: an array or torch tensor ``(batch, steps, n)`` (or
+``(batch, steps, *input_shape)``) for a graph with one Input node, or a mapping from Input node
+name to such an array. Every command of the ``st2chip`` CLI calls these functions; the defaults
+live in :mod:`st2chip.defaults`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import nir
+import numpy as np
+
+from st2chip import defaults
+from st2chip.analysis.energy import EnergyReport
+from st2chip.analysis.verify import VerifyReport
+from st2chip.chip.chipgraph import ChipGraph
+from st2chip.chip.placement import Placement, Resources
+from st2chip.cli.inputs import RunInputs, input_sizes, limit, resolve_inputs
+from st2chip.errors import InputError
+from st2chip.traces import Traces
+
+Source = str | os.PathLike
+Stage = Callable[..., Any]  # ``stage(name, fn, *args, **kwargs) -> fn(*args, **kwargs)``, e.g. a timing log
+
+__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "import_model", "inputs_for"]
+
+
+def _call(name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+def load(path: Source | nir.NIRGraph, *, dt: float | None = None, steps: int | None = None) -> nir.NIRGraph:
+    """Read and normalize a NIR graph: a ``.nir`` file, a deployment bundle folder, or a ``nir.NIRGraph``.
+
+    ``dt`` (seconds) is needed where the graph's metadata has none; ``steps`` is recorded in the
+    metadata as the run length the default inputs use.
+    """
+    from st2chip import limits
+    from st2chip.cli.pipeline import load_graph
+    graph = load_graph(path, dt)
+    if steps is not None:
+        graph.metadata["steps"] = limits.positive_int(steps, "steps")
+    return graph
+
+
+def lower(graph: nir.NIRGraph | Source, *, decay_groups: int | None = None, lowrank: str = defaults.LOWRANK,
+          headroom: float = defaults.HEADROOM) -> ChipGraph:
+    """Lower a graph (or a path, read with :func:`load`) to a :class:`~st2chip.chip.chipgraph.ChipGraph`.
+
+    ``decay_groups``: at most this many distinct decays per layer (default: the graph's metadata
+    ``decay_groups``, else :data:`~st2chip.defaults.DEFAULT_DECAY_GROUPS`); ``lowrank``: ``"auto"``,
+    ``"factored"`` or ``"product"`` for DSP low-rank layers; ``headroom``: thresholds a neuron's current and
+    voltage may reach (see ``st2chip map --help``).
+    """
+    from st2chip.cli.pipeline import map_graph
+    source = None
+    if not isinstance(graph, nir.NIRGraph):
+        source, graph = graph, load(graph)
+    return map_graph(graph, decay_groups, source, lowrank, headroom)
+
+
+def place(chip: ChipGraph, resources: str | os.PathLike | Resources = defaults.RESOURCES, *,
+          max_chips: int | None = defaults.MAX_CHIPS, pack: bool = True) -> Placement:
+    """Place ``chip`` on neurocores and chips of a resource model (``loihi2``, ``loihi1`` or a JSON file).
+
+    Raises :class:`~st2chip.chip.placement.PlacementError` naming every layer that does not fit.
+    """
+    from st2chip.chip.placement import place as place_chip
+    return place_chip(chip, resources, max_chips=max_chips, pack=pack)
+
+
+def _array(value: Any, where: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InputError(f"{where}: expected a numeric array, got dtype {array.dtype}")
+    return array
+
+
+def _levels(name: str, array: np.ndarray, size: int, top: int) -> np.ndarray:
+    """``(B, T, *shape)`` -> ``(B, T, size)`` integers in ``0 .. top`` (uint8 where they fit)."""
+    where = f"input '{name}'"
+    if array.ndim < 3 or array.shape[0] == 0 or array.shape[1] == 0 or int(np.prod(array.shape[2:])) != size:
+        raise InputError(f"{where}: shape {array.shape}; expected (batch, steps, {size}) or "
+                         f"(batch, steps, *input_shape) with {size} values per step")
+    values = array.reshape(array.shape[0], array.shape[1], size)
+    bad = (values < 0) | (values > top) | (values != np.round(values))
+    if bad.any():
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        what = "spikes (0 or 1)" if top == 1 else f"integer levels 0 .. {top}"
+        raise InputError(f"{where} must hold {what}; sample {i[0]}, step {i[1]}, value {i[2]} is {values[i]!r}")
+    return values.astype(np.uint8 if top < 256 else np.int64)
+
+
+def _named(inputs: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """One array per input name, from a mapping or (one input only) a bare array."""
+    if isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        unknown = sorted(set(inputs) - set(names))
+        if missing or unknown:
+            raise InputError(f"inputs: the graph's Input nodes are {', '.join(names)}; missing "
+                             f"{', '.join(missing) or 'none'}, unknown {', '.join(map(str, unknown)) or 'none'}")
+        return {n: _array(inputs[n], f"input '{n}'") for n in names}
+    if len(names) != 1:
+        raise InputError(f"inputs: the graph has {len(names)} Input nodes ({', '.join(names)}); pass a mapping "
+                         f"from each name to its array")
+    return {names[0]: _array(inputs, f"input '{names[0]}'")}
+
+
+def _labels(labels: Any, samples: int) -> np.ndarray | None:
+    if labels is None:
+        return None
+    array = _array(labels, "labels")
+    if array.shape != (samples,) or not (np.issubdtype(array.dtype, np.integer)
+                                         or np.array_equal(array, np.round(array))):
+        raise InputError(f"labels: expected {samples} integer class indices, got {array.dtype} {array.shape}")
+    return array.astype(np.int64)
+
+
+def _packed(spikes: dict[str, np.ndarray], labels: Any, origin: str) -> RunInputs:
+    shapes = {n: s.shape[:2] for n, s in spikes.items()}
+    if len(set(shapes.values())) != 1:
+        raise InputError(f"inputs disagree in (batch, steps): {shapes}")
+    return RunInputs(spikes, _labels(labels, next(iter(shapes.values()))[0]), origin)
+
+
+def inputs_for(graph: nir.NIRGraph, inputs: Any = None, labels: Any = None, *, samples: int | None = None,
+               steps: int | None = None) -> RunInputs:
+    """The run inputs for ``graph``: arrays or tensors (see the module docstring), a ``.npy``/``.npz`` path
+    as ``--inputs`` takes, or ``None`` for the graph's default data (the digits or MNIST-1D test split);
+    ``samples`` and ``steps`` keep the first ones."""
+    if isinstance(inputs, RunInputs):
+        return limit(inputs, samples, steps)
+    if inputs is None or isinstance(inputs, (str, os.PathLike)):
+        return resolve_inputs(graph, None if inputs is None else str(inputs), samples, steps)
+    analog = isinstance(graph.metadata, dict) and graph.metadata.get("encoding") == "direct"
+    sizes = input_sizes(graph)
+    arrays = _named(inputs, list(sizes))
+    top = {n: (int(a.max()) if a.size and analog else 1) for n, a in arrays.items()}
+    spikes = {n: _levels(n, a, sizes[n], max(top[n], 1)) for n, a in arrays.items()}
+    return limit(_packed(spikes, labels, "arrays"), samples, steps)
+
+
+def _chip_inputs(chip: ChipGraph, inputs: Any) -> dict[str, np.ndarray]:
+    """Inputs for a ChipGraph's input ports: spikes for spike ports, integer levels for analog ones."""
+    if isinstance(inputs, RunInputs):
+        return inputs.spikes
+    ports = {p.name: p for p in chip.inputs}
+    arrays = _named(inputs, list(ports))
+    spikes = {n: _levels(n, a, ports[n].size, ports[n].levels) for n, a in arrays.items()}
+    return _packed(spikes, None, "arrays").spikes
+
+
+def run(chip: ChipGraph, inputs: Any, *, backend: str = defaults.BACKEND, device: str | None = None,
+        batch_size: int = defaults.BATCH_SIZE, voltages: bool = True, progress: bool = False,
+        ray: str | None = None, target: str = defaults.LAVA_TARGET) -> Traces:
+    """Run ``inputs`` through ``chip`` on ``backend``: ``"engine"`` (st2chip's bit-exact fixed-point engine,
+    on ``device``: CUDA when present, else CPU) or ``"lava"`` (Lava's fixed-point simulator).
+
+    Returns :class:`~st2chip.traces.Traces`: per layer ``spikes`` and ``voltages`` ``(batch, steps, n)``
+    and the readout ``scores``. ``ray``: shard the engine's samples over Ray (``"local"`` or an address).
+    """
+    from st2chip.cli.pipeline import run_backend
+    if backend == "float":
+        raise InputError("backend 'float' runs a NIR graph, not a ChipGraph: use st2chip.simulate(graph, inputs)")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    return run_backend(backend, None, chip, _chip_inputs(chip, inputs), voltages, device=device,
+                       batch_size=batch_size, progress=progress, ray=ray, target=target)
+
+
+def simulate(graph: nir.NIRGraph, inputs: Any) -> Traces:
+    """Run ``inputs`` through the float NIR interpreter (the model as trained, no chip arithmetic)."""
+    from st2chip.cli.pipeline import run_backend
+    return run_backend("float", graph, None, inputs_for(graph, inputs).spikes)
+
+
+def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None, *,
+           backends: tuple[str, ...] = defaults.VERIFY_BACKENDS, lava_samples: int = defaults.LAVA_SAMPLES,
+           max_drop: float = defaults.MAX_DROP, min_agreement: float = defaults.MIN_AGREEMENT,
+           chip: ChipGraph | None = None, decay_groups: int | None = None, lowrank: str = defaults.LOWRANK,
+           headroom: float = defaults.HEADROOM, samples: int | None = None, steps: int | None = None,
+           device: str | None = None, batch_size: int = defaults.BATCH_SIZE, ray: str | None = None,
+           target: str = defaults.LAVA_TARGET, progress: bool = False, stage: Stage = _call) -> VerifyReport:
+    """Float vs st2chip's engine vs Lava on the same inputs, with the checks ``st2chip verify`` makes.
+
+    ``model`` is a graph or a path; ``chip`` a ChipGraph already lowered from it (else it is lowered
+    with ``decay_groups``, ``lowrank``, ``headroom``). ``inputs``: see :func:`inputs_for` (``None``: the
+    graph's default data, with its labels). Lava runs the first ``lava_samples`` samples only. The
+    report's ``passed`` is False when engine and Lava differ, accuracy drops more than ``max_drop``
+    points, or a layer's float-vs-chip spike agreement (layer by layer) is below ``min_agreement`` %.
+    ``stage(name, fn, *args)`` wraps each step (the CLI's ``--verbose`` timing log).
+    """
+    from st2chip.analysis.verify import verify as compare_traces
+    from st2chip.cli.pipeline import BACKENDS, chip_headroom, run_backend, run_layer_by_layer
+    backends = tuple(b.strip() for b in backends if b.strip())
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
+    if lava_samples < 0:
+        raise InputError(f"--lava-samples must be 0 or more, got {lava_samples}")
+    graph = model if isinstance(model, nir.NIRGraph) else stage("read+normalize", load, model)
+    if chip is None:
+        chip = stage("lower", lower, graph, decay_groups=decay_groups, lowrank=lowrank, headroom=headroom)
+    run_inputs = inputs_for(graph, inputs, labels, samples=samples, steps=steps)
+    engine_args = {"device": device, "batch_size": batch_size, "progress": progress and ray is None, "ray": ray,
+                   "target": target}
+    everything = [b for b in backends if b != "lava"] or ["reference"]
+    traces = [stage(f"simulate:{b}", run_backend, b, graph, chip, run_inputs.spikes, **engine_args)
+              for b in everything]
+    cross: tuple[Traces, ...] = ()
+    if "lava" in backends and lava_samples:
+        n = min(lava_samples, run_inputs.samples)
+        head = {name: x[:n] for name, x in run_inputs.spikes.items()}
+        cross = (stage("simulate:lava", run_backend, "lava", graph, chip, head, target=target,
+                       progress=progress),)
+    local = None
+    if "float" in backends and any(b != "float" for b in everything):
+        chip_traces = next(t for t in traces if t.backend != "float")
+        local = stage("simulate:float layer by layer", run_layer_by_layer, graph, run_inputs.spikes, chip_traces)
+    headroom_use = (chip_headroom(graph, chip, next(t for t in traces if t.backend == "float"))
+                    if "float" in everything else ())
+    return stage("verify", compare_traces, traces, run_inputs.labels, max_drop=max_drop,
+                 min_agreement=min_agreement, cross_checks=cross,
+                 units={layer: chip.voltage_units(layer) for layer in chip.readout_layers()},
+                 layer_by_layer=local, headroom=headroom_use)
+
+
+def energy(chip: ChipGraph, inputs: Any, *, profile: str | os.PathLike = defaults.PROFILE,
+           resources: str | os.PathLike | Resources | None = None, placement: Placement | None = None,
+           backend: str = defaults.BACKEND, device: str | None = None, batch_size: int = defaults.BATCH_SIZE,
+           progress: bool = False, ray: str | None = None, target: str = defaults.LAVA_TARGET) -> EnergyReport:
+    """Synaptic operations and energy per layer, partition and core, counted from real spike traces.
+
+    ``inputs`` are run on ``backend`` (or are :class:`~st2chip.traces.Traces` already run); ``profile``:
+    ``45nm``, ``loihi``, ``loihi2`` or a JSON file; the chip is placed on ``resources`` (default: the
+    profile's) unless a ``placement`` is given.
+    """
+    from st2chip.analysis.energy import energy_report, load_profile
+    prof = load_profile(profile)
+    if placement is None:
+        placement = place(chip, resources or prof.resources, max_chips=None)
+    traces = inputs if isinstance(inputs, Traces) else run(
+        chip, inputs, backend=backend, device=device, batch_size=batch_size, voltages=False, progress=progress,
+        ray=ray, target=target)
+    return energy_report(chip, traces, prof, placement)
+
+
+def import_model(path: Source, framework: str, *, dt: float | None = None, steps: int | None = None):
+    """Read a ``.nir`` file as ``framework`` (norse, snntorch, spikingjelly or nir) wrote it, absorbing its
+    quirks; returns the canonical graph (``.graph``) and one note per change (``.notes``)."""
+    from st2chip.converters.registry import import_file
+    return import_file(path, framework, dt=dt, steps=steps)

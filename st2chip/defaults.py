@@ -1,0 +1,25 @@
+"""Every default the CLI and the Python API share, defined once.
+
+The commands' ``--help`` texts and the functions of :mod:`st2chip.api` both read
+these names, so ``st2chip map model.nir`` and ``st2chip.lower(st2chip.load("model.nir"))``
+give the same ChipGraph.
+"""
+
+from __future__ import annotations
+
+from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM
+
+LOWRANK = "auto"             # a DSP low-rank layer: factored or multiplied out, whichever costs less on chip
+RESOURCES = "loihi2"         # the chip resource model a network is placed on
+MAX_CHIPS = 1                # chips a placement may use (None: no limit)
+BACKEND = "engine"           # where a ChipGraph runs: st2chip's bit-exact engine (Lava: "lava")
+BATCH_SIZE = 256             # engine samples per batch
+LAVA_TARGET = "lava-sim"     # where the lava backend runs: Lava's fixed-point CPU simulator
+VERIFY_BACKENDS = ("float", "reference", "lava")
+LAVA_SAMPLES = 20            # samples verify cross-checks on Lava, bit for bit against the engine
+MAX_DROP = 2.0               # points of accuracy the chip may lose against float before verify fails
+MIN_AGREEMENT = 95.0         # percent float-vs-chip spike agreement (worst layer, layer by layer) verify requires
+PROFILE = "45nm"             # the energy profile: E_AC = 0.9 pJ, E_MAC = 4.6 pJ
+
+__all__ = ["DEFAULT_DECAY_GROUPS", "HEADROOM", "LOWRANK", "RESOURCES", "MAX_CHIPS", "BACKEND", "BATCH_SIZE",
+           "LAVA_TARGET", "VERIFY_BACKENDS", "LAVA_SAMPLES", "MAX_DROP", "MIN_AGREEMENT", "PROFILE"]
