@@ -25,13 +25,10 @@ import snntorch as snn
 import torch
 from snntorch import utils as snn_utils
 
-from st2chip.analysis.energy import energy_report, write_energy_report
-from st2chip.analysis.verify import verify
-from st2chip.chip.lower import lower
+import st2chip
+from st2chip.analysis.energy import write_energy_report
 from st2chip.chip.table import format_table
 from st2chip.converters.snntorch import to_nir
-from st2chip.graph.simulate import simulate
-from st2chip.targets import engine, lava
 
 N_IN, HIDDEN, N_OUT = 16, 12, 4
 SAMPLES, STEPS, SEED = 4, 20, 0
@@ -72,16 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     print("conversion notes:\n  " + "\n  ".join(converted.notes))
     nir_path = args.out / "snntorch.nir"
     nir.write(nir_path, converted.graph)
-    chip = lower(converted.graph, decay_groups=N_OUT)  # per-neuron leaks of the output layer: one decay each
+    chip = st2chip.lower(converted.graph, decay_groups=N_OUT)  # per-neuron leaks of the output layer: one decay each
     print(format_table(chip))
 
     x = (np.random.default_rng(SEED).random((SAMPLES, STEPS, N_IN)) < 0.3).astype(np.uint8)
     theirs = run_snntorch(net, x)
-    floats = simulate(converted.graph, x)
+    floats = st2chip.simulate(converted.graph, x)
     out_layer = list(converted.graph.nodes)[-2]  # the Leaky layer feeding the Output node
-    ref = engine.run(chip, {"input": x})
-    lav = lava.run(chip, {"input": x})
-    report = verify([floats, ref, lav])
+    ref = st2chip.run(chip, x)
+    report = st2chip.verify(converted.graph, x, chip=chip, lava_samples=SAMPLES)  # float, engine and Lava
     print(report.to_text())
 
     ours = floats.spikes[out_layer]
@@ -90,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  st2chip   {ours.sum(axis=(0, 1)).tolist()}  (float NIR simulation; spike for spike equal to "
           f"snnTorch: {np.array_equal(theirs, ours)})")
     print(f"  chip      {ref.spikes[out_layer].sum(axis=(0, 1)).tolist()}  (reference = Lava: {report.chip_exact})")
-    paths = write_energy_report(energy_report(chip, ref, "45nm"), args.out)
+    paths = write_energy_report(st2chip.energy(chip, ref), args.out)
     print(f"wrote {nir_path}, " + ", ".join(str(p) for p in paths.values()))
 
     same = np.array_equal(theirs, ours)

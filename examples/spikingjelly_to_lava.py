@@ -26,13 +26,10 @@ import numpy as np
 import torch
 from spikingjelly.activation_based import functional, layer, neuron
 
-from st2chip.analysis.energy import energy_report, write_energy_report
-from st2chip.analysis.verify import verify
-from st2chip.chip.lower import lower
+import st2chip
+from st2chip.analysis.energy import write_energy_report
 from st2chip.chip.table import format_table
 from st2chip.converters.spikingjelly import to_nir
-from st2chip.graph.simulate import simulate
-from st2chip.targets import engine, lava
 
 N_IN, BATCH, STEPS, SEED = 10, 4, 20, 0
 
@@ -65,22 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     print("conversion notes:\n  " + "\n  ".join(conv.notes))
     nir.write(args.out / "spikingjelly.nir", conv.graph)
 
-    chip = lower(conv.graph, decay_groups=1)
+    chip = st2chip.lower(conv.graph, decay_groups=1)
     print(format_table(chip))
-    inputs = {name: x for name, node in conv.graph.nodes.items() if isinstance(node, nir.Input)}
-    flt = simulate(conv.graph, x)
-    ref = engine.run(chip, inputs)
-    lav = lava.run(chip, inputs)
-    report = verify([flt, ref, lav])
+    flt = st2chip.simulate(conv.graph, x)
+    ref = st2chip.run(chip, x)
+    report = st2chip.verify(conv.graph, x, chip=chip, lava_samples=BATCH)  # float, engine and Lava
     print(report.to_text())
 
     sj_counts = sj_out.sum(axis=1).astype(int)
     flt_counts = flt.scores.astype(int)
-    print("output spike counts per neuron (sample: SpikingJelly | st2chip float | reference | Lava):")
+    print("output spike counts per neuron (sample: SpikingJelly | st2chip float | chip):")
     for b in range(BATCH):
-        print(f"  {b}: {sj_counts[b].tolist()} | {flt_counts[b].tolist()} | "
-              f"{ref.scores[b].astype(int).tolist()} | {lav.scores[b].astype(int).tolist()}")
-    files = write_energy_report(energy_report(chip, ref, "45nm"), args.out)
+        print(f"  {b}: {sj_counts[b].tolist()} | {flt_counts[b].tolist()} | {ref.scores[b].astype(int).tolist()}")
+    files = write_energy_report(st2chip.energy(chip, ref), args.out)
     print("wrote", args.out / "spikingjelly.nir", *files.values())
 
     sj_ok = np.array_equal(sj_counts, flt_counts)
