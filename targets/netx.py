@@ -259,8 +259,8 @@ def _target_weights(group: SynapseGroup, approximate: bool) -> tuple[np.ndarray 
     if not approximate:
         return None, 0.0, (f"weight exponent {group.exp} of '{group.name}': Lava shifts the summed input right by "
                            f"{k} bits, netx adds integer weights per synapse, and {int(off.sum())} of "
-                           f"{two_m.size} weights (2 x mantissa) are not multiples of {1 << k} (approximate=True "
-                           f"/ --approximate rounds them)")
+                           f"{two_m.size} weights (2 x mantissa) are not multiples of {1 << k} (--approximate "
+                           f"rounds them)")
     exact = two_m / float(1 << k)
     rounded = np.rint(exact).astype(np.int64)
     return rounded, float(np.abs(rounded - exact).max()), ""
@@ -277,7 +277,7 @@ def _target_bias(pop: Population, approximate: bool) -> tuple[np.ndarray | None,
         bad = int(np.count_nonzero(bias % (1 << NETX_BIAS_EXP)))
         return None, 0.0, (f"netx fixes the bias exponent at {NETX_BIAS_EXP} (bias = mantissa x 64) and "
                            f"{bad} of {bias.size} biases are not multiples of 64 or exceed its 13-bit mantissa "
-                           f"(approximate=True / --approximate rounds them)")
+                           f"(--approximate rounds them)")
     mant = np.clip(np.rint(bias / float(1 << NETX_BIAS_EXP)), lo, hi).astype(np.int64)
     return mant, float(np.abs((mant << NETX_BIAS_EXP) - bias).max(initial=0)), ""
 
