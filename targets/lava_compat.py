@@ -7,7 +7,9 @@ that compiles that one module from its source with the defaults rewritten to
 ``field(default_factory=ByteEncoder)``. Where lava imports cleanly it does
 nothing. It also lets lava's runtime import after something else (tqdm's lock, for
 one) has already fixed multiprocessing's start method to the ``fork`` that lava
-sets unconditionally. Everything in st2chip imports lava through this module.
+sets unconditionally. Everything in st2chip imports lava through this module, so
+that where Lava (or one of its dependencies) is missing, the user reads how to
+install it instead of a traceback.
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ import importlib.util
 import re
 import sys
 
+from st2chip.errors import InputError
+
 _TARGET = "lava.magma.compiler.var_model"
 _RUNTIME_MP = "lava.magma.runtime.message_infrastructure.multiprocessing"
 _MUTABLE_DEFAULT = re.compile(r"(:\s*ByteEncoder\s*=\s*)ByteEncoder\(\)")
 _patched = False
+# Lava declares Requires-Python < 3.11 and pins old versions, so pip cannot install it as a dependency of st2chip
+INSTALL_HINT = ("pip install 'st2chip[lava]' && pip install --no-deps --ignore-requires-python "
+                "lava-nc==0.10.0 lava-dl==0.6.0 (in a checkout, make install does both)")
+WITHOUT_LAVA = "--backend reference (--backends float,reference for verify) leaves Lava out"
 
 
 class _VarModelLoader(importlib.machinery.SourceFileLoader):
@@ -48,6 +56,15 @@ class _VarModelFinder(importlib.abc.MetaPathFinder):
                 spec.loader = _VarModelLoader(fullname, spec.origin)
                 return spec
         return None
+
+
+def missing_lava(err: ModuleNotFoundError) -> InputError:
+    """The one-line error for a Lava import that failed on a missing module: Lava itself or one it imports."""
+    if err.name is not None and (err.name == "lava" or err.name.startswith("lava.")):
+        return InputError(f"the lava backend needs Lava (lava-nc 0.10.0, lava-dl 0.6.0), which is not installed "
+                          f"here; install it with: {INSTALL_HINT}; {WITHOUT_LAVA}")
+    return InputError(f"Lava is installed but cannot import module '{err.name}' that it needs; install Lava's "
+                      f"dependencies with: {INSTALL_HINT}; {WITHOUT_LAVA}")
 
 
 def _needs_patch() -> bool:
@@ -88,11 +105,17 @@ def _import_runtime() -> None:
 
 
 def ensure_lava() -> bool:
-    """Make ``import lava...`` work; return True when the var_model fix was applied."""
+    """Make ``import lava...`` work; return True when the var_model fix was applied.
+
+    Where Lava or a module it imports is missing: an :class:`InputError` that says how to install it.
+    """
     global _patched
-    if not _patched and _needs_patch():
-        sys.meta_path.insert(0, _VarModelFinder())
-        importlib.import_module(_TARGET)
-        _patched = True
-    _import_runtime()
+    try:
+        if not _patched and _needs_patch():
+            sys.meta_path.insert(0, _VarModelFinder())
+            importlib.import_module(_TARGET)
+            _patched = True
+        _import_runtime()
+    except ModuleNotFoundError as err:
+        raise missing_lava(err) from None
     return _patched
