@@ -35,11 +35,10 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from neurobench.metrics.utils.layers import single_layer_MACs
-from neurobench.metrics.utils.layers.macs import stateless_layer_macs
 from torch import nn
 
 from st2chip.attention import attention_ops
+from st2chip.errors import InputError
 from st2chip.learn.data import Split
 from st2chip.analysis.energy import Profile, load_profile
 from st2chip.learn.pruning import LowRankLinear
@@ -111,8 +110,20 @@ def _linear_ops(x: torch.Tensor, weight: torch.Tensor, analog: bool) -> float:
     return float((events.reshape(-1, x.shape[-1]).sum(0) * fanout).sum())
 
 
+def _neurobench_counters():
+    """NeuroBench's two layer counters; imported when first used, as NeuroBench installs only with --no-deps."""
+    try:
+        from neurobench.metrics.utils.layers import single_layer_MACs
+        from neurobench.metrics.utils.layers.macs import stateless_layer_macs
+    except ImportError as err:
+        raise InputError(f"counting a model's synaptic operations uses NeuroBench, which does not import here "
+                         f"({err}); install it with: pip install --no-deps neurobench==2.3.0") from None
+    return single_layer_MACs, stateless_layer_macs
+
+
 def _neurobench_ops(x: torch.Tensor, module: nn.Module, kind: str) -> tuple[str, float]:
     """Input kind and operations of one Linear/Conv call, by NeuroBench's code (counts unbinarised: one AC per spike)."""
+    single_layer_MACs, stateless_layer_macs = _neurobench_counters()
     if kind == "counts":
         return kind, float(stateless_layer_macs(x, module, total=False))
     ops, spiking = single_layer_MACs(x, module)
