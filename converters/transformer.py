@@ -32,8 +32,6 @@ Every ONNX part is checked against torch with onnxruntime at export time.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -43,8 +41,9 @@ import torch
 from torch import nn
 
 from st2chip.graph.bundle import FORMAT, MANIFEST, VERSION
+from st2chip.graph.nirfile import write_nir
 from st2chip.errors import InputError, St2chipError
-from st2chip.io import publish_folder, write_json
+from st2chip.io import atomic_folder, write_json
 from st2chip.converters.mlp import DEFAULT_DT, slif_to_nir, to_numpy
 from st2chip.learn.pruning import LowRankLinear
 from st2chip.learn.transformer import SpikingTransformer, _ConvBNSN
@@ -105,7 +104,7 @@ class _Graph:
     def write(self, path: Path, dt: float, steps: int) -> None:
         graph = nir.NIRGraph(nodes=self.nodes, edges=self.edges,
                              metadata={"dt": dt, "steps": steps, "producer": "st2chip"})
-        nir.write(path, graph)
+        write_nir(graph, path)
         nir.read(path)  # type-checks on read: the part must round-trip
 
 
@@ -275,25 +274,9 @@ def export_bundle(model: SpikingTransformer, folder: str | os.PathLike, dt: floa
     target = Path(folder)
     if target.exists() and not (target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))):
         raise InputError(f"{target}: exists and is not an st2chip bundle; not overwriting it")
-    target.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    old = None
-    try:
+    with atomic_folder(target, replace=True) as tmp:
         with torch.no_grad():
             steps = _write_parts(model, tmp, dt)
         write_json(tmp / MANIFEST, bundle_manifest(model, steps, dt))
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old / target.name)
-        try:
-            publish_folder(tmp, target)
-        except OSError:
-            if old is not None:
-                os.replace(old / target.name, target)
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return target

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from st2chip.chip.chipgraph import ChipGraph
+from st2chip.text import printable
 
 if TYPE_CHECKING:
     from st2chip.chip.placement import Core, Placement
@@ -66,6 +67,7 @@ def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict
 
 
 def _aligned(header: tuple[str, ...], lines: list[tuple[str, ...]], left: set[int]) -> list[str]:
+    lines = [tuple(printable(cell) for cell in line) for line in lines]  # names come from files
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" if i in left else f"{{:>{w}}}" for i, w in enumerate(widths))
     return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*l) for l in lines]
@@ -107,11 +109,11 @@ def format_table(chip: ChipGraph, placement: Placement | None = None) -> str:
     out += [f"analog input '{i.name}': {i.size} integer levels 0..{i.levels} per step (a MAC per non-zero weight)"
             for i in chip.inputs if i.kind == "analog"]
     if placement is not None:
-        out.append(placement.summary())
+        out += placement.summary().split("\n")  # several lines; each is escaped below
         if any(r["bound"] != "-" for r in rows):
             out.append("cores: what bound them - neur (neurons per core), mem (synapse memory), in (fan-in axons), "
                        "out (fan-out axons)")
-    return "\n".join(out)
+    return "\n".join(map(printable, out))
 
 
 def _partition_line(chip: ChipGraph, host) -> str:
@@ -191,4 +193,4 @@ def format_cores(placement: Placement, max_rows: int = 40) -> str:
                    f"axons ({res.name})")
     else:
         out.append(f"no neurons to place ({res.name})")
-    return "\n".join(out)
+    return "\n".join(map(printable, out))

@@ -8,6 +8,7 @@ results to stdout or files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -18,6 +19,7 @@ from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM
 from st2chip.cli.train import register as register_train
 from st2chip.converters.registry import EXPORT_DT, FRAMEWORKS
 from st2chip.errors import InputError, St2chipError, St2chipWarning
+from st2chip.text import printable
 
 EPILOG_EXIT = ("exit codes: 0 ok, 1 verification failed a check, 2 bad input, 130/143 interrupted "
                "(SIGINT/SIGTERM)")
@@ -237,6 +239,7 @@ def _register_export_netx(sub) -> None:
 def _cmd_export_netx(args: argparse.Namespace) -> int:
     from st2chip.io import write_json
     from st2chip.targets.netx import export_netx
+    _check_outputs(args, [args.model], files=("output", "json"))
     _, _, chip = _pipeline(args)
     export = export_netx(chip, args.output, approximate=args.approximate)
     print(export.describe())
@@ -253,6 +256,17 @@ def _pipeline(args: argparse.Namespace):
     chip = log.stage("lower", map_graph, graph, args.decay_groups, args.model, getattr(args, "lowrank", "product"),
                      args.headroom)
     return log, graph, chip
+
+
+def _check_outputs(args: argparse.Namespace, inputs: list[str | None], files: tuple[str, ...] = (),
+                   folders: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything runs, an output flag naming a device, FIFO, socket (or a link to one), a folder
+    where a file goes (or the reverse), or the same file as one of ``inputs`` (exit 2)."""
+    from st2chip.io import check_output
+    for names, folder in ((files, False), (folders, True)):
+        for name in names:
+            if getattr(args, name) is not None:
+                check_output(getattr(args, name), inputs, folder=folder, flag=f"--{name}")
 
 
 def _run_inputs(args: argparse.Namespace, graph):
@@ -288,7 +302,8 @@ def _check_target(args: argparse.Namespace, runs_lava: bool) -> None:
 def _cmd_map(args: argparse.Namespace) -> int:
     from st2chip.chip.placement import PlacementError, load_resources, place
     from st2chip.chip.table import format_cores, format_table, layer_rows
-    from st2chip.io import write_json
+    from st2chip.io import atomic_folder, write_json
+    _check_outputs(args, [args.model, args.resources], files=("json",), folders=("report",))
     if args.max_chips.strip().lower() == "any":
         max_chips = None
     else:
@@ -318,14 +333,16 @@ def _cmd_map(args: argparse.Namespace) -> int:
         write_json(args.json, data)
     if args.report:
         from st2chip.chip.report import write_report
-        print("report written: " + ", ".join(str(p) for p in write_report(chip, placement, args.report)))
+        with atomic_folder(args.report) as tmp:
+            written = write_report(chip, placement, tmp)
+        print("report written: " + ", ".join(str(Path(args.report) / p.name) for p in written))
     return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    import numpy as np
     from st2chip.cli.pipeline import run_backend
-    from st2chip.io import atomic_path
+    from st2chip.io import write_npz
+    _check_outputs(args, [args.model, args.inputs], files=("output",))
     _check_target(args, args.backend == "lava")
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
@@ -342,9 +359,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         arrays |= {f"inputs/{k}": v for k, v in traces.inputs.items()}
         if inputs.labels is not None:
             arrays["labels"] = inputs.labels
-        with atomic_path(args.output, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, scores=traces.scores, **arrays)
+        write_npz(args.output, {"scores": traces.scores, **arrays})
         print(f"traces written to {args.output}")
     return 0
 
@@ -359,6 +374,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
     if args.lava_samples < 0:
         raise InputError(f"--lava-samples must be 0 or more, got {args.lava_samples}")
+    _check_outputs(args, [args.model, args.inputs], files=("json",))
     _check_target(args, "lava" in backends and args.lava_samples > 0)
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
@@ -394,6 +410,8 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     from st2chip.analysis.energy import energy_report, load_profile, write_energy_report
     from st2chip.chip.placement import load_resources, place
     from st2chip.cli.pipeline import run_backend
+    from st2chip.io import atomic_folder
+    _check_outputs(args, [args.model, args.inputs, args.profile, args.resources], folders=("output",))
     profile = load_profile(args.profile)
     resources = load_resources(args.resources or profile.resources)
     _check_target(args, args.backend == "lava")
@@ -405,14 +423,16 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     report = log.stage("energy", energy_report, chip, traces, profile, placement)
     print(report.to_markdown())
     if args.output:
-        paths = write_energy_report(report, args.output)
-        print("written: " + ", ".join(str(p) for p in paths.values()))
+        with atomic_folder(args.output) as tmp:
+            paths = write_energy_report(report, tmp)
+        print("written: " + ", ".join(str(Path(args.output) / p.name) for p in paths.values()))
     return 0
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from st2chip.graph.nirfile import write_nir
     from st2chip.converters.registry import import_file
+    _check_outputs(args, [args.file], files=("output",))
     converted = import_file(args.file, args.framework, dt=args.dt, steps=args.steps)
     if args.dt is None and args.framework != "nir":
         converted.notes.insert(0, f"{args.framework}'s export does not store dt; using its default "
@@ -428,12 +448,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from st2chip.learn.checkpoint import load_checkpoint
     kind, model, extra = load_checkpoint(args.checkpoint)
-    if kind == "st":
+    if kind == "st":  # a bundle folder
         from st2chip.converters.transformer import export_bundle
+        _check_outputs(args, [args.checkpoint], folders=("output",))
         path = export_bundle(model, args.output, dt=args.dt)
         print(f"deployment bundle written to {path} (manifest.json, NIR and ONNX parts)")
         return 0
     from st2chip.graph.nirfile import write_nir
+    _check_outputs(args, [args.checkpoint], files=("output",))
     if kind == "cnn":
         from st2chip.converters.cnn import cnn_to_nir as to_nir
     elif kind == "rnn":
@@ -450,6 +472,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from st2chip.cli.demo import run_demo
+    _check_outputs(args, [], folders=("out",))
     return run_demo(out=Path(args.out), samples=args.samples, decay_groups=args.decay_groups,
                     epochs=args.epochs, seed=args.seed, retrain=args.retrain)
 
@@ -473,7 +496,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     text = " ".join(str(message).split())
     if not issubclass(category, St2chipWarning):
         text = f"{category.__name__}: {text}"
-    print(f"st2chip: warning: {text}", file=sys.stderr)
+    print(f"st2chip: warning: {printable(text)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -496,12 +519,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread: signals stay as they are
         previous = None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _children_keep_cwd_off_path():
             warnings.showwarning = _one_line_warning
             return _run(handler, args)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+SAFE_PATH_ENV = "PYTHONSAFEPATH"
+
+
+@contextlib.contextmanager
+def _children_keep_cwd_off_path():
+    """Every Python interpreter the command starts, directly or not (multiprocessing's resource tracker runs
+    ``python -c``, Ray starts workers), keeps the working directory off its import path (Python 3.11's ``-P``):
+    otherwise a folder holding a ``st2chip/`` or ``multiprocessing/`` package would run its code."""
+    previous = os.environ.get(SAFE_PATH_ENV)
+    os.environ[SAFE_PATH_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SAFE_PATH_ENV, None)
+        else:
+            os.environ[SAFE_PATH_ENV] = previous
+
+
+def _error(text: str) -> None:
+    """The one ``st2chip: error:`` line, with what came from files (names, paths) escaped."""
+    print(f"st2chip: error: {printable(text)}", file=sys.stderr)
 
 
 def _run(handler, args: argparse.Namespace) -> int:
@@ -517,11 +564,11 @@ def _run(handler, args: argparse.Namespace) -> int:
             limits.set_memory_budget(args.memory_budget)
         return handler(args)
     except St2chipError as err:
-        print(f"st2chip: error: {err}", file=sys.stderr)
+        _error(str(err))
         return err.exit_code
     except OSError as err:
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        print(f"st2chip: error: {where}{err.strerror or err}", file=sys.stderr)
+        _error(where + " ".join(str(err.strerror or err).split()))
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as main() raises it: 128 + the signal
         print("st2chip: interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -15,7 +16,7 @@ import numpy as np
 
 from st2chip import limits
 from st2chip.errors import InputError
-from st2chip.io import atomic_path
+from st2chip.io import write_bytes
 
 MAX_HDF5_LINKS = 200_000  # groups and datasets in one file (a real graph has a few per node)
 MAX_HDF5_DEPTH = 64  # nested groups (two per nested NIRGraph level, plus metadata)
@@ -84,9 +85,13 @@ def set_read_timeout(seconds: float | None) -> None:
 
 
 def _read_in_child(p: Path, timeout: float) -> None:
-    """Try the whole read in a child process first; a child that does not finish names the file."""
+    """Try the whole read in a child process first; a child that does not finish names the file.
+
+    ``-P`` keeps the working directory off the child's import path: ``-m`` would
+    put it first, and a folder holding a ``st2chip/`` package would then run its code.
+    """
     try:
-        subprocess.run([sys.executable, "-m", "st2chip.graph.nirfile", str(p)], capture_output=True,
+        subprocess.run([sys.executable, "-P", "-m", "st2chip.graph.nirfile", str(p)], capture_output=True,
                        timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise InputError(f"{p}: reading the NIR (HDF5) file did not finish within {timeout:g} s; its HDF5 "
@@ -122,15 +127,16 @@ def check_hdf5(f: h5py.File, p: Path) -> None:
     Also refuses what ``nir.read`` cannot survive: links to other files or back
     into the file (soft links, one object linked twice: nir would read a cycle
     forever), deep nesting, too many objects, and node groups whose ``type`` is
-    not a NIR node type.
+    not a NIR node type; and what would make h5py read another file (a dataset
+    with external storage, a virtual dataset): a ``.nir`` is read only from itself.
+    The whole file is walked before any value (a node's ``type``) is read.
     """
     budget_each = limits.GRAPH_COPIES
-    known = set(_known_types())
-    seen: set = set()
+    seen: set = {f.id}
+    nodes: list[tuple[str, h5py.Group]] = []
     links = 0
     total = 0
-    stack: list[tuple[str, h5py.Group, int]] = [("node", f["node"], 1)]
-    seen.add(f["node"].id)
+    stack: list[tuple[str, h5py.Group, int]] = [("", f, 0)]
     while stack:
         path, group, depth = stack.pop()
         if depth > MAX_HDF5_DEPTH:
@@ -140,7 +146,7 @@ def check_hdf5(f: h5py.File, p: Path) -> None:
             links += 1
             if links > MAX_HDF5_LINKS:
                 raise InputError(f"{p}: HDF5 file holds more than {MAX_HDF5_LINKS:,} groups and datasets")
-            child = f"{path}/{key}"
+            child = f"{path}/{key}" if path else key
             link = group.get(key, getlink=True)
             if not isinstance(link, h5py.HardLink):
                 raise InputError(f"{p}: '{child}' is an HDF5 {type(link).__name__}; a NIR file holds no links")
@@ -152,6 +158,7 @@ def check_hdf5(f: h5py.File, p: Path) -> None:
             if isinstance(item, h5py.Group):
                 stack.append((child, item, depth + 1))
             elif isinstance(item, h5py.Dataset):
+                _check_stored_here(p, path, key, item)
                 n = 0 if item.shape is None else limits.count(item.shape)
                 nbytes = n * max(int(item.dtype.itemsize), 8) * budget_each
                 limits.check_bytes(f"dataset '{child}' declares shape {item.shape} ({n:,} values); reading "
@@ -161,7 +168,28 @@ def check_hdf5(f: h5py.File, p: Path) -> None:
             else:  # committed datatypes and the like
                 raise InputError(f"{p}: '{child}' is a {type(item).__name__}, not a group or dataset")
         if _NODE_GROUP.match(path):
-            _check_node_type(p, path, group, known)
+            nodes.append((path, group))
+    known = set(_known_types())
+    for path, group in nodes:
+        _check_node_type(p, path, group, known)
+
+
+def _check_stored_here(p: Path, path: str, key: str, item: h5py.Dataset) -> None:
+    """Refuse a dataset whose values h5py would read from another file (nothing is read to find out)."""
+    where = f"'{path}/{key}'" if path else f"'{key}'"
+    if _NODE_GROUP.match(path):
+        where += f" (node '{_node_name(path)}', field '{key}')"
+    if item.is_virtual:
+        raise InputError(f"{p}: dataset {where} is a virtual dataset, whose values come from other files; "
+                         f"a NIR file must hold its values itself")
+    if item.id.get_create_plist().get_external_count() > 0:
+        raise InputError(f"{p}: dataset {where} keeps its values in external files; a NIR file must hold its "
+                         f"values itself")
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A string from a file for a message: quoted, escaped and cut to ``limit`` characters."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
 def _check_node_type(p: Path, path: str, group: h5py.Group, known: set[str]) -> None:
@@ -179,15 +207,17 @@ def _check_node_type(p: Path, path: str, group: h5py.Group, known: set[str]) -> 
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if not isinstance(value, str) or value not in known:
-        raise InputError(f"{p}: node '{name}' ({path}) has unknown NIR node type {value!r}; nir "
+        shown = _shown(value) if isinstance(value, str) else type(value).__name__
+        raise InputError(f"{p}: node '{name}' ({path}) has unknown NIR node type {shown}; nir "
                          f"{getattr(nir, '__version__', '')} knows {', '.join(sorted(known))}")
 
 
 def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> Path:
-    """Write ``graph`` atomically with ``nir.write``."""
-    with atomic_path(path) as tmp:
-        nir.write(tmp, graph)
-    return Path(path)
+    """Write ``graph`` atomically with ``nir.write``, built in memory first (see :func:`~st2chip.io.write_bytes`:
+    a failing write is then one ``OSError`` naming ``path``, with no temporary left)."""
+    image = io.BytesIO()
+    nir.write(image, graph)
+    return write_bytes(path, image.getbuffer())
 
 
 if __name__ == "__main__":  # the child of :func:`_read_in_child`: exit 0 when the file reads, 2 when it does not

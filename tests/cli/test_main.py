@@ -141,3 +141,23 @@ def test_verify_runs_the_whole_digits_split_on_the_engine_with_a_lava_cross_chec
     code, out, _ = _run(capsys, "verify", str(good_nir), "--lava-samples", "8", "--min-agreement", "90")
     assert code == 0, out
     assert "360 samples" in out and "reference vs lava (first 8 samples)" in out and "(exact)" in out
+
+
+def test_warnings_are_one_escaped_line(capsys):
+    from st2chip.cli.main import _one_line_warning
+    _one_line_warning(UserWarning("node 'a\x1b[31m'\nspread"), UserWarning, "f.py", 1)
+    assert capsys.readouterr().err == "st2chip: warning: UserWarning: node 'a\\x1b[31m' spread\n"
+
+
+def test_children_keep_the_working_directory_off_their_path_only_during_a_command(good_nir, monkeypatch):
+    """main() sets PYTHONSAFEPATH for every interpreter the command starts, and leaves the caller's environment
+    as it found it."""
+    import os
+
+    from st2chip.cli import main as cli
+
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    seen = []
+    monkeypatch.setitem(cli.COMMANDS, "map", lambda args: seen.append(os.environ.get("PYTHONSAFEPATH")) or 0)
+    assert main(["map", str(good_nir)]) == 0
+    assert seen == ["1"] and "PYTHONSAFEPATH" not in os.environ

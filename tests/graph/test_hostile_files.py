@@ -25,7 +25,7 @@ from st2chip import limits
 from st2chip.cli.inputs import load_inputs, resolve_inputs
 from st2chip.cli.main import main
 from st2chip.errors import GraphError, InputError, St2chipError
-from st2chip.graph.nirfile import read_graph
+from st2chip.graph.nirfile import check_hdf5, read_graph
 from st2chip.graph.normalize import normalize
 from st2chip.learn.checkpoint import load_checkpoint
 from st2chip.learn.data import CIFAR10_FOLDER, load_cifar10_split
@@ -123,6 +123,48 @@ def soft_link(tmp_path):
     return path
 
 
+SECRET = b"TOPSECRET-4f1c9a-do-not-print-me-0123456789"  # 44 bytes outside the .nir
+
+
+def _outside(tmp_path, data: bytes = SECRET) -> Path:
+    path = tmp_path / "outside" / "secret.txt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def external_bias(tmp_path):
+    """fc1's bias stored in another file (HDF5 external storage): h5py would read it from there."""
+    path = good_nir(tmp_path)
+    outside = _outside(tmp_path, np.full(10, 7.0).tobytes())
+    with h5py.File(path, "r+") as f:
+        _replace(f, "node/nodes/fc1/bias", shape=(10,), dtype="f8", external=[(str(outside), 0, 80)])
+    return path
+
+
+def virtual_bias(tmp_path):
+    """fc1's bias a virtual dataset mapping a dataset of another HDF5 file."""
+    path = good_nir(tmp_path)
+    source = tmp_path / "outside.h5"
+    with h5py.File(source, "w") as f:
+        f["x"] = np.full(10, 7.0)
+    layout = h5py.VirtualLayout(shape=(10,), dtype="f8")
+    layout[:] = h5py.VirtualSource(str(source), "x", shape=(10,))
+    with h5py.File(path, "r+") as f:
+        del f["node/nodes/fc1/bias"]
+        f.create_virtual_dataset("node/nodes/fc1/bias", layout)
+    return path
+
+
+def external_type(tmp_path):
+    """lif's ``type`` stored in a secret file: an unknown-type error would print the secret."""
+    path = good_nir(tmp_path)
+    outside = _outside(tmp_path)
+    with h5py.File(path, "r+") as f:
+        _replace(f, "node/nodes/lif/type", shape=(1,), dtype="S40", external=[(str(outside), 0, 40)])
+    return path
+
+
 def deep_groups(tmp_path):
     path = good_nir(tmp_path)
     with h5py.File(path, "r+") as f:
@@ -203,6 +245,11 @@ CASES = [
     ("nir-link-cycle", link_cycle, normalize, InputError, ["node/nodes/lif/loop", "already in the file"]),
     ("nir-external-link", soft_link, normalize, InputError, ["ExternalLink", "no links"]),
     ("nir-deep-groups", deep_groups, normalize, InputError, ["nested", "deep"]),
+    ("nir-external-storage", external_bias, read_graph, InputError,
+     ["node/nodes/fc1/bias", "node 'fc1', field 'bias'", "external files"]),
+    ("nir-virtual-dataset", virtual_bias, read_graph, InputError, ["node/nodes/fc1/bias", "virtual dataset"]),
+    ("nir-external-type", external_type, read_graph, InputError,
+     ["node/nodes/lif/type", "node 'lif', field 'type'", "external files"]),
     ("steps-huge", steps_huge, lambda p: resolve_inputs(normalize(p), None, None, None), InputError,
      ["1000000000 steps", "budget"]),
     ("npy-huge-header", npy_huge, lambda p: load_inputs(p, normalize(small_graph())), InputError,
@@ -294,6 +341,51 @@ def test_good_files_still_pass(tmp_path):
     assert g.nodes["lif"].tau.shape == (10,)
     inputs = resolve_inputs(g, None, 3, None)
     assert inputs.spikes["input"].shape == (3, 4, 64)
+
+
+@pytest.mark.parametrize("build", [external_bias, virtual_bias, external_type])
+def test_a_nir_is_read_only_from_itself(tmp_path, capsys, build):
+    """The walk refuses outside storage before reading any value (check_hdf5 itself refuses), and neither the
+    command line nor the error shows a byte of the outside file; map and simulate exit 2."""
+    path = build(tmp_path)
+    with h5py.File(path, "r") as f, pytest.raises(InputError, match="external files|virtual dataset") as err:
+        check_hdf5(f, path)
+    assert SECRET.decode()[:9] not in str(err.value)
+    for argv in (["map", str(path)], ["simulate", str(path), "--backend", "float", "--samples", "2"]):
+        assert main(argv) == 2
+        out, err_text = capsys.readouterr()
+        assert "TOPSECRET" not in out + err_text and "Traceback" not in err_text
+        assert len(err_text.splitlines()) == 1 and ("fc1" in err_text or "lif" in err_text)
+
+
+def test_an_unknown_type_is_shown_escaped_and_cut(tmp_path):
+    path = good_nir(tmp_path)
+    with h5py.File(path, "r+") as f:
+        _replace(f, "node/nodes/lif/type", data="Frob\x1b[31m\n" + "x" * 500)
+    with pytest.raises(InputError) as err:
+        read_graph(path)
+    message = str(err.value)
+    assert "'Frob\\x1b[31m\\nxxx" in message and "x" * 60 not in message and "\x1b" not in message
+
+
+def test_names_from_a_file_reach_the_terminal_escaped(tmp_path, capsys):
+    """A node name with a newline and an ANSI colour: the table shows it escaped on one line, and an error
+    naming it stays one line; no ESC byte reaches stdout or stderr."""
+    evil = "lif\nTraceback (most recent call last):\x1b[31m"
+    graph = small_graph()
+    graph.nodes[evil] = graph.nodes.pop("lif")
+    graph.edges = [tuple(evil if n == "lif" else n for n in e) for e in graph.edges]
+    path = tmp_path / "names.nir"
+    nir.write(path, graph)
+    assert main(["map", str(path), "--cores"]) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "lif\\nTraceback (most recent call last):\\x1b[31m" in out
+    assert not any(line.startswith("Traceback") for line in out.splitlines())
+    with h5py.File(path, "r+") as f:
+        _replace(f, f"node/nodes/{evil}/type", data="Frobnicator")
+    assert main(["map", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and len(err.splitlines()) == 1 and "Frobnicator" in err
 
 
 # -- the command line: exit 2, one stderr line, no traceback, per kind -----------------------------------
