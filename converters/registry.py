@@ -39,3 +39,20 @@ def import_file(path: str | os.PathLike, framework: str, *, dt: float | None = N
     dt = EXPORT_DT[framework] if dt is None else dt
     graph, notes = converter(framework).repair(graph, dt)
     return finish(graph, dt=dt, steps=steps, notes=notes, source=str(path), producer=framework)
+
+
+# st2chip's own model kinds (st2chip.learn.kinds) -> the function that exports one: a NIR graph, or for the
+# spiking Transformer a deployment bundle folder ("module:function", imported when used)
+GRAPH_EXPORTERS = {"mlp": "st2chip.converters.mlp:mlp_to_nir", "cnn": "st2chip.converters.cnn:cnn_to_nir",
+                   "rnn": "st2chip.converters.rnn:rnn_to_nir"}
+BUNDLE_EXPORTERS = {"st": "st2chip.converters.transformer:export_bundle"}
+
+
+def exporter(kind: str):
+    """The function that exports a model of ``kind``: ``f(model, dt)`` -> NIR graph, or for a bundle kind
+    ``f(model, folder, dt)`` -> the folder written."""
+    spec = GRAPH_EXPORTERS.get(kind) or BUNDLE_EXPORTERS.get(kind)
+    if spec is None:
+        raise ValueError(f"no exporter for model kind {kind!r}")
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)

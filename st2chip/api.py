@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Callable
 
 import nir
@@ -36,7 +37,7 @@ from st2chip.traces import Traces
 Source = str | os.PathLike
 Stage = Callable[..., Any]  # ``stage(name, fn, *args, **kwargs) -> fn(*args, **kwargs)``, e.g. a timing log
 
-__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "import_model", "inputs_for"]
+__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "import_model", "export", "inputs_for"]
 
 
 def _call(name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -178,8 +179,6 @@ def run(chip: ChipGraph, inputs: Any, *, backend: str = defaults.BACKEND, device
     from st2chip.cli.pipeline import run_backend
     if backend == "float":
         raise InputError("backend 'float' runs a NIR graph, not a ChipGraph: use st2chip.simulate(graph, inputs)")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     return run_backend(backend, None, chip, _chip_inputs(chip, inputs), voltages, device=device,
                        batch_size=batch_size, progress=progress, ray=ray, target=target)
 
@@ -266,3 +265,21 @@ def import_model(path: Source, framework: str, *, dt: float | None = None, steps
     quirks; returns the canonical graph (``.graph``) and one note per change (``.notes``)."""
     from st2chip.converters.registry import import_file
     return import_file(path, framework, dt=dt, steps=steps)
+
+
+def export(checkpoint: Source, output: Source, *, dt: float = defaults.EXPORT_DT) -> Path:
+    """Export an st2chip checkpoint: an MLP, CNN or RNN to one NIR file, a spiking Transformer to a deployment
+    bundle folder (NIR and ONNX parts, ``manifest.json``); ``output`` is replaced atomically. Returns it."""
+    from st2chip.converters.registry import BUNDLE_EXPORTERS, exporter
+    from st2chip.graph.nirfile import write_nir
+    from st2chip.io import check_output
+    from st2chip.learn.checkpoint import load_checkpoint
+    kind, model, extra = load_checkpoint(checkpoint)
+    bundle = kind in BUNDLE_EXPORTERS
+    check_output(output, [checkpoint], folder=bundle, flag="-o")
+    if bundle:
+        return exporter(kind)(model, output, dt=dt)
+    graph = exporter(kind)(model, dt=dt)
+    if isinstance(extra.get("chip_aware"), dict):  # st2chip quantize tied the decays into this many groups
+        graph.metadata["decay_groups"] = int(extra["chip_aware"]["decay_groups"])
+    return write_nir(graph, output)

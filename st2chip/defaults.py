@@ -20,6 +20,8 @@ LAVA_SAMPLES = 20            # samples verify cross-checks on Lava, bit for bit 
 MAX_DROP = 2.0               # points of accuracy the chip may lose against float before verify fails
 MIN_AGREEMENT = 95.0         # percent float-vs-chip spike agreement (worst layer, layer by layer) verify requires
 PROFILE = "45nm"             # the energy profile: E_AC = 0.9 pJ, E_MAC = 4.6 pJ
+EXPORT_DT = 1e-3             # seconds per step recorded when st2chip exports its own models
 
 __all__ = ["DEFAULT_DECAY_GROUPS", "HEADROOM", "LOWRANK", "RESOURCES", "MAX_CHIPS", "BACKEND", "BATCH_SIZE",
-           "LAVA_TARGET", "VERIFY_BACKENDS", "LAVA_SAMPLES", "MAX_DROP", "MIN_AGREEMENT", "PROFILE"]
+           "LAVA_TARGET", "VERIFY_BACKENDS", "LAVA_SAMPLES", "MAX_DROP", "MIN_AGREEMENT", "PROFILE",
+           "EXPORT_DT"]

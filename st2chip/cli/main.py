@@ -15,10 +15,10 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM
+from st2chip import defaults
 from st2chip.cli.train import register as register_train
 from st2chip.converters.registry import EXPORT_DT, FRAMEWORKS
-from st2chip.errors import InputError, St2chipError, St2chipWarning
+from st2chip.errors import GraphError, InputError, St2chipError, St2chipWarning
 from st2chip.text import printable
 
 EPILOG_EXIT = ("exit codes: 0 ok, 1 verification failed a check, 2 bad input, 130/143 interrupted "
@@ -30,21 +30,21 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="NIR file (.nir), as written by st2chip export or st2chip import")
     p.add_argument("--decay-groups", type=int, default=None, metavar="K",
                    help=f"at most K distinct voltage decays per layer (default: the graph's metadata "
-                        f"'decay_groups', which st2chip quantize records, else {DEFAULT_DECAY_GROUPS}); each distinct "
+                        f"'decay_groups', which st2chip quantize records, else {defaults.DEFAULT_DECAY_GROUPS}); each distinct "
                         f"decay (for a CubaLIF, each pair of K current and K voltage decays: up to K^2) is one "
                         f"population (one Lava process), and each pair of connected populations one synapse group")
     p.add_argument("--dt", type=float, default=None,
                    help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
-    p.add_argument("--lowrank", choices=["auto", "factored", "product"], default="auto",
+    p.add_argument("--lowrank", choices=["auto", "factored", "product"], default=defaults.LOWRANK,
                    help="a DSP low-rank layer U·V: kept factored through a graded relay, multiplied out, or "
                         "auto (default): per layer, the cheaper by stored weights x synaptic-op energy")
     _add_headroom(p)
 
 
 def _add_headroom(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--headroom", type=float, default=HEADROOM, metavar="H",
+    p.add_argument("--headroom", type=float, default=defaults.HEADROOM, metavar="H",
                    help=f"thresholds a spiking neuron's current and voltage may reach before they wrap or saturate "
-                        f"(default {HEADROOM:g}); the fixed-point scale is made as fine as this allows, which "
+                        f"(default {defaults.HEADROOM:g}); the fixed-point scale is made as fine as this allows, which "
                         f"shrinks the floor of negative weight exponents; raise it if float voltages or currents go "
                         f"further from zero (the layer report gives each population's 'headroom')")
 
@@ -60,7 +60,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="samples to run (default: all of --inputs, or the whole digits test split)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="where the fixed-point engine runs (default: cuda when present, else cpu)")
-    p.add_argument("--batch-size", type=int, default=256, help="engine samples per batch (default 256)")
+    p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
+                   help=f"engine samples per batch (default {defaults.BATCH_SIZE})")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="shard the engine's samples over Ray: a local instance, or the cluster at ADDRESS "
                         "(e.g. ray://head:10001)")
@@ -78,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                     "reports.",
         epilog=EPILOG_EXIT)
     parser.add_argument("-v", "--verbose", action="store_true", help="print each pipeline stage as it runs")
+    parser.add_argument("--progress", action="store_true",
+                        help="show progress bars on stderr even when it is not a terminal (default: only on one)")
     parser.add_argument("--memory-budget", metavar="SIZE", default=None,
                         help="memory st2chip may use for what a file declares, e.g. 8G (default: "
                              "$ST2CHIP_MEMORY_BUDGET, else a quarter of physical memory)")
@@ -91,8 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--samples", type=int, default=100,
                    help="test samples run through float, reference and Lava (default 100; the split has 360)")
-    p.add_argument("--decay-groups", type=int, default=DEFAULT_DECAY_GROUPS, metavar="K",
-                   help=f"decay groups per layer (default {DEFAULT_DECAY_GROUPS})")
+    p.add_argument("--decay-groups", type=int, default=defaults.DEFAULT_DECAY_GROUPS, metavar="K",
+                   help=f"decay groups per layer (default {defaults.DEFAULT_DECAY_GROUPS})")
     p.add_argument("--epochs", type=int, default=25, help="training epochs (default 25)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--retrain", action="store_true", help="train again even if runs/<name>/model.pt exists")
@@ -107,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint written by st2chip (loaded with weights_only=True)")
     p.add_argument("-o", "--output", required=True,
                    help="NIR file (MLP, CNN, RNN) or bundle folder (ST; replaced atomically) to write")
-    p.add_argument("--dt", type=float, default=1e-3, help="time step in seconds recorded in the graph (default 1e-3)")
+    p.add_argument("--dt", type=float, default=defaults.EXPORT_DT,
+                   help=f"time step in seconds recorded in the graph (default {defaults.EXPORT_DT:g})")
 
     p = sub.add_parser("map", help="lower a NIR file to the chip, place it on cores and print the per-layer table",
                        description="Normalize, validate and lower a NIR graph; place its populations on neurocores "
@@ -127,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write report.md, report.json and report.png here: per layer kind, synapses, "
                         "non-zeros, bits, errors, cores, estimated operations; host partitions, boundary "
                         "traffic, per-core use")
-    p.add_argument("--resources", default="loihi2", metavar="NAME|FILE",
+    p.add_argument("--resources", default=defaults.RESOURCES, metavar="NAME|FILE",
                    help="resource model: loihi2 (default), loihi1, a JSON file in the same format, or none "
                         "(lower only, no placement)")
     p.add_argument("--max-chips", default="1", metavar="N",
@@ -158,16 +162,19 @@ def _parser() -> argparse.ArgumentParser:
                                    "--inputs spikes.npz",
                        epilog=EPILOG_EXIT)
     _add_run_args(p)
-    p.add_argument("--backends", default="float,reference,lava",
-                   help="comma-separated backends to compare (default float,reference,lava); lava runs "
+    p.add_argument("--backends", default=",".join(defaults.VERIFY_BACKENDS),
+                   help=f"comma-separated backends to compare (default {','.join(defaults.VERIFY_BACKENDS)}); lava runs "
                         "the first --lava-samples samples only")
-    p.add_argument("--lava-samples", type=int, default=20, metavar="N",
-                   help="samples cross-checked on Lava, bit for bit against the engine (default 20)")
-    p.add_argument("--max-drop", type=float, default=2.0, metavar="POINTS",
-                   help="fail when the chip's accuracy is more than this many points below float (default 2)")
-    p.add_argument("--min-agreement", type=float, default=95.0, metavar="PERCENT",
+    p.add_argument("--lava-samples", type=int, default=defaults.LAVA_SAMPLES, metavar="N",
+                   help=f"samples cross-checked on Lava, bit for bit against the engine (default "
+                        f"{defaults.LAVA_SAMPLES})")
+    p.add_argument("--max-drop", type=float, default=defaults.MAX_DROP, metavar="POINTS",
+                   help=f"fail when the chip's accuracy is more than this many points below float (default "
+                        f"{defaults.MAX_DROP:g})")
+    p.add_argument("--min-agreement", type=float, default=defaults.MIN_AGREEMENT, metavar="PERCENT",
                    help="fail when float-vs-chip spike agreement of some layer, run on the chip's spikes into it "
-                        "(layer by layer), is below this (default 95); end-to-end agreement is reported beside it")
+                        f"(layer by layer), is below this (default {defaults.MIN_AGREEMENT:g}); end-to-end agreement is "
+                        "reported beside it")
     p.add_argument("--json", help="also write the report as JSON here")
 
     p = sub.add_parser("energy", help="synaptic operations and energy per layer from real spike traces",
@@ -179,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="reference", choices=["reference", "engine", "lava"],
                    help="where the spike traces come from (default reference: the engine, bit-exact with "
                         "Lava, faster)")
-    p.add_argument("--profile", default="45nm",
+    p.add_argument("--profile", default=defaults.PROFILE,
                    help="energy profile: 45nm, loihi (Loihi 1, Davies 2018), loihi2 (estimates), or a JSON file")
     p.add_argument("--resources", default=None, metavar="MODEL",
                    help="chip resource model the network is placed on for per-core counts and routing: loihi1, "
@@ -242,19 +249,26 @@ def _cmd_export_netx(args: argparse.Namespace) -> int:
     _check_outputs(args, [args.model], files=("output", "json"))
     _, _, chip = _pipeline(args)
     export = export_netx(chip, args.output, approximate=args.approximate)
-    print(export.describe())
+    _print(export.describe())
     if args.json:
         write_json(args.json, export.to_dict())
     return 0
 
 
 def _pipeline(args: argparse.Namespace):
-    from st2chip.cli.pipeline import Log, load_graph, map_graph
+    """Read, normalize and lower ``args.model`` as the API does, each stage timed with ``--verbose``."""
+    import st2chip
+    from st2chip.cli.pipeline import Log
     log = Log(args.verbose)
-    graph = log.stage("read+normalize", load_graph, args.model, args.dt)
+    graph = log.stage("read+normalize", st2chip.load, args.model, dt=args.dt)
     # export-netx has no --lowrank: netx cannot express a graded relay, so its layers stay multiplied out
-    chip = log.stage("lower", map_graph, graph, args.decay_groups, args.model, getattr(args, "lowrank", "product"),
-                     args.headroom)
+    try:
+        chip = log.stage("lower", st2chip.lower, graph, decay_groups=args.decay_groups,
+                         lowrank=getattr(args, "lowrank", "product"), headroom=args.headroom)
+    except GraphError as err:  # name the file as well as the node and field
+        if err.source:
+            raise
+        raise GraphError(err.reason, node=err.node, field=err.field, source=str(args.model)) from None
     return log, graph, chip
 
 
@@ -270,27 +284,35 @@ def _check_outputs(args: argparse.Namespace, inputs: list[str | None], files: tu
 
 
 def _run_inputs(args: argparse.Namespace, graph):
-    from st2chip.cli.inputs import resolve_inputs
-    inputs = resolve_inputs(graph, args.inputs, args.samples, args.steps)
+    import st2chip
+    inputs = st2chip.inputs_for(graph, args.inputs, samples=args.samples, steps=args.steps)
     print(f"inputs: {inputs.describe()}")
     return inputs
 
 
 def _engine_args(args: argparse.Namespace) -> dict:
-    """How the engine runs: device, batch size and a progress bar over batches (on stderr)."""
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    """How a chip backend runs: device, batch size, Ray, the Lava target and progress bars (on stderr)."""
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA device is available here")
-    return {"device": args.device, "batch_size": args.batch_size, "progress": args.ray is None, "ray": args.ray,
-            "target": getattr(args, "target", "lava-sim")}
+    return {"device": args.device, "batch_size": args.batch_size, "progress": _progress(args), "ray": args.ray,
+            "target": getattr(args, "target", defaults.LAVA_TARGET)}
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars on stderr when it is a terminal, or when ``--progress`` asks for them."""
+    return args.progress or sys.stderr.isatty()
+
+
+def _print(text: str) -> None:
+    """Print a report; names that came from files are escaped line by line (no control characters)."""
+    print("\n".join(printable(line) for line in text.split("\n")))
 
 
 def _check_target(args: argparse.Namespace, runs_lava: bool) -> None:
     """``--target loihi2-hw``: refuse at once (exit 2) where it cannot run, before any model is read."""
-    if getattr(args, "target", "lava-sim") != "loihi2-hw":
+    if getattr(args, "target", defaults.LAVA_TARGET) != "loihi2-hw":
         return
     if not runs_lava:
         raise InputError("--target loihi2-hw runs the lava backend on a Loihi 2 chip: choose the lava backend "
@@ -299,26 +321,32 @@ def _check_target(args: argparse.Namespace, runs_lava: bool) -> None:
     loihi2_hw_run_cfg()
 
 
+def _max_chips(text: str) -> int | None:
+    if text.strip().lower() == "any":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"--max-chips must be a whole number of at least 1 or 'any', got {text!r}")
+    return value
+
+
 def _cmd_map(args: argparse.Namespace) -> int:
-    from st2chip.chip.placement import PlacementError, load_resources, place
+    import st2chip
+    from st2chip.chip.placement import PlacementError, load_resources
     from st2chip.chip.table import format_cores, format_table, layer_rows
     from st2chip.io import atomic_folder, write_json
     _check_outputs(args, [args.model, args.resources], files=("json",), folders=("report",))
-    if args.max_chips.strip().lower() == "any":
-        max_chips = None
-    else:
-        try:
-            max_chips = int(args.max_chips)
-        except ValueError:
-            max_chips = 0
-        if max_chips < 1:
-            raise InputError(f"--max-chips must be a whole number of at least 1 or 'any', got {args.max_chips!r}")
+    max_chips = _max_chips(args.max_chips)
     resources = None if args.resources == "none" else load_resources(args.resources)
     log, _, chip = _pipeline(args)
     placement = None
     if resources is not None:
         try:
-            placement = log.stage("place", place, chip, resources, max_chips=max_chips, pack=not args.no_pack)
+            placement = log.stage("place", st2chip.place, chip, resources, max_chips=max_chips,
+                                  pack=not args.no_pack)
         except PlacementError:
             print(format_table(chip))  # what was lowered, before the one-line error on stderr
             raise
@@ -340,19 +368,22 @@ def _cmd_map(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from st2chip.cli.pipeline import run_backend
+    import st2chip
     from st2chip.io import write_npz
     _check_outputs(args, [args.model, args.inputs], files=("output",))
     _check_target(args, args.backend == "lava")
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
-    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, args.output is not None,
-                       **_engine_args(args))
+    if args.backend == "float":
+        traces = log.stage("simulate", st2chip.simulate, graph, inputs)
+    else:
+        traces = log.stage("simulate", st2chip.run, chip, inputs, backend=args.backend,
+                           voltages=args.output is not None, **_engine_args(args))
     if inputs.labels is not None:
         print(f"{args.backend}: accuracy {traces.accuracy(inputs.labels):.4f} on {inputs.samples} samples")
     else:
         counts = ", ".join(f"{layer} {int(s.sum())}" for layer, s in traces.spikes.items())
-        print(f"{args.backend}: no labels, accuracy skipped; spikes per layer: {counts}")
+        _print(f"{args.backend}: no labels, accuracy skipped; spikes per layer: {counts}")
     if args.output:
         arrays = {f"spikes/{k}": v for k, v in traces.spikes.items()}
         arrays |= {f"voltages/{k}": v for k, v in traces.voltages.items()}
@@ -365,39 +396,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from st2chip.analysis.verify import verify
-    from st2chip.cli.pipeline import BACKENDS, chip_headroom, run_backend, run_layer_by_layer
+    import st2chip
     from st2chip.io import write_json
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown or not backends:
-        raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
-    if args.lava_samples < 0:
-        raise InputError(f"--lava-samples must be 0 or more, got {args.lava_samples}")
+    backends = tuple(args.backends.split(","))
     _check_outputs(args, [args.model, args.inputs], files=("json",))
     _check_target(args, "lava" in backends and args.lava_samples > 0)
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
-    everything = [b for b in backends if b != "lava"] or ["reference"]
-    traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, inputs.spikes, **_engine_args(args))
-              for b in everything]
-    cross = ()
-    if "lava" in backends and args.lava_samples:
-        n = min(args.lava_samples, inputs.samples)
-        head = {name: x[:n] for name, x in inputs.spikes.items()}
-        cross = (log.stage("simulate:lava", run_backend, "lava", graph, chip, head, target=args.target,
-                           progress=True),)
-    local = None
-    if "float" in backends and any(b != "float" for b in everything):
-        chip_traces = next(t for t in traces if t.backend != "float")
-        local = log.stage("simulate:float layer by layer", run_layer_by_layer, graph, inputs.spikes, chip_traces)
-    report = log.stage("verify", verify, traces, inputs.labels, max_drop=args.max_drop,
-                       min_agreement=args.min_agreement, cross_checks=cross,
-                       units={layer: chip.voltage_units(layer) for layer in chip.readout_layers()},
-                       layer_by_layer=local,
-                       headroom=chip_headroom(graph, chip, next(t for t in traces if t.backend == "float"))
-                       if "float" in everything else ())
-    print(report.to_text())
+    report = st2chip.verify(graph, inputs, chip=chip, backends=backends, lava_samples=args.lava_samples,
+                            max_drop=args.max_drop, min_agreement=args.min_agreement, stage=log.stage,
+                            **_engine_args(args))
+    _print(report.to_text())
     if args.json:
         write_json(args.json, report.to_dict())
     failed = [c.name for c in report.checks if not c.passed]
@@ -407,21 +416,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_energy(args: argparse.Namespace) -> int:
-    from st2chip.analysis.energy import energy_report, load_profile, write_energy_report
-    from st2chip.chip.placement import load_resources, place
-    from st2chip.cli.pipeline import run_backend
+    import st2chip
+    from st2chip.analysis.energy import load_profile, write_energy_report
+    from st2chip.chip.placement import load_resources
     from st2chip.io import atomic_folder
     _check_outputs(args, [args.model, args.inputs, args.profile, args.resources], folders=("output",))
     profile = load_profile(args.profile)
     resources = load_resources(args.resources or profile.resources)
     _check_target(args, args.backend == "lava")
     log, graph, chip = _pipeline(args)
-    placement = log.stage("place", place, chip, resources, max_chips=None)
+    placement = log.stage("place", st2chip.place, chip, resources, max_chips=None)
     inputs = _run_inputs(args, graph)
-    traces = log.stage("simulate", run_backend, args.backend, graph, chip, inputs.spikes, False,
-                       **_engine_args(args))
-    report = log.stage("energy", energy_report, chip, traces, profile, placement)
-    print(report.to_markdown())
+    report = log.stage("energy", st2chip.energy, chip, inputs, profile=args.profile, placement=placement,
+                       backend=args.backend, **_engine_args(args))
+    _print(report.to_markdown())
     if args.output:
         with atomic_folder(args.output) as tmp:
             paths = write_energy_report(report, tmp)
@@ -430,43 +438,26 @@ def _cmd_energy(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    import st2chip
     from st2chip.graph.nirfile import write_nir
-    from st2chip.converters.registry import import_file
     _check_outputs(args, [args.file], files=("output",))
-    converted = import_file(args.file, args.framework, dt=args.dt, steps=args.steps)
+    converted = st2chip.import_model(args.file, args.framework, dt=args.dt, steps=args.steps)
     if args.dt is None and args.framework != "nir":
         converted.notes.insert(0, f"{args.framework}'s export does not store dt; using its default "
                                   f"{EXPORT_DT[args.framework]:g} s (pass --dt to change)")
-    print(f"importing {args.file} (from {args.framework}):")
+    _print(f"importing {args.file} (from {args.framework}):")
     for line in converted.notes:
-        print(f"  {line}")
+        _print(f"  {line}")
     path = write_nir(converted.graph, args.output)
     print(f"canonical NIR written to {path}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from st2chip.learn.checkpoint import load_checkpoint
-    kind, model, extra = load_checkpoint(args.checkpoint)
-    if kind == "st":  # a bundle folder
-        from st2chip.converters.transformer import export_bundle
-        _check_outputs(args, [args.checkpoint], folders=("output",))
-        path = export_bundle(model, args.output, dt=args.dt)
-        print(f"deployment bundle written to {path} (manifest.json, NIR and ONNX parts)")
-        return 0
-    from st2chip.graph.nirfile import write_nir
-    _check_outputs(args, [args.checkpoint], files=("output",))
-    if kind == "cnn":
-        from st2chip.converters.cnn import cnn_to_nir as to_nir
-    elif kind == "rnn":
-        from st2chip.converters.rnn import rnn_to_nir as to_nir
-    else:
-        from st2chip.converters.mlp import mlp_to_nir as to_nir
-    graph = to_nir(model, dt=args.dt)
-    if isinstance(extra.get("chip_aware"), dict):  # st2chip quantize tied the decays into this many groups
-        graph.metadata["decay_groups"] = int(extra["chip_aware"]["decay_groups"])
-    path = write_nir(graph, args.output)
-    print(f"NIR graph written to {path}")
+    import st2chip
+    path = st2chip.export(args.checkpoint, args.output, dt=args.dt)
+    what = ("deployment bundle (manifest.json, NIR and ONNX parts)" if path.is_dir() else "NIR graph")
+    print(f"{what} written to {path}")
     return 0
 
 
@@ -551,6 +542,16 @@ def _error(text: str) -> None:
     print(f"st2chip: error: {printable(text)}", file=sys.stderr)
 
 
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush of what is still buffered cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file descriptor (captured in-process)
+        pass
+
+
 def _run(handler, args: argparse.Namespace) -> int:
     import signal
 
@@ -562,10 +563,15 @@ def _run(handler, args: argparse.Namespace) -> int:
                                                    nirfile.READ_TIMEOUT_ENV))
         if args.memory_budget is not None:
             limits.set_memory_budget(args.memory_budget)
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
     except St2chipError as err:
         _error(str(err))
         return err.exit_code
+    except BrokenPipeError:  # `st2chip ... | head`: the reader has gone; end quietly, as Unix tools do
+        _discard_stdout()
+        return 0
     except OSError as err:
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         _error(where + " ".join(str(err.strerror or err).split()))

@@ -104,6 +104,8 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
     fixed-point simulator) or ``loihi2-hw`` (``Loihi2HwCfg``: needs lava-loihi,
     refused with an :class:`InputError` where it is absent).
     """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if target not in LAVA_TARGETS:
         raise InputError(f"unknown target '{target}' (choose from {', '.join(LAVA_TARGETS)})")
     if backend == "float":

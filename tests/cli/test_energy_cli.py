@@ -29,8 +29,8 @@ def mlp_files(random_mlp, digit_spikes, tmp_path):
 def test_energy_report_per_layer_and_core(mlp_files, tmp_path, capsys, profile):
     model, x = mlp_files
     out = tmp_path / "energy"
-    code, stdout, err = _run(capsys, "energy", model, "--profile", profile, "--inputs", x, "--samples", 4,
-                             "--batch-size", 2, "-o", out)
+    code, stdout, err = _run(capsys, "--progress", "energy", model, "--profile", profile, "--inputs", x,
+                             "--samples", 4, "--batch-size", 2, "-o", out)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["energy.json", "energy.md", "energy.png", "energy_cores.png"]
     data = json.loads((out / "energy.json").read_text())
@@ -40,7 +40,14 @@ def test_energy_report_per_layer_and_core(mlp_files, tmp_path, capsys, profile):
     assert sum(l["energy_pj"]["total"] for l in data["layers"]) == pytest.approx(total)
     assert data["total"]["energy_per_step_pj"] == pytest.approx(total / data["steps"])
     assert "per time step" in stdout and "Per core" in stdout
-    assert "engine" in err  # the progress bar over batches, on stderr
+    assert "engine" in err  # --progress: the progress bar over batches, on stderr
+
+
+def test_no_progress_bar_off_a_terminal(mlp_files, capsys):
+    """stderr is not a terminal here: without --progress no bar is drawn (logs and pipes stay clean)."""
+    model, x = mlp_files
+    code, _, err = _run(capsys, "energy", model, "--inputs", x, "--samples", 4, "--batch-size", 2)
+    assert code == 0 and err == ""
 
 
 def test_loihi_prices_what_45nm_leaves_out(mlp_files, tmp_path, capsys):

@@ -161,3 +161,17 @@ def test_children_keep_the_working_directory_off_their_path_only_during_a_comman
     monkeypatch.setitem(cli.COMMANDS, "map", lambda args: seen.append(os.environ.get("PYTHONSAFEPATH")) or 0)
     assert main(["map", str(good_nir)]) == 0
     assert seen == ["1"] and "PYTHONSAFEPATH" not in os.environ
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path, random_mlp):
+    """`st2chip map m.nir | head`: the reader goes away; st2chip exits 0 with nothing on stderr."""
+    import subprocess
+    import sys
+
+    from st2chip.converters.mlp import mlp_to_nir
+    from st2chip.graph.nirfile import write_nir
+    model = write_nir(mlp_to_nir(random_mlp()), tmp_path / "m.nir")
+    script = (f"{sys.executable} -m st2chip map {model} --cores | true; "
+              "echo \"exit ${PIPESTATUS[0]}\"")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.stdout.strip() == "exit 0" and done.stderr == ""
