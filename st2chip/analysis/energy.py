@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from st2chip.chip.chipgraph import ChipGraph
-from st2chip.chip.placement import Placement, place
+from st2chip.chip.placement import BUILTIN, Placement, place
 from st2chip.errors import InputError
 from st2chip.io import write_json, write_text
 from st2chip.analysis.traffic import ROUTES, BoundaryCounts, GroupCounts, OpCounts, count_ops
@@ -36,6 +37,9 @@ from st2chip.traces import Traces
 NEUROCORE = "neurocore"
 TERMS = ("ac", "mac", "neuron", "routing", "static", "host")
 MAX_PROFILE_BYTES = 1 << 20
+MAX_PROFILE_DEPTH = 3  # the profile object > 'sources' > one figure's {"status", "source"}
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
 
 #: every figure a profile may give (key = figure + unit suffix) and the Profile attribute it fills
 FIGURES = {
@@ -119,6 +123,16 @@ def _profile_text(name_or_path: str | os.PathLike) -> tuple[str, str]:
                          f"file") from None
 
 
+def _nesting(text: str) -> int:
+    """How deeply arrays and objects nest in JSON ``text``, found without parsing it (strings skipped), so that
+    a deeply nested file is refused before ``json.loads`` recurses into it."""
+    depth = deepest = 0
+    for bracket in _BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _number(where: str, data: dict, key: str) -> float:
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -161,6 +175,10 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     key, has a negative or non-finite figure, an unknown key or unit, or a bad ``sources`` entry.
     """
     where, text = _profile_text(name_or_path)
+    depth = _nesting(text)
+    if depth > MAX_PROFILE_DEPTH:
+        raise InputError(f"{where}: JSON nested {depth} levels deep; a profile nests at most {MAX_PROFILE_DEPTH} "
+                         f"(an entry of 'sources' in the profile object)")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -178,6 +196,10 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     for key in _TEXT:
         if key in data and not isinstance(data[key], str):
             raise InputError(f"{where}: key '{key}' must be a string")
+    if data.get("resources", BUILTIN[0]) not in BUILTIN:
+        raise InputError(f"{where}: key 'resources' must name a resource model built into st2chip "
+                         f"({', '.join(BUILTIN)}), got {data['resources']!r:.80}; a resource file is given with "
+                         f"--resources")
     values = {FIGURES[k]: _number(where, data, k) for k in FIGURES if k in data}
     return Profile(name=data["name"], source=data["source"], path=where,
                    resources=data.get("resources", "loihi2"), figures=tuple(k for k in FIGURES if k in data),

@@ -10,6 +10,7 @@ The seed fixes the initial weights as well as the data order.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import asdict
 
@@ -18,16 +19,17 @@ from torch import nn
 
 from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM
 from st2chip.learn import compensation, pruning
-from st2chip.learn.cnn import CNNConfig, SpikingCNN
+from st2chip.learn.cnn import CNNConfig
 from st2chip.learn.data import (DATASETS, DIGITS_SIDE, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, ROWS_HOLD,
                                 ROWS_LEVELS, load_split)
-from st2chip.learn.checkpoint import load_checkpoint, save_checkpoint
+from st2chip.learn.checkpoint import (MAX_DECAY_GROUPS, check_config, load_checkpoint, model_classes,
+                                      save_checkpoint)
 from st2chip.errors import InputError
-from st2chip.learn.mlp import MLPConfig, SpikingMLP
-from st2chip.learn.rnn import READOUTS, RNNConfig, SpikingRNN
+from st2chip.learn.mlp import MLPConfig
+from st2chip.learn.rnn import READOUTS, RNNConfig
 from st2chip.analysis.model_sops import count_sops
 from st2chip.learn.training import default_device, evaluate, seed_everything, train_classifier
-from st2chip.learn.transformer import SpikingTransformer, STConfig
+from st2chip.learn.transformer import STConfig
 
 MODELS = ("mlp", "cnn", "rnn", "st")
 # (epochs, Adam learning rate) when --epochs / --lr are not given, per model and data set
@@ -41,7 +43,8 @@ def _reset(args: argparse.Namespace) -> dict:
     return {} if reset is None else {"reset": reset}
 
 
-def _build(args: argparse.Namespace) -> nn.Module:
+def _config(args: argparse.Namespace):
+    """The config of the model the flags ask for (the model is built once its size is checked)."""
     neuron = args.neuron
     if args.model in ("mlp", "cnn", "st") and (args.levels is not None or args.readout is not None):
         raise InputError("--levels and --readout are options of --model rnn")
@@ -57,30 +60,34 @@ def _build(args: argparse.Namespace) -> nn.Module:
             raise InputError(f"--data mnist1d feeds one value per step: its T is {MNIST1D_STEPS}, "
                              f"not --steps {args.steps}")
         if args.model == "rnn":
-            return SpikingRNN(RNNConfig.mnist1d(hidden=args.hidden, neuron=neuron, levels=args.levels or MNIST1D_LEVELS,
-                                                **_rnn_options(args)))
-        return SpikingMLP(MLPConfig(sizes=[MNIST1D_LEVELS, args.hidden, MNIST1D_CLASSES], steps=MNIST1D_STEPS,
-                                    neuron=neuron, encoding="sequence", **_reset(args)))
+            return RNNConfig.mnist1d(hidden=args.hidden, neuron=neuron, levels=_or(args.levels, MNIST1D_LEVELS),
+                                     **_rnn_options(args))
+        return MLPConfig(sizes=[MNIST1D_LEVELS, args.hidden, MNIST1D_CLASSES], steps=MNIST1D_STEPS, neuron=neuron,
+                         encoding="sequence", **_reset(args))
     if args.model in ("mlp", "cnn", "rnn") and args.data != "digits":
         raise InputError(f"--model {args.model} takes the 8x8 digits (or, for mlp and rnn, the mnist1d sequences); "
                          f"use --model st for cifar10")
     if args.model == "mlp":
-        return SpikingMLP(MLPConfig(sizes=[64, args.hidden, 10], steps=args.steps or 16, neuron=neuron,
-                                    **_reset(args)))
+        return MLPConfig(sizes=[64, args.hidden, 10], steps=_or(args.steps, 16), neuron=neuron, **_reset(args))
     if args.model == "cnn":
         channels = {} if args.channels is None else {"channels": list(args.channels)}
-        return SpikingCNN(CNNConfig(steps=args.steps or 16, neuron=neuron, **channels, **_reset(args)))
+        return CNNConfig(steps=_or(args.steps, 16), neuron=neuron, **channels, **_reset(args))
     if args.model == "rnn":
-        steps = args.steps or DIGITS_SIDE * ROWS_HOLD
+        steps = _or(args.steps, DIGITS_SIDE * ROWS_HOLD)
         if steps % DIGITS_SIDE:
             raise InputError(f"--model rnn reads the digits row by row, each of the {DIGITS_SIDE} rows held for "
                              f"the same number of steps: --steps must be a multiple of {DIGITS_SIDE}, not {steps}")
-        return SpikingRNN(RNNConfig.digits(hidden=args.hidden, neuron=neuron, levels=args.levels or ROWS_LEVELS,
-                                           hold=steps // DIGITS_SIDE, **_rnn_options(args)))
+        return RNNConfig.digits(hidden=args.hidden, neuron=neuron, levels=_or(args.levels, ROWS_LEVELS),
+                                hold=steps // DIGITS_SIDE, **_rnn_options(args))
     overrides = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("heads", args.heads),
                                    ("steps", args.steps), ("mlp_hidden", args.mlp_hidden)) if v is not None}
     preset = STConfig.cifar10 if args.data == "cifar10" else STConfig.tiny_digits
-    return SpikingTransformer(preset(neuron=neuron, **overrides))
+    return preset(neuron=neuron, **overrides)
+
+
+def _or(value: int | None, default: int) -> int:
+    """A flag's value, or ``default`` when it is not given (0 is a value: the size checks refuse it)."""
+    return default if value is None else value
 
 
 def _rnn_options(args: argparse.Namespace) -> dict:
@@ -94,21 +101,80 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _device(value: str | None) -> torch.device:
+    """``--device``: ``cpu``, or ``cuda`` / ``cuda:N`` where such a GPU is present (default: cuda if present)."""
+    if value is None:
+        return default_device()
+    kind, colon, index = value.partition(":")
+    if kind == "cpu" and not colon:
+        return torch.device("cpu")
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise InputError(f"--device must be cpu or cuda (or cuda:N), got {value!r:.80}")
+    if not torch.cuda.is_available():
+        raise InputError(f"--device {value}: no CUDA GPU is available on this machine; use --device cpu")
+    if colon and int(index) >= torch.cuda.device_count():
+        raise InputError(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"numbered from 0")
+    return torch.device(value)
+
+
+def _at_least(args: argparse.Namespace, low: int, *names: str) -> None:
+    """Each of the size flags ``names`` that is given is at least ``low`` (a list flag: each of its values)."""
+    for name in names:
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and v < low:
+                raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
+
+
+def _rate(args: argparse.Namespace, name: str, high: float = math.inf, *, zero: bool = False) -> None:
+    """A real flag (a learning rate, a penalty, a threshold), when given, is finite, above 0 (or at least 0 with
+    ``zero``) and at most ``high``."""
+    value = getattr(args, name)
+    if value is None or (math.isfinite(value) and (value >= 0 if zero else value > 0) and value <= high):
+        return
+    bounds = ("at least 0" if zero else "above 0") + (f" and at most {high:g}" if high < math.inf else "")
+    raise InputError(f"--{name.replace('_', '-')} must be a finite number {bounds}, got {value}")
+
+
+def _common_flags(args: argparse.Namespace) -> torch.device:
+    """The flags every command here takes (:func:`_common`) checked; returns the ``--device``."""
+    _at_least(args, 1, "epochs")
+    _rate(args, "lr")
+    if not 0 <= args.seed < 2**32:
+        raise InputError(f"--seed must be from 0 to 2**32 - 1 (numpy's seeds), got {args.seed}")
+    return _device(args.device)
+
+
+# the size flags that shape each model (each at least 1), named in a refusal by the memory budget
+MODEL_FLAGS = {"mlp": ("hidden", "steps"), "cnn": ("channels", "steps"), "rnn": ("hidden", "levels", "steps"),
+               "st": ("dim", "depth", "heads", "mlp_hidden", "steps")}
+
+
+def _model(args: argparse.Namespace) -> nn.Module:
+    """The model the flags ask for, its size checked against the memory budget before it is allocated."""
+    try:
+        config = _config(args)
+    except ValueError as err:  # a config the model refuses (a leak outside (0, 1), heads not dividing dim, ...)
+        raise InputError(f"cannot build --model {args.model}: {err}") from None
+    given = [f"--{n.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+             for n in MODEL_FLAGS[args.model] if (v := getattr(args, n)) is not None]
+    check_config(args.model, config.to_dict(), " ".join(["train --model", args.model, *given]))
+    try:
+        return model_classes(args.model)[1](config)
+    except ValueError as err:
+        raise InputError(f"cannot build --model {args.model}: {err}") from None
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Train a model on digits (or MNIST-1D, or CIFAR-10) and write its checkpoint."""
-    device = torch.device(args.device) if args.device else default_device()
+    _at_least(args, 1, *dict.fromkeys(n for flags in MODEL_FLAGS.values() for n in flags))
+    device = _common_flags(args)
     epochs, lr = DEFAULTS.get((args.model, args.data), (30, 5e-3))
     epochs = epochs if args.epochs is None else args.epochs
     lr = lr if args.lr is None else args.lr
-    if epochs < 1:
-        raise InputError(f"--epochs must be at least 1, got {epochs}")
-    if not lr > 0:
-        raise InputError(f"--lr must be positive, got {lr}")
     seed_everything(args.seed)  # the initial weights come from the seed too
-    try:
-        model = _build(args)
-    except ValueError as err:  # a config the model refuses (a size of 0, a leak outside (0, 1), ...)
-        raise InputError(f"cannot build --model {args.model}: {err}") from None
+    model = _model(args)
     train, test = load_split(args.data, args.data_root)
     start = time.perf_counter()
     result = train_classifier(model, train, test, epochs=epochs, lr=lr, seed=args.seed,
@@ -126,8 +192,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_prune(args: argparse.Namespace) -> int:
     """Prune a trained checkpoint by L1P or DSP, fine-tune (sLIF or LIF arm), write a new checkpoint."""
+    _at_least(args, 1, "rank")
+    _at_least(args, 0, "penalty_epochs")
+    _rate(args, "intrinsic_lr")
+    _rate(args, "penalty", zero=True)
+    _rate(args, "threshold", 1.0, zero=True)
+    device = _common_flags(args)
     kind, model, extra = load_checkpoint(args.checkpoint)
-    device = torch.device(args.device) if args.device else default_device()
     data = extra.get("data", "digits")
     train, test = load_split(data, args.data_root)
     model.to(device)
@@ -176,18 +247,17 @@ def run_prune(args: argparse.Namespace) -> int:
 def run_quantize(args: argparse.Namespace) -> int:
     """Fine-tune a checkpoint with the chip in the loop (tied decays, the chip's weights); write a new one."""
     from st2chip.chip.finetune import ADAPTERS, chip_finetune
+    _at_least(args, 1, "decay_groups")
+    if args.decay_groups > MAX_DECAY_GROUPS:
+        raise InputError(f"--decay-groups must be at most {MAX_DECAY_GROUPS} (distinct 12-bit decays), got "
+                         f"{args.decay_groups}")
+    _rate(args, "headroom")
+    device = _common_flags(args)
     kind, model, extra = load_checkpoint(args.checkpoint)
     if kind not in ADAPTERS:
         raise InputError(f"{args.checkpoint}: quantize fine-tunes {', '.join(ADAPTERS)} checkpoints so far; this "
                          f"one is kind {kind!r} (its chip accuracy: st2chip verify)")
-    if args.decay_groups < 1:
-        raise InputError(f"--decay-groups must be at least 1, got {args.decay_groups}")
-    if args.epochs < 1 or not args.lr > 0:
-        raise InputError(f"need --epochs >= 1 and --lr > 0, got {args.epochs} and {args.lr}")
     headroom = HEADROOM if args.headroom is None else args.headroom
-    if not headroom > 0:
-        raise InputError(f"--headroom must be positive, got {headroom}")
-    device = torch.device(args.device) if args.device else default_device()
     data = extra.get("data", "digits")
     train, test = load_split(data, args.data_root)
     before = evaluate(model.to(device), test, device=device)
@@ -215,7 +285,7 @@ def _common(p: argparse.ArgumentParser, epochs: int | None, lr: float | None) ->
     p.add_argument("--lr", type=float, default=lr,
                    help=f"Adam learning rate of the weights (default {lr if lr is not None else per_model(1)})")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization and data order (default 0)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--device", default=None, help="cpu or cuda (cuda:N) (default: cuda when present, else cpu)")
     p.add_argument("--data-root", default=None,
                    help="folder holding torchvision's 'cifar-10-batches-py' (cifar10 only; nothing is downloaded)")
 

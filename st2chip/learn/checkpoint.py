@@ -6,6 +6,8 @@ a checkpoint never executes code when read.
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -16,17 +18,25 @@ from torch import nn
 from st2chip import limits
 from st2chip.errors import InputError
 from st2chip.io import atomic_path
+from st2chip.learn.data import DATASETS
 from st2chip.learn.mlp import MLPConfig, SpikingMLP
 
 
 def save_checkpoint(model: nn.Module, kind: str, config: dict, path: str | os.PathLike,
                     extra: dict | None = None) -> Path:
-    """Write ``{"kind", "config", "state_dict", "extra"}`` to ``path`` atomically."""
+    """Write ``{"kind", "config", "state_dict", "extra"}`` to ``path`` atomically.
+
+    The archive is built in memory and written with plain file I/O, so a write that fails (a full disk, a
+    file-size limit) is one ``OSError`` naming ``path`` with no temporary file left, never torch's
+    ``inline_container`` error.
+    """
     payload = {"kind": kind, "config": config,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "extra": extra or {}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
     return Path(path)
 
 
@@ -59,7 +69,7 @@ def _check_archive(path: Path) -> None:
 KINDS = ("mlp", "cnn", "rnn", "st")
 
 
-def _model_classes(kind: str):
+def model_classes(kind: str):
     """Config and model class of a checkpoint ``kind`` (one of :data:`KINDS`)."""
     if kind == "mlp":
         return MLPConfig, SpikingMLP
@@ -81,7 +91,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[s
     if kind is not None and payload["kind"] != kind:
         raise InputError(f"{path}: checkpoint holds a '{payload['kind']}' model, expected '{kind}'")
     kind = payload["kind"]
-    classes = _model_classes(kind)
+    classes = model_classes(kind)
     if classes is None:
         raise InputError(f"{path}: checkpoint kind {kind!r} is not one of {', '.join(KINDS)}")
     config_cls, model_cls = classes
@@ -94,7 +104,55 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[s
     except MemoryError:
         raise InputError(f"{path}: ran out of memory building the model of its config; "
                          f"the memory budget is {limits.human(limits.memory_budget())}") from None
-    return kind, model, dict(payload.get("extra", {}))
+    return kind, model, check_extra(payload.get("extra", {}), path)
+
+
+MAX_DECAY_GROUPS = 4096  # distinct 12-bit decays a layer can have
+
+
+def _fraction(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+# keys of ``extra`` that st2chip reads back, with what each must be
+_EXTRA_CHECKS = {
+    "data": (lambda v: isinstance(v, str) and v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "epochs": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+    "lr": (_positive, "a positive finite number"),
+    "test_accuracy": (_fraction, "a number from 0 to 1"),
+    "train_accuracy": (_fraction, "a number from 0 to 1"),
+}
+
+
+def check_extra(extra: object, path: str | os.PathLike) -> dict:
+    """A checkpoint's run summary ``extra``: a dict whose keys st2chip reads are typed and ranged (others are
+    kept as they are); ``chip_aware.decay_groups`` (what ``st2chip quantize`` tied) from 1 to
+    :data:`MAX_DECAY_GROUPS`. Anything else is an :class:`InputError` naming the file and the field."""
+    where = str(path)
+    if not isinstance(extra, dict):
+        raise InputError(f"{where}: checkpoint field 'extra' must be a dict, got {type(extra).__name__}")
+    for key, (ok, what) in _EXTRA_CHECKS.items():
+        if key in extra and not ok(extra[key]):
+            raise InputError(f"{where}: checkpoint field 'extra.{key}' must be {what}, got {extra[key]!r:.80}")
+    if "chip_aware" in extra:
+        chip = extra["chip_aware"]
+        if not isinstance(chip, dict):
+            raise InputError(f"{where}: checkpoint field 'extra.chip_aware' must be a dict, got {type(chip).__name__}")
+        if "decay_groups" not in chip:
+            raise InputError(f"{where}: checkpoint field 'extra.chip_aware' has no 'decay_groups'")
+        groups = limits.positive_int(chip["decay_groups"], "checkpoint field 'extra.chip_aware.decay_groups'", where)
+        if groups > MAX_DECAY_GROUPS:
+            raise InputError(f"{where}: checkpoint field 'extra.chip_aware.decay_groups' must be at most "
+                             f"{MAX_DECAY_GROUPS}, got {groups}")
+        if "headroom" in chip and not _positive(chip["headroom"]):
+            raise InputError(f"{where}: checkpoint field 'extra.chip_aware.headroom' must be a positive finite "
+                             f"number, got {chip['headroom']!r:.80}")
+    return dict(extra)
 
 
 MAX_LIST = 10_000  # entries of a size list (layers, stem stages) in a config
@@ -103,13 +161,15 @@ _BYTES_PER_PARAM = 4 * 4  # float32 weight, its gradient and two optimizer momen
 _BYTES_PER_ACTIVATION = 4 * 8  # float32, several kept per layer (BN, neuron state, autograd)
 
 
-def _ints(config: dict, key: str, where: str) -> list[int]:
+def _ints(config: dict, key: str, where: str, at_least: int = 1) -> list[int]:
+    """Config field ``key``: a list of ``at_least`` to :data:`MAX_LIST` positive integers."""
     value = config.get(key)
     if not isinstance(value, (list, tuple)):
         raise InputError(f"{where}: config field '{key}' must be a list of positive integers, got "
                          f"{type(value).__name__}")
-    if len(value) > MAX_LIST:
-        raise InputError(f"{where}: config field '{key}' has {len(value):,} entries (at most {MAX_LIST:,})")
+    if not at_least <= len(value) <= MAX_LIST:
+        raise InputError(f"{where}: config field '{key}' has {len(value):,} entries (from {at_least} to "
+                         f"{MAX_LIST:,})")
     return [limits.positive_int(v, f"config field '{key}[{i}]'", where) for i, v in enumerate(value)]
 
 
@@ -123,13 +183,13 @@ def check_config(kind: str, config: object, path: str | os.PathLike) -> None:
     where = str(path)
     if not isinstance(config, dict):
         raise InputError(f"{where}: checkpoint config must be a dict of fields, got {type(config).__name__}")
-    classes = _model_classes(kind)
+    classes = model_classes(kind)
     if classes is None:
         raise InputError(f"{where}: checkpoint kind {kind!r} is not one of {', '.join(KINDS)}")
     defaults = classes[0]().to_dict()  # absent fields take the dataclass defaults
     c = {**defaults, **config}
     if kind == "mlp":
-        sizes = _ints(c, "sizes", where)
+        sizes = _ints(c, "sizes", where, at_least=2)
         steps = limits.positive_int(c.get("steps"), "config field 'steps'", where)
         params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:])) + 3 * sum(sizes[1:-1])
         activations = steps * sum(sizes)
@@ -153,8 +213,8 @@ def check_config(kind: str, config: object, path: str | os.PathLike) -> None:
         activations = v["steps"] * (v["inputs"] + 4 * h + v["classes"])
     else:
         v = {k: limits.positive_int(c.get(k), f"config field '{k}'", where) for k in _ST_INTS}
-        stem = _ints(c, "stem_channels", where)
-        ranks = c.get("ranks") or {}
+        stem = _ints(c, "stem_channels", where, at_least=0)
+        ranks = c.get("ranks")
         if not isinstance(ranks, dict):
             raise InputError(f"{where}: config field 'ranks' must be a dict of layer name -> rank")
         if len(ranks) > 6 * v["depth"] or len(ranks) > MAX_LIST:

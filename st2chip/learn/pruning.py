@@ -218,8 +218,11 @@ def truncate(model: nn.Module, rank: int | None = None, threshold: float = 0.0) 
 
     Re-factorizes the current product ``U @ V`` by SVD and keeps the components
     with ``sigma_k >= threshold * sigma_1``, at most ``rank`` of them (at least one),
-    so the result is the best approximation of that rank.
+    so the result is the best approximation of that rank. A ``rank`` below 1 is a
+    ``ValueError``, not silently rank 1.
     """
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
     for name, m in prunable_layers(model).items():
         if not isinstance(m, LowRankLinear):
             raise ValueError(f"truncate needs factored matrices; '{name}' is dense (call factorize first)")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from st2chip.analysis.energy import FIGURES, available_profiles, load_profile
+from st2chip.cli.main import main
 from st2chip.errors import InputError
 
 GOOD = {"name": "mine", "source": "my lab", "E_AC_pJ": 1.0, "E_MAC_pJ": 2.0}
@@ -51,6 +52,9 @@ def test_a_good_user_profile_loads(tmp_path):
     (lambda d: d.update(sources={"E_NEURON_UPDATE_pJ": {"status": "published", "source": "x"}}),
      "key 'sources.E_NEURON_UPDATE_pJ' names no figure"),
     (lambda d: d.update(resources=3), "key 'resources' must be a string"),
+    (lambda d: d.update(resources="/etc/passwd"), "key 'resources' must name a resource model built into st2chip"),
+    (lambda d: d.update(sources={"E_AC_pJ": {"status": "estimate", "source": ["x", ["y"]]}}),
+     "JSON nested 5 levels deep; a profile nests at most 3"),
 ])
 def test_bad_user_profile_names_the_field(tmp_path, change, needle):
     data = dict(GOOD)
@@ -64,3 +68,25 @@ def test_bad_user_profile_names_the_field(tmp_path, change, needle):
 
 def test_figure_keys_carry_their_unit():
     assert all(key.rsplit("_", 1)[1] in ("pJ", "mW", "us") for key in FIGURES)
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 100_000 + "]" * 100_000,
+    '{"name": ' + '{"a": ' * 50_000 + "1" + "}" * 50_001,
+    '{"name": "' + "[" * 100_000 + '", "source": "x", "E_AC_pJ": 1, "E_MAC_pJ": 2, "description": "{{{{"}',
+], ids=["arrays", "objects", "brackets-in-strings"])
+def test_deeply_nested_json_is_one_line_not_a_recursion_error(tmp_path, capsys, text):
+    """json.loads recurses once per level: 100,000 levels raised RecursionError (a traceback) before."""
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    if text.startswith('{"name": "'):  # brackets inside strings are not nesting: this profile is fine
+        assert load_profile(path).name.startswith("[[[")
+        return
+    with pytest.raises(InputError, match=r"deep.json': JSON nested \d+ levels deep; a profile nests at most 3"):
+        load_profile(path)
+    model = tmp_path / "missing.nir"  # the profile is read before the model
+    assert main(["energy", str(model), "--profile", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"st2chip: error: profile file '{path}': JSON nested") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "RecursionError" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.json"]
