@@ -21,7 +21,10 @@ MAX_DROP = 2.0               # points of accuracy the chip may lose against floa
 MIN_AGREEMENT = 95.0         # percent float-vs-chip spike agreement (worst layer, layer by layer) verify requires
 PROFILE = "45nm"             # the energy profile: E_AC = 0.9 pJ, E_MAC = 4.6 pJ
 EXPORT_DT = 1e-3             # seconds per step recorded when st2chip exports its own models
+DEMO_OUT = "runs/demo"       # st2chip demo: output folder, test samples run on every backend, training epochs
+DEMO_SAMPLES = 100
+DEMO_EPOCHS = 25
 
 __all__ = ["DEFAULT_DECAY_GROUPS", "HEADROOM", "LOWRANK", "RESOURCES", "MAX_CHIPS", "BACKEND", "BATCH_SIZE",
            "LAVA_TARGET", "VERIFY_BACKENDS", "LAVA_SAMPLES", "MAX_DROP", "MIN_AGREEMENT", "PROFILE",
-           "EXPORT_DT"]
+           "EXPORT_DT", "DEMO_OUT", "DEMO_SAMPLES", "DEMO_EPOCHS"]

@@ -14,18 +14,19 @@ from pathlib import Path
 
 import torch
 
+import st2chip
+from st2chip import defaults
+from st2chip.analysis.energy import write_energy_report
+from st2chip.analysis.verify import verify
 from st2chip.chip.table import format_table, layer_rows
-from st2chip.learn.checkpoint import load_mlp, save_checkpoint
-from st2chip.learn.data import load_digits_split
-from st2chip.analysis.energy import energy_report, write_energy_report
-from st2chip.io import folder_lock, write_json, write_text
-from st2chip.learn.mlp import MLPConfig, SpikingMLP
+from st2chip.cli.pipeline import Log
 from st2chip.converters.mlp import mlp_to_nir
 from st2chip.graph.nirfile import write_nir
-from st2chip.cli.inputs import digits_inputs
-from st2chip.cli.pipeline import Log, load_graph, map_graph, run_backend
+from st2chip.io import folder_lock, write_json, write_text
+from st2chip.learn.checkpoint import load_mlp, save_checkpoint
+from st2chip.learn.data import load_digits_split
+from st2chip.learn.mlp import MLPConfig, SpikingMLP
 from st2chip.learn.training import evaluate, seed_everything, train_classifier
-from st2chip.analysis.verify import verify
 
 
 def _model(out: Path, epochs: int, seed: int, retrain: bool) -> tuple[SpikingMLP, bool]:
@@ -63,7 +64,8 @@ def _markdown(summary: dict, table: str, verify_text: str, energy_md: str) -> st
         "## Energy", "", energy_md, ""])
 
 
-def run_demo(out: Path = Path("runs/demo"), samples: int = 100, decay_groups: int = 4, epochs: int = 25,
+def run_demo(out: Path = Path(defaults.DEMO_OUT), samples: int = defaults.DEMO_SAMPLES,
+             decay_groups: int = defaults.DEFAULT_DECAY_GROUPS, epochs: int = defaults.DEMO_EPOCHS,
              seed: int = 0, retrain: bool = False) -> int:
     """Run the demo; return 0 when every verification check passes (reference = Lava, chip faithful to float), else 1.
 
@@ -83,16 +85,17 @@ def _run_demo(out: Path, samples: int, decay_groups: int, epochs: int, seed: int
     _, test = load_digits_split()
     torch_acc = evaluate(model, test)
     nir_path = write_nir(mlp_to_nir(model), out / "model.nir")
-    graph = log.stage("read+normalize", load_graph, nir_path)
-    chip = log.stage("lower", map_graph, graph, decay_groups)
-    run = digits_inputs(graph, samples, model.config.steps)
-    traces = [log.stage(f"simulate:{b}", run_backend, b, graph, chip, run.spikes)
-              for b in ("float", "reference", "lava")]
+    graph = log.stage("read+normalize", st2chip.load, nir_path)
+    chip = log.stage("lower", st2chip.lower, graph, decay_groups=decay_groups)
+    run = st2chip.inputs_for(graph, samples=samples, steps=model.config.steps)  # the digits test split
+    traces = [log.stage("simulate:float", st2chip.simulate, graph, run),
+              log.stage("simulate:reference", st2chip.run, chip, run),
+              log.stage("simulate:lava", st2chip.run, chip, run, backend="lava")]
     report = verify(traces, run.labels)
-    everything = digits_inputs(graph, len(test), model.config.steps)
-    reference_all = log.stage("simulate:ref-all", run_backend, "reference", graph, chip, everything.spikes)
+    everything = st2chip.inputs_for(graph, samples=len(test), steps=model.config.steps)
+    reference_all = log.stage("simulate:ref-all", st2chip.run, chip, everything)
     lava_traces = traces[2]
-    energy = log.stage("energy", energy_report, chip, lava_traces, "45nm")
+    energy = log.stage("energy", st2chip.energy, chip, lava_traces, profile="45nm")
     energy_files = write_energy_report(energy, out)
     float_vs_chip, ref_vs_lava = report.comparisons
     energy_dict = energy.to_dict()

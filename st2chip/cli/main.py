@@ -88,17 +88,19 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train, export, map, simulate on Lava, verify and cost a digits model",
                        description="End to end on the embedded digits data: train an sLIF MLP (cached in "
-                                   "runs/), export NIR, lower, run Lava fixed_pt and the reference, verify, "
+                                   "OUT/model.pt), export NIR, lower, run Lava fixed_pt and the reference, verify, "
                                    "count SOPs. Example: st2chip demo --out runs/demo",
                        epilog=EPILOG_EXIT)
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--samples", type=int, default=100,
-                   help="test samples run through float, reference and Lava (default 100; the split has 360)")
+    p.add_argument("--out", default=defaults.DEMO_OUT, help=f"output folder (default {defaults.DEMO_OUT})")
+    p.add_argument("--samples", type=int, default=defaults.DEMO_SAMPLES,
+                   help=f"test samples run through float, reference and Lava (default {defaults.DEMO_SAMPLES}; "
+                        f"the split has 360)")
     p.add_argument("--decay-groups", type=int, default=defaults.DEFAULT_DECAY_GROUPS, metavar="K",
                    help=f"decay groups per layer (default {defaults.DEFAULT_DECAY_GROUPS})")
-    p.add_argument("--epochs", type=int, default=25, help="training epochs (default 25)")
+    p.add_argument("--epochs", type=int, default=defaults.DEMO_EPOCHS,
+                   help=f"training epochs (default {defaults.DEMO_EPOCHS})")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--retrain", action="store_true", help="train again even if runs/<name>/model.pt exists")
+    p.add_argument("--retrain", action="store_true", help="train again even if OUT/model.pt exists")
 
     p = sub.add_parser("export", help="checkpoint (.pt) -> NIR file (MLP, CNN, RNN) or deployment bundle folder (ST)",
                        description="Export an st2chip checkpoint: an MLP, CNN or RNN to one NIR 1.0 file, a spiking "

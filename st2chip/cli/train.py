@@ -17,11 +17,12 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM
+from st2chip.defaults import DEFAULT_DECAY_GROUPS, HEADROOM
 from st2chip.learn import compensation, pruning
 from st2chip.learn.cnn import CNNConfig
 from st2chip.learn.data import (DATASETS, DIGITS_SIDE, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, ROWS_HOLD,
                                 ROWS_LEVELS, load_split)
+from st2chip.learn.kinds import KINDS
 from st2chip.learn.checkpoint import (MAX_DECAY_GROUPS, check_config, load_checkpoint, model_classes,
                                       save_checkpoint)
 from st2chip.errors import InputError
@@ -31,7 +32,7 @@ from st2chip.analysis.model_sops import count_sops
 from st2chip.learn.training import default_device, evaluate, seed_everything, train_classifier
 from st2chip.learn.transformer import STConfig
 
-MODELS = ("mlp", "cnn", "rnn", "st")
+MODELS = KINDS
 # (epochs, Adam learning rate) when --epochs / --lr are not given, per model and data set
 DEFAULTS = {("mlp", "digits"): (30, 5e-3), ("mlp", "mnist1d"): (30, 5e-3), ("cnn", "digits"): (30, 5e-3),
             ("rnn", "digits"): (40, 1e-2), ("rnn", "mnist1d"): (120, 1e-2), ("st", "digits"): (30, 5e-3),

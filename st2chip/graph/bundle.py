@@ -367,42 +367,9 @@ def encode(manifest: dict, x: np.ndarray | torch.Tensor) -> torch.Tensor:
 # Loading and running parts.
 
 
-def _hdf5_escape(path: Path) -> str | None:
-    """Why the HDF5 file at ``path`` would make h5py read another file (external link, external or
-    virtual dataset), or ``None``. A file h5py cannot open is left to :func:`read_graph` to report."""
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except Exception:  # noqa: BLE001 -- read_graph reports it
-        return None
-    with f:
-        found: list[str] = []
-
-        def link(name: str) -> None:
-            if not found and isinstance(f.get(name, getlink=True), h5py.ExternalLink):
-                found.append(f"external link {name!r}")
-
-        def item(name: str, obj) -> None:
-            if not found and isinstance(obj, h5py.Dataset):
-                if obj.is_virtual:
-                    found.append(f"virtual dataset {name!r}")
-                elif obj.id.get_create_plist().get_external_count() > 0:
-                    found.append(f"dataset {name!r} with external storage")
-
-        try:
-            f.visit_links(link)
-            if not found:
-                f.visititems(item)
-        except Exception as exc:  # noqa: BLE001 -- a damaged file
-            return f"unreadable HDF5 structure ({one_line(exc)})"
-        return found[0] if found else None
-
-
 def _load_nir(path: Path, where: str) -> nir.NIRGraph:
-    escape = _hdf5_escape(path)
-    if escape is not None:
-        raise InputError(f"{where}: NIR part refused: {escape} would read a file outside the part")
+    """A NIR part, read as every .nir file is (read_graph refuses links, external storage and virtual
+    datasets that would read a file outside the part)."""
     try:
         return read_graph(path)
     except InputError as exc:

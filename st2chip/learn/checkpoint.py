@@ -19,7 +19,8 @@ from st2chip import limits
 from st2chip.errors import InputError
 from st2chip.io import atomic_path
 from st2chip.learn.data import DATASETS
-from st2chip.learn.mlp import MLPConfig, SpikingMLP
+from st2chip.learn.kinds import KINDS, MODEL_KINDS
+from st2chip.learn.mlp import SpikingMLP
 
 
 def save_checkpoint(model: nn.Module, kind: str, config: dict, path: str | os.PathLike,
@@ -66,23 +67,10 @@ def _check_archive(path: Path) -> None:
     limits.check_bytes("its records, uncompressed,", total, str(path))
 
 
-KINDS = ("mlp", "cnn", "rnn", "st")
-
-
 def model_classes(kind: str):
-    """Config and model class of a checkpoint ``kind`` (one of :data:`KINDS`)."""
-    if kind == "mlp":
-        return MLPConfig, SpikingMLP
-    if kind == "cnn":
-        from st2chip.learn.cnn import CNNConfig, SpikingCNN
-        return CNNConfig, SpikingCNN
-    if kind == "rnn":
-        from st2chip.learn.rnn import RNNConfig, SpikingRNN
-        return RNNConfig, SpikingRNN
-    if kind == "st":
-        from st2chip.learn.transformer import SpikingTransformer, STConfig
-        return STConfig, SpikingTransformer
-    return None
+    """Config and model class of a checkpoint ``kind`` (one of :data:`~st2chip.learn.kinds.KINDS`), or None."""
+    entry = MODEL_KINDS.get(kind)
+    return None if entry is None else entry.classes()
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[str, nn.Module, dict]:
