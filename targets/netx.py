@@ -73,6 +73,7 @@ fixed-point simulator in a child process (as :mod:`.lava` does), returning
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -82,7 +83,7 @@ import numpy as np
 
 from st2chip.chip.chipgraph import BIAS_MANT_RANGE, ChipGraph, Population, SynapseGroup
 from st2chip.errors import GraphError, InputError
-from st2chip.io import atomic_path
+from st2chip.io import write_bytes
 from st2chip.traces import Traces
 
 FORMAT = "st2chip-netx/1"
@@ -387,10 +388,10 @@ def _matrix(group, name: str, matrix: np.ndarray) -> None:
         group.create_dataset(name, data=data)
 
 
-def _write(tmp: Path, export: NetxExport, planned: list[_Planned]) -> None:
+def _write(image: io.BytesIO, export: NetxExport, planned: list[_Planned]) -> None:
     import h5py
 
-    with h5py.File(tmp, "w") as fh:
+    with h5py.File(image, "w") as fh:
         fh.attrs["st2chip"] = json.dumps({k: v for k, v in export.to_dict().items() if k != "path"})
         layers = fh.create_group("layer")
         first = layers.create_group("0")
@@ -481,8 +482,9 @@ def export_netx(chip: ChipGraph, path: str | os.PathLike, *, approximate: bool =
                      "the recurrent synapse (netx's LIFReset integrates what arrives at its reset step); run "
                      "samples in separate runs for exact results (st2chip.targets.netx.run does)")
     export = NetxExport(Path(path), start, port.size, [p.layer for p in planned], not_exported, notes)
-    with atomic_path(path, suffix=".h5") as tmp:
-        _write(tmp, export, planned)
+    image = io.BytesIO()  # built in memory, written with plain file I/O: a failing write is one OSError
+    _write(image, export, planned)
+    write_bytes(path, image.getbuffer())
     return export
 
 

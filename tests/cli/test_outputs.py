@@ -172,3 +172,24 @@ def test_a_report_folder_is_written_whole_or_not_at_all(tmp_path, model, capsys)
     assert main(["map", str(model), "--report", str(mine)]) == 0
     assert str(mine / "report.png") in capsys.readouterr().out
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "report.json", "report.md", "report.png"]
+
+
+def test_export_netx_under_a_file_size_limit_is_one_error(tmp_path, random_mlp):
+    """A netx HDF5 write that fails (file-size limit) is one line naming the target, no HDF5 tracebacks."""
+    import resource
+    import subprocess
+    import sys
+
+    from st2chip.converters.mlp import mlp_to_nir
+    from st2chip.graph.nirfile import write_nir
+    model = write_nir(mlp_to_nir(random_mlp(sizes=(64, 200, 10))), tmp_path / "m.nir")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+    done = subprocess.run([sys.executable, "-m", "st2chip", "export-netx", str(model), "-o", "out.h5",
+                           "--approximate"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          preexec_fn=limit)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "out.h5" in done.stderr
+    assert "Traceback" not in done.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["m.nir"]
