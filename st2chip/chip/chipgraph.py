@@ -14,12 +14,15 @@ input at the sample's step ``d + 1``; its state is reset to zero right then.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from st2chip.errors import ChipRangeError
+
+if TYPE_CHECKING:
+    from st2chip.chip.lowering.report import LayerReport, LoweringReport
 
 DECAY_MAX = 4095          # du, dv: unsigned 12 bit
 VTH_MAX = 2**17 - 1       # vth: unsigned 17 bit
@@ -135,6 +138,10 @@ class Population:
     population never sends spikes; its voltage is the layer's output. Lava's own
     ``LIF`` resets to zero; a ``reset="subtract"`` population needs st2chip's
     neuron model (:mod:`st2chip.targets.lava_neuron`, Loihi 2's programmable neuron).
+    ``voltage_unit`` is the chip voltage per unit of the float voltage divided by its
+    threshold (``64 x`` the population's fixed-point scale): how its voltages compare
+    with the float graph's (a readout's float voltage is chip / unit). Lowering sets
+    it; a population built by hand may have none.
     """
 
     name: str
@@ -147,6 +154,7 @@ class Population:
     bias_exp: np.ndarray
     readout: bool = False
     reset: Literal["zero", "subtract"] = "zero"
+    voltage_unit: float | None = None
 
     def __post_init__(self) -> None:
         rec = f"population '{self.name}'"
@@ -161,6 +169,10 @@ class Population:
         self.du, self.dv, self.vth = int(self.du), int(self.dv), int(self.vth)
         if self.reset not in ("zero", "subtract"):
             raise ChipRangeError(f"{rec}: field 'reset' must be 'zero' or 'subtract', got {self.reset!r}")
+        if self.voltage_unit is not None:
+            if not np.isfinite(self.voltage_unit) or self.voltage_unit <= 0:
+                raise ChipRangeError(f"{rec}: field 'voltage_unit' must be positive, got {self.voltage_unit}")
+            self.voltage_unit = float(self.voltage_unit)
 
     @property
     def size(self) -> int:
@@ -348,15 +360,16 @@ through a :class:`Relay`: V into the relay, U out of it). ``error`` is the relat
 class ChipGraph:
     """Inputs, populations and synapse groups, plus how to read the result.
 
-    ``report`` holds what lowering measured (dt, quantization and decay-grouping
-    errors per layer). A mapping does not depend on run length: the number of
-    time steps comes with the inputs of each run.
+    ``lowering`` holds what lowering measured (dt, quantization and decay-grouping
+    errors per layer; None for a ChipGraph built by hand), ``report`` the same as
+    JSON data. A mapping does not depend on run length: the number of time steps
+    comes with the inputs of each run.
     """
 
     inputs: list[InputPort]
     populations: list[Population]
     synapses: list[SynapseGroup]
-    report: dict = field(default_factory=dict)
+    lowering: LoweringReport | None = None
     hosts: list[HostProduct] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -499,11 +512,25 @@ class ChipGraph:
     def readout_layers(self) -> list[str]:
         return list(dict.fromkeys(p.layer for p in self.populations if p.readout))
 
+    @property
+    def report(self) -> dict:
+        """What lowering measured as JSON data (``lowering.to_dict()``; empty for a ChipGraph built by hand)."""
+        return {} if self.lowering is None else self.lowering.to_dict()
+
+    def layer_report(self, layer: str) -> LayerReport | None:
+        """Lowering's report of neuron layer ``layer``; None for a relay or a ChipGraph built by hand."""
+        return None if self.lowering is None else self.lowering.layers.get(layer)
+
     def voltage_units(self, layer: str) -> np.ndarray:
-        """Per neuron of ``layer``: chip voltage per unit of the float voltage divided by its threshold
-        (``64 x`` its population's scale; lowering records it). A readout's float voltage is chip / unit."""
-        units = self.report.get("layers", {}).get(layer, {}).get("voltage_unit", {})
+        """Per neuron of ``layer``: its population's :attr:`Population.voltage_unit` (chip voltage per unit of
+        the float voltage divided by its threshold). A readout's float voltage is chip / unit."""
+        pops = self.layer_populations(layer)
+        if not pops:
+            raise ChipRangeError(f"ChipGraph: no layer '{layer}'")
         out = np.ones(self.layer_size(layer))
-        for p in self.layer_populations(layer):
-            out[p.index] = units.get(p.name, 1.0)
+        for p in pops:
+            if p.voltage_unit is None:
+                raise ChipRangeError(f"layer '{layer}': population '{p.name}' has no field 'voltage_unit' (only "
+                                     f"lowering from a float graph sets it)")
+            out[p.index] = p.voltage_unit
         return out

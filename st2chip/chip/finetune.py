@@ -38,7 +38,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 from torch.nn.utils import parametrize
 
-from st2chip.chip.chipgraph import DECAY_MAX
+from st2chip.chip import encoding
 from st2chip.chip.held import held_parameters
 from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM, lower
 from st2chip.graph.normalize import normalize
@@ -131,10 +131,10 @@ class ChipInTheLoop:
         without a current decay)."""
         voltage, current = self.decays[layer]
         beta = np.atleast_1d(torch.sigmoid(self._raw(*voltage)).detach().cpu().double().numpy())
-        du = (DECAY_MAX - 4096.0 * np.atleast_1d(torch.sigmoid(self._raw(*current)).detach().cpu().double().numpy())
+        du = (encoding.du_exact(np.atleast_1d(torch.sigmoid(self._raw(*current)).detach().cpu().double().numpy()))
               if current is not None else np.zeros_like(beta))
         du, beta = np.broadcast_arrays(du, beta)
-        return np.stack([du, 4096.0 * (1.0 - beta)], axis=1)
+        return np.stack([du, encoding.dv_exact(beta)], axis=1)
 
     def _cluster(self, layer: str, seed: int) -> np.ndarray:
         points = np.rint(self._grid(layer))
@@ -149,8 +149,9 @@ class ChipInTheLoop:
             means = np.zeros((labels.max() + 1, 2))
             np.add.at(means, labels, grid)
             means /= np.bincount(labels)[:, None]
-            tied = np.clip(np.rint(means[labels]), 0, DECAY_MAX)
-            for slot, value in ((voltage, 1.0 - tied[:, 1] / 4096.0), (current, (DECAY_MAX - tied[:, 0]) / 4096.0)):
+            tied = encoding.to_decay(means[labels])
+            for slot, value in ((voltage, encoding.voltage_decay(tied[:, 1])),
+                                (current, encoding.current_decay(tied[:, 0]))):
                 if slot is not None:
                     raw = self._raw(*slot)
                     target = torch.as_tensor(_logit(value), dtype=raw.dtype, device=raw.device)
@@ -169,8 +170,8 @@ class ChipInTheLoop:
             raw = self._raw(module, "weight")
             self.params[(module, "weight")].held = torch.as_tensor(held.weights[node], dtype=raw.dtype,
                                                                    device=raw.device)
-        self.report = {layer: {k: chip.report["layers"][layer][k] for k in ("weight_error", "decay_groups")}
-                       for layer in chip.report["layers"]}
+        self.report = {name: {"weight_error": layer.weight_error, "decay_groups": layer.decay_groups}
+                       for name, layer in chip.lowering.layers.items()}
 
     @torch.no_grad()
     def finish(self) -> dict:

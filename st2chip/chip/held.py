@@ -21,8 +21,10 @@ import nir
 import numpy as np
 import scipy.sparse as sp
 
-from st2chip.chip.chipgraph import DECAY_MAX, ChipGraph, Relay
-from st2chip.chip.lower import read_neuron
+from st2chip.chip import encoding
+from st2chip.chip.chipgraph import ChipGraph, Relay
+from st2chip.chip.encoding import VOLTAGE_PER_SCALE
+from st2chip.chip.lowering.neurons import read_neuron
 from st2chip.errors import GraphError
 
 
@@ -63,10 +65,10 @@ def held_parameters(graph: nir.NIRGraph, chip: ChipGraph) -> Held:
             held.decays[pop.layer] = np.empty(chip.layer_size(pop.layer))
             if isinstance(node, nir.CubaLIF):
                 held.current_decays[pop.layer] = np.empty(chip.layer_size(pop.layer))
-        held.decays[pop.layer][pop.index] = 1.0 - pop.dv / 4096.0
+        held.decays[pop.layer][pop.index] = encoding.voltage_decay(pop.dv)
         if pop.layer in held.current_decays:
-            held.current_decays[pop.layer][pop.index] = (DECAY_MAX - pop.du) / 4096.0
-    units = {layer: chip.voltage_units(layer) / 64.0 for layer in layers}  # per neuron: its population's scale
+            held.current_decays[pop.layer][pop.index] = encoding.current_decay(pop.du)
+    scales = {layer: chip.voltage_units(layer) / VOLTAGE_PER_SCALE for layer in layers}  # per neuron: its scale
     for group in chip.synapses:
         source_layer, cols = where[group.source]
         target_layer, rows = where[group.target]
@@ -76,6 +78,6 @@ def held_parameters(graph: nir.NIRGraph, chip: ChipGraph) -> Held:
         layer = layers[target_layer]
         m = sp.coo_matrix(group.mantissa)
         r, c = rows[m.row], cols[m.col]
-        held.weights[affine][r, c] = (2.0 * m.data * 2.0**group.exp / units[target_layer][r]
+        held.weights[affine][r, c] = (encoding.weight_value(m.data, group.exp, scales[target_layer][r])
                                       * layer.threshold[r] / layer.gain[r])
     return held

@@ -5,7 +5,7 @@ synapse groups into it), neurons, synapses, non-zero weights, weight bits and
 exponents, quantization error, cores, and the **estimated** synaptic operations
 per time step. Mapping sees no traces, so the estimate assumes every source
 neuron spikes with probability :math:`\rho` per step (lowering's
-:data:`~st2chip.chip.lower.SPIKE_RATE`) and every graded source (relay, host
+:data:`~st2chip.chip.lowering.lowrank.SPIKE_RATE`) and every graded source (relay, host
 partition, analog input) sends a non-zero value every step (an upper bound):
 
 .. math::  \mathrm{ACs} = \rho \sum_{\text{spike groups}} \mathrm{nnz}, \qquad
@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from st2chip.chip.chipgraph import ChipGraph
-from st2chip.chip.lower import SPIKE_RATE
+from st2chip.chip.lowering.lowrank import SPIKE_RATE
 from st2chip.chip.placement import Placement
 from st2chip.chip.table import format_cores, format_table, layer_rows
 from st2chip.io import atomic_path, write_json, write_text

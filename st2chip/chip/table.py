@@ -39,14 +39,14 @@ def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict
         pops = chip.layer_populations(layer)
         names = {p.name for p in pops}
         syns = [s for s in chip.synapses if s.target in names]
-        info = chip.report.get("layers", {}).get(layer, {})
+        info = chip.layer_report(layer)  # None: a relay, or a ChipGraph built by hand
         rows.append({
             "layer": layer,
-            "kind": "relay" if all(p.graded for p in pops) else info.get("kind", "?"),
+            "kind": "relay" if all(p.graded for p in pops) else (info.kind if info else "?"),
             "neurons": chip.layer_size(layer),
             "populations": len(pops),
             "model": neuron_model(chip, layer),
-            "linear": info.get("chains", ["Affine"]),
+            "linear": info.chains if info else ["Affine"],
             "dv": sorted({p.dv for p in pops}),
             "vth": sorted({p.vth for p in pops}) if not (pops[0].readout or pops[0].graded) else None,
             "synapses": sum(s.shape[0] * s.shape[1] for s in syns),
@@ -54,12 +54,12 @@ def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict
             "form": sorted({s.form for s in syns}),
             "weight_bits": 8,
             "exp": sorted({s.exp for s in syns}),
-            "weight_error": info.get("weight_error", max((s.error for s in syns), default=0.0)),
-            "leak_error": info.get("leak_error", 0.0),
-            "bias_error": info.get("bias_error", 0.0),
+            "weight_error": info.weight_error if info else max((s.error for s in syns), default=0.0),
+            "leak_error": info.leak_error if info else 0.0,
+            "bias_error": info.bias_error if info else 0.0,
         })
-        if "lowrank" in info:
-            rows[-1]["lowrank"] = info["lowrank"]
+        if info and info.lowrank:
+            rows[-1]["lowrank"] = {relay: choice.to_dict() for relay, choice in info.lowrank.items()}
         if placement is not None:
             rows[-1]["cores"] = cores.get(layer, 0)
             rows[-1]["bound"] = placement.bound.get(layer, "-")
@@ -97,7 +97,7 @@ def format_table(chip: ChipGraph, placement: Placement | None = None) -> str:
     total_nnz = sum(r["nonzero"] for r in rows)
     out.append(f"{len(chip.populations)} populations, {sum(r['neurons'] for r in rows)} neurons, "
                f"{len(chip.synapses)} synapse groups, {total_nnz}/{total_syn} non-zero weights, "
-               f"dt={chip.report['dt']:g} s, pipeline depth {chip.depth}")
+               f"dt={chip.lowering.dt:g} s, pipeline depth {chip.depth}")
     if any(r["model"] not in ("LIF", "graded") for r in rows):
         out.append("model 'own': st2chip's Lava neuron, not Lava's LIF (reset by subtraction; a recurrent or delayed "
                    "source is silenced at the end of each sample's window)")

@@ -5,7 +5,8 @@ import pytest
 
 from st2chip.chip.chipgraph import DECAY_MAX, VTH_MAX
 from st2chip.errors import GraphError
-from st2chip.chip.lower import _decay_groups, lower
+from st2chip.chip.lower import lower
+from st2chip.chip.lowering.decays import cluster as _decay_groups
 from st2chip.converters.mlp import mlp_to_nir
 from st2chip.graph.simulate import simulate
 from st2chip.targets import engine

@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import ChipGraph, InputPort, Population, SynapseGroup
+from st2chip.chip.lowering.report import LoweringReport
 from st2chip.chip.lower import lower
 from st2chip.chip.placement import FIGURES, PlacementError, Resources, load_resources, place
 from st2chip.chip.table import format_cores, format_table, layer_rows
@@ -44,7 +45,7 @@ def _synthetic(n_in, n_a, n_b, per_row, seed=0):
     return ChipGraph([InputPort("in", n_in)], [_pop("A", n_a), _pop("B", n_b, readout=True)],
                      [SynapseGroup("in->A", "in", "A", _random_csr(n_a, n_in, per_row, rng), 0, form="sparse"),
                       SynapseGroup("A->B", "A", "B", _random_csr(n_b, n_a, per_row, rng), 0, form="sparse")],
-                     report={"dt": 1e-3})
+                     lowering=LoweringReport(1e-3))
 
 
 def _check(chip: ChipGraph, placement, res: Resources) -> None:
@@ -212,7 +213,7 @@ def test_sparse_group_uses_less_synapse_memory_than_dense():
     placements = {}
     for form, mant in (("dense", w), ("sparse", sp.csr_matrix(w))):
         chip = ChipGraph([InputPort("in", 100)], [_pop("p", 50)],
-                         [SynapseGroup("g", "in", "p", mant, 0, form=form)], report={"dt": 1e-3})
+                         [SynapseGroup("g", "in", "p", mant, 0, form=form)], lowering=LoweringReport(1e-3))
         placements[form] = place(chip, LOIHI2)
         _check(chip, placements[form], LOIHI2)
     dense, sparse = (placements[f].cores[0] for f in ("dense", "sparse"))
@@ -246,7 +247,7 @@ def test_what_cannot_fit_names_every_offending_layer_with_both_numbers(random_ml
 
 def test_delay_beyond_the_limit_is_named():
     chip = ChipGraph([InputPort("in", 4)], [_pop("p", 3, layer="late")],
-                     [SynapseGroup("g", "in", "p", np.ones((3, 4), np.int64), 0, delay=5)], report={"dt": 1e-3})
+                     [SynapseGroup("g", "in", "p", np.ones((3, 4), np.int64), 0, delay=5)], lowering=LoweringReport(1e-3))
     with pytest.raises(PlacementError, match=r"layer 'late': synaptic delay 6 steps \(group 'g'\) > 4 steps"):
         place(chip, LOIHI2.replace(max_synaptic_delay=4))
     placement = place(chip, LOIHI2)

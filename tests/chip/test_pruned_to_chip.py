@@ -50,7 +50,7 @@ def test_affine_chain_product_and_bias():
     import nir
     import numpy as np
 
-    from st2chip.chip.lower import _chains
+    from st2chip.chip.lowering.paths import chains as _chains
 
     rng = np.random.default_rng(0)
     v_w, v_b = rng.normal(size=(2, 5)), rng.normal(size=2)
@@ -72,7 +72,7 @@ def test_a_sum_into_a_linear_node_splits_into_one_path_per_branch():
     import nir
     import numpy as np
 
-    from st2chip.chip.lower import _chains
+    from st2chip.chip.lowering.paths import chains as _chains
 
     rng = np.random.default_rng(1)
     u_w, u_b = rng.normal(size=(3, 4)), rng.normal(size=3)

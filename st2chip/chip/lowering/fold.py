@@ -1,0 +1,50 @@
+r"""Pass ``fold``: per-neuron thresholds folded into the incoming weights and bias.
+
+Lava's LIF has one threshold per process, sLIF one per neuron. Dividing neuron
+:math:`i`'s incoming weights and bias by :math:`\theta_i` (and multiplying them by its
+input gain) gives threshold 1 with identical spikes: exact for reset to zero, before
+quantization. First the layer is checked to be one the chip can hold at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from st2chip.chip.lowering.plan import Folded, LayerPlan, Plan
+from st2chip.errors import GraphError
+
+
+def fold(plan: Plan) -> Plan:
+    """Every layer's :class:`~st2chip.chip.lowering.plan.Folded` weights and bias."""
+    return plan.map_layers(lambda p, layer: replace(layer, folded=folded(layer, p.dt)))
+
+
+def folded(layer: LayerPlan, dt: float) -> Folded:
+    """``layer``'s incoming weights (scaled in place: pass ``paths`` made them fresh) and bias over its
+    thresholds, times its input gain."""
+    name, neuron, weight, bias = layer.name, layer.neuron, layer.incoming.weight, layer.incoming.bias
+    n = weight.shape[0]
+    if n == 0:
+        raise GraphError("the layer has no neurons", node=name, field="weight")
+    if np.any(neuron.beta < 0) or np.any(neuron.beta > 1):
+        raise GraphError(f"leak factor 1 - dt/tau must lie in [0, 1]; tau is shorter than dt = {dt:g} s: "
+                         f"pass the dt the model was trained with (--dt), or st2chip import the file "
+                         f"from its framework", node=name, field="tau")
+    if np.any(neuron.threshold <= 0):
+        raise GraphError("thresholds must be positive", node=name, field="v_threshold")
+    with np.errstate(over="ignore", invalid="ignore"):
+        factor = neuron.gain / neuron.threshold
+        weight.data *= np.repeat(factor, np.diff(weight.indptr))
+        bias_gain = neuron.gain if neuron.bias_gain is None else neuron.bias_gain
+        b_fold = bias * bias_gain / neuron.threshold + neuron.bias / neuron.threshold
+        rows = np.repeat(np.arange(n), np.diff(weight.indptr))
+        for field, value, where in (("weight", weight.data, rows), ("bias", b_fold, np.arange(n))):
+            bad = ~np.isfinite(value)
+            if bad.any():
+                i = int(where[np.argmax(bad)])
+                raise GraphError(f"{field}s divided by the threshold overflow (neuron {i}: threshold "
+                                 f"{neuron.threshold[i]:g}, gain {neuron.gain[i]:g}); the chip cannot hold them",
+                                 node=name, field=field)
+    return Folded(weight, b_fold, factor)

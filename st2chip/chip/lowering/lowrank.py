@@ -1,0 +1,220 @@
+r"""Pass ``lowrank``: a DSP low-rank path ``W = U V`` multiplied out, or kept factored through a relay.
+
+A path that ends in ``Affine V (r x n) -> Affine U (m x r)`` (pass ``paths`` found its
+factors) is either multiplied out (``product``: one ``m x n`` group, pass ``synapses``)
+or kept ``factored``: a :class:`~st2chip.chip.chipgraph.Relay` of ``r`` graded neurons,
+a group V from each source population into it and a group U (graded input, MACs) from
+it into each population of the layer; the relay adds one pipeline step, which the other
+paths into the layer absorb as synaptic delay (pass ``depths``). ``lowrank="auto"``
+decides per path by the cost model of :func:`costs`; the layer's report gives both
+costs, the choice and why. Paths through the same V node (branches of a residual sum
+into it) share one relay, fed by a V group from each; the U groups go with the first
+path's key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from importlib import resources
+
+import numpy as np
+import scipy.sparse as sp
+
+from st2chip.chip import encoding
+from st2chip.chip.chipgraph import (GRADED_ACC_MAX, GRADED_INPUT_MAX, MESSAGE_BITS, WEIGHT_EXP_RANGE, Population,
+                                    Relay, SynapseGroup)
+from st2chip.chip.lowering.plan import Block, Factors, LayerPlan, Lowrank, PathKey, Plan, Refused
+from st2chip.chip.lowering.report import FactoredErrors, LowrankChoice, LowrankCosts
+from st2chip.chip.lowering.synapses import stored, take
+from st2chip.errors import GraphError
+
+SPIKE_RATE = 0.1         # assumed spikes per source neuron per step for the low-rank cost model (no traces at lowering)
+
+
+def _mac_per_ac(profile: str = "45nm") -> float:
+    """A MAC's energy in accumulates, from a bundled energy profile (``st2chip/analysis/profiles``)."""
+    data = json.loads((resources.files("st2chip.analysis") / "profiles" / f"{profile}.json").read_text("utf-8"))
+    return data["E_MAC_pJ"] / data["E_AC_pJ"]
+
+
+MAC_PER_AC = _mac_per_ac()
+
+
+def lowrank(plan: Plan) -> Plan:
+    """Every layer's :class:`~st2chip.chip.lowering.plan.Lowrank`: its relays, factored groups and choices."""
+    return plan.map_layers(lambda p, layer: replace(layer, lowrank=chosen(p, layer)))
+
+
+def costs(u: sp.csr_matrix, v: sp.csr_matrix, product_nnz: int) -> LowrankCosts:
+    r"""Synapse memory and synaptic operations per step of a path ``W = U V``, multiplied out or factored.
+
+    Weights stored: ``nnz(U V)`` (product) against ``nnz(U) + nnz(V)`` (at most
+    :math:`r(m+n)`). Operations per step, with every source neuron spiking at
+    rate :math:`\rho` = :data:`SPIKE_RATE`: product :math:`\rho\,\mathrm{nnz}(W)`
+    accumulates; factored :math:`\rho\,\mathrm{nnz}(V)` accumulates into the relay
+    plus :math:`\rho_r\,\mathrm{nnz}(U)` MACs out of it, where a relay neuron with
+    mean fan-in :math:`k = \mathrm{nnz}(V)/r` sends whenever one of its inputs
+    spiked, :math:`\rho_r = 1-(1-\rho)^k`; a MAC counts :data:`MAC_PER_AC`
+    accumulates (``ops``: accumulate-equivalents per step).
+    """
+    rank = max(v.shape[0], 1)
+    relay_rate = 1.0 - (1.0 - SPIKE_RATE) ** (v.nnz / rank)
+    acs, macs = SPIKE_RATE * v.nnz, relay_rate * u.nnz
+    return LowrankCosts(int(product_nnz), SPIKE_RATE * product_nnz, int(u.nnz + v.nnz), acs, macs,
+                        acs + MAC_PER_AC * macs)
+
+
+def choose(mode: str, cost: LowrankCosts) -> tuple[bool, str]:
+    """Factored or not, and why: ``auto`` keeps the factors when the ratio of stored weights times the ratio
+    of operations (factored / product) is below 1, i.e. memory saved outweighs operations added."""
+    if mode != "auto":
+        return mode == "factored", f"lowrank={mode}"
+    mem = cost.factored_weights / max(cost.product_weights, 1)
+    ops = cost.factored_ops / max(cost.product_ops, 1e-12)
+    verdict = "factored" if mem * ops < 1 else "product"
+    return verdict == "factored", (f"{verdict}: factored stores {mem:.2f}x the weights at {ops:.2f}x the "
+                                   f"synaptic-op energy (product of ratios {mem * ops:.2f} "
+                                   f"{'<' if verdict == 'factored' else '>='} 1)")
+
+
+def chosen(plan: Plan, layer: LayerPlan) -> Lowrank:
+    """Decide and build the factored form of each low-rank path into ``layer``; ``lowrank="factored"``
+    raises where a path cannot be factored."""
+    name, mode, paths = layer.name, plan.options.lowrank, layer.incoming.lowrank
+    out = Lowrank()
+    by_relay: dict[str, dict[PathKey, Factors]] = {}
+    for key, found in paths.items():
+        if isinstance(found, Refused):
+            if mode == "factored":
+                raise GraphError(f"the low-rank path from '{key.source}' cannot be kept factored: {found.why}",
+                                 node=name)
+            out.choices[key.source] = LowrankChoice("product", f"not factorable: {found.why}")
+        else:
+            by_relay.setdefault(found.relay, {})[key] = found
+    for relay_name, found in by_relay.items():
+        keys = list(found)
+        blocked = [k.source for k, p in paths.items() if k not in found and relay_name in p.nodes]
+        twice = len({k.source for k in keys}) < len(keys)
+        if blocked or twice:
+            why = (f"a path from {', '.join(blocked)} through it cannot be factored" if blocked
+                   else "two paths from one source (different lags) reach it")
+            if mode == "factored":
+                raise GraphError(f"the low-rank path through '{relay_name}' cannot be kept factored: {why}",
+                                 node=name)
+            out.choices[relay_name] = LowrankChoice("product", f"not factorable: {why}")
+            continue
+        out.choices[relay_name] = _relay_choice(plan, layer, relay_name, found, out)
+    return out
+
+
+def _relay_choice(plan: Plan, layer: LayerPlan, relay_name: str, found: dict[PathKey, Factors],
+                  out: Lowrank) -> LowrankChoice:
+    """The choice for the factorable paths through V node ``relay_name``; a relay kept factored goes into
+    ``out`` with its groups."""
+    keys = list(found)
+    u = found[keys[0]].u
+    v = sp.csr_matrix(sp.hstack([found[k].v for k in keys], format="csr"))
+    v.sum_duplicates()  # canonical: sorted indices (products leave them unsorted)
+    blocks, owner, offset = [], {}, 0
+    for k in keys:
+        for block in plan.blocks(k.source):
+            blocks.append(Block(block.source, offset + block.index))
+            owner[block.source] = k
+        offset += found[k].v.shape[1]
+    u_fold = sp.csr_matrix(sp.diags(layer.folded.factor) @ u)
+    u_fold.sum_duplicates()  # canonical: sorted indices
+    cost = costs(u, v, sp.csr_matrix(u @ v).count_nonzero())
+    keep, why = choose(plan.options.lowrank, cost)
+    choice = LowrankChoice("product", why, relay_name, int(v.shape[0]), (int(u_fold.shape[0]), int(v.shape[1])),
+                           cost, [k.source for k in keys] if len(keys) > 1 else None)
+    if not keep:
+        return choice
+    built = factored_groups(relay_name, v, u_fold, layer.populations.members, layer.populations.scales, blocks)
+    if isinstance(built, str):
+        if plan.options.lowrank == "factored":
+            raise GraphError(f"the low-rank path through '{relay_name}' cannot be kept factored: {built}",
+                             node=layer.name)
+        return replace(choice, why=f"product: {built}")
+    out.relays.append(built.relay)
+    for k in keys:
+        out.factored[k] = [g for g in built.groups if g.target == relay_name and owner[g.source] == k]
+    out.factored[keys[0]] += [g for g in built.groups if g.source == relay_name]
+    return replace(choice, chosen="factored", factored=built.errors)
+
+
+@dataclass
+class Built:
+    """A relay kept factored: the relay, its V groups (one per source population; delay set by pass
+    ``synapses``) and U groups (one per target population), and their errors."""
+
+    relay: Relay
+    groups: list[SynapseGroup]
+    errors: FactoredErrors
+
+
+def factored_groups(relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matrix, members: list[Population],
+                    scales: dict[str, int], blocks: list[Block]) -> Built | str:
+    """The relay for ``V`` and ``U_fold`` with its groups, or why the chip's ranges do not allow it.
+
+    The relay's unit is ``R = 2^{e_V} · 254 / max|V|`` (``x ≈ R · V s``); U's groups
+    carry ``U_fold / R`` at their population's scale. ``e_V`` is 0 unless U would
+    then need an exponent outside [-8, 7] or a bound of
+    :meth:`~st2chip.chip.chipgraph.ChipGraph._check_relays` would be broken: then the
+    nearest ``e_V`` that works (below 0 the relay drops low bits: floor).
+    """
+    v = sp.csr_matrix(v)
+    vmax = float(np.abs(v.data).max(initial=0.0))
+    if vmax == 0 or u_fold.nnz == 0:
+        return "a factor is all zero"
+    lo, hi = WEIGHT_EXP_RANGE
+    for e_v in (*range(0, lo - 1, -1), *range(1, hi + 1)):
+        built = _with_relay_exponent(relay_name, v, u_fold, members, scales, blocks, e_v,
+                                     2.0**e_v * encoding.MANT_FULL / vmax)
+        if built is not None:
+            return built
+    return (f"no relay exponent keeps U's exponent within {list(WEIGHT_EXP_RANGE)} and the graded messages "
+            f"within {MESSAGE_BITS} bits and int32 sums")
+
+
+def _with_relay_exponent(relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matrix, members: list[Population],
+                         scales: dict[str, int], blocks: list[Block], e_v: int, r_scale: float) -> Built | None:
+    """The relay and its groups at relay exponent ``e_v`` (unit ``r_scale``); None where a range breaks."""
+    u_parts = [(pop, take(u_fold, pop.index, axis=0)) for pop in members]
+    needs = [encoding.exp_needed(sp.csr_matrix(w / r_scale), scales[pop.name]) for pop, w in u_parts]
+    if min(needs) < WEIGHT_EXP_RANGE[0] or max(needs) > WEIGHT_EXP_RANGE[1]:
+        return None
+    relay = Relay(relay_name, relay_name, np.arange(v.shape[0]), scale=r_scale)
+    groups, v_errors, u_errors, product_errors = [], [], [], []
+    for block in blocks:
+        mant, exp, err = encoding.quantize(sp.csr_matrix(take(v, block.index, axis=1)), r_scale)
+        groups.append(SynapseGroup(f"{block.source}->{relay_name}", block.source, relay_name, stored(mant), exp,
+                                   "factored", err))
+        v_errors.append(err)
+    bound = sum(g.input_bound()[1] for g in groups)
+    if bound.max(initial=0) >= 2 ** (MESSAGE_BITS - 1):
+        return None
+    v_eff = _dequantized(groups, v.shape, [b.index for b in blocks], r_scale)
+    for pop, w in u_parts:
+        mant, exp, err = encoding.quantize(sp.csr_matrix(w / r_scale), scales[pop.name])
+        group = SynapseGroup(f"{relay_name}->{pop.name}", relay_name, pop.name, stored(mant), exp, "factored", err)
+        acc, shifted = group.input_bound(bound)
+        if acc.max(initial=0) > GRADED_ACC_MAX or shifted.max(initial=0) > GRADED_INPUT_MAX:
+            return None
+        groups.append(group)
+        u_errors.append(err)
+        u_eff = sp.csr_matrix(mant, dtype=np.float64) * (2.0 * 2.0**exp / scales[pop.name] * r_scale)
+        product_errors.append(encoding.rel_error(u_eff @ v_eff, w @ v))
+    return Built(relay, groups, FactoredErrors(r_scale, max(v_errors), max(u_errors), max(product_errors), e_v))
+
+
+def _dequantized(groups: list[SynapseGroup], shape: tuple[int, int], cols: list[np.ndarray], scale: float
+                 ) -> sp.csr_matrix:
+    """The float V the relay's groups stand for (CSR ``(r, n)``): ``2 m 2^e / scale`` per source block."""
+    rows, columns, values = [], [], []
+    for g, c in zip(groups, cols):
+        m = sp.coo_matrix(g.mantissa)
+        rows.append(m.row)
+        columns.append(np.asarray(c)[m.col])
+        values.append(encoding.weight_value(m.data, g.exp, scale))
+    return sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=shape)

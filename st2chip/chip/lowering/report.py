@@ -1,0 +1,140 @@
+"""What lowering measured, as typed records: per low-rank path, per layer, per graph (``ChipGraph.lowering``).
+
+Each record's ``to_dict()`` is its JSON form (``st2chip map --json``, ``--report``,
+the demo's ``report.json``): keys in a fixed order, optional entries left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class LowrankCosts:
+    """Stored weights and accumulate-equivalent operations per step of a path ``W = U V``, multiplied out
+    (``product_*``) or factored through a relay (``acs`` into it, ``macs`` out of it)."""
+
+    product_weights: int
+    product_ops: float
+    factored_weights: int
+    acs: float
+    macs: float
+    factored_ops: float
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {"product": {"weights": self.product_weights, "ops": self.product_ops},
+                "factored": {"weights": self.factored_weights, "acs": self.acs, "macs": self.macs,
+                             "ops": self.factored_ops}}
+
+
+@dataclass(frozen=True)
+class FactoredErrors:
+    """A factored path's relay unit and quantization errors: of V, of U and of their product (against the
+    float ``U V``), and the relay's exponent ``e_V``."""
+
+    relay_scale: float
+    v_error: float
+    u_error: float
+    product_error: float
+    v_exp: int
+
+
+@dataclass(frozen=True)
+class LowrankChoice:
+    """What became of one low-rank path (or the paths sharing one V node): ``chosen`` and ``why``; for a
+    factorable path also its relay, rank, shape ``(m, n)``, both costs, the sources of a shared relay and,
+    when kept factored, its :class:`FactoredErrors`."""
+
+    chosen: Literal["product", "factored"]
+    why: str
+    relay: str | None = None
+    rank: int | None = None
+    shape: tuple[int, int] | None = None
+    cost: LowrankCosts | None = None
+    sources: list[str] | None = None
+    factored: FactoredErrors | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.cost is None:
+            return {"chosen": self.chosen, "why": self.why}
+        out: dict[str, Any] = {"relay": self.relay, "rank": self.rank, "shape": list(self.shape),
+                               "cost": self.cost.to_dict(), "chosen": self.chosen, "why": self.why}
+        if self.sources is not None:
+            out["sources"] = self.sources
+        if self.factored is not None:
+            f = self.factored
+            out |= {"relay_scale": f.relay_scale, "v_error": f.v_error, "u_error": f.u_error,
+                    "product_error": f.product_error, "v_exp": f.v_exp}
+        return out
+
+
+@dataclass
+class LayerReport:
+    """One neuron layer's lowering: what it is, where its inputs come from and the error each step added.
+
+    ``leak_error`` (``current_leak_error``): largest change of a neuron's voltage
+    (current) decay by grouping and rounding; ``bias_error``, ``weight_error``
+    (``outlier_weight_error``: of populations split off as outliers): relative
+    quantization errors; ``voltage_unit``/``headroom`` per population: chip voltage
+    per float threshold, and thresholds ``u`` and ``v`` can reach before they wrap;
+    ``delays`` per source, ``feedback_latency`` (steps) per late feedback source,
+    ``storage`` per synapse group kept as a convolution or why not.
+    """
+
+    kind: str
+    neurons: int
+    affines: int
+    source: str | list[str]
+    chains: list[str]
+    decay_groups: int
+    leak_error: float
+    threshold_range: list[float]
+    bias_error: float
+    voltage_unit: dict[str, float]
+    weight_error: float
+    reset: Literal["zero", "subtract"] = "zero"
+    current_leak_error: float | None = None
+    bias_note: str | None = None
+    outliers: list[int] | None = None
+    headroom: dict[str, float] | None = None
+    lowrank: dict[str, LowrankChoice] = field(default_factory=dict)
+    delays: dict[str, int] = field(default_factory=dict)
+    feedback_latency: dict[str, int] = field(default_factory=dict)
+    recurrent: list[str] = field(default_factory=list)
+    storage: dict[str, str] = field(default_factory=dict)
+    outlier_weight_error: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "neurons": self.neurons, "affines": self.affines,
+                               "source": self.source, "chains": self.chains}
+        if self.reset != "zero":
+            out["reset"] = self.reset
+        out |= {"decay_groups": self.decay_groups, "leak_error": self.leak_error,
+                "threshold_range": self.threshold_range}
+        for key in ("current_leak_error", "bias_note", "outliers"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out |= {"bias_error": self.bias_error, "voltage_unit": self.voltage_unit}
+        if self.headroom is not None:
+            out["headroom"] = self.headroom
+        if self.lowrank:
+            out["lowrank"] = {name: choice.to_dict() for name, choice in self.lowrank.items()}
+        for key in ("delays", "feedback_latency", "recurrent", "storage"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        out["weight_error"] = self.weight_error
+        if self.outlier_weight_error is not None:
+            out["outlier_weight_error"] = self.outlier_weight_error
+        return out
+
+
+@dataclass
+class LoweringReport:
+    """A whole graph's lowering: its time step ``dt`` (seconds) and a :class:`LayerReport` per neuron layer."""
+
+    dt: float
+    layers: dict[str, LayerReport] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dt": self.dt, "layers": {name: layer.to_dict() for name, layer in self.layers.items()}}

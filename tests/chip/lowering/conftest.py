@@ -1,0 +1,56 @@
+"""Tiny graphs and plans for testing each lowering pass alone."""
+
+from types import SimpleNamespace
+
+import nir
+import numpy as np
+import pytest
+
+from st2chip.chip.lower import PASSES, start
+from st2chip.chip.lowering.plan import Options, Plan
+from st2chip.graph.normalize import normalize
+
+DT = 1e-3
+
+
+def lif(thresholds, tau=0.005) -> nir.LIF:
+    n = len(thresholds)
+    return nir.LIF(tau=np.broadcast_to(np.asarray(tau, float), (n,)).copy(), r=np.ones(n), v_leak=np.zeros(n),
+                   v_threshold=np.asarray(thresholds, float), v_reset=np.zeros(n))
+
+
+def li(n: int, tau: float = 0.01) -> nir.LI:
+    return nir.LI(tau=np.full(n, tau), r=np.ones(n), v_leak=np.zeros(n))
+
+
+def chain_graph(weights: list[np.ndarray], neurons: list[nir.NIRNode], extra_nodes=None,
+                extra_edges=()) -> nir.NIRGraph:
+    """input -> fc1 -> n1 -> fc2 -> n2 ... -> output, with ``weights[i]`` into ``neurons[i]``."""
+    nodes = {"input": nir.Input(input_type={"input": np.array([weights[0].shape[1]])})}
+    edges, prev = [], "input"
+    for i, (w, neuron) in enumerate(zip(weights, neurons), start=1):
+        nodes[f"fc{i}"] = nir.Affine(weight=np.asarray(w, float), bias=np.zeros(w.shape[0]))
+        nodes[f"n{i}"] = neuron
+        edges += [(prev, f"fc{i}"), (f"fc{i}", f"n{i}")]
+        prev = f"n{i}"
+    nodes["output"] = nir.Output(output_type={"output": np.array([weights[-1].shape[0]])})
+    nodes |= extra_nodes or {}
+    edges += [(prev, "output"), *extra_edges]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False)
+
+
+def plan_before(graph: nir.NIRGraph, pass_name: str, **options) -> Plan:
+    """``graph`` normalized, as a plan after every pass that runs before ``pass_name``."""
+    plan = start(normalize(graph), Options(**options))
+    for name, run in PASSES:
+        if name == pass_name:
+            return plan
+        plan = run(plan)
+    raise KeyError(pass_name)
+
+
+@pytest.fixture
+def tiny() -> SimpleNamespace:
+    """The builders: ``lif(thresholds, tau, reset)``, ``li(n)``, ``chain(weights, neurons, extra_nodes,
+    extra_edges)`` and ``before(graph, pass_name, **options)``."""
+    return SimpleNamespace(lif=lif, li=li, chain=chain_graph, before=plan_before)
