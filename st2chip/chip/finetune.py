@@ -4,7 +4,7 @@ Lowering changes a trained model three ways (:mod:`st2chip.chip.lower`): per-neu
 decays are grouped into a few values per layer, folded weights are rounded to 8-bit
 mantissas with one exponent per synapse group, and the state runs in fixed point.
 A recurrent network integrates the first two over its whole run: mapped directly, the
-MNIST-1D RNN lost up to 4.3 points on the chip (README). :func:`chip_finetune` removes
+MNIST-1D RNN lost up to 4.3 points on the chip (docs/results.md). :func:`chip_finetune` removes
 them from the comparison:
 
 1. **Tied decays.** Each neuron's chip decays ``(du, dv)`` are clustered jointly

@@ -17,7 +17,7 @@ import numpy as np
 from st2chip.analysis.verify import Headroom, headroom_use
 from st2chip.chip.chipgraph import UV_MAX, ChipGraph
 from st2chip.errors import GraphError, InputError
-from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM, lower
+from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM, PASSES, lower
 from st2chip.graph.bundle import MANIFEST
 from st2chip.graph.bundle_graph import bundle_graph
 from st2chip.graph.normalize import normalize
@@ -44,6 +44,7 @@ class Log:
             print("[st2chip] pipeline:", file=sys.stderr)
             for name, what in STAGES:
                 print(f"[st2chip]   {name:<15} {what}", file=sys.stderr)
+            print(f"[st2chip]   lower's passes: {' -> '.join(name for name, _ in PASSES)}", file=sys.stderr)
 
     def stage(self, name: str, fn: Callable, *args, **kwargs):
         start = time.perf_counter()
