@@ -51,7 +51,7 @@ def load(path: Source | nir.NIRGraph, *, dt: float | None = None, steps: int | N
     metadata as the run length the default inputs use.
     """
     from st2chip import limits
-    from st2chip.cli.pipeline import load_graph
+    from st2chip.pipeline import load_graph
     graph = load_graph(path, dt)
     if steps is not None:
         graph.metadata["steps"] = limits.positive_int(steps, "steps")
@@ -67,7 +67,7 @@ def lower(graph: nir.NIRGraph | Source, *, decay_groups: int | None = None, lowr
     ``"factored"`` or ``"product"`` for DSP low-rank layers; ``headroom``: thresholds a neuron's current and
     voltage may reach (see ``st2chip map --help``).
     """
-    from st2chip.cli.pipeline import map_graph
+    from st2chip.pipeline import map_graph
     source = None
     if not isinstance(graph, nir.NIRGraph):
         source, graph = graph, load(graph)
@@ -176,7 +176,7 @@ def run(chip: ChipGraph, inputs: Any, *, backend: str = defaults.BACKEND, device
     Returns :class:`~st2chip.traces.Traces`: per layer ``spikes`` and ``voltages`` ``(batch, steps, n)``
     and the readout ``scores``. ``ray``: shard the engine's samples over Ray (``"local"`` or an address).
     """
-    from st2chip.cli.pipeline import run_backend
+    from st2chip.pipeline import run_backend
     if backend == "float":
         raise InputError("backend 'float' runs a NIR graph, not a ChipGraph: use st2chip.simulate(graph, inputs)")
     return run_backend(backend, None, chip, _chip_inputs(chip, inputs), voltages, device=device,
@@ -185,7 +185,7 @@ def run(chip: ChipGraph, inputs: Any, *, backend: str = defaults.BACKEND, device
 
 def simulate(graph: nir.NIRGraph, inputs: Any) -> Traces:
     """Run ``inputs`` through the float NIR interpreter (the model as trained, no chip arithmetic)."""
-    from st2chip.cli.pipeline import run_backend
+    from st2chip.pipeline import run_backend
     return run_backend("float", graph, None, inputs_for(graph, inputs).spikes)
 
 
@@ -206,7 +206,7 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
     ``stage(name, fn, *args)`` wraps each step (the CLI's ``--verbose`` timing log).
     """
     from st2chip.analysis.verify import verify as compare_traces
-    from st2chip.cli.pipeline import BACKENDS, chip_headroom, run_backend, run_layer_by_layer
+    from st2chip.pipeline import BACKENDS, chip_headroom, run_backend, run_layer_by_layer
     backends = tuple(b.strip() for b in backends if b.strip())
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:

@@ -8,21 +8,28 @@ ROOT = Path(__file__).resolve().parents[1]
 # Package folder -> dotted package, in pipeline order. A module may import its own
 # layer and the layers listed before it, never one listed after it.
 LAYERS = [
-    ("st2chip/errors.py st2chip/io.py st2chip/traces.py st2chip/limits.py st2chip/attention.py", "base"),
+    ("st2chip/errors.py st2chip/io.py st2chip/traces.py st2chip/limits.py st2chip/attention.py st2chip/text.py",
+     "base"),
     ("st2chip/learn", "st2chip.learn"),
     ("st2chip/graph", "st2chip.graph"),
     ("converters", "st2chip.converters"),
     ("st2chip/chip", "st2chip.chip"),
     ("targets", "st2chip.targets"),
     ("st2chip/analysis", "st2chip.analysis"),
+    ("st2chip/api.py st2chip/pipeline.py st2chip/defaults.py", "api"),
     ("st2chip/cli", "st2chip.cli"),
 ]
-BASE_MODULES = {"st2chip.errors", "st2chip.io", "st2chip.traces", "st2chip.limits", "st2chip.attention"}
+BASE_MODULES = {"st2chip.errors", "st2chip.io", "st2chip.traces", "st2chip.limits", "st2chip.attention",
+                "st2chip.text"}
+# The Python API: the pipeline's stages as functions, above every stage; the CLI is a thin layer over it.
+API_MODULES = {"st2chip.api", "st2chip.pipeline", "st2chip.defaults"}
 
 
 def _rank_of_module(name: str) -> int | None:
     if name in BASE_MODULES:
         return 0
+    if name in API_MODULES:
+        return next(rank for rank, (_, package) in enumerate(LAYERS) if package == "api")
     for rank, (_, package) in enumerate(LAYERS):
         if name == package or name.startswith(package + "."):
             return rank

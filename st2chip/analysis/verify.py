@@ -200,7 +200,7 @@ def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: 
     ``min_agreement`` percent. ``units`` adds the readouts' relative error (see :func:`compare`).
 
     ``layer_by_layer`` is the float graph run with every layer fed the first chip
-    backend's spikes (:func:`st2chip.cli.pipeline.run_layer_by_layer`): its agreement
+    backend's spikes (:func:`st2chip.pipeline.run_layer_by_layer`): its agreement
     with the chip is what each layer's lowering costs by itself, where end-to-end
     agreement also counts every difference again in each layer after it (in a deep
     network a few flips in layer 1 move many spikes later). Given, the agreement

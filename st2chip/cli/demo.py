@@ -19,7 +19,7 @@ from st2chip import defaults
 from st2chip.analysis.energy import write_energy_report
 from st2chip.analysis.verify import verify
 from st2chip.chip.table import format_table, layer_rows
-from st2chip.cli.pipeline import Log
+from st2chip.pipeline import Log
 from st2chip.converters.mlp import mlp_to_nir
 from st2chip.graph.nirfile import write_nir
 from st2chip.io import folder_lock, write_json, write_text

@@ -260,7 +260,7 @@ def _cmd_export_netx(args: argparse.Namespace) -> int:
 def _pipeline(args: argparse.Namespace):
     """Read, normalize and lower ``args.model`` as the API does, each stage timed with ``--verbose``."""
     import st2chip
-    from st2chip.cli.pipeline import Log
+    from st2chip.pipeline import Log
     log = Log(args.verbose)
     graph = log.stage("read+normalize", st2chip.load, args.model, dt=args.dt)
     # export-netx has no --lowrank: netx cannot express a graded relay, so its layers stay multiplied out
@@ -319,7 +319,7 @@ def _check_target(args: argparse.Namespace, runs_lava: bool) -> None:
     if not runs_lava:
         raise InputError("--target loihi2-hw runs the lava backend on a Loihi 2 chip: choose the lava backend "
                          "(--backend lava, or lava in --backends with --lava-samples above 0)")
-    from st2chip.cli.pipeline import loihi2_hw_run_cfg
+    from st2chip.pipeline import loihi2_hw_run_cfg
     loihi2_hw_run_cfg()
 
 

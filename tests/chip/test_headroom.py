@@ -13,7 +13,7 @@ import pytest
 from st2chip.analysis.verify import verify
 from st2chip.chip.chipgraph import ACT_SHIFT, UV_MAX
 from st2chip.chip.lower import HEADROOM, lower
-from st2chip.cli.pipeline import chip_headroom
+from st2chip.pipeline import chip_headroom
 from st2chip.errors import GraphError
 from st2chip.graph.normalize import normalize
 from st2chip.graph.simulate import simulate

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from st2chip.cli import pipeline
+from st2chip import pipeline
 from st2chip.cli.main import main
 from st2chip.converters.mlp import mlp_to_nir
 from st2chip.errors import InputError

@@ -161,7 +161,7 @@ def test_quantize_refuses_what_it_does_not_cover(tmp_path, capsys):
 
 
 def test_decay_groups_come_from_the_option_else_the_graph_else_four():
-    from st2chip.cli.pipeline import decay_groups_of
+    from st2chip.pipeline import decay_groups_of
     from st2chip.errors import GraphError
     graph = nir.NIRGraph(nodes={}, edges=[], metadata={"decay_groups": np.int64(3)}, type_check=False)
     assert decay_groups_of(graph, None) == 3 and decay_groups_of(graph, 5) == 5
