@@ -41,6 +41,13 @@ class ChipRangeError(St2chipError):
     """A ChipGraph value lies outside the range the chip can hold."""
 
 
+class BackendError(St2chipError):
+    """A backend's run failed for a reason outside the user's files (a Lava process killed, a Ray
+    cluster lost): the CLI prints it as one line and exits 1, not 2, since the input was not at fault."""
+
+    exit_code = 1
+
+
 
 class St2chipWarning(UserWarning):
     """Something the user should know that does not stop the run; the CLI prints it as one line."""

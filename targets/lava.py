@@ -21,9 +21,11 @@ with its spike sink) and cut back into per-sample windows.
 The simulation runs in a child process in its own process group
 (:mod:`.lava_process`): Ctrl-C or SIGTERM, to this process or its whole group,
 ends the child and every Lava process under it within seconds instead of
-hanging in Lava's ``runtime.stop()`` or leaving workers orphaned. Only the raw
-recordings come back (numpy arrays). Inside the child the Lava runtime is
-stopped on every path, errors included.
+hanging in Lava's ``runtime.stop()`` or leaving workers orphaned; a Lava worker
+or the child itself that dies (SIGKILL, the out-of-memory killer) ends the run
+with a :class:`~st2chip.errors.BackendError` (one line, exit 1) instead of a
+stall. Only the raw recordings come back (numpy arrays). Inside the child the
+Lava runtime is stopped on every path, errors included.
 """
 
 from __future__ import annotations

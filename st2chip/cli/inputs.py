@@ -12,16 +12,21 @@ digits test split rate-coded over ``metadata["steps"]`` (or ``--steps``).
 - ``.npz``: one array per Input node, stored under the node's name, and an
   optional ``labels`` array ``(B,)`` of class indices.
 
-Files are read with ``allow_pickle=False``. Spikes are 0/1 (any numeric or bool
-dtype). The run length is the inputs' ``T`` unless ``--steps`` asks for fewer.
+``--inputs`` must be a regular file (a FIFO or device is refused before it is opened).
+Every array's dtype and declared shape are checked against the memory budget before its
+data is read; nothing is unpickled. Spikes are 0/1 (bool, integer or float dtype), labels
+integers. The run length is the inputs' ``T`` unless ``--steps`` asks for fewer.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO, Callable
 
 import nir
 import numpy as np
@@ -73,8 +78,6 @@ def _as_spikes(source: str, name: str, array: np.ndarray, size: int) -> np.ndarr
     if int(np.prod(array.shape[2:])) != size:
         raise InputError(f"{source}: array for input '{name}' has {int(np.prod(array.shape[2:]))} values per "
                          f"step (shape {array.shape}); the graph's input '{name}' takes {size}")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise InputError(f"{source}: array for input '{name}' has dtype {array.dtype}; expected 0/1 spikes")
     values = array.reshape(b, t, size)
     bad = ~np.isin(values, (0, 1))
     if bad.any():
@@ -84,7 +87,49 @@ def _as_spikes(source: str, name: str, array: np.ndarray, size: int) -> np.ndarr
     return values.astype(np.uint8)
 
 
-def _header(fh, source: str, member: str | None = None) -> tuple[tuple[int, ...], np.dtype]:
+_NPY_MAGIC = b"\x93NUMPY"
+_SPIKE_KINDS = "biuf"  # dtype kinds an input may have: bool, signed/unsigned integer, float
+_LABEL_KINDS = "iu"
+_UNREADABLE = (ValueError, OSError, EOFError, SyntaxError, TypeError, RuntimeError, NotImplementedError,
+               zipfile.BadZipFile, zlib.error)
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+
+
+def _open_regular(p: Path) -> BinaryIO:
+    """``p`` opened for reading when it is a regular file (symlinks followed), else an InputError.
+
+    A FIFO with no writer would block ``open`` forever and a device may never end, so
+    the type is checked before opening, and again on the open descriptor (opened
+    non-blocking, so that a FIFO swapped in between cannot block either).
+    """
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise InputError(f"--inputs {p}: no such file") from None
+    except OSError as err:
+        raise InputError(f"--inputs {p}: cannot be read ({err.strerror})") from None
+    _require_regular(p, mode)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as err:
+        raise InputError(f"--inputs {p}: cannot be read ({err.strerror})") from None
+    try:
+        _require_regular(p, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _require_regular(p: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise InputError(f"--inputs {p}: is {kind}, not a regular .npy or .npz file")
+
+
+def _header(fh: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from a ``.npy`` header, reading no data."""
     version = np.lib.format.read_magic(fh)
     if version == (1, 0):
@@ -96,81 +141,132 @@ def _header(fh, source: str, member: str | None = None) -> tuple[tuple[int, ...]
     return tuple(int(d) for d in shape), np.dtype(dtype)
 
 
-def _check_declared(p: Path) -> None:
-    """Every array's declared shape (``.npy`` header, each ``.npz`` member's) against the memory budget."""
+def _check_declared(source: str, name: str | None, shape: tuple[int, ...], dtype: np.dtype, total: int) -> int:
+    """Refuse a dtype an input (or ``labels``) cannot have and a declared shape over the memory budget,
+    before any data is read; returns ``total`` plus this array's bytes (all arrays must fit together)."""
+    what = f"array '{name}'" if name is not None else "the array"
+    if name == "labels":
+        if dtype.kind not in _LABEL_KINDS:
+            raise InputError(f"{source}: array 'labels' has dtype {dtype}; labels must be integer class indices")
+    elif dtype.kind not in _SPIKE_KINDS:
+        raise InputError(f"{source}: {what} has dtype {dtype}"
+                         f"{' (pickled Python objects, never loaded)' if dtype.hasobject else ''}; "
+                         f"an input takes bool, integer or float spikes (0 or 1)")
+    n = limits.count(shape)
+    itemsize = max(int(dtype.itemsize), 1) + _CONVERT_BYTES
+    limits.check_alloc(f"loading {what} of shape {shape} ({dtype})", n, itemsize, source)
+    total += n * itemsize
+    limits.check_bytes("loading all its arrays", total, source)
+    return total
+
+
+def _read_npy(fh: BinaryIO, source: str) -> np.ndarray:
+    """The one array of a ``.npy`` file, its header checked before its data is read."""
     try:
-        with open(p, "rb") as fh:
-            magic = fh.read(6)
-            fh.seek(0)
-            if magic == b"\x93NUMPY":
-                headers = {"": _header(fh, str(p))}
-            elif magic[:2] == b"PK":
-                headers = {}
-                with zipfile.ZipFile(fh) as zf:
-                    for info in zf.infolist():
-                        if info.filename.endswith(".npy"):
-                            with zf.open(info) as member:
-                                headers[info.filename[:-4]] = _header(member, str(p), info.filename)
-            else:
-                return  # np.load says what is wrong with it
-    except (IsADirectoryError, FileNotFoundError):
-        return  # np.load says so, as before
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as err:
-        raise InputError(f"{p}: not a readable .npy/.npz array file ({' '.join(str(err).split())})") from None
-    total = 0
-    for name, (shape, dtype) in headers.items():
-        what = f"array '{name}' of shape {shape} ({dtype})" if name else f"the array of shape {shape} ({dtype})"
-        n = limits.count(shape)
-        itemsize = max(int(dtype.itemsize), 1) + _CONVERT_BYTES
-        limits.check_alloc(f"loading {what}", n, itemsize, str(p))
-        total += n * itemsize
-        limits.check_bytes("loading all its arrays", total, str(p))
+        shape, dtype = _header(fh)
+    except _UNREADABLE as err:
+        raise InputError(f"{source}: not a readable .npy/.npz array file ({_one_line(err)})") from None
+    _check_declared(source, None, shape, dtype, 0)
+    fh.seek(0)
+    try:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+    except _UNREADABLE as err:
+        raise InputError(f"{source}: not a readable .npy array file ({_one_line(err)})") from None
+
+
+def _read_npz(fh: BinaryIO, source: str, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Every member of a ``.npz`` (zip) file by name: names, dtypes and declared shapes of all of them
+    are checked first (a member without ``.npy`` in its name too), then the data is read."""
+    try:
+        zf = zipfile.ZipFile(fh)
+    except _UNREADABLE as err:
+        raise InputError(f"{source}: not a readable .npy/.npz array file ({_one_line(err)})") from None
+    with zf:
+        members: dict[str, zipfile.ZipInfo] = {}
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if name in members:
+                raise InputError(f"{source}: members '{members[name].filename}' and '{info.filename}' both "
+                                 f"hold array '{name}'")
+            members[name] = info
+        _check_names(source, set(members), sizes)
+        total = 0
+        for name, info in members.items():
+            shape, dtype = _member(zf, info, source, _header)
+            total = _check_declared(source, name, shape, dtype, total)
+        return {name: _member(zf, info, source, _read_member) for name, info in members.items()}
+
+
+def _read_member(fh: BinaryIO) -> np.ndarray:
+    return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, read: Callable[[BinaryIO], Any]) -> Any:
+    """``read`` applied to one ``.npz`` member, any failure an InputError naming file and member."""
+    try:
+        with zf.open(info) as fh:
+            if fh.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                raise InputError(f"{source}: member '{info.filename}' is not a .npy array")
+        with zf.open(info) as fh:
+            return read(fh)
+    except _UNREADABLE as err:
+        raise InputError(f"{source}: member '{info.filename}' is not a readable .npy array "
+                         f"({_one_line(err)})") from None
+
+
+def _check_names(source: str, keys: set[str], sizes: dict[str, int]) -> None:
+    """One array per Input node, and nothing but those and ``labels``."""
+    missing = [n for n in sizes if n not in keys]
+    if missing:
+        raise InputError(f"{source}: no array for input node(s) {', '.join(missing)}; the file holds "
+                         f"{', '.join(sorted(keys)) or 'nothing'}")
+    unknown = sorted(keys - set(sizes) - {"labels"})
+    if unknown:
+        raise InputError(f"{source}: arrays {', '.join(unknown)} match no Input node of the graph "
+                         f"({', '.join(sizes)}) and are not 'labels'")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def load_inputs(path: str | os.PathLike, graph: nir.NIRGraph) -> RunInputs:
-    """Read ``--inputs`` (``.npy`` or ``.npz``) for ``graph``; every problem names the file and the input."""
+    """Read ``--inputs`` (``.npy`` or ``.npz``) for ``graph``; every problem names the file and the input.
+
+    Only a regular file is opened; every array's name, dtype and declared size are
+    checked before its data is read, and nothing is ever unpickled.
+    """
     p = Path(path)
+    source = str(p)
     sizes = input_sizes(graph)
-    _check_declared(p)
-    try:
-        loaded = np.load(p, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{p}: is a directory, not a .npy or .npz file") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(f"{p}: not a readable .npy/.npz array file ({' '.join(str(err).split())})") from None
-    labels = None
-    if isinstance(loaded, np.ndarray):
-        if len(sizes) != 1:
-            raise InputError(f"{p}: a .npy file feeds a graph with one Input node; this graph has {len(sizes)} "
-                             f"({', '.join(sizes)}): use a .npz with one array per input name")
-        (name, size), = sizes.items()
-        spikes = {name: _as_spikes(str(p), name, loaded, size)}
-    else:
-        with loaded:
-            keys = set(loaded.files)
-            missing = [n for n in sizes if n not in keys]
-            if missing:
-                raise InputError(f"{p}: no array for input node(s) {', '.join(missing)}; the file holds "
-                                 f"{', '.join(sorted(keys)) or 'nothing'}")
-            unknown = sorted(keys - set(sizes) - {"labels"})
-            if unknown:
-                raise InputError(f"{p}: arrays {', '.join(unknown)} match no Input node of the graph "
-                                 f"({', '.join(sizes)}) and are not 'labels'")
-            spikes = {n: _as_spikes(str(p), n, loaded[n], s) for n, s in sizes.items()}
-            if "labels" in keys:
-                labels = _labels(str(p), loaded["labels"])
+    with _open_regular(p) as fh:
+        magic = fh.read(len(_NPY_MAGIC))
+        fh.seek(0)
+        if magic == _NPY_MAGIC:
+            if len(sizes) != 1:
+                raise InputError(f"{p}: a .npy file feeds a graph with one Input node; this graph has "
+                                 f"{len(sizes)} ({', '.join(sizes)}): use a .npz with one array per input name")
+            (name, size), = sizes.items()
+            spikes = {name: _as_spikes(source, name, _read_npy(fh, source), size)}
+            labels = None
+        elif magic[:2] == b"PK":
+            arrays = _read_npz(fh, source, sizes)
+            spikes = {n: _as_spikes(source, n, arrays[n], s) for n, s in sizes.items()}
+            labels = _labels(source, arrays["labels"]) if "labels" in arrays else None
+        else:
+            raise InputError(f"{p}: not a readable .npy/.npz array file (it starts with neither the .npy "
+                             f"magic nor a zip header)")
     shapes = {n: s.shape[:2] for n, s in spikes.items()}
     if len(set(shapes.values())) != 1:
         raise InputError(f"{p}: inputs disagree in (batch, steps): {shapes}")
     if labels is not None and labels.shape[0] != next(iter(shapes.values()))[0]:
         raise InputError(f"{p}: 'labels' has {labels.shape[0]} entries for {next(iter(shapes.values()))[0]} samples")
-    return RunInputs(spikes, labels, str(p))
+    return RunInputs(spikes, labels, source)
 
 
 def _labels(source: str, labels: np.ndarray) -> np.ndarray:
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    """Class indices (their integer dtype was checked with the header)."""
+    if labels.ndim != 1:
         raise InputError(f"{source}: 'labels' must be a 1-D integer array of class indices, got "
                          f"{labels.dtype} {labels.shape}")
     return labels.astype(np.int64)

@@ -1,5 +1,10 @@
 """--inputs: the user's own spikes for simulate, verify and energy; dt made visible; import of plain NIR."""
 
+import os
+import threading
+import time
+import zipfile
+
 import nir
 import numpy as np
 import pytest
@@ -92,7 +97,7 @@ def test_digits_without_steps_asks_for_them(one_lif, capsys):
     ("wrong_width", "takes 1"),
     ("not_spikes", "must hold spikes"),
     ("two_dims", "expected (batch, steps"),
-    ("pickle", "not a readable"),
+    ("pickle", "dtype object"),
     ("unknown_npz_key", "match no Input node"),
     ("missing_npz_key", "no array for input node(s) in"),
     ("bad_labels", "'labels'"),
@@ -122,6 +127,118 @@ def test_bad_inputs_exit_2_naming_the_problem(one_lif, tmp_path, capsys, case, n
     code, out, err = _run(capsys, "simulate", path, "--inputs", bad, "--backend", "float", "--dt", "1e-3", *extra)
     assert code == 2, (out, err)
     assert needle in err and bad.name in err and len(err.strip().splitlines()) == 1
+
+
+def _npy_bytes(shape: tuple, descr: str = "|u1", data: bytes = b"") -> bytes:
+    """A .npy header declaring ``shape`` and ``descr``, followed by ``data`` (as much or as little as wanted)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + data
+
+
+def _zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _pickled_npz(path, labels: bool):
+    """Object arrays as numpy writes them with allow_pickle=True: as the input, or as the labels."""
+    spikes = np.zeros((3, 30, 1), np.uint8)
+    objects = np.array([{"a": 1}, None, 3], dtype=object)
+    np.savez(path, **({"in": spikes, "labels": objects} if labels else {"in": objects}))
+    return path
+
+
+NPZ_CASES = {
+    # case: (build the file in tmp_path, words the one-line error must hold)
+    "object-input": (lambda p: _pickled_npz(p, labels=False), ["'in'", "dtype object"]),
+    "object-labels": (lambda p: _pickled_npz(p, labels=True), ["'labels'", "dtype object"]),
+    "truncated-member": (lambda p: _zip(p, {"in.npy": _npy_bytes((3, 30, 1), data=bytes(10))}),
+                         ["'in.npy'", "not a readable .npy array"]),
+    "huge-member-without-npy": (lambda p: _zip(p, {"in": _npy_bytes((10 ** 6, 10 ** 5, 800), "<f8")}),
+                                ["'in'", "(1000000, 100000, 800)", "budget"]),
+    "huge-second-member": (lambda p: _zip(p, {"in.npy": _npy_bytes((3, 30, 1), data=bytes(90)),
+                                              "labels": _npy_bytes((10 ** 12,), "<i8")}),
+                           ["'labels'", "budget"]),
+    "complex-input": (lambda p: _zip(p, {"in.npy": _npy_bytes((3, 30, 1), "<c16", bytes(3 * 30 * 16))}),
+                      ["'in'", "complex128"]),
+    "string-input": (lambda p: _zip(p, {"in.npy": _npy_bytes((3, 30, 1), "<U1", bytes(3 * 30 * 4))}),
+                     ["'in'", "<U1"]),
+    "float-labels": (lambda p: np.savez(p, **{"in": np.zeros((3, 30, 1), np.uint8), "labels": np.zeros(3)}) or p,
+                     ["'labels'", "float64", "integer"]),
+    "member-not-npy": (lambda p: _zip(p, {"in.npy": _npy_bytes((3, 30, 1), data=bytes(90)), "labels": b"hello"}),
+                       ["'labels'", "not a .npy array"]),
+    "two-members-one-name": (lambda p: _zip(p, {"in.npy": _npy_bytes((3, 30, 1), data=bytes(90)),
+                                                "in": _npy_bytes((3, 30, 1), data=bytes(90))}),
+                             ["'in.npy'", "'in'", "both"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NPZ_CASES))
+def test_hostile_npz_members_are_refused_before_their_data_is_read(one_lif, tmp_path, capsys, case):
+    """Exit 2, one line naming the file and the member; np.load's lazy reads never run outside the checks."""
+    build, words = NPZ_CASES[case]
+    path, _, _ = one_lif
+    bad = build(tmp_path / f"{case}.npz")
+    t0 = time.monotonic()
+    code, out, err = _run(capsys, "simulate", path, "--inputs", bad, "--backend", "float", "--dt", "1e-3")
+    assert code == 2, (out, err)
+    assert time.monotonic() - t0 < 10
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("st2chip: error:") and "Traceback" not in err, err
+    assert bad.name in err and all(word in err for word in words), err
+
+
+def test_a_good_npz_without_npy_suffixes_still_loads(tmp_path):
+    graph = normalize(_one_lif(), dt=1e-3)
+    bad = _zip(tmp_path / "plain.npz", {"in": _npy_bytes((2, 4, 1), data=bytes(8)),
+                                        "labels": _npy_bytes((2,), "<i8", bytes(16))})
+    inputs = load_inputs(bad, graph)
+    assert inputs.spikes["in"].shape == (2, 4, 1) and inputs.labels.tolist() == [0, 0]
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A FIFO nobody writes to; every 3 s a thread opens and closes its write end, so that a reader blocked
+    on it (the code before the fix) gets end-of-file and the test fails instead of hanging."""
+    path = tmp_path / "spikes.npy"
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def rescue():
+        while not done.wait(3.0):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader blocked on it: nothing to rescue
+                pass
+
+    thread = threading.Thread(target=rescue, daemon=True)
+    thread.start()
+    yield path
+    done.set()
+    thread.join()
+
+
+@pytest.mark.parametrize("how", ["fifo", "symlink-to-fifo", "char-device", "directory"])
+def test_inputs_must_be_a_regular_file(fifo, tmp_path, how):
+    """A FIFO with no writer (directly or through a symlink), a device or a folder: refused at once."""
+    target = {"fifo": fifo, "char-device": "/dev/null", "directory": tmp_path, "symlink-to-fifo": fifo}[how]
+    path = target
+    if how == "symlink-to-fifo":
+        path = tmp_path / "link.npy"
+        path.symlink_to(fifo)
+    graph = normalize(_one_lif(), dt=1e-3)
+    t0 = time.monotonic()
+    with pytest.raises(InputError) as info:
+        load_inputs(path, graph)
+    assert time.monotonic() - t0 < 2
+    kind = {"fifo": "FIFO", "symlink-to-fifo": "FIFO", "char-device": "character device", "directory": "directory"}
+    message = str(info.value)
+    assert message.startswith(f"--inputs {path}: is ") and kind[how] in message and "regular" in message
 
 
 def test_npy_input_shape_may_be_the_input_shape(tmp_path):

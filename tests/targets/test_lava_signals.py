@@ -10,6 +10,7 @@ session may survive it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,3 +191,91 @@ def test_child_dying_alone_takes_its_descendants_along(tmp_path):
         call_in_own_group(die)
     grandchild = marker.read_text()
     assert _wait_for(lambda: _stat(grandchild) is None or _stat(grandchild)[0] == "Z", 5)
+
+
+def test_a_dead_worker_ends_the_wait_with_one_error():
+    """A worker of the child killed by a signal while the function still waits: WorkerDied, not a stall."""
+    import multiprocessing as mp
+
+    from st2chip.errors import BackendError
+    from st2chip.targets.lava_process import WorkerDied, call_in_own_group
+
+    def wait_for_a_dead_worker():
+        worker = mp.get_context("fork").Process(target=time.sleep, args=(60,))  # stands in for a Lava worker
+        worker.start()
+        os.kill(worker.pid, signal.SIGKILL)
+        time.sleep(60)  # stands in for Lava's runtime, which waits for its workers' messages for ever
+
+    t0 = time.monotonic()
+    with pytest.raises(WorkerDied, match=r"a Lava worker process died \(signal 9, pid \d+\)") as info:
+        call_in_own_group(wait_for_a_dead_worker)
+    assert time.monotonic() - t0 < 10
+    assert isinstance(info.value, BackendError) and info.value.exit_code == 1
+
+
+# --- a Lava process killed from outside during a CLI run ----------------------------------------
+
+def _lava_child(sid: int) -> int | None:
+    """The Lava child: the process of the session in a process group of its own."""
+    for pid in _session_members(sid):
+        stat = _stat(str(pid))
+        if stat is not None and stat[1] == sid and stat[2] == pid:
+            return pid
+    return None
+
+
+def _children(sid: int, parent: int) -> list[int]:
+    """Live children of ``parent`` in session ``sid``, oldest first (for the Lava child: Lava's shared-memory
+    server, then its workers)."""
+    return sorted(pid for pid in _session_members(sid) if (_stat(str(pid)) or ("", 0))[1] == parent)
+
+
+def _without_progress_bars(text: str) -> str:
+    """stderr less tqdm's frames (``lava:  10%|█  | 60/600 [00:01<00:09, 55.0sample/s]``): a killed Lava
+    process leaves its bar's last frame, which the error line then follows on the same line."""
+    return re.sub(r"[\w ]+:\s*\d+%\|[^|]*\|[^\[\]]*\[[^\]]*\]", "", text.replace("\r", "\n"))
+
+
+@pytest.mark.parametrize("victim", ["worker", "lava-child"])
+def test_a_killed_lava_process_ends_st2chip_with_one_error(model_and_inputs, victim):
+    """SIGKILL to one Lava worker (a grandchild) or to the Lava child: exit 1 within seconds, one error line,
+    no traceback, nothing left behind (st2chip used to stall at 10 % for ever, or print a traceback)."""
+    nir_path, x_path = model_and_inputs
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "st2chip.cli", "verify", str(nir_path), "--inputs", str(x_path),
+         "--backends", "reference,lava", "--dt", "1e-3", *_all_samples_on_lava()],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
+    sid = proc.pid
+    try:
+        started = _wait_for(lambda: len(_session_members(sid)) >= 6 or proc.poll() is not None, 60)
+        assert started and proc.poll() is None, "Lava never started"
+        time.sleep(0.5)
+        child = _lava_child(sid)
+        assert child is not None and proc.poll() is None
+        target = _children(sid, child)[-1] if victim == "worker" else child
+        t0 = time.monotonic()
+        os.kill(target, signal.SIGKILL)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"st2chip still running 20 s after SIGKILL to the {victim}")
+        elapsed = time.monotonic() - t0
+        err_text = err.decode(errors="replace")
+        lines = [line for line in _without_progress_bars(err_text).splitlines() if line.strip()]
+        assert proc.returncode == 1, err_text
+        assert elapsed < 8, f"took {elapsed:.1f} s to stop"
+        expected = ("st2chip: error: a Lava worker process died (signal 9" if victim == "worker"
+                    else "st2chip: error: st2chip's Lava process died (signal 9)")
+        assert len(lines) == 1 and lines[0].startswith(expected), err_text
+        gone = _wait_for(lambda: not _session_members(sid), 5)
+        assert gone, f"processes left behind: {[(pid, _command(pid)) for pid in _session_members(sid)]}"
+    finally:
+        for pid in _session_members(sid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
