@@ -30,7 +30,7 @@ from st2chip.analysis.energy import EnergyReport
 from st2chip.analysis.verify import VerifyReport
 from st2chip.chip.chipgraph import ChipGraph
 from st2chip.chip.placement import Placement, Resources
-from st2chip.cli.inputs import RunInputs, input_sizes, limit, resolve_inputs
+from st2chip.inputs import RunInputs, input_sizes, limit, resolve_inputs
 from st2chip.errors import InputError
 from st2chip.traces import Traces
 

@@ -16,13 +16,13 @@ LAYERS = [
     ("st2chip/chip", "st2chip.chip"),
     ("targets", "st2chip.targets"),
     ("st2chip/analysis", "st2chip.analysis"),
-    ("st2chip/api.py st2chip/pipeline.py st2chip/defaults.py", "api"),
+    ("st2chip/api.py st2chip/pipeline.py st2chip/inputs.py st2chip/defaults.py", "api"),
     ("st2chip/cli", "st2chip.cli"),
 ]
 BASE_MODULES = {"st2chip.errors", "st2chip.io", "st2chip.traces", "st2chip.limits", "st2chip.attention",
                 "st2chip.text"}
 # The Python API: the pipeline's stages as functions, above every stage; the CLI is a thin layer over it.
-API_MODULES = {"st2chip.api", "st2chip.pipeline", "st2chip.defaults"}
+API_MODULES = {"st2chip.api", "st2chip.pipeline", "st2chip.inputs", "st2chip.defaults"}
 
 
 def _rank_of_module(name: str) -> int | None:

@@ -1,7 +1,7 @@
 """The ``st2chip`` command line.
 
-Exit codes: 0 ok, 1 verification found a difference, 2 bad input (one line on
-stderr naming the file, node, field or layer at fault). Progress goes to stderr,
+Exit codes: 0 ok, 1 verification found a difference or a backend failed, 2 bad
+input (one line on stderr naming the file, node, field or layer at fault). Progress goes to stderr,
 results to stdout or files.
 """
 
@@ -21,7 +21,7 @@ from st2chip.converters.registry import EXPORT_DT, FRAMEWORKS
 from st2chip.errors import GraphError, InputError, St2chipError, St2chipWarning
 from st2chip.text import printable
 
-EPILOG_EXIT = ("exit codes: 0 ok, 1 verification failed a check, 2 bad input, 130/143 interrupted "
+EPILOG_EXIT = ("exit codes: 0 ok, 1 verification failed a check or a backend failed, 2 bad input, 130/143 interrupted "
                "(SIGINT/SIGTERM)")
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from st2chip.cli.inputs import resolve_inputs
+from st2chip.inputs import resolve_inputs
 from st2chip.cli.main import main
 from st2chip.graph.nirfile import read_graph
 from st2chip.graph.normalize import normalize

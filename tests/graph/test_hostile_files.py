@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from st2chip import limits
-from st2chip.cli.inputs import load_inputs, resolve_inputs
+from st2chip.inputs import load_inputs, resolve_inputs
 from st2chip.cli.main import main
 from st2chip.errors import GraphError, InputError, St2chipError
 from st2chip.graph.nirfile import check_hdf5, read_graph

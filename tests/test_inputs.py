@@ -9,7 +9,7 @@ import nir
 import numpy as np
 import pytest
 
-from st2chip.cli.inputs import load_inputs
+from st2chip.inputs import load_inputs
 from st2chip.cli.main import main
 from st2chip.errors import InputError
 from st2chip.graph.normalize import normalize
@@ -304,7 +304,7 @@ def test_a_sequence_model_runs_on_the_mnist1d_test_split_by_default(tmp_path, ca
 
 
 def test_run_width_counts_a_convolutions_outputs_not_its_kernel():
-    from st2chip.cli.inputs import graph_width
+    from st2chip.inputs import graph_width
     from st2chip.graph.normalize import normalize
 
     conv = nir.Conv2d(input_shape=(10, 10), weight=np.ones((4, 1, 3, 3)), stride=1, padding=1, dilation=1, groups=1,
