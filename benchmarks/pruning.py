@@ -44,7 +44,7 @@ from st2chip.learn.data import load_digits_split  # noqa: E402
 from st2chip.io import atomic_path, write_json  # noqa: E402
 from st2chip.analysis.energy import energy_report, load_profile  # noqa: E402
 from st2chip.chip.lower import lower  # noqa: E402
-from st2chip.cli.inputs import direct_inputs  # noqa: E402
+from st2chip.inputs import direct_inputs  # noqa: E402
 from st2chip.converters.transformer import export_bundle  # noqa: E402
 from st2chip.graph.bundle_graph import bundle_graph  # noqa: E402
 from st2chip.targets import engine  # noqa: E402
