@@ -33,7 +33,7 @@ Quirks absorbed (evidence: ``norse/torch/utils/export_nir.py``, ``_extract_norse
   the default 10 ms neuron (norse issue #411). :func:`repair` divides them by
   ``dt``. From a file it does so for a node whose time constants all lie below
   ``dt`` (what every norse 1.1 export of a neuron with ``tau_mem < 1 s`` looks
-  like; a sensible ``tau`` is never below ``dt``); pass ``tau_quirk=True`` to force it.
+  like; a sensible ``tau`` is never below ``dt``); ``st2chip import --from norse --tau-quirk`` forces it.
   :func:`to_nir` decides by comparing the export with the module.
 - **Parameters are 0-d torch tensors**; ``nir.write`` fails on them ("Scalar
   datasets don't support chunk/filter options", 0-d numpy too). Repaired
@@ -175,7 +175,7 @@ def _fix_neuron(name: str, node: nir.NIRNode, dt: float, tau_quirk: bool | None,
         quirk = all(bool(np.all(t < dt)) for t in taus)
         if not quirk:
             notes.append(f"node '{name}': time constants >= dt = {dt:g} s kept as seconds "
-                         "(not norse issue #411's dt/tau_mem_inv; pass tau_quirk=True if this is a norse 1.1 export)")
+                         "(not norse issue #411's dt/tau_mem_inv; pass --tau-quirk if this is a norse 1.1 export)")
     if quirk:
         for f in fields:
             old = getattr(node, f)

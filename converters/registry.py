@@ -11,6 +11,7 @@ import importlib
 import os
 
 from st2chip.converters.frontend import Converted, finish
+from st2chip.errors import InputError
 from st2chip.graph.nirfile import read_graph
 
 # the dt (seconds) each framework's NIR export assumes without storing it
@@ -26,18 +27,23 @@ def converter(framework: str):
 
 
 def import_file(path: str | os.PathLike, framework: str, *, dt: float | None = None,
-                steps: int | None = None) -> Converted:
+                steps: int | None = None, tau_quirk: bool | None = None) -> Converted:
     """Read a ``.nir`` file as ``framework`` wrote it and return the canonical graph with the changes made.
 
     ``dt`` defaults to the framework's export default (:data:`EXPORT_DT`); for
     ``nir``, to the file's own ``metadata["dt"]`` (else 1 ms, with a warning).
+    ``tau_quirk`` (norse only; ``--tau-quirk``): whether the file's time constants are
+    norse 1.1's ``dt / tau_inv`` (None: decided per neuron from their size).
     """
+    if tau_quirk is not None and framework != "norse":
+        raise InputError(f"--tau-quirk applies to files from norse, not from {framework}")
     graph = read_graph(path)
     notes: list[str] = []
     if framework == "nir":
         return finish(graph, dt=dt, steps=steps, source=str(path))
     dt = EXPORT_DT[framework] if dt is None else dt
-    graph, notes = converter(framework).repair(graph, dt)
+    repair = converter(framework).repair
+    graph, notes = repair(graph, dt, tau_quirk=tau_quirk) if framework == "norse" else repair(graph, dt)
     return finish(graph, dt=dt, steps=steps, notes=notes, source=str(path), producer=framework)
 
 

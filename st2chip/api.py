@@ -37,7 +37,7 @@ from st2chip.traces import Traces
 Source = str | os.PathLike
 Stage = Callable[..., Any]  # ``stage(name, fn, *args, **kwargs) -> fn(*args, **kwargs)``, e.g. a timing log
 
-__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "import_model", "export", "inputs_for"]
+__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "import_model", "export", "quantize", "inputs_for"]
 
 
 def _call(name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -260,11 +260,13 @@ def energy(chip: ChipGraph, inputs: Any, *, profile: str | os.PathLike = default
     return energy_report(chip, traces, prof, placement)
 
 
-def import_model(path: Source, framework: str, *, dt: float | None = None, steps: int | None = None):
+def import_model(path: Source, framework: str, *, dt: float | None = None, steps: int | None = None,
+                 tau_quirk: bool | None = None):
     """Read a ``.nir`` file as ``framework`` (norse, snntorch, spikingjelly or nir) wrote it, absorbing its
-    quirks; returns the canonical graph (``.graph``) and one note per change (``.notes``)."""
+    quirks; returns the canonical graph (``.graph``) and one note per change (``.notes``). ``tau_quirk``:
+    see :func:`~st2chip.converters.registry.import_file`."""
     from st2chip.converters.registry import import_file
-    return import_file(path, framework, dt=dt, steps=steps)
+    return import_file(path, framework, dt=dt, steps=steps, tau_quirk=tau_quirk)
 
 
 def export(checkpoint: Source, output: Source, *, dt: float = defaults.EXPORT_DT) -> Path:
@@ -283,3 +285,41 @@ def export(checkpoint: Source, output: Source, *, dt: float = defaults.EXPORT_DT
     if isinstance(extra.get("chip_aware"), dict):  # st2chip quantize tied the decays into this many groups
         graph.metadata["decay_groups"] = int(extra["chip_aware"]["decay_groups"])
     return write_nir(graph, output)
+
+
+def quantize(checkpoint: Source, output: Source, *, decay_groups: int = defaults.DEFAULT_DECAY_GROUPS,
+             headroom: float = defaults.HEADROOM, epochs: int = defaults.QUANTIZE_EPOCHS,
+             lr: float = defaults.QUANTIZE_LR, seed: int = 0, device: str | None = None,
+             data_root: Source | None = None) -> dict:
+    """Fine-tune an MLP or RNN checkpoint with the chip in the loop and write it to ``output``.
+
+    Decays are tied into ``decay_groups`` pairs per layer and the forward pass runs on the weights
+    the chip holds, so that the exported model is what the chip runs, exactly
+    (:func:`~st2chip.chip.finetune.chip_finetune`). Returns the new checkpoint's summary: its
+    ``kind``, ``test_accuracy`` and what fine-tuning did (``chip_aware``).
+    """
+    import time
+    from dataclasses import asdict
+
+    from st2chip.chip.finetune import ADAPTERS, chip_finetune
+    from st2chip.learn.checkpoint import load_checkpoint, save_checkpoint
+    from st2chip.learn.data import load_split
+    from st2chip.learn.training import default_device, evaluate
+    from st2chip.io import check_output
+    check_output(output, [checkpoint], flag="--out")
+    kind, model, extra = load_checkpoint(checkpoint)
+    if kind not in ADAPTERS:
+        raise InputError(f"{checkpoint}: quantize fine-tunes {', '.join(ADAPTERS)} checkpoints so far; this "
+                         f"one is kind {kind!r} (its chip accuracy: st2chip verify)")
+    device = device or default_device()
+    train, test = load_split(extra.get("data", "digits"), data_root)
+    before = evaluate(model.to(device), test, device=device)
+    start = time.perf_counter()
+    result, chip = chip_finetune(model, kind, train, test, decay_groups=decay_groups, headroom=headroom,
+                                 epochs=epochs, lr=lr, seed=seed, device=device)
+    summary = {**extra, "test_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
+               "chip_aware": {"decay_groups": decay_groups, "headroom": headroom, "epochs": epochs, "lr": lr,
+                              "seed": seed, "accuracy_before": before,
+                              "seconds": round(time.perf_counter() - start, 1), **chip}}
+    save_checkpoint(model, kind, asdict(model.config), output, summary)
+    return {"kind": kind, **summary}

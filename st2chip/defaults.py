@@ -24,7 +24,10 @@ EXPORT_DT = 1e-3             # seconds per step recorded when st2chip exports it
 DEMO_OUT = "runs/demo"       # st2chip demo: output folder, test samples run on every backend, training epochs
 DEMO_SAMPLES = 100
 DEMO_EPOCHS = 25
+QUANTIZE_EPOCHS = 60         # st2chip quantize: chip-in-the-loop fine-tuning epochs and Adam learning rate
+QUANTIZE_LR = 1e-3
 
 __all__ = ["DEFAULT_DECAY_GROUPS", "HEADROOM", "LOWRANK", "RESOURCES", "MAX_CHIPS", "BACKEND", "BATCH_SIZE",
            "LAVA_TARGET", "VERIFY_BACKENDS", "LAVA_SAMPLES", "MAX_DROP", "MIN_AGREEMENT", "PROFILE",
-           "EXPORT_DT", "DEMO_OUT", "DEMO_SAMPLES", "DEMO_EPOCHS"]
+           "EXPORT_DT", "DEMO_OUT", "DEMO_SAMPLES", "DEMO_EPOCHS",
+           "QUANTIZE_EPOCHS", "QUANTIZE_LR"]

@@ -75,3 +75,19 @@ def test_bad_inputs_name_what_is_wrong(model_file):
         st2chip.run(chip, {"x": np.zeros((1, 4, 64))})
     with pytest.raises(InputError, match="simulate"):
         st2chip.run(chip, np.zeros((1, 4, 64)), backend="float")
+
+
+def test_quantize_and_export(tmp_path, random_mlp):
+    """st2chip.quantize fine-tunes with the chip in the loop; the export records K and maps to K populations."""
+    from st2chip.learn.checkpoint import save_checkpoint
+    model = random_mlp(sizes=(64, 16, 10), steps=4)
+    save_checkpoint(model, "mlp", model.config.to_dict(), tmp_path / "m.pt", {"data": "digits"})
+    summary = st2chip.quantize(tmp_path / "m.pt", tmp_path / "q.pt", decay_groups=2, epochs=1, device="cpu")
+    assert summary["kind"] == "mlp" and summary["chip_aware"]["decay_groups"] == 2
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    path = st2chip.export(tmp_path / "q.pt", tmp_path / "q.nir")
+    graph = st2chip.load(path)
+    assert graph.metadata["decay_groups"] == 2
+    assert all(len(st2chip.lower(graph).layer_populations(layer)) <= 2 for layer in ("lif1", "lif2"))
+    with pytest.raises(InputError, match="same file as the input"):
+        st2chip.export(tmp_path / "q.pt", tmp_path / "q.pt")

@@ -1,6 +1,6 @@
 r"""Operations and spike traffic of a placed ChipGraph, counted from real traces, per layer and per core.
 
-Conventions (DESIGN.md, "Energy conventions"): a spike of source neuron :math:`j` costs one
+Conventions (docs/energy.md): a spike of source neuron :math:`j` costs one
 accumulate (AC) per **non-zero** outgoing weight in each synapse group it feeds; a graded
 (``analog``) input costs one MAC per non-zero weight in every step where its value is non-zero.
 An event is a non-zero entry of a ``(samples, steps, n)`` trace.

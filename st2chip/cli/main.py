@@ -211,6 +211,10 @@ def _parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{k} {v:g}" for k, v in EXPORT_DT.items() if k != "nir")
                         + "; for nir, the file's metadata)")
     p.add_argument("--steps", type=int, default=None, help="time steps per sample, recorded in the metadata")
+    p.add_argument("--tau-quirk", action=argparse.BooleanOptionalAction, default=None,
+                   help="norse only: the file's time constants are norse 1.1's dt/tau_inv (norse issue #411) "
+                        "and are divided by dt (--no-tau-quirk: they are seconds; default: decided per neuron, "
+                        "a constant below dt being the quirk)")
     p.add_argument("-o", "--output", required=True, help="canonical .nir file to write (replaced atomically)")
 
     register_train(sub)
@@ -443,7 +447,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     import st2chip
     from st2chip.graph.nirfile import write_nir
     _check_outputs(args, [args.file], files=("output",))
-    converted = st2chip.import_model(args.file, args.framework, dt=args.dt, steps=args.steps)
+    converted = st2chip.import_model(args.file, args.framework, dt=args.dt, steps=args.steps,
+                                     tau_quirk=args.tau_quirk)
     if args.dt is None and args.framework != "nir":
         converted.notes.insert(0, f"{args.framework}'s export does not store dt; using its default "
                                   f"{EXPORT_DT[args.framework]:g} s (pass --dt to change)")

@@ -17,7 +17,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from st2chip.defaults import DEFAULT_DECAY_GROUPS, HEADROOM
+from st2chip.defaults import DEFAULT_DECAY_GROUPS, HEADROOM, QUANTIZE_EPOCHS, QUANTIZE_LR
 from st2chip.learn import compensation, pruning
 from st2chip.learn.cnn import CNNConfig
 from st2chip.learn.data import (DATASETS, DIGITS_SIDE, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, ROWS_HOLD,
@@ -247,33 +247,21 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """Fine-tune a checkpoint with the chip in the loop (tied decays, the chip's weights); write a new one."""
-    from st2chip.chip.finetune import ADAPTERS, chip_finetune
     _at_least(args, 1, "decay_groups")
     if args.decay_groups > MAX_DECAY_GROUPS:
         raise InputError(f"--decay-groups must be at most {MAX_DECAY_GROUPS} (distinct 12-bit decays), got "
                          f"{args.decay_groups}")
     _rate(args, "headroom")
     device = _common_flags(args)
-    kind, model, extra = load_checkpoint(args.checkpoint)
-    if kind not in ADAPTERS:
-        raise InputError(f"{args.checkpoint}: quantize fine-tunes {', '.join(ADAPTERS)} checkpoints so far; this "
-                         f"one is kind {kind!r} (its chip accuracy: st2chip verify)")
-    headroom = HEADROOM if args.headroom is None else args.headroom
-    data = extra.get("data", "digits")
-    train, test = load_split(data, args.data_root)
-    before = evaluate(model.to(device), test, device=device)
-    start = time.perf_counter()
-    result, chip = chip_finetune(model, kind, train, test, decay_groups=args.decay_groups, headroom=headroom,
-                                 epochs=args.epochs, lr=args.lr, seed=args.seed, device=device)
-    summary = {**extra, "test_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
-               "chip_aware": {"decay_groups": args.decay_groups, "headroom": headroom, "epochs": args.epochs,
-                              "lr": args.lr, "seed": args.seed, "accuracy_before": before,
-                              "seconds": round(time.perf_counter() - start, 1), **chip}}
-    save_checkpoint(model, kind, asdict(model.config), args.out, summary)
+    import st2chip
+    summary = st2chip.quantize(args.checkpoint, args.out, decay_groups=args.decay_groups,
+                               headroom=HEADROOM if args.headroom is None else args.headroom, epochs=args.epochs,
+                               lr=args.lr, seed=args.seed, device=device, data_root=args.data_root)
+    chip = summary["chip_aware"]
     exact = "exactly" if chip["last_change"] == 0 else f"up to {chip['last_change']:.2g} (not converged)"
-    print(f"chip-in-the-loop {kind}: {args.decay_groups} decay groups per layer, {args.epochs} epochs; test "
-          f"accuracy {100 * before:.1f}% -> {100 * result.test_accuracy:.1f}%; the chip holds its weights "
-          f"{exact} -> {args.out} (export it, then st2chip verify)")
+    print(f"chip-in-the-loop {summary['kind']}: {args.decay_groups} decay groups per layer, {args.epochs} epochs; "
+          f"test accuracy {100 * chip['accuracy_before']:.1f}% -> {100 * summary['test_accuracy']:.1f}%; the chip "
+          f"holds its weights {exact} -> {args.out} (export it, then st2chip verify)")
     return 0
 
 
@@ -382,5 +370,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"the lowering's headroom, as in st2chip map (default {HEADROOM:g}, map's default); map, "
                         f"verify and energy with the same --headroom")
     q.add_argument("--out", required=True, help="checkpoint file to write")
-    _common(q, epochs=60, lr=1e-3)
+    _common(q, epochs=QUANTIZE_EPOCHS, lr=QUANTIZE_LR)
     q.set_defaults(func=run_quantize)

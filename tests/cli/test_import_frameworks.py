@@ -98,3 +98,22 @@ def test_framework_file_to_verified_chip_run(framework, tmp_path, capsys):
     assert "reference vs lava (first 3 samples): spike agreement 100.000 %" in out and "(exact)" in out
     code, out, err = _run(capsys, "energy", canon, "--inputs", x, "-o", tmp_path / "energy")
     assert code == 0 and (tmp_path / "energy" / "energy.json").exists(), err
+
+
+def test_tau_quirk_is_a_flag(tmp_path, capsys):
+    """norse's dt/tau_inv quirk is told by --tau-quirk / --no-tau-quirk (the hint names the flag), for norse only."""
+    raw = tmp_path / "norse.nir"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _norse_file(raw)
+    # norse wrote tau = 1e-5 s; with dt = 1e-6 s that reads as seconds, and the note says how to say otherwise
+    code, out, err = _run(capsys, "import", raw, "--from", "norse", "--dt", 1e-6, "-o", tmp_path / "s.nir")
+    assert code == 0, err
+    assert "kept as seconds" in out and "pass --tau-quirk" in out and "tau_quirk=" not in out
+    code, out, err = _run(capsys, "import", raw, "--from", "norse", "--dt", 1e-6, "--tau-quirk", "-o",
+                          tmp_path / "q.nir")
+    assert code == 0 and "norse issue #411: to_nir wrote dt/tau_inv" in out, err
+    code, out, err = _run(capsys, "import", raw, "--from", "norse", "--no-tau-quirk", "-o", tmp_path / "n.nir")
+    assert "norse issue #411" not in out and "kept as seconds" not in out
+    code, out, err = _run(capsys, "import", raw, "--from", "snntorch", "--tau-quirk", "-o", tmp_path / "x.nir")
+    assert code == 2 and err.strip() == "st2chip: error: --tau-quirk applies to files from norse, not from snntorch"
