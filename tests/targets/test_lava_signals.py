@@ -50,6 +50,18 @@ def _session_members(sid: int) -> list[int]:
     return members
 
 
+def _kill_all(sid: int, proc: subprocess.Popen) -> None:
+    """Never leave strays to the next test: SIGKILL what is left of the session, and the CLI itself."""
+    for pid in _session_members(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def _command(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
@@ -140,14 +152,7 @@ def test_signal_during_lava_run_stops_everything(model_and_inputs, case):
         gone = _wait_for(lambda: not _session_members(sid), 5)
         assert gone, f"processes left behind: {[(pid, _command(pid)) for pid in _session_members(sid)]}"
     finally:
-        for pid in _session_members(sid):  # never leave strays to the next test
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_all(sid, proc)
 
 
 # --- the child-process runner itself -------------------------------------------------------------
@@ -271,11 +276,4 @@ def test_a_killed_lava_process_ends_st2chip_with_one_error(model_and_inputs, vic
         gone = _wait_for(lambda: not _session_members(sid), 5)
         assert gone, f"processes left behind: {[(pid, _command(pid)) for pid in _session_members(sid)]}"
     finally:
-        for pid in _session_members(sid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_all(sid, proc)
