@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Package folder -> dotted package, in pipeline order. A module may import its own
 # layer and the layers listed before it, never one listed after it.
 LAYERS = [
-    ("st2chip/errors.py st2chip/io.py st2chip/traces.py st2chip/limits.py st2chip/attention.py st2chip/text.py",
+    ("st2chip/errors.py st2chip/io.py st2chip/traces.py st2chip/limits.py st2chip/attention.py st2chip/text.py "
+     "st2chip/progress.py",
      "base"),
     ("st2chip/learn", "st2chip.learn"),
     ("st2chip/graph", "st2chip.graph"),
@@ -20,7 +21,7 @@ LAYERS = [
     ("st2chip/cli", "st2chip.cli"),
 ]
 BASE_MODULES = {"st2chip.errors", "st2chip.io", "st2chip.traces", "st2chip.limits", "st2chip.attention",
-                "st2chip.text"}
+                "st2chip.text", "st2chip.progress"}
 # The Python API: the pipeline's stages as functions, above every stage; the CLI is a thin layer over it.
 API_MODULES = {"st2chip.api", "st2chip.pipeline", "st2chip.inputs", "st2chip.defaults"}
 

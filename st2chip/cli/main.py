@@ -308,7 +308,8 @@ def _engine_args(args: argparse.Namespace) -> dict:
 
 def _progress(args: argparse.Namespace) -> bool:
     """Progress bars on stderr when it is a terminal, or when ``--progress`` asks for them."""
-    return args.progress or sys.stderr.isatty()
+    from st2chip import progress
+    return progress.shown()
 
 
 def _print(text: str) -> None:
@@ -562,9 +563,10 @@ def _discard_stdout() -> None:
 def _run(handler, args: argparse.Namespace) -> int:
     import signal
 
-    from st2chip import limits
+    from st2chip import limits, progress
     from st2chip.graph import nirfile
 
+    progress.force(args.progress)
     try:  # a command reads files in a child first (bounded wait on a damaged file) and with its memory budget
         nirfile.set_read_timeout(_positive_seconds(os.environ.get(nirfile.READ_TIMEOUT_ENV, "120"),
                                                    nirfile.READ_TIMEOUT_ENV))
@@ -587,6 +589,7 @@ def _run(handler, args: argparse.Namespace) -> int:
         print("st2chip: interrupted", file=sys.stderr)
         return 128 + (signal.SIGTERM if err.args == (signal.SIGTERM,) else signal.SIGINT)
     finally:
+        progress.force(False)
         nirfile.set_read_timeout(None)
         if args.memory_budget is not None:
             limits.set_memory_budget(None)

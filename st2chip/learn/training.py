@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from st2chip.progress import shown as progress_shown
 from st2chip.learn.data import Split
 
 
@@ -59,7 +60,7 @@ def train_classifier(model: nn.Module, train: Split, test: Split, *, epochs: int
                      penalty: Callable[[nn.Module], torch.Tensor] | None = None,
                      after_step: Callable[[nn.Module], None] | None = None,
                      after_epoch: Callable[[int, nn.Module], None] | None = None,
-                     schedule: str = "cosine", desc: str = "train", progress: bool = True) -> TrainResult:
+                     schedule: str = "cosine", desc: str = "train", progress: bool | None = None) -> TrainResult:
     """Train with Adam + cosine (or ``schedule="constant"``) learning rate and cross-entropy (+ ``penalty(model)``).
 
     ``param_groups`` overrides the optimizer's groups (e.g. a separate learning
@@ -83,7 +84,7 @@ def train_classifier(model: nn.Module, train: Split, test: Split, *, epochs: int
     x_all = torch.as_tensor(train.x)
     y_all = torch.as_tensor(train.y)
     loss_fn = nn.CrossEntropyLoss()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=desc, disable=not progress_shown(progress), leave=False)
     for epoch in bar:
         model.train()
         order = torch.randperm(len(train), generator=generator)

@@ -175,3 +175,13 @@ def test_a_closed_pipe_ends_quietly(tmp_path, random_mlp):
               "echo \"exit ${PIPESTATUS[0]}\"")
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.stdout.strip() == "exit 0" and done.stderr == ""
+
+
+def test_training_bars_only_on_a_terminal_or_asked(tmp_path, capsys):
+    """`st2chip train` in a log or pipe draws no bar; --progress draws it there too."""
+    from st2chip.cli.main import main
+    assert main(["train", "--model", "mlp", "--epochs", "1", "--hidden", "8", "--out", str(tmp_path / "a.pt")]) == 0
+    assert "train mlp" not in capsys.readouterr().err
+    assert main(["--progress", "train", "--model", "mlp", "--epochs", "1", "--hidden", "8",
+                 "--out", str(tmp_path / "b.pt")]) == 0
+    assert "train mlp" in capsys.readouterr().err
