@@ -82,6 +82,7 @@ from pathlib import Path
 import numpy as np
 
 from st2chip.chip.chipgraph import BIAS_MANT_RANGE, ChipGraph, Population, SynapseGroup
+from st2chip.chip.lowering.precision import RESIDUAL_SUFFIX
 from st2chip.errors import GraphError, InputError
 from st2chip.io import write_bytes
 from st2chip.traces import Traces
@@ -306,6 +307,9 @@ def _structure_reason(chip: ChipGraph, layer: str, prev: str | None) -> tuple[st
                  "(--decay-groups 1)")
         return why, None, [], []
     pop = pops[0]
+    if pop.always_on:
+        return ("the always-on source of Affine biases into CubaLIF currents; netx's CUBA bias enters v only",
+                pop, [], [])
     if pop.reset != "zero":
         return "resets by subtraction; netx's CUBA neuron (Lava's LIF) resets to zero", pop, [], []
     groups = chip.incoming(pop.name)
@@ -327,6 +331,9 @@ def _structure_reason(chip: ChipGraph, layer: str, prev: str | None) -> tuple[st
             return "", pop, forward, feedback  # fed by a layer that is itself split: reported there
         return (f"takes input from {', '.join(repr(s) for s in source_layers)}; netx layers have one source",
                 pop, [], [])
+    if any(s.name.endswith(RESIDUAL_SUFFIX) for s in forward):
+        return ("a residual weight group (--precision 16 or auto): netx holds one 8-bit matrix per layer; lower "
+                "with --precision 8", pop, [], [])
     if len(forward) > 1 or forward[0].delay or forward[0].lag:
         delays = sorted({s.delay for s in forward})
         return (f"its input from '{sources[0]}' is delayed by {', '.join(map(str, delays))} extra step(s) "

@@ -188,6 +188,11 @@ class Population:
         """Whether what it sends is a multi-bit value (a :class:`Relay`) rather than a 0/1 spike."""
         return False
 
+    @property
+    def always_on(self) -> bool:
+        """Whether it spikes at every step whatever its input (an :class:`AlwaysOn`)."""
+        return False
+
 
 @dataclass
 class Relay(Population):
@@ -232,6 +237,38 @@ class Relay(Population):
 
     @property
     def graded(self) -> bool:
+        return True
+
+
+@dataclass
+class AlwaysOn(Population):
+    r"""Neurons that spike at every step from the first: the source of constant drives into a current.
+
+    A NIR ``Affine`` bias into a ``CubaLIF`` (or ``CubaLI``) enters its synaptic
+    current, :math:`i \leftarrow \beta_u i + g\,(W x + b)`; on the chip it is one more
+    synapse group from this population into the layer's ``u``, whose ``(n, 1)``
+    weights are the biases (one spike, every step). Its LIF fields are fixed:
+    ``v = bias = 1 > vth = 0`` every step (``du = 4095``, ``dv = 0``, reset to zero),
+    which Lava's own LIF runs. It takes no input, so its depth is 0: it spikes at
+    global step 1, and a group out of it adds at every step from step 2 on, the
+    first step of the shallowest layer.
+    """
+
+    du: int = DECAY_MAX
+    dv: int = 0
+    vth: int = 0
+    bias_mant: np.ndarray = 1  # type: ignore[assignment]
+    bias_exp: np.ndarray = 0  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fixed = (self.du, self.dv, self.vth, self.bias.tolist(), self.readout, self.reset)
+        if fixed != (DECAY_MAX, 0, 0, [1] * self.size, False, "zero"):
+            raise ChipRangeError(f"always-on population '{self.name}': du, dv, vth, bias, readout and reset are "
+                                 f"fixed (4095, 0, 0, 1, False, 'zero'), got {fixed}")
+
+    @property
+    def always_on(self) -> bool:
         return True
 
 
@@ -384,11 +421,14 @@ class ChipGraph:
         sizes = ({i.name: i.size for i in self.inputs} | {p.name: p.size for p in self.populations}
                  | {h.name: h.size for h in self.hosts})
         pops = {p.name for p in self.populations}
+        always_on = {p.name for p in self.populations if p.always_on}
         for s in self.synapses:
             if s.source not in sizes:
                 raise ChipRangeError(f"synapse group '{s.name}': field 'source' names unknown '{s.source}'")
             if s.target not in pops:
                 raise ChipRangeError(f"synapse group '{s.name}': field 'target' names unknown population '{s.target}'")
+            if s.target in always_on:
+                raise ChipRangeError(f"synapse group '{s.name}': always-on population '{s.target}' takes no input")
             if s.shape != (sizes[s.target], sizes[s.source]):
                 raise ChipRangeError(
                     f"synapse group '{s.name}': field 'mantissa' has shape {s.shape}, "
@@ -456,7 +496,7 @@ class ChipGraph:
         return [s for s in self.synapses if s.target == name]
 
     def depths(self) -> dict[str, int]:
-        """Longest chain of synapse groups from any input to each population."""
+        """Longest chain of synapse groups from any input to each population (an :class:`AlwaysOn`: 0)."""
         depth = {i.name: 0 for i in self.inputs}
         remaining = list(self.populations)
         hosts = list(self.hosts)
@@ -470,7 +510,8 @@ class ChipGraph:
             for pop in list(remaining):
                 groups = [s for s in self.incoming(pop.name) if not s.feedback]
                 if all(s.source in depth for s in groups):
-                    depth[pop.name] = max((depth[s.source] + 1 + s.delay - s.lag for s in groups), default=1)
+                    depth[pop.name] = max((depth[s.source] + 1 + s.delay - s.lag for s in groups),
+                                          default=0 if pop.always_on else 1)
                     remaining.remove(pop)
                     progressed = True
             if not progressed:

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import (ACT_SHIFT, BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_MAX, UV_MAX,
-                                    WEIGHT_EXP_RANGE)
+                                    WEIGHT_EXP_RANGE, WEIGHT_MANT_RANGE)
 
 DECAY_ONE = 4096.0       # a decay's 12-bit unit: beta = 1 - dv / 4096
 MANT_FULL = 254          # largest even weight value 2*m with m = 127
@@ -125,3 +125,16 @@ def bias_fixed(bias_v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def voltage_unit(scale: float) -> float:
     """Chip voltage per unit of a folded float voltage (a threshold) at a population's scale: ``64 · scale``."""
     return VOLTAGE_PER_SCALE * scale
+
+
+def per_spike(target: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """8-bit mantissas ``m`` and one exponent ``e`` whose input per spike ``a`` is nearest ``target`` (in
+    units of ``a``), and ``a``: at ``e = -1``, ``a = (2 m) >> 1 = m`` exactly (every integer up to 127: the
+    finest the chip's integer input holds; a lower exponent floors away bits), else ``a = 2 m << e``."""
+    top = float(np.abs(target).max(initial=0.0))
+    if top < WEIGHT_MANT_RANGE[1] + 0.5:
+        mant = np.clip(np.rint(target), *WEIGHT_MANT_RANGE).astype(np.int64)
+        return mant, -1, mant
+    exp = int(min(np.ceil(np.log2(top / MANT_FULL)), WEIGHT_EXP_RANGE[1]))
+    mant = np.clip(np.rint(target / 2.0 ** (exp + 1)), *WEIGHT_MANT_RANGE).astype(np.int64)
+    return mant, exp, (2 * mant) << exp

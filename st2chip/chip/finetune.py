@@ -23,7 +23,8 @@ them from the comparison:
    between them is the chip's fixed-point state arithmetic and its 13-bit biases.
 
 The model kinds it knows are listed in :data:`ADAPTERS`: the sLIF MLP and the recurrent CubaLIF network
-(graphs of Affine paths; convolutions are not read back yet).
+(graphs of Affine paths; convolutions are not read back yet). Any other model comes with its own
+:class:`Adapter` (:mod:`st2chip.chip.finetune_graph`: a NIR graph from any framework).
 """
 
 from __future__ import annotations
@@ -54,12 +55,13 @@ Slot = tuple[nn.Module, str]  # a module and the name of one of its parameters
 @dataclass(frozen=True)
 class Adapter:
     """How one model kind meets the chip: its NIR export, which module holds each Affine node's ``weight``,
-    and per neuron node the logit parameters (``sigmoid(logit)``) of its voltage decay and current decay
-    (``None``: the node has none)."""
+    and per neuron node the parameters of its voltage decay and current decay (``None``: the node has none),
+    logits (``sigmoid(logit)`` is the decay) or, with ``logits=False``, the decays themselves."""
 
     to_nir: Callable[[nn.Module], nir.NIRGraph]
     weights: Callable[[nn.Module], dict[str, nn.Module]]
     decays: Callable[[nn.Module], dict[str, tuple[Slot, Slot | None]]]
+    logits: bool = True
 
 
 def _rnn_adapter() -> Adapter:
@@ -97,13 +99,13 @@ class ChipInTheLoop:
     """Ties a model's decays into ``decay_groups`` pairs per layer and keeps its forward pass on the values the
     chip holds (see the module docstring); :meth:`project` refreshes them, :meth:`finish` makes them the model's."""
 
-    def __init__(self, model: nn.Module, kind: str, decay_groups: int, headroom: float = HEADROOM,
+    def __init__(self, model: nn.Module, kind: str | Adapter, decay_groups: int, headroom: float = HEADROOM,
                  seed: int = 0) -> None:
-        if kind not in ADAPTERS:
+        if not isinstance(kind, Adapter) and kind not in ADAPTERS:
             raise ValueError(f"chip-in-the-loop fine-tuning covers {', '.join(ADAPTERS)} models, not {kind!r}")
         if decay_groups < 1:
             raise ValueError(f"decay_groups must be at least 1, got {decay_groups}")
-        self.model, self.adapter = model, ADAPTERS[kind]()
+        self.model, self.adapter = model, kind if isinstance(kind, Adapter) else ADAPTERS[kind]()
         self.decay_groups, self.headroom = decay_groups, headroom
         self.weights = self.adapter.weights(model)
         self.decays = self.adapter.decays(model)
@@ -126,13 +128,17 @@ class ChipInTheLoop:
     def _raw(self, module: nn.Module, name: str) -> torch.Tensor:
         return getattr(module.parametrizations, name).original
 
+    def _decay(self, slot: Slot) -> np.ndarray:
+        """The decay factor a slot's raw parameter stands for, per neuron."""
+        raw = self._raw(*slot).detach()
+        return np.atleast_1d((torch.sigmoid(raw) if self.adapter.logits else raw).cpu().double().numpy())
+
     def _grid(self, layer: str) -> np.ndarray:
         """Per neuron of ``layer``: its float decays on the chip's scale, columns ``du``, ``dv`` (``du`` 0
         without a current decay)."""
         voltage, current = self.decays[layer]
-        beta = np.atleast_1d(torch.sigmoid(self._raw(*voltage)).detach().cpu().double().numpy())
-        du = (encoding.du_exact(np.atleast_1d(torch.sigmoid(self._raw(*current)).detach().cpu().double().numpy()))
-              if current is not None else np.zeros_like(beta))
+        beta = self._decay(voltage)
+        du = encoding.du_exact(self._decay(current)) if current is not None else np.zeros_like(beta)
         du, beta = np.broadcast_arrays(du, beta)
         return np.stack([du, encoding.dv_exact(beta)], axis=1)
 
@@ -150,11 +156,13 @@ class ChipInTheLoop:
             np.add.at(means, labels, grid)
             means /= np.bincount(labels)[:, None]
             tied = encoding.to_decay(means[labels])
+            tied[:, 1] = np.maximum(tied[:, 1], 1)  # a leaky neuron keeps a leak: dv = 0 is no decay (tau = inf)
             for slot, value in ((voltage, encoding.voltage_decay(tied[:, 1])),
                                 (current, encoding.current_decay(tied[:, 0]))):
                 if slot is not None:
                     raw = self._raw(*slot)
-                    target = torch.as_tensor(_logit(value), dtype=raw.dtype, device=raw.device)
+                    value = _logit(value) if self.adapter.logits else value
+                    target = torch.as_tensor(value, dtype=raw.dtype, device=raw.device)
                     self.params[slot].held = target.reshape(raw.shape) if raw.dim() else target[0]
 
     @torch.no_grad()
@@ -189,10 +197,12 @@ class ChipInTheLoop:
         return {"rounds": rounds, "last_change": change, "layers": self.report}
 
 
-def chip_finetune(model: nn.Module, kind: str, train: Split, test: Split, *, decay_groups: int = DEFAULT_DECAY_GROUPS,
-                  headroom: float = HEADROOM, epochs: int = 60, lr: float = 1e-3, seed: int = 0,
-                  device: torch.device | str = "cpu", progress: bool = True) -> tuple[TrainResult, dict]:
+def chip_finetune(model: nn.Module, kind: str | Adapter, train: Split, test: Split, *,
+                  decay_groups: int = DEFAULT_DECAY_GROUPS, headroom: float = HEADROOM, epochs: int = 60,
+                  lr: float = 1e-3, seed: int = 0, device: torch.device | str = "cpu",
+                  param_groups: list[dict] | None = None, progress: bool = True) -> tuple[TrainResult, dict]:
     """Fine-tune ``model`` with the chip in the loop and leave it holding the chip's numbers (module docstring).
+    ``param_groups``: the optimizer's groups (e.g. a learning rate of its own for decays), else all parameters.
 
     Returns the training result (accuracies of the projected model) and a summary:
     the rounds the final projection took, its last change (0: lowering reproduces the
@@ -201,7 +211,7 @@ def chip_finetune(model: nn.Module, kind: str, train: Split, test: Split, *, dec
     model.to(device)
     loop = ChipInTheLoop(model, kind, decay_groups, headroom, seed)
     loop.project()
-    train_classifier(model, train, test, epochs=epochs, lr=lr, seed=seed, device=device,
+    train_classifier(model, train, test, epochs=epochs, lr=lr, seed=seed, device=device, param_groups=param_groups,
                      after_step=lambda m: loop.project(), desc=f"chip-in-the-loop (K = {decay_groups})",
                      progress=progress)
     summary = loop.finish()

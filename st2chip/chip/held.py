@@ -55,7 +55,10 @@ def held_parameters(graph: nir.NIRGraph, chip: ChipGraph) -> Held:
     where |= {i.name: (i.name, np.arange(i.size)) for i in chip.inputs}
     held = Held()
     layers = {}
+    always_on = {p.name for p in chip.populations if p.always_on}  # carries biases, not weights: not read back
     for pop in chip.populations:
+        if pop.name in always_on:
+            continue
         if isinstance(pop, Relay):
             raise GraphError("a factored low-rank path (a relay) is not read back; lower with lowrank='product'",
                              node=pop.layer)
@@ -70,6 +73,8 @@ def held_parameters(graph: nir.NIRGraph, chip: ChipGraph) -> Held:
             held.current_decays[pop.layer][pop.index] = encoding.current_decay(pop.du)
     scales = {layer: chip.voltage_units(layer) / VOLTAGE_PER_SCALE for layer in layers}  # per neuron: its scale
     for group in chip.synapses:
+        if group.source in always_on:
+            continue
         source_layer, cols = where[group.source]
         target_layer, rows = where[group.target]
         affine = _affine_between(graph, source_layer, target_layer)
@@ -78,6 +83,6 @@ def held_parameters(graph: nir.NIRGraph, chip: ChipGraph) -> Held:
         layer = layers[target_layer]
         m = sp.coo_matrix(group.mantissa)
         r, c = rows[m.row], cols[m.col]
-        held.weights[affine][r, c] = (encoding.weight_value(m.data, group.exp, scales[target_layer][r])
+        held.weights[affine][r, c] += (encoding.weight_value(m.data, group.exp, scales[target_layer][r])
                                       * layer.threshold[r] / layer.gain[r])
     return held

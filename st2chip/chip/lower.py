@@ -15,21 +15,23 @@ import nir
 
 from st2chip.chip.chipgraph import ChipGraph
 from st2chip.chip.lowering.assemble import chip_graph
+from st2chip.chip.lowering.current_bias import current_bias
 from st2chip.chip.lowering.decays import decays
 from st2chip.chip.lowering.depths import depths
 from st2chip.chip.lowering.fold import fold
 from st2chip.chip.lowering.lowrank import MAC_PER_AC, SPIKE_RATE, lowrank
 from st2chip.chip.lowering.neurons import read_neuron
 from st2chip.chip.lowering.paths import paths
-from st2chip.chip.lowering.plan import (DEFAULT_DECAY_GROUPS, HEADROOM, LOWRANK_MODES, FeedbackLatencyWarning, Options,
-                                        Plan, QuantizationWarning)
+from st2chip.chip.lowering.plan import (DEFAULT_DECAY_GROUPS, HEADROOM, LOWRANK_MODES, PRECISION_MODES,
+                                        FeedbackLatencyWarning, Options, Plan, QuantizationWarning)
 from st2chip.chip.lowering.populations import populations
+from st2chip.chip.lowering.precision import precision
 from st2chip.chip.lowering.read import read
 from st2chip.chip.lowering.synapses import synapses
 from st2chip.graph.reading import back_edges
 
-__all__ = ["DEFAULT_DECAY_GROUPS", "HEADROOM", "LOWRANK_MODES", "MAC_PER_AC", "PASSES", "SPIKE_RATE",
-           "FeedbackLatencyWarning", "QuantizationWarning", "lower", "read_neuron"]
+__all__ = ["DEFAULT_DECAY_GROUPS", "HEADROOM", "LOWRANK_MODES", "MAC_PER_AC", "PASSES", "PRECISION_MODES",
+           "SPIKE_RATE", "FeedbackLatencyWarning", "QuantizationWarning", "lower", "read_neuron"]
 
 PASSES: list[tuple[str, Callable[[Plan], Plan]]] = [
     ("read", read),                # Inputs, host products, neuron nodes read in discrete time
@@ -40,11 +42,13 @@ PASSES: list[tuple[str, Callable[[Plan], Plan]]] = [
     ("lowrank", lowrank),          # DSP U·V paths multiplied out or kept factored through a relay
     ("depths", depths),            # each source's pipeline depth
     ("synapses", synapses),        # delays aligned, weights quantized to 8-bit mantissas, convolutions kept
+    ("precision", precision),      # per layer: a residual group (W - Q8(W), smaller exponent) where 8 bits lose
+    ("current_bias", current_bias),  # Affine biases into a current: from an always-on neuron into u
 ]
 
 
 def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, lowrank: str = "product",
-          headroom: float = HEADROOM) -> ChipGraph:
+          headroom: float = HEADROOM, precision: str = "8") -> ChipGraph:
     """Map a canonical NIR graph (see :mod:`st2chip.graph.normalize`) onto the chip by running :data:`PASSES`.
 
     ``decay_groups`` bounds the number of populations (distinct ``dv``) per layer.
@@ -54,9 +58,11 @@ def lower(graph: nir.NIRGraph, *, decay_groups: int = 1, lowrank: str = "product
     (per path, the cheaper by :func:`~st2chip.chip.lowering.lowrank.costs`).
     ``headroom`` is how many thresholds a spiking population's ``u`` and ``v`` may
     reach before they wrap or saturate; the scale is made as fine as it allows
-    (each population's ``headroom`` is in the layer report).
+    (each population's ``headroom`` is in the layer report). ``precision`` is ``8`` (one 8-bit group per
+    path: the default here), ``16`` (a residual group too, wherever it adds precision on the chip) or
+    ``auto`` (per layer, by :func:`~st2chip.chip.lowering.precision.choose`).
     """
-    plan = start(graph, Options(decay_groups, lowrank, headroom))
+    plan = start(graph, Options(decay_groups, lowrank, headroom, precision))
     for _, run in PASSES:
         plan = run(plan)
     return chip_graph(plan)

@@ -32,13 +32,14 @@ from st2chip.io import atomic_path, write_json, write_text
 def estimated_ops(chip: ChipGraph, rate: float = SPIKE_RATE) -> dict[str, dict[str, float]]:
     """Per layer: estimated ACs and MACs per time step (see the module docstring)."""
     graded = set(chip.source_bounds())
+    always = {p.name for p in chip.populations if p.always_on}  # fires every step: rate 1
     out = {layer: {"acs": 0.0, "macs": 0.0} for layer in chip.layers()}
     for s in chip.synapses:
         layer = chip.population(s.target).layer
         if s.source in graded:
             out[layer]["macs"] += s.nnz
         else:
-            out[layer]["acs"] += rate * s.nnz
+            out[layer]["acs"] += (1.0 if s.source in always else rate) * s.nnz
     return out
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from st2chip.chip.chipgraph import ChipGraph
+from st2chip.chip.chipgraph import ChipGraph, Population
 from st2chip.text import printable
 
 if TYPE_CHECKING:
+    from st2chip.chip.lowering.report import LayerReport
     from st2chip.chip.placement import Core, Placement
 
 
@@ -29,6 +30,16 @@ def neuron_model(chip: ChipGraph, layer: str) -> str:
     return f"own ({', '.join(needs)})" if needs else "LIF"
 
 
+def _kind(pops: list[Population], info: LayerReport | None) -> str:
+    """The layer's kind: ``relay``, ``always-on``, or its NIR node type (``*``: its Affine bias enters the
+    current through the always-on source)."""
+    if all(p.graded for p in pops):
+        return "relay"
+    if all(p.always_on for p in pops):
+        return "always-on"
+    return f"{info.kind}{'*' if info.current_bias else ''}" if info else "?"
+
+
 def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict]:
     """One dict per layer: neurons, populations, neuron model, synapses, non-zeros, bits, exponents, errors;
     with a placement also ``cores`` (distinct cores holding the layer) and ``bound`` (the resource that ended
@@ -39,20 +50,20 @@ def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict
         pops = chip.layer_populations(layer)
         names = {p.name for p in pops}
         syns = [s for s in chip.synapses if s.target in names]
-        info = chip.layer_report(layer)  # None: a relay, or a ChipGraph built by hand
+        info = chip.layer_report(layer)  # None: a relay, the always-on source, or a ChipGraph built by hand
         rows.append({
             "layer": layer,
-            "kind": "relay" if all(p.graded for p in pops) else (info.kind if info else "?"),
+            "kind": _kind(pops, info),
             "neurons": chip.layer_size(layer),
             "populations": len(pops),
             "model": neuron_model(chip, layer),
-            "linear": info.chains if info else ["Affine"],
+            "linear": info.chains if info else (["Affine"] if syns else ["-"]),
             "dv": sorted({p.dv for p in pops}),
-            "vth": sorted({p.vth for p in pops}) if not (pops[0].readout or pops[0].graded) else None,
+            "vth": None if pops[0].readout or pops[0].graded or pops[0].always_on else sorted({p.vth for p in pops}),
             "synapses": sum(s.shape[0] * s.shape[1] for s in syns),
             "nonzero": sum(s.nnz for s in syns),
-            "form": sorted({s.form for s in syns}),
-            "weight_bits": 8,
+            "form": sorted({s.form for s in syns}) or ["-"],  # "-": no groups into it (the always-on source)
+            "weight_bits": 16 if info and info.precision and info.precision.chosen == "16" else 8,
             "exp": sorted({s.exp for s in syns}),
             "weight_error": info.weight_error if info else max((s.error for s in syns), default=0.0),
             "leak_error": info.leak_error if info else 0.0,
@@ -60,6 +71,8 @@ def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict
         })
         if info and info.lowrank:
             rows[-1]["lowrank"] = {relay: choice.to_dict() for relay, choice in info.lowrank.items()}
+        if info and info.current_bias:
+            rows[-1]["current_bias"] = info.current_bias.to_dict()
         if placement is not None:
             rows[-1]["cores"] = cores.get(layer, 0)
             rows[-1]["bound"] = placement.bound.get(layer, "-")
@@ -102,6 +115,7 @@ def format_table(chip: ChipGraph, placement: Placement | None = None) -> str:
         out.append("model 'own': st2chip's Lava neuron, not Lava's LIF (reset by subtraction; a recurrent or delayed "
                    "source is silenced at the end of each sample's window)")
     out += [_lowrank_line(r["layer"], relay, e) for r in rows for relay, e in r.get("lowrank", {}).items()]
+    out += [_current_bias_line(r["layer"], r["current_bias"]) for r in rows if "current_bias" in r]
     if any(r["model"] == "graded" for r in rows):
         out.append("kind 'relay': the middle of a factored low-rank layer U·V (graded values, lava-nc's GradedVec); "
                    "form 'factored': V into it, U (MACs) out of it")
@@ -122,6 +136,13 @@ def _partition_line(chip: ChipGraph, host) -> str:
     return (f"host partition '{host.name}': attention product (Q K^T) V, {host.heads} heads x {host.tokens} tokens x "
             f"{host.dim // host.heads}, of {', '.join(host.inputs)}; counts up to {host.max_value} per value, "
             f"{host.size} values per step into {', '.join(into)}")
+
+
+def _current_bias_line(layer: str, entry: dict) -> str:
+    """One line for a layer marked ``*``: its Affine bias enters ``u`` from the always-on source."""
+    return (f"* {layer}: Affine bias into the synaptic current u, from always-on neuron '{entry['source']}' "
+            f"(one spike every step; 8-bit, exp {','.join(map(str, entry['exp']))}, "
+            f"error {100 * entry['error']:.2f} %)")
 
 
 def _lowrank_line(layer: str, relay: str, entry: dict) -> str:

@@ -60,16 +60,6 @@ def _engine_equals_lava(graph, chip):
     return eng
 
 
-def test_affine_bias_into_cubalif_is_its_steady_state_and_reported():
-    graph = _cuba_graph(bias=0.05)
-    chip = lower(graph, decay_groups=10)
-    assert "steady-state" in chip.report["layers"]["cuba"]["bias_note"]
-    x = _spikes(steps=60)
-    late = slice(30, None)  # after a few tau_syn the currents have settled
-    flt, eng = simulate(graph, x), engine.run(chip, {"input": x})
-    assert np.mean(flt.spikes["cuba"][:, late] == eng.spikes["cuba"][:, late]) > 0.95
-
-
 def test_norse_lifcell_network_maps_to_the_chip():
     """norse's LIFCell exports CubaLIF: the converted network matches norse in float and the chip closely."""
     import warnings

@@ -3,6 +3,8 @@ and lowering the held weights gives the same mantissas back (the fixed point chi
 
 import copy
 
+import nir
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,22 @@ def test_held_parameters_refuse_a_convolution(strided_cnn):
     with pytest.raises(GraphError, match="one Affine node") as err:
         held_parameters(graph, lower(graph))
     assert err.value.node == "l1"
+
+
+def test_a_current_bias_source_is_not_read_as_weights():
+    """A CubaLIF with an Affine bias gets an always-on source (pass current_bias): held weights skip it."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0.3, 0.5, (6, 4))
+    graph = nir.NIRGraph(
+        nodes={"input": nir.Input(input_type={"input": np.array([4])}),
+               "fc": nir.Affine(weight=w, bias=np.full(6, 0.2)),
+               "lif": nir.CubaLIF(tau_syn=np.full(6, 5e-3), tau_mem=np.full(6, 1e-2), r=np.ones(6),
+                                  v_leak=np.zeros(6), v_threshold=np.ones(6), w_in=np.ones(6)),
+               "output": nir.Output(output_type={"output": np.array([6])})},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")], metadata={"dt": 1e-3})
+    graph = normalize(graph)
+    chip = lower(graph, decay_groups=1)
+    assert any(p.always_on for p in chip.populations)
+    held = held_parameters(graph, chip)
+    assert set(held.weights) == {"fc"}
+    np.testing.assert_allclose(held.weights["fc"], w, rtol=0.02, atol=0.02)

@@ -3,7 +3,9 @@ r"""Pass ``fold``: per-neuron thresholds folded into the incoming weights and bi
 Lava's LIF has one threshold per process, sLIF one per neuron. Dividing neuron
 :math:`i`'s incoming weights and bias by :math:`\theta_i` (and multiplying them by its
 input gain) gives threshold 1 with identical spikes: exact for reset to zero, before
-quantization. First the layer is checked to be one the chip can hold at all.
+quantization. The Affine bias of a layer with a synaptic current (CubaLIF, CubaLI) is
+kept apart: it enters the current (pass ``current_bias``), the rest of the bias ``v``.
+First the layer is checked to be one the chip can hold at all.
 """
 
 from __future__ import annotations
@@ -37,14 +39,16 @@ def folded(layer: LayerPlan, dt: float) -> Folded:
     with np.errstate(over="ignore", invalid="ignore"):
         factor = neuron.gain / neuron.threshold
         weight.data *= np.repeat(factor, np.diff(weight.indptr))
-        bias_gain = neuron.gain if neuron.bias_gain is None else neuron.bias_gain
-        b_fold = bias * bias_gain / neuron.threshold + neuron.bias / neuron.threshold
+        keeps_current = neuron.beta_u is not None  # NIR adds its Affine bias to the current, not to v
+        current = bias * factor if keeps_current else None
+        b_fold = (0.0 if keeps_current else bias * neuron.gain / neuron.threshold) + neuron.bias / neuron.threshold
         rows = np.repeat(np.arange(n), np.diff(weight.indptr))
-        for field, value, where in (("weight", weight.data, rows), ("bias", b_fold, np.arange(n))):
+        for field, value, where in (("weight", weight.data, rows), ("bias", b_fold, np.arange(n)),
+                                    ("bias", np.zeros(n) if current is None else current, np.arange(n))):
             bad = ~np.isfinite(value)
             if bad.any():
                 i = int(where[np.argmax(bad)])
                 raise GraphError(f"{field}s divided by the threshold overflow (neuron {i}: threshold "
                                  f"{neuron.threshold[i]:g}, gain {neuron.gain[i]:g}); the chip cannot hold them",
                                  node=name, field=field)
-    return Folded(weight, b_fold, factor)
+    return Folded(weight, b_fold, factor, current)

@@ -5,9 +5,9 @@ r"""A neuron node read as a discrete-time layer in float (:class:`FloatLayer`): 
 :math:`\beta = 1, g = dt\, r` (IF, I). A ``CubaLIF`` keeps its synaptic current on
 the chip's ``u``: :math:`u \leftarrow \beta_u u + g\,W x`, :math:`v \leftarrow \beta v + u`
 with :math:`\beta_u = 1 - dt/\tau_{syn}`,
-:math:`g = (dt/\tau_{mem})\, r\, (dt/\tau_{syn})\, w_{in}`; its Affine bias becomes the
-voltage bias it settles to, :math:`g b / (1 - \beta_u)`. Reset by subtraction
-(``metadata["reset"]``) is kept per layer.
+:math:`g = (dt/\tau_{mem})\, r\, (dt/\tau_{syn})\, w_{in}`; its Affine bias enters ``u``
+as NIR adds it, :math:`u \leftarrow \beta_u u + g\,(W x + b)` (pass ``current_bias``).
+Reset by subtraction (``metadata["reset"]``) is kept per layer.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class FloatLayer:
     threshold: np.ndarray
     spiking: bool
     beta_u: np.ndarray | None = None  # synaptic-current decay (CubaLIF); None: the current forgets at once
-    bias_gain: np.ndarray | None = None  # how an Affine bias reaches v (CubaLIF: its steady state)
     reset: str = "zero"
 
 
@@ -58,7 +57,7 @@ def read_neuron(name: str, node: nir.NIRNode, dt: float) -> FloatLayer:
         spiking = isinstance(node, nir.CubaLIF)
         return FloatLayer(name, 1 - g_mem, gain, g_mem * node.v_leak,
                           node.v_threshold if spiking else np.ones(node.r.size), spiking, beta_u=1 - g_syn,
-                          bias_gain=gain / g_syn, reset=reset)
+                          reset=reset)
     if isinstance(node, nir.LI):
         ratio = dt / node.tau
         return FloatLayer(name, 1 - ratio, ratio * node.r, ratio * node.v_leak, np.ones(node.r.size), False)

@@ -11,14 +11,15 @@ import nir
 import numpy as np
 import scipy.sparse as sp
 
-from st2chip.chip.chipgraph import HostProduct, InputPort, Population, Relay, SynapseGroup
+from st2chip.chip.chipgraph import AlwaysOn, HostProduct, InputPort, Population, Relay, SynapseGroup
 from st2chip.chip.lowering.neurons import FloatLayer
-from st2chip.chip.lowering.report import LowrankChoice
+from st2chip.chip.lowering.report import LowrankChoice, PrecisionChoice
 from st2chip.errors import GraphError, St2chipWarning
 
 HEADROOM = 512.0          # thresholds a spiking population's u and v may reach before they wrap or saturate
 DEFAULT_DECAY_GROUPS = 4  # the commands' default decay groups per layer (map, verify, energy, demo, quantize)
 LOWRANK_MODES = ("product", "factored", "auto")
+PRECISION_MODES = ("8", "16", "auto")  # weight bits: one 8-bit group, a residual group too, or per layer
 
 
 class QuantizationWarning(St2chipWarning):
@@ -32,11 +33,13 @@ class FeedbackLatencyWarning(St2chipWarning):
 @dataclass(frozen=True)
 class Options:
     """What the caller chose: at most ``decay_groups`` decays per layer, what becomes of a low-rank path
-    (one of :data:`LOWRANK_MODES`), and the ``headroom`` (thresholds) a spiking population's state keeps."""
+    (one of :data:`LOWRANK_MODES`), the ``headroom`` (thresholds) a spiking population's state keeps, and
+    the weight ``precision`` (one of :data:`PRECISION_MODES`; see :mod:`st2chip.chip.lowering.precision`)."""
 
     decay_groups: int = 1
     lowrank: str = "product"
     headroom: float = HEADROOM
+    precision: str = "8"
 
     def __post_init__(self) -> None:
         if self.decay_groups < 1:
@@ -47,6 +50,9 @@ class Options:
         if not self.headroom > 0:
             raise GraphError(f"headroom must be a positive number of thresholds, got {self.headroom!r}",
                              field="headroom")
+        if self.precision not in PRECISION_MODES:
+            raise GraphError(f"--precision must be one of {', '.join(PRECISION_MODES)}, got {self.precision!r}",
+                             field="precision")
 
 
 @dataclass(frozen=True)
@@ -101,11 +107,13 @@ class Incoming:
 @dataclass
 class Folded:
     """A layer's weights and bias divided by its thresholds (pass ``fold``): threshold 1, same spikes.
-    ``factor`` is each neuron's multiplier of its incoming weights (input gain / threshold)."""
+    ``factor`` is each neuron's multiplier of its incoming weights (input gain / threshold). ``bias`` enters
+    the voltage; ``current_bias``, of a layer with a synaptic current, the current (pass ``current_bias``)."""
 
     weight: sp.csr_matrix
     bias: np.ndarray
     factor: np.ndarray
+    current_bias: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,16 @@ class Synapses:
 
 
 @dataclass
+class CurrentBias:
+    """A layer's Affine bias into its current (pass ``current_bias``): one group per population from the
+    always-on source, their exponents, and the bias's relative quantization error."""
+
+    groups: list[SynapseGroup]
+    exps: list[int]
+    error: float
+
+
+@dataclass
 class LayerPlan:
     """One neuron layer on its way to the chip: each pass fills in one more field (None until then)."""
 
@@ -179,6 +197,8 @@ class LayerPlan:
     populations: Populations | None = None
     lowrank: Lowrank | None = None
     synapses: Synapses | None = None
+    current_bias: CurrentBias | None = None  # None: no Affine bias into a current
+    precision: PrecisionChoice | None = None  # pass ``precision``; None with precision "8" (nothing added)
 
 
 @dataclass(frozen=True)
@@ -205,6 +225,7 @@ class Plan:
     hosts: list[HostProduct] = field(default_factory=list)
     layers: list[LayerPlan] = field(default_factory=list)
     depth: dict[str, int] = field(default_factory=dict)
+    always_on: AlwaysOn | None = None  # the source of biases into currents (pass ``current_bias``), if any
 
     def map_layers(self, step: Callable[[Plan, LayerPlan], LayerPlan]) -> Plan:
         """This plan with ``step(self, layer)`` in place of every layer, in graph order."""

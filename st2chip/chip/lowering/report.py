@@ -69,6 +69,58 @@ class LowrankChoice:
         return out
 
 
+@dataclass(frozen=True)
+class CurrentBiasReport:
+    """A layer whose Affine bias enters its synaptic current through the always-on neuron ``source``: the
+    groups' weight exponents and the bias's relative quantization error (8-bit mantissas)."""
+
+    source: str
+    exp: list[int]
+    error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "exp": self.exp, "error": self.error}
+
+
+@dataclass(frozen=True)
+class PrecisionCosts:
+    """A layer's stored weights (non-zero mantissas) and synaptic operations per step (accumulate-equivalents
+    at the low-rank cost model's spike rate), with 8-bit weights alone and with the residual groups too."""
+
+    weights_8: int
+    weights_16: int
+    ops_8: float
+    ops_16: float
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {"8": {"weights": self.weights_8, "ops": self.ops_8},
+                "16": {"weights": self.weights_16, "ops": self.ops_16}}
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """A layer's weight precision (pass ``precision``): ``chosen`` and ``why``; the relative error of its
+    matrix groups' weights, pooled (``||W_q - W|| / ||W||`` over all of them), with 8-bit mantissas
+    (``error_8``) and with the residual groups (``error_16``, as the chip adds them; also where 8 is
+    chosen), both costs, the exponent of each residual group added, and why each other matrix group has none."""
+
+    chosen: Literal["8", "16"]
+    why: str
+    error_8: float
+    error_16: float
+    cost: PrecisionCosts
+    residuals: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"chosen": self.chosen, "why": self.why, "error_8": self.error_8,
+                               "error_16": self.error_16, "cost": self.cost.to_dict()}
+        for key in ("residuals", "skipped"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+
 @dataclass
 class LayerReport:
     """One neuron layer's lowering: what it is, where its inputs come from and the error each step added.
@@ -76,10 +128,12 @@ class LayerReport:
     ``leak_error`` (``current_leak_error``): largest change of a neuron's voltage
     (current) decay by grouping and rounding; ``bias_error``, ``weight_error``
     (``outlier_weight_error``: of populations split off as outliers): relative
-    quantization errors; ``voltage_unit``/``headroom`` per population: chip voltage
+    quantization errors; ``current_bias``: how an Affine bias enters the synaptic
+    current (None: it has none); ``voltage_unit``/``headroom`` per population: chip voltage
     per float threshold, and thresholds ``u`` and ``v`` can reach before they wrap;
     ``delays`` per source, ``feedback_latency`` (steps) per late feedback source,
-    ``storage`` per synapse group kept as a convolution or why not.
+    ``storage`` per synapse group kept as a convolution or why not; ``precision``: 8-bit weights or a
+    residual group too (None: ``precision="8"``, nothing considered).
     """
 
     kind: str
@@ -95,7 +149,7 @@ class LayerReport:
     weight_error: float
     reset: Literal["zero", "subtract"] = "zero"
     current_leak_error: float | None = None
-    bias_note: str | None = None
+    current_bias: CurrentBiasReport | None = None
     outliers: list[int] | None = None
     headroom: dict[str, float] | None = None
     lowrank: dict[str, LowrankChoice] = field(default_factory=dict)
@@ -104,6 +158,7 @@ class LayerReport:
     recurrent: list[str] = field(default_factory=list)
     storage: dict[str, str] = field(default_factory=dict)
     outlier_weight_error: float | None = None
+    precision: PrecisionChoice | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "neurons": self.neurons, "affines": self.affines,
@@ -112,10 +167,13 @@ class LayerReport:
             out["reset"] = self.reset
         out |= {"decay_groups": self.decay_groups, "leak_error": self.leak_error,
                 "threshold_range": self.threshold_range}
-        for key in ("current_leak_error", "bias_note", "outliers"):
+        for key in ("current_leak_error", "outliers"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
-        out |= {"bias_error": self.bias_error, "voltage_unit": self.voltage_unit}
+        out["bias_error"] = self.bias_error
+        if self.current_bias is not None:
+            out["current_bias"] = self.current_bias.to_dict()
+        out["voltage_unit"] = self.voltage_unit
         if self.headroom is not None:
             out["headroom"] = self.headroom
         if self.lowrank:
@@ -126,6 +184,8 @@ class LayerReport:
         out["weight_error"] = self.weight_error
         if self.outlier_weight_error is not None:
             out["outlier_weight_error"] = self.outlier_weight_error
+        if self.precision is not None:
+            out["precision"] = self.precision.to_dict()
         return out
 
 

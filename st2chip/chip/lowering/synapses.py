@@ -87,16 +87,28 @@ def feedback_latency(plan: Plan, layer: LayerPlan) -> dict[str, int]:
     return {s: 1 + k for s, k in late.items()}
 
 
+def matrix_blocks(plan: Plan, layer: LayerPlan) -> list[tuple[str, np.ndarray, PathKey]]:
+    """Per source block of a path kept as a matrix (not factored): the source input or population, its
+    columns in the folded weight, and the path's key."""
+    blocks, offset = [], 0
+    for key, width in zip(layer.incoming.keys, layer.incoming.widths):
+        if key not in layer.lowrank.factored:
+            blocks += [(b.source, offset + b.index, key) for b in plan.blocks(key.source)]
+        offset += width
+    return blocks
+
+
+def group_name(source: str, target: str, key: PathKey) -> str:
+    """A matrix group's name: ``source->target``, ``+lag`` for a lagged path, ``~`` for a recurrent one."""
+    return f"{source}->{target}" + (f"+{key.lag}" if key.lag else "") + ("~" if key.recurrent else "")
+
+
 def quantized(plan: Plan, layer: LayerPlan) -> Synapses:
     """``layer``'s synapse groups: the matrix groups per population and source block, then the factored ones."""
     name, incoming, pops = layer.name, layer.incoming, layer.populations
     delay = delays(plan, layer)
     late = feedback_latency(plan, layer)
-    blocks, offset = [], 0  # (source input or population, its columns in the folded weight, key)
-    for key, width in zip(incoming.keys, incoming.widths):
-        if key not in layer.lowrank.factored:
-            blocks += [(b.source, offset + b.index, key) for b in plan.blocks(key.source)]
-        offset += width
+    blocks = matrix_blocks(plan, layer)
     form, whole_layer = form_of(layer), len(pops.members) == 1
     groups, errors, outlier_errors, storage = [], [], [], {}
     for pop in pops.members:
@@ -104,7 +116,7 @@ def quantized(plan: Plan, layer: LayerPlan) -> Synapses:
         for source, cols, key in blocks:
             mant, exp, err = encoding.quantize(sp.csr_matrix(take(w_rows, cols, axis=1)), pops.scales[pop.name])
             (outlier_errors if pop.name.endswith("/outliers") else errors).append(err)
-            gname = f"{source}->{pop.name}" + (f"+{key.lag}" if key.lag else "") + ("~" if key.recurrent else "")
+            gname = group_name(source, pop.name, key)
             conv = None
             if key in incoming.convs:
                 whole = whole_layer and len(plan.blocks(key.source)) <= 1  # one population each: natural order
