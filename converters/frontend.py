@@ -17,6 +17,7 @@ Quirks are absorbed here (or in normalize), never in the backends.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import nir
@@ -33,11 +34,17 @@ class Converted:
     notes: list[str] = field(default_factory=list)
 
 
-def finish(graph: nir.NIRGraph, *, dt: float, steps: int | None = None, notes: list[str] | None = None,
-           source: str | None = None, producer: str | None = None) -> Converted:
-    """Normalize a repaired graph with ``dt`` (and ``steps``) recorded in its metadata."""
+def finish(graph: nir.NIRGraph, *, dt: float | None, steps: int | None = None, notes: list[str] | None = None,
+           source: str | None = None, producer: str | None = None, dt_from: str = "as exported",
+           export_dt: Mapping[str, float] | None = None) -> Converted:
+    """Normalize a repaired graph with ``dt`` (and ``steps``) recorded in its metadata.
+
+    The notes say where dt came from: ``dt_from`` (``--dt``, the file, the framework's
+    export default); with ``dt=None``, the graph's own metadata, and a graph that depends
+    on dt and stores none is refused, naming each framework's convention in ``export_dt``.
+    """
     notes = list(notes or [])
-    canonical = normalize(graph, dt=dt, source=source, notes=notes)
+    canonical = normalize(graph, dt=dt, source=source, notes=notes, dt_from=dt_from, export_dt=export_dt)
     if steps is not None:
         if int(steps) < 1:
             raise InputError(f"--steps must be at least 1, got {steps}")

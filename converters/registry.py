@@ -13,9 +13,10 @@ import os
 from st2chip.converters.frontend import Converted, finish
 from st2chip.errors import InputError
 from st2chip.graph.nirfile import read_graph
+from st2chip.graph.normalize import stored_dt
 
 # the dt (seconds) each framework's NIR export assumes without storing it
-EXPORT_DT = {"norse": 1e-3, "snntorch": 1e-4, "spikingjelly": 1e-4, "nir": 1e-3}
+EXPORT_DT = {"norse": 1e-3, "snntorch": 1e-4, "spikingjelly": 1e-4, "sinabs": 1.0, "rockpool": 1e-3, "nir": 1e-3}
 FRAMEWORKS = tuple(EXPORT_DT)
 
 
@@ -30,21 +31,31 @@ def import_file(path: str | os.PathLike, framework: str, *, dt: float | None = N
                 steps: int | None = None, tau_quirk: bool | None = None) -> Converted:
     """Read a ``.nir`` file as ``framework`` wrote it and return the canonical graph with the changes made.
 
-    ``dt`` defaults to the framework's export default (:data:`EXPORT_DT`); for
-    ``nir``, to the file's own ``metadata["dt"]`` (else 1 ms, with a warning).
+    dt is ``dt`` (``--dt``), else the file's ``metadata["dt"]``, else the framework's
+    export default (:data:`EXPORT_DT`); ``nir`` has no default, so a plain file that
+    depends on dt and stores none is refused. The notes say which one was used.
     ``tau_quirk`` (norse only; ``--tau-quirk``): whether the file's time constants are
     norse 1.1's ``dt / tau_inv`` (None: decided per neuron from their size).
     """
     if tau_quirk is not None and framework != "norse":
         raise InputError(f"--tau-quirk applies to files from norse, not from {framework}")
     graph = read_graph(path)
-    notes: list[str] = []
+    dt_from = "--dt"
+    if dt is None and framework != "nir":
+        stored = stored_dt(graph, str(path))
+        dt, dt_from = (stored, "from the file") if stored is not None else \
+            (EXPORT_DT[framework], f"{framework}'s export default; --dt to change")
     if framework == "nir":
-        return finish(graph, dt=dt, steps=steps, source=str(path))
-    dt = EXPORT_DT[framework] if dt is None else dt
+        return finish(graph, dt=dt, steps=steps, source=str(path), dt_from=dt_from, export_dt=framework_dt())
     repair = converter(framework).repair
     graph, notes = repair(graph, dt, tau_quirk=tau_quirk) if framework == "norse" else repair(graph, dt)
-    return finish(graph, dt=dt, steps=steps, notes=notes, source=str(path), producer=framework)
+    return finish(graph, dt=dt, steps=steps, notes=notes, source=str(path), producer=framework, dt_from=dt_from)
+
+
+def framework_dt() -> dict[str, float]:
+    """The dt each framework's export assumes (:data:`EXPORT_DT` less plain ``nir``), as a missing dt's error
+    lists them."""
+    return {framework: step for framework, step in EXPORT_DT.items() if framework != "nir"}
 
 
 # st2chip's own model kinds (st2chip.learn.kinds) -> the function that exports one: a NIR graph, or for the

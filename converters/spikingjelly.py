@@ -108,7 +108,7 @@ def _repair_nodes(graph: nir.NIRGraph, dt: float, nudge: bool, prefix: str, note
                 got = float(np.median(r))
                 raise InputError(f"node '{where}' (IF): r = {got:g} means SpikingJelly exported it with "
                                  f"dt = {1 / got:g} s (IFNode adds its input once per step, r = 1/dt), "
-                                 f"not dt = {dt:g} s; pass dt={1 / got:g}")
+                                 f"not dt = {dt:g} s; pass --dt {1 / got:g}")
         v_reset = _f64(node.v_reset) if node.v_reset is not None else np.zeros(1)
         threshold = _f64(node.v_threshold)
         if np.any(v_reset != 0):
@@ -147,9 +147,7 @@ def repair(graph: nir.NIRGraph, dt: float = DEFAULT_DT, *,
     _repair_nodes(out, dt, nudge, "", notes)
     if nudge:
         out.metadata["threshold_rule"] = THRESHOLD_RULE
-    if out.metadata.get("dt") != dt:
-        notes.append(f"dt = {dt:g} s (SpikingJelly's export does not store it) recorded in the metadata")
-        out.metadata["dt"] = dt
+    out.metadata["dt"] = dt
     return out, notes
 
 

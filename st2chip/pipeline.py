@@ -16,8 +16,9 @@ import numpy as np
 
 from st2chip.analysis.verify import Headroom, headroom_use
 from st2chip.chip.chipgraph import UV_MAX, ChipGraph
+from st2chip.converters.registry import framework_dt
 from st2chip.errors import GraphError, InputError
-from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, HEADROOM, PASSES, lower
+from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, PASSES
 from st2chip.graph.bundle import MANIFEST
 from st2chip.graph.bundle_graph import bundle_graph
 from st2chip.graph.normalize import normalize
@@ -61,7 +62,7 @@ def load_graph(path: str | os.PathLike | nir.NIRGraph, dt: float | None = None) 
         if dt is not None:
             raise InputError(f"{path}: a bundle's dt is in its manifest; --dt applies to .nir files")
         return bundle_graph(path)
-    return normalize(path, dt=dt)
+    return normalize(path, dt=dt, export_dt=framework_dt())
 
 
 LAVA_TARGETS = ("lava-sim", "loihi2-hw")  # where the lava backend runs: Loihi2SimCfg (CPU) or Loihi2HwCfg (chip)
@@ -144,19 +145,6 @@ def decay_groups_of(graph: nir.NIRGraph, given: int | None) -> int:
         raise GraphError(f"metadata 'decay_groups' must be a positive integer, got {value!r}",
                          field="metadata.decay_groups")
     return int(value)
-
-
-def map_graph(graph: nir.NIRGraph, decay_groups: int | None, source: str | os.PathLike | None = None,
-              lowrank: str = "auto", headroom: float = HEADROOM) -> ChipGraph:
-    """Lower a canonical graph (``decay_groups``: see :func:`decay_groups_of`; ``lowrank``, ``headroom``: see
-    :func:`~st2chip.chip.lower.lower`); a lowering error names ``source`` (the file) as well as the node and field."""
-    try:
-        decay_groups = decay_groups_of(graph, decay_groups)
-        return lower(graph, decay_groups=decay_groups, lowrank=lowrank, headroom=headroom)
-    except GraphError as err:
-        if source is None or err.source:
-            raise
-        raise GraphError(err.reason, node=err.node, field=err.field, source=str(source)) from None
 
 
 def chip_headroom(graph: nir.NIRGraph, chip: ChipGraph, float_traces: Traces) -> list[Headroom]:

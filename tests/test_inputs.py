@@ -58,13 +58,12 @@ def test_simulate_lava_with_own_inputs_and_dt(one_lif, tmp_path, capsys):
     np.testing.assert_array_equal(lava_spikes, floats.spikes["lif"])
 
 
-def test_dt_changes_the_result_and_an_assumed_dt_is_said_once(one_lif, capsys):
+def test_dt_changes_the_result_and_a_missing_dt_is_refused(one_lif, capsys):
     path, x_path, _ = one_lif
-    code, out_default, err = _run(capsys, "simulate", path, "--inputs", x_path, "--backend", "float")
+    code, _, err = _run(capsys, "simulate", path, "--inputs", x_path, "--backend", "float")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "pass --dt SECONDS" in err
+    code, out_default, _ = _run(capsys, "simulate", path, "--inputs", x_path, "--backend", "float", "--dt", "1e-3")
     assert code == 0
-    warnings = [line for line in err.splitlines() if "warning" in line]
-    assert warnings == [f"st2chip: warning: {path}: no dt given (--dt) and none in the graph's metadata; "
-                        f"assuming dt = 0.001 s"]
     _, out_small, _ = _run(capsys, "simulate", path, "--inputs", x_path, "--backend", "float", "--dt", "1e-4")
     assert out_default != out_small  # dt = 1 ms and 0.1 ms give different spike counts
 

@@ -37,7 +37,11 @@ Canonical form
   or ``"subtract"``.
 - ``graph.metadata`` is a copy of the input's (NumPy scalars turned into Python
   ones), with ``metadata["dt"]`` in seconds: the ``dt`` argument, else the
-  graph's own ``metadata["dt"]``, else :data:`DEFAULT_DT`. Node metadata is kept.
+  graph's own ``metadata["dt"]``. dt is never guessed: a graph whose result
+  depends on it (a node in :data:`DT_FIELDS`: a time constant, ``r`` of an
+  ``IF``/``I`` that adds ``dt·r·I``, a non-zero delay) and gives none is refused
+  with :class:`DtMissingError`; only a graph that computes the same at any dt
+  gets :data:`DEFAULT_DT`. Node metadata is kept.
 - Values are checked: all finite, time constants and ``r`` positive, at least
   one ``Input`` and one ``Output``, every node reachable from an ``Input``.
   A time constant below ``dt`` (forward Euler overshoots there) only warns with
@@ -57,6 +61,7 @@ import copy
 import heapq
 import os
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import nir
@@ -68,7 +73,7 @@ from st2chip.graph import linear
 from st2chip.graph.nirfile import one_line, read_graph
 from st2chip.graph.reading import reset_mode
 
-DEFAULT_DT = 1e-3  # seconds, used when neither the caller nor the graph gives dt
+DEFAULT_DT = 1e-3  # seconds, recorded for a graph whose result does not depend on dt and that gives none
 
 NEURON_FIELDS: dict[type, tuple[str, ...]] = {
     nir.LIF: ("tau", "r", "v_leak", "v_threshold", "v_reset"),
@@ -88,6 +93,10 @@ SUPPORTED_TYPES = ("Input", "Output", "Affine", "Linear", "Scale", "Delay", "Fla
 _DEFAULT_FILL = {"v_reset": 0.0, "w_in": 1.0}  # value of a neuron field left as None
 _POSITIVE = ("tau", "tau_syn", "tau_mem", "r")
 _TIME_CONSTANTS = ("tau", "tau_syn", "tau_mem")
+# the fields through which dt enters a node's result (a Delay's only where some delay is not zero)
+DT_FIELDS: dict[type, str] = {nir.LIF: "tau", nir.CubaLIF: "tau_syn, tau_mem", nir.CubaLI: "tau_syn, tau_mem",
+                              nir.LI: "tau", nir.IF: "r, as v += dt*r*I", nir.I: "r, as v += dt*r*I",
+                              nir.Delay: "delay in seconds"}
 
 Edge = tuple[str, str]
 
@@ -96,19 +105,44 @@ class TimeConstantWarning(St2chipWarning):
     """A neuron's time constant lies below dt: likely a frontend's unit mix-up."""
 
 
-class DtAssumedWarning(St2chipWarning):
-    """Neither the caller nor the graph gives dt, so :data:`DEFAULT_DT` is assumed."""
+class DtMissingError(GraphError):
+    """A graph whose result depends on dt gives none: a guessed dt would change what it computes."""
+
+
+def dt_conventions(export_dt: Mapping[str, float]) -> str:
+    """``export_dt`` (framework -> the dt its NIR export assumes) as one phrase, frameworks of equal dt together.
+
+    A dt of 1 is a framework's per-step units (time constants counted in steps).
+    """
+    by_dt: dict[float, list[str]] = {}
+    for framework, step in export_dt.items():
+        by_dt.setdefault(float(step), []).append(framework)
+    parts = [(" and ".join(names), _seconds(step)) for step, names in by_dt.items()]
+    if not parts:
+        return ""
+    (names, first), rest = parts[0], parts[1:]
+    return ", ".join([f"{names} exports assume dt = {first}", *(f"{n} {step}" for n, step in rest)])
+
+
+def _seconds(step: float) -> str:
+    if step == 1:
+        return "1 (per-step units)"
+    return f"{step * 1e3:g} ms" if step < 1 else f"{step:g} s"
 
 
 def normalize(graph: nir.NIRGraph | str | os.PathLike, *, dt: float | None = None,
-              source: str | None = None, notes: list[str] | None = None) -> nir.NIRGraph:
+              source: str | None = None, notes: list[str] | None = None, dt_from: str = "--dt",
+              export_dt: Mapping[str, float] | None = None) -> nir.NIRGraph:
     """Return a new canonical copy of ``graph`` (or of the ``.nir`` file it names).
 
     ``dt`` (seconds) overrides ``graph.metadata["dt"]``; ``source`` names the
     file in error messages (set automatically for a path). When ``notes`` is a
     list, one line per change made to the graph is appended to it (what
-    ``st2chip import`` prints). When neither ``dt`` nor the graph gives dt, a
-    :class:`DtAssumedWarning` says which dt is assumed.
+    ``st2chip import`` prints), the dt's saying where it came from: ``dt_from``
+    for the ``dt`` argument, else the file. A graph whose result depends on dt
+    and that gives none raises :class:`DtMissingError`, naming ``--dt`` and, when
+    ``export_dt`` (framework -> dt its export assumes) is given, each framework's
+    convention.
     """
     if isinstance(graph, (str, os.PathLike)):
         source = source or str(graph)
@@ -125,7 +159,7 @@ def normalize(graph: nir.NIRGraph | str | os.PathLike, *, dt: float | None = Non
     shapes = ctx.spatial_shapes(nodes, arrays, edges, order)
     sizes = ctx.infer_sizes(nodes, arrays, edges, order, shapes)
     ctx.check_budget(nodes, arrays, sizes, order)
-    step = ctx.resolve_dt(dt, graph.metadata)
+    step = ctx.resolve_dt(dt, graph.metadata, _dt_users(nodes, arrays, order), dt_from, export_dt)
     new_nodes = {name: ctx.build(name, nodes[name], arrays[name], sizes[name], step, shapes.get(name))
                  for name in order}
     rank = {name: i for i, name in enumerate(order)}
@@ -133,6 +167,34 @@ def normalize(graph: nir.NIRGraph | str | os.PathLike, *, dt: float | None = Non
     metadata = _plain(graph.metadata if isinstance(graph.metadata, dict) else {})
     metadata["dt"] = step
     return nir.NIRGraph(nodes=new_nodes, edges=new_edges, metadata=metadata, type_check=False)
+
+
+def stored_dt(graph: nir.NIRGraph, source: str | None = None) -> float | None:
+    """The dt (seconds) in ``graph.metadata``, checked like a given one, or None where it stores none."""
+    raw = graph.metadata.get("dt") if isinstance(graph.metadata, dict) else None
+    return None if raw is None else _Context(source).seconds(raw)
+
+
+def _disagreement(stored: Any, value: float, where: str) -> str:
+    """What a dt note adds where the graph's own dt differs from the one used."""
+    if stored is None:
+        return ""
+    try:
+        said = float(np.asarray(stored, dtype=np.float64).reshape(()))
+    except (TypeError, ValueError):
+        return f"; {where}'s dt is not one number"
+    return "" if said == value else f"; {where} says {said:g} s"
+
+
+def _dt_users(nodes: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]], order: list[str]) -> list[str]:
+    """The nodes whose result depends on dt, as ``name (Type: fields)``, in topological order."""
+    users = []
+    for name in order:
+        node = nodes[name]
+        fields = DT_FIELDS.get(type(node))
+        if fields and not (isinstance(node, nir.Delay) and not np.any(arrays[name]["delay"])):
+            users.append(f"'{name}' ({type(node).__name__}: {fields})")
+    return users
 
 
 def _plain(value: Any) -> Any:
@@ -538,24 +600,44 @@ class _Context:
             except InputError as err:
                 raise self.error(str(err), node=name, field=field) from None
 
-    def resolve_dt(self, dt: float | None, metadata: Any) -> float:
-        """dt from the argument, else the graph's metadata, else :data:`DEFAULT_DT` with a warning."""
+    def resolve_dt(self, dt: float | None, metadata: Any, users: list[str], dt_from: str,
+                   export_dt: Mapping[str, float] | None) -> float:
+        """dt from the argument (``dt_from`` says whose), else the graph's metadata; never guessed where
+        ``users`` (the nodes that depend on it) is not empty."""
         stored = metadata.get("dt") if isinstance(metadata, dict) else None
-        raw, origin = (dt, "given") if dt is not None else (stored, "from the graph's metadata")
-        if raw is None:
-            warnings.warn(f"{self.source or 'graph'}: no dt given (--dt) and none in the graph's metadata; "
-                          f"assuming dt = {DEFAULT_DT:g} s", DtAssumedWarning)
-            raw, origin = DEFAULT_DT, "assumed (the graph stores none)"
+        where = "the file" if self.source else "the graph's metadata"
+        if dt is not None:
+            value = self.seconds(dt)
+            origin = dt_from + _disagreement(stored, value, where)
+        elif stored is not None:
+            value, origin = self.seconds(stored), f"from {where}"
+        elif users:
+            raise self.missing_dt(users, export_dt)
+        else:
+            value, origin = DEFAULT_DT, "none given; no node depends on dt"
+        self.notes.append(f"dt = {value:g} s ({origin})")
+        return value
+
+    def seconds(self, raw: Any) -> float:
+        """A dt value as a positive number of seconds, or a :class:`GraphError` naming the field."""
         try:
             value = float(np.asarray(raw, dtype=np.float64).reshape(()))
         except (TypeError, ValueError):
             raise self.error(f"dt must be one number (seconds), got {raw!r}", field="dt") from None
         if not np.isfinite(value) or value <= 0:
             raise self.error(f"dt must be a positive number of seconds, got {value}", field="dt")
-        if dt is not None and stored is not None:
-            origin = f"given; the graph's metadata says {stored}"
-        self.notes.append(f"dt = {value:g} s ({origin})")
         return value
+
+    def missing_dt(self, users: list[str], export_dt: Mapping[str, float] | None) -> DtMissingError:
+        """The one-line refusal of a graph that depends on dt and gives none, naming --dt and the way in."""
+        more = f" and {len(users) - 1} more depend" if len(users) > 1 else " depends"
+        where = "the file's metadata" if self.source else "the graph's metadata"
+        conventions = dt_conventions(export_dt or {})
+        reason = (f"no dt: node {users[0]}{more} on the time step, and neither --dt nor {where} gives "
+                  f"one; pass --dt SECONDS (the step the model was trained with), or convert the file with "
+                  f"`st2chip import --from FRAMEWORK`, which writes dt into a canonical file"
+                  + (f" ({conventions})" if conventions else ""))
+        return DtMissingError(reason, field="dt", source=self.source)
 
     # -- canonical nodes ---------------------------------------------------------
 
@@ -600,8 +682,8 @@ class _Context:
                 warnings.warn(
                     f"node '{name}': {field} = {params[field].min():g} s is below dt = {dt:g} s, so forward Euler "
                     f"overshoots (dt/{field} = {dt / params[field].min():g}); pass the dt the frontend assumed "
-                    f"with --dt (normalize(..., dt=...)), or import the file with st2chip import --from "
-                    f"<framework> (norse 1.1's to_nir writes tau = dt/tau_mem_inv, norse issue #411)",
+                    f"with --dt, or import the file with st2chip import --from "
+                    f"FRAMEWORK (norse 1.1's to_nir writes tau = dt/tau_mem_inv, norse issue #411)",
                     TimeConstantWarning)
         return type(node)(**params, metadata=meta)
 

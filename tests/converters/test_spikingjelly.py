@@ -125,7 +125,7 @@ def test_file_round_trip_and_repair_of_raw_export(tmp_path):
         again = finish(repaired, dt=1e-4, notes=notes, producer=NAME)
     _assert_same_graph(again.graph, conv.graph)
     np.testing.assert_array_equal(raw.nodes["_3"].v_threshold, before.nodes["_3"].v_threshold)  # input untouched
-    assert len(notes) == 5  # two shifts, two nudges, dt
+    assert len(notes) == 4  # two shifts, two nudges (dt is noted once, by finish)
     twice, notes2 = repair(repaired, 1e-4)  # idempotent: no second nudge
     _assert_same_graph(twice, repaired)
     assert notes2 == []

@@ -15,7 +15,7 @@ import torch
 
 from st2chip.errors import GraphError, InputError
 from st2chip.graph.nirfile import read_graph
-from st2chip.graph.normalize import DEFAULT_DT, TimeConstantWarning, normalize
+from st2chip.graph.normalize import DEFAULT_DT, DtMissingError, TimeConstantWarning, dt_conventions, normalize
 
 DT = 1e-3
 
@@ -42,7 +42,7 @@ def mlp(metadata: dict | None = None) -> nir.NIRGraph:
 
 
 def graph(nodes: dict, edges: list, metadata: dict | None = None) -> nir.NIRGraph:
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata or {}, type_check=False)
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata or {"dt": DT}, type_check=False)
 
 
 def assert_canonical(g: nir.NIRGraph) -> None:
@@ -115,8 +115,8 @@ def test_normalize_returns_new_graph_and_leaves_input_alone():
 
 
 @pytest.mark.parametrize("metadata, dt, expected", [({"dt": 2e-3}, None, 2e-3), ({"dt": 2e-3}, 1e-4, 1e-4),
-                                                    ({"steps": 4}, None, DEFAULT_DT)])
-def test_dt_argument_then_metadata_then_default(metadata, dt, expected):
+                                                    ({"steps": 4}, 1e-4, 1e-4)])
+def test_dt_argument_then_metadata(metadata, dt, expected):
     assert normalize(mlp(metadata), dt=dt).metadata["dt"] == expected
 
 
@@ -258,6 +258,64 @@ def test_bad_dt_is_refused():
         normalize(mlp(), dt=-1.0)
 
 
+def _one_node(node: nir.NIRNode, n: int = 3) -> nir.NIRGraph:
+    """Input -> Affine -> ``node`` -> Output with no dt anywhere."""
+    nodes = {"in": nir.Input(input_type={"input": np.array([n])}), "fc": nir.Affine(weight=np.eye(n), bias=np.zeros(n)),
+             "x": node, "out": nir.Output(output_type={"output": np.array([n])})}
+    return nir.NIRGraph(nodes=nodes, edges=[("in", "fc"), ("fc", "x"), ("x", "out")], metadata={}, type_check=False)
+
+
+@pytest.mark.parametrize("node, fields", [
+    (lif(), "LIF: tau"),
+    (nir.CubaLIF(tau_syn=np.full(3, 5e-3), tau_mem=np.full(3, 1e-2), r=np.ones(3), v_leak=np.zeros(3),
+                 v_threshold=np.ones(3)), "CubaLIF: tau_syn, tau_mem"),
+    (nir.LI(tau=np.full(3, 1e-2), r=np.ones(3), v_leak=np.zeros(3)), "LI: tau"),
+    (nir.IF(r=np.ones(3), v_threshold=np.ones(3)), "IF: r, as v += dt*r*I"),
+    (nir.I(r=np.ones(3)), "I: r, as v += dt*r*I"),
+    (nir.Delay(delay=np.array([0.0, 2e-3, 0.0])), "Delay: delay in seconds"),
+])
+def test_graph_that_depends_on_dt_and_gives_none_is_refused(node, fields, tmp_path: Path):
+    """dt is never guessed: one line naming the node, --dt, the import route and each framework's convention."""
+    with pytest.raises(DtMissingError) as err:
+        normalize(_one_node(node), export_dt={"norse": 1e-3, "snntorch": 1e-4, "sinabs": 1.0})
+    text = str(err.value)
+    assert "\n" not in text and isinstance(err.value, GraphError)
+    assert f"field 'dt': no dt: node 'x' ({fields})" in text and "neither --dt nor the graph's metadata" in text
+    assert "pass --dt SECONDS" in text and "`st2chip import --from FRAMEWORK`" in text
+    assert text.endswith("(norse exports assume dt = 1 ms, snntorch 0.1 ms, sinabs 1 (per-step units))")
+    nir.write(tmp_path / "x.nir", _one_node(node))
+    with pytest.raises(DtMissingError, match=r"x\.nir, field 'dt': no dt: .*neither --dt nor the file's metadata"):
+        normalize(tmp_path / "x.nir")
+
+
+@pytest.mark.parametrize("node", [nir.Threshold(threshold=np.full(3, 0.5)), nir.Delay(delay=np.zeros(3)),
+                                  nir.Scale(scale=np.full(3, 2.0))])
+def test_graph_whose_result_does_not_depend_on_dt_goes_on_without_one(node):
+    notes: list[str] = []
+    g = normalize(_one_node(node), notes=notes)
+    assert g.metadata["dt"] == DEFAULT_DT
+    assert f"dt = {DEFAULT_DT:g} s (none given; no node depends on dt)" in notes
+
+
+def test_dt_notes_say_where_dt_came_from(tmp_path: Path):
+    path = tmp_path / "mlp.nir"
+    nir.write(path, mlp({"dt": 2e-3}))
+    for kwargs, note in [({}, "dt = 0.002 s (from the file)"), ({"dt": 2e-3}, "dt = 0.002 s (--dt)"),
+                         ({"dt": 1e-4}, "dt = 0.0001 s (--dt; the file says 0.002 s)")]:
+        notes: list[str] = []
+        normalize(path, notes=notes, **kwargs)
+        assert note in notes, (kwargs, notes)
+    notes = []
+    normalize(mlp({"dt": 2e-3}), notes=notes)
+    assert "dt = 0.002 s (from the graph's metadata)" in notes
+
+
+def test_dt_conventions_group_frameworks_of_equal_dt():
+    assert dt_conventions({"norse": 1e-3, "snntorch": 1e-4, "spikingjelly": 1e-4, "sinabs": 1.0}) == \
+        "norse exports assume dt = 1 ms, snntorch and spikingjelly 0.1 ms, sinabs 1 (per-step units)"
+    assert dt_conventions({}) == ""
+
+
 # -- files -----------------------------------------------------------------------------------------
 
 def test_round_trip_through_file_keeps_arrays_and_metadata(tmp_path: Path):
@@ -366,7 +424,7 @@ def test_norse_linear_lifbox_export(norse_torch, tmp_path: Path):
     with pytest.raises(Exception):  # 0-d tensors: "Scalar datasets don't support chunk/filter options"
         nir.write(tmp_path / "raw.nir", exported)
     with pytest.warns(TimeConstantWarning, match="norse issue #411"):
-        g = normalize(exported)
+        g = normalize(exported, dt=1e-3)
     assert_canonical(g)
     assert [type(n).__name__ for n in g.nodes.values()] == ["Input", "Affine", "LIF", "Output"]
     assert g.nodes["input"].input_type["input"].tolist() == [4]
@@ -386,7 +444,7 @@ def test_norse_licell_export_gives_clear_error(norse_torch):
 
 
 def test_spikingjelly_export(tmp_path: Path):
-    """SpikingJelly 2.0 exports for dt = 1e-4 s but does not store dt: pass it, or get a warning."""
+    """SpikingJelly 2.0 exports for dt = 1e-4 s but does not store dt: another dt warns."""
     pytest.importorskip("spikingjelly")
     from spikingjelly.activation_based import layer, neuron
     from spikingjelly.activation_based.nir_exchange import export_to_nir
@@ -395,7 +453,7 @@ def test_spikingjelly_export(tmp_path: Path):
     path = tmp_path / "sj.nir"
     nir.write(path, _quiet(export_to_nir, net, torch.randn(1, 4)))
     with pytest.warns(TimeConstantWarning, match="below dt = 0.001"):
-        normalize(path)
+        normalize(path, dt=1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TimeConstantWarning)
         g = normalize(path, dt=1e-4)
