@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import asdict
 
 import torch
 from torch import nn
 
-from st2chip.defaults import DEFAULT_DECAY_GROUPS, HEADROOM, QUANTIZE_EPOCHS, QUANTIZE_LR
+from st2chip.defaults import DEFAULT_DECAY_GROUPS, HEADROOM, QUANTIZE_EPOCHS, QUANTIZE_HOLDOUT, QUANTIZE_LR
 from st2chip.learn import compensation, pruning
 from st2chip.learn.cnn import CNNConfig
 from st2chip.learn.data import (DATASETS, DIGITS_SIDE, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, ROWS_HOLD,
@@ -245,14 +246,48 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_graph(path: str) -> bool:
+    """Whether ``quantize``'s model is a NIR graph (a ``.nir`` file or a bundle folder) rather than a checkpoint."""
+    return os.path.isdir(path) or path.lower().endswith(".nir")
+
+
+def _quantize_graph(args: argparse.Namespace, device: torch.device) -> int:
+    """``st2chip quantize model.nir --inputs train.npz -o tuned.nir``: fine-tune a NIR graph from any framework."""
+    if args.inputs is None:
+        raise InputError(f"{args.checkpoint}: a NIR graph fine-tunes on your samples: pass --inputs FILE.npz "
+                         f"(spikes per Input node and 'labels')")
+    if args.data_root is not None:
+        raise InputError("--data-root applies to checkpoints; a NIR graph fine-tunes on --inputs")
+    from st2chip.api import quantize_graph
+    tuning = quantize_graph(args.checkpoint, args.inputs, output=args.out, decay_groups=args.decay_groups,
+                            headroom=HEADROOM if args.headroom is None else args.headroom, epochs=args.epochs,
+                            lr=args.lr, holdout=QUANTIZE_HOLDOUT if args.holdout is None else args.holdout,
+                            seed=args.seed, device=device, progress=True)
+    before, after = tuning.before, tuning.after
+    pct = lambda a: f"{100 * a:.1f}%"  # noqa: E731
+    exact = "exactly" if tuning.last_change == 0 else f"up to {tuning.last_change:.2g} (not converged)"
+    print(f"chip-in-the-loop {args.checkpoint}: {args.decay_groups} decay groups per layer, {args.epochs} epochs on "
+          f"{tuning.train_samples} samples; on {tuning.holdout_samples} held-out samples float {pct(before.float)} "
+          f"-> {pct(after.float)}, chip {pct(before.chip)} -> {pct(after.chip)} (same prediction "
+          f"{pct(before.agreement)} -> {pct(after.agreement)}); the chip holds its weights {exact} -> {args.out} "
+          f"(st2chip verify {args.out} --inputs FILE)")
+    return 0
+
+
 def run_quantize(args: argparse.Namespace) -> int:
-    """Fine-tune a checkpoint with the chip in the loop (tied decays, the chip's weights); write a new one."""
+    """Fine-tune a checkpoint, or a NIR graph on ``--inputs``, with the chip in the loop (tied decays, the chip's
+    weights); write a new one."""
     _at_least(args, 1, "decay_groups")
     if args.decay_groups > MAX_DECAY_GROUPS:
         raise InputError(f"--decay-groups must be at most {MAX_DECAY_GROUPS} (distinct 12-bit decays), got "
                          f"{args.decay_groups}")
     _rate(args, "headroom")
     device = _common_flags(args)
+    if _is_graph(args.checkpoint):
+        return _quantize_graph(args, device)
+    if args.inputs is not None or args.holdout is not None:
+        raise InputError(f"--inputs and --holdout fine-tune a NIR graph (.nir file or bundle folder); "
+                         f"{args.checkpoint} is a checkpoint, which fine-tunes on its own data set")
     import st2chip
     summary = st2chip.quantize(args.checkpoint, args.out, decay_groups=args.decay_groups,
                                headroom=HEADROOM if args.headroom is None else args.headroom, epochs=args.epochs,
@@ -349,7 +384,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_prune)
 
     q = subparsers.add_parser(
-        "quantize", help="fine-tune a checkpoint with the chip in the loop (tied decays, the chip's weights)",
+        "quantize",
+        help="fine-tune a checkpoint or a NIR graph with the chip in the loop (tied decays, the chip's weights)",
         formatter_class=fmt,
         description="Quantization-aware fine-tuning against the numbers the chip will hold. Each neuron's\n"
                     "decays are tied into K (current, voltage) pairs per layer (k-means, seeded); every step\n"
@@ -358,17 +394,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "decays: its float simulation and the chip differ only by fixed-point state arithmetic\n"
                     "and 13-bit biases.\n"
                     "Its export records K, which map, simulate, verify and energy then use by default.\n"
-                    "Covers the sLIF MLP (mlp) and the recurrent network (rnn): graphs of Affine paths.\n\n"
-                    "example:\n  st2chip train --model rnn --data mnist1d --out rnn.pt\n"
+                    "Covers the sLIF MLP (mlp) and the recurrent network (rnn): graphs of Affine paths.\n"
+                    "A NIR graph from any framework (a .nir file) fine-tunes the same way on your labelled\n"
+                    "samples (--inputs FILE.npz: one spike array per Input node and 'labels'); a seeded\n"
+                    "--holdout part of them measures float and chip accuracy before and after, and -o gets\n"
+                    "the NIR graph the chip holds exactly.\n\n"
+                    "examples:\n  st2chip train --model rnn --data mnist1d --out rnn.pt\n"
                     "  st2chip quantize rnn.pt --decay-groups 4 --out rnn-q.pt\n"
-                    "  st2chip export rnn-q.pt --out rnn-q.nir && st2chip verify rnn-q.nir")
-    q.add_argument("checkpoint", help="checkpoint written by 'st2chip train' (kind mlp or rnn)")
+                    "  st2chip export rnn-q.pt --out rnn-q.nir && st2chip verify rnn-q.nir\n"
+                    "  st2chip quantize model.nir --inputs train.npz --decay-groups 4 -o tuned.nir")
+    q.add_argument("checkpoint", metavar="model",
+                   help="checkpoint written by 'st2chip train' (kind mlp or rnn), or a NIR graph (.nir file)")
+    q.add_argument("--inputs", default=None, metavar="FILE",
+                   help="a NIR graph's training samples: .npz with one spike array (batch, steps, n) per Input "
+                        "node and integer 'labels' (batch,) (required with a NIR graph)")
+    q.add_argument("--holdout", type=float, default=None, metavar="F",
+                   help=f"fraction of --inputs held out (seeded) to measure float and chip accuracy before and "
+                        f"after (default {QUANTIZE_HOLDOUT:g})")
     q.add_argument("--decay-groups", type=int, default=DEFAULT_DECAY_GROUPS, metavar="K",
                    help=f"distinct (current, voltage) decay pairs per layer, one population each (default "
                         f"{DEFAULT_DECAY_GROUPS}, map's default)")
     q.add_argument("--headroom", type=float, default=None, metavar="H",
                    help=f"the lowering's headroom, as in st2chip map (default {HEADROOM:g}, map's default); map, "
                         f"verify and energy with the same --headroom")
-    q.add_argument("--out", required=True, help="checkpoint file to write")
+    q.add_argument("-o", "--out", required=True, help="checkpoint (or, for a NIR graph, .nir file) to write")
     _common(q, epochs=QUANTIZE_EPOCHS, lr=QUANTIZE_LR)
     q.set_defaults(func=run_quantize)
