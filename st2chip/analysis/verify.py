@@ -4,14 +4,21 @@ The float NIR simulation is what the trained model means; the fixed-point
 reference and Lava are what the chip does. Reference and Lava must agree exactly
 (spikes and voltages); float vs fixed-point agreement measures what lowering
 (folding, decay grouping, quantization) costs.
+
+Agreement between two runs that do nothing is no success: each backend's spike
+rates are reported per layer, and a graph's outputs (:class:`OutputLayers`) that
+never spike, spike at every step, or whose readout scores are the same for every
+sample fail the verification unless the user expects it (``--allow-silent``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import nir
 import numpy as np
 
+from st2chip.chip.lowering.neurons import READOUT, SPIKING
 from st2chip.traces import Traces
 
 
@@ -35,7 +42,7 @@ class Comparison:
     spike_agreement: dict[str, float]
     exact: bool
     first_divergence: Divergence | None
-    prediction_agreement: float
+    prediction_agreement: float | None  # None: the outputs of a or b carry nothing (silent or saturated)
     readout_error: dict[str, float] = field(default_factory=dict)  # relative error of b's readout voltages
     # float vs chip only: each float layer fed the chip's spikes into it (what the layer itself loses)
     layer_by_layer: dict[str, float] = field(default_factory=dict)
@@ -66,6 +73,38 @@ class Headroom:
     neurons: int
 
 
+@dataclass(frozen=True)
+class OutputLayers:
+    """What a graph's Output nodes are made of.
+
+    ``spiking``: the spiking layers whose spikes reach an Output node, directly or through a non-spiking
+    readout (LI / CubaLI / I); ``readouts``: those readouts, whose voltages at the last step are the scores.
+    """
+
+    spiking: tuple[str, ...] = ()
+    readouts: tuple[str, ...] = ()
+
+
+@dataclass
+class SpikeRate:
+    """How one layer spikes on one backend, over every sample, step and neuron."""
+
+    layer: str
+    backend: str
+    rate: float  # mean spikes per neuron per step
+    never: float  # fraction of the layer's neurons that never spike
+    always: float  # fraction of the layer's neurons that spike at every step of every sample
+    neurons: int
+
+    @property
+    def silent(self) -> bool:
+        return self.rate == 0.0
+
+    @property
+    def saturated(self) -> bool:
+        return self.rate == 1.0
+
+
 @dataclass
 class VerifyReport:
     samples: int
@@ -73,6 +112,8 @@ class VerifyReport:
     comparisons: list[Comparison] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     headroom: list[Headroom] = field(default_factory=list)
+    rates: list[SpikeRate] = field(default_factory=list)
+    outputs: OutputLayers | None = None
 
     @property
     def chip_exact(self) -> bool:
@@ -81,13 +122,16 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
-        """True when every check passed: the chip backends agree and the chip is faithful to float."""
+        """True when every check passed: the chip backends agree, the chip is faithful to float and the outputs
+        neither stay silent nor saturate (or the user allowed it)."""
         return all(c.passed for c in self.checks)
 
     def to_dict(self) -> dict:
         out = {"samples": self.samples, "accuracy": self.accuracy, "chip_exact": self.chip_exact,
                "passed": self.passed, "checks": [asdict(c) for c in self.checks], "comparisons": [],
-               "headroom": [asdict(h) for h in self.headroom]}
+               "headroom": [asdict(h) for h in self.headroom],
+               "spike_rates": [asdict(r) | {"silent": r.silent, "saturated": r.saturated} for r in self.rates],
+               "outputs": None if self.outputs is None else {k: list(v) for k, v in asdict(self.outputs).items()}}
         for c in self.comparisons:
             d = asdict(c)
             d["overall_spike_agreement"] = c.overall_spike_agreement
@@ -97,10 +141,12 @@ class VerifyReport:
     def to_text(self) -> str:
         lines = [f"samples: {self.samples}"]
         lines += [f"accuracy[{k}]: {v:.4f}" for k, v in self.accuracy.items()] or ["accuracy: no labels given"]
+        lines += rate_lines(self.rates, self.samples)
         for c in self.comparisons:
+            predicted = ("n/a (outputs silent)" if c.prediction_agreement is None
+                         else f"{100 * c.prediction_agreement:.2f} %")
             lines.append(f"{c.a} vs {c.b}: spike agreement {100 * c.overall_spike_agreement:.3f} %, "
-                         f"prediction agreement {100 * c.prediction_agreement:.2f} %"
-                         + (" (exact)" if c.exact else ""))
+                         f"prediction agreement {predicted}" + (" (exact)" if c.exact else ""))
             local = c.layer_by_layer
             if local:
                 lines.append(f"  {'layer':<28} {'end to end':>10}   {'layer by layer':>14}")
@@ -123,6 +169,126 @@ class VerifyReport:
         for check in self.checks:
             lines.append(f"check {'ok    ' if check.passed else 'FAILED'} {check.name}: {check.detail}")
         return "\n".join(lines)
+
+
+def rate_lines(rates: list[SpikeRate], samples: int) -> list[str]:
+    """The spike-rate table (one column per backend), then one line per layer that never spikes or spikes at
+    every step on some backend."""
+    if not rates:
+        return []
+    backends = list(dict.fromkeys(r.backend for r in rates))
+    table: dict[str, dict[str, SpikeRate]] = {}
+    for r in rates:
+        table.setdefault(r.layer, {})[r.backend] = r
+    lines = ["spike rates: spikes per neuron per step, and % of neurons that never | always spike",
+             f"  {'layer':<28}" + "".join(f"  {b:>24}" for b in backends)]
+    for layer, row in table.items():
+        cells = [f"{row[b].rate:6.4f} {100 * row[b].never:5.1f} % | {100 * row[b].always:5.1f} %" if b in row
+                 else "-" for b in backends]
+        lines.append(f"  {layer:<28}" + "".join(f"  {cell:>24}" for cell in cells))
+    for layer, row in table.items():
+        silent = [b for b, r in row.items() if r.silent]
+        saturated = [b for b, r in row.items() if r.saturated]
+        if silent:
+            lines.append(f"  layer '{layer}' never spikes on {' and '.join(silent)} (over {_over(samples)})")
+        if saturated:
+            lines.append(f"  layer '{layer}' spikes at every step on {' and '.join(saturated)} (every neuron, "
+                         f"over {_over(samples)})")
+    return lines
+
+
+def _over(samples: int) -> str:
+    return f"all {samples} samples" if samples != 1 else "its 1 sample"
+
+
+def output_layers(graph: nir.NIRGraph) -> OutputLayers:
+    """The spiking layers and readouts that feed ``graph``'s Output nodes, looking back through every node that
+    is not a spiking neuron (affine maps, flatten, pooling, products, readouts) and stopping at spiking ones."""
+    preds: dict[str, list[str]] = {name: [] for name in graph.nodes}
+    for a, b in graph.edges:
+        preds[b].append(a)
+    todo = [name for name, node in graph.nodes.items() if isinstance(node, nir.Output)]
+    seen, spiking, readouts = set(todo), [], []
+    while todo:
+        name = todo.pop(0)
+        node = graph.nodes[name]
+        if isinstance(node, SPIKING):
+            spiking.append(name)
+            continue
+        if isinstance(node, READOUT):
+            readouts.append(name)
+        for p in preds[name]:
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    order = list(graph.nodes)
+    return OutputLayers(tuple(sorted(spiking, key=order.index)), tuple(sorted(readouts, key=order.index)))
+
+
+def spike_rates(traces: Traces, layers: list[str]) -> list[SpikeRate]:
+    """Per layer of ``layers`` recorded in ``traces``: its :class:`SpikeRate`."""
+    out = []
+    for layer in layers:
+        s = traces.spikes.get(layer)
+        if s is None or not s.size:
+            continue
+        out.append(SpikeRate(layer, traces.backend, float(s.mean()), float((s.max(axis=(0, 1)) == 0).mean()),
+                             float((s.min(axis=(0, 1)) == 1).mean()), int(s.shape[2])))
+    return out
+
+
+def _rated_layers(traces: list[Traces], outputs: OutputLayers) -> list[str]:
+    """The spiking layers: the float run's (which records no others), else every chip layer but the readouts."""
+    first = next((t for t in traces if t.backend == "float"), traces[0])
+    return [layer for layer in first.spikes if layer not in outputs.readouts]
+
+
+def _flat(traces: Traces, readout: str) -> bool | None:
+    """Whether ``readout``'s scores (its voltages at the last step) are the same for every sample; None where
+    that says nothing (one sample) or the voltages were not recorded."""
+    v = traces.voltages.get(readout)
+    if v is None or v.shape[0] < 2:
+        return None
+    last = v[:, -1]
+    return bool(np.all(last == last[0]))
+
+
+def _outputs_silent(traces: Traces, outputs: OutputLayers) -> bool:
+    """True when nothing a prediction is made of moves on ``traces``: every output layer silent or saturated
+    and every readout's scores the same for every sample."""
+    flags = [r.silent or r.saturated for r in spike_rates(traces, list(outputs.spiking))]
+    flags += [f for f in (_flat(traces, r) for r in outputs.readouts) if f is not None]
+    return bool(flags) and all(flags)
+
+
+def _output_checks(rates: list[SpikeRate], traces: list[Traces], outputs: OutputLayers, samples: int,
+                   allow_silent: bool) -> list[Check]:
+    """One check per output layer (neither silent nor saturated on any backend) and per readout (its scores
+    differ between samples on every backend, when there are two samples or more)."""
+    checks = []
+    suffix = "allowed by --allow-silent" if allow_silent else "if that is expected: --allow-silent"
+    for layer in outputs.spiking:
+        mine = [r for r in rates if r.layer == layer]
+        if not mine:
+            continue
+        silent = " and ".join(r.backend for r in mine if r.silent)
+        saturated = " and ".join(r.backend for r in mine if r.saturated)
+        bad = ([f"never spikes on {silent}"] if silent else []) + (
+            [f"spikes at every step on {saturated}"] if saturated else [])
+        detail = (f"{'; '.join(bad)}, over {_over(samples)} ({suffix})" if bad
+                  else ", ".join(f"{r.backend} {r.rate:.4f}" for r in mine) + " spikes per neuron per step")
+        checks.append(Check(f"output layer '{layer}' neither silent nor saturated", allow_silent or not bad,
+                            detail))
+    for readout in outputs.readouts:
+        flat = {t.backend: f for t in traces if (f := _flat(t, readout)) is not None}
+        if not flat:
+            continue
+        bad = [b for b, f in flat.items() if f]
+        detail = (f"the same for all {samples} samples on {' and '.join(bad)} ({suffix})" if bad
+                  else f"on {' and '.join(flat)} ({samples} samples)")
+        checks.append(Check(f"readout '{readout}' scores differ between samples", allow_silent or not bad,
+                            detail))
+    return checks
 
 
 def headroom_use(float_traces: Traces, thresholds: dict[str, np.ndarray], room: dict[str, np.ndarray]
@@ -186,10 +352,19 @@ def compare(a: Traces, b: Traces, *, voltages: bool, units: dict[str, np.ndarray
     return Comparison(a.backend, b.backend, agreement, exact, first, pred, readout)
 
 
+def _compared(a: Traces, b: Traces, outputs: OutputLayers, **options) -> Comparison:
+    """:func:`compare`, with no prediction agreement where ``a`` or ``b`` has only silent outputs."""
+    comparison = compare(a, b, **options)
+    if _outputs_silent(a, outputs) or _outputs_silent(b, outputs):
+        comparison.prediction_agreement = None
+    return comparison
+
+
 def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: float = 2.0,
            min_agreement: float = 95.0, cross_checks: tuple[Traces, ...] = (),
            units: dict[str, np.ndarray] | None = None, layer_by_layer: Traces | None = None,
-           headroom: list[Headroom] = ()) -> VerifyReport:
+           headroom: list[Headroom] = (), outputs: OutputLayers | None = None,
+           allow_silent: bool = False) -> VerifyReport:
     """Compare backends (float→first chip backend, chip→chip) and check the result.
 
     ``cross_checks`` are chip backends run on the first samples only (Lava on a
@@ -207,24 +382,34 @@ def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: 
     check takes its worst layer; end-to-end agreement is reported beside it.
     ``headroom`` (:func:`headroom_use`) is reported, not checked: a saturated voltage is a
     difference the agreement figures already count.
+
+    Every backend's spike rates are reported per layer (readouts left out). Given the graph's
+    ``outputs`` (:func:`output_layers`), a check per output layer fails when it never spikes or spikes
+    at every step on some backend over all samples, and one per readout when its scores are the same
+    for every sample (two runs that do nothing agree perfectly); ``allow_silent`` lets them pass. A
+    prediction agreement between backends one of which has only such outputs is None (n/a).
     """
     accuracy = {t.backend: t.accuracy(labels) for t in traces} if labels is not None else {}
-    report = VerifyReport(samples=traces[0].samples, accuracy=accuracy, headroom=list(headroom))
+    outs = outputs or OutputLayers()
+    layers = _rated_layers(traces, outs)
+    rates = [r for t in traces for r in spike_rates(t, layers)]
+    report = VerifyReport(samples=traces[0].samples, accuracy=accuracy, headroom=list(headroom), rates=rates,
+                          outputs=outputs)
     floats = [t for t in traces if t.backend == "float"]
     chips = [t for t in traces if t.backend != "float"]
     if floats and chips:
-        report.comparisons.append(compare(floats[0], chips[0], voltages=False, units=units))
+        report.comparisons.append(_compared(floats[0], chips[0], outs, voltages=False, units=units))
         if layer_by_layer is not None:
             local = compare(layer_by_layer, chips[0], voltages=False, units=units)
             report.comparisons[0].layer_by_layer = local.spike_agreement
             report.comparisons[0].layer_by_layer_readout_error = local.readout_error
     for other in chips[1:]:
-        report.comparisons.append(compare(chips[0], other, voltages=True))
+        report.comparisons.append(_compared(chips[0], other, outs, voltages=True))
     for other in cross_checks:
         n = other.samples
         if labels is not None:
             accuracy[f"{other.backend} (first {n})"] = other.accuracy(labels[:n])
-        comparison = compare(chips[0].head(n), other, voltages=True)
+        comparison = _compared(chips[0].head(n), other, outs, voltages=True)
         comparison.b = f"{other.backend} (first {n} samples)"
         report.comparisons.append(comparison)
     for c in report.comparisons:
@@ -248,4 +433,5 @@ def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: 
         else:
             report.checks.append(Check(f"spike agreement float vs {chip}", agree >= min_agreement,
                                        f"{agree:.3f} % (at least {min_agreement:g} % required, --min-agreement)"))
+    report.checks += _output_checks(rates, traces, outs, report.samples, allow_silent)
     return report

@@ -17,7 +17,7 @@ import torch
 import st2chip
 from st2chip import defaults
 from st2chip.analysis.energy import write_energy_report
-from st2chip.analysis.verify import verify
+from st2chip.analysis.verify import output_layers, verify
 from st2chip.chip.table import format_table, layer_rows
 from st2chip.pipeline import Log
 from st2chip.converters.mlp import mlp_to_nir
@@ -91,7 +91,7 @@ def _run_demo(out: Path, samples: int, decay_groups: int, epochs: int, seed: int
     traces = [log.stage("simulate:float", st2chip.simulate, graph, run),
               log.stage("simulate:reference", st2chip.run, chip, run),
               log.stage("simulate:lava", st2chip.run, chip, run, backend="lava")]
-    report = verify(traces, run.labels)
+    report = verify(traces, run.labels, outputs=output_layers(graph))
     everything = st2chip.inputs_for(graph, samples=len(test), steps=model.config.steps)
     reference_all = log.stage("simulate:ref-all", st2chip.run, chip, everything)
     lava_traces = traces[2]
