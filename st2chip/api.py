@@ -37,7 +37,8 @@ from st2chip.traces import Traces
 Source = str | os.PathLike
 Stage = Callable[..., Any]  # ``stage(name, fn, *args, **kwargs) -> fn(*args, **kwargs)``, e.g. a timing log
 
-__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "import_model", "export", "quantize", "inputs_for"]
+__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "import_model", "export", "quantize",
+           "quantize_graph", "inputs_for"]
 
 
 def _call(name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -59,19 +60,28 @@ def load(path: Source | nir.NIRGraph, *, dt: float | None = None, steps: int | N
 
 
 def lower(graph: nir.NIRGraph | Source, *, decay_groups: int | None = None, lowrank: str = defaults.LOWRANK,
-          headroom: float = defaults.HEADROOM) -> ChipGraph:
+          headroom: float = defaults.HEADROOM, precision: str | int = defaults.PRECISION) -> ChipGraph:
     """Lower a graph (or a path, read with :func:`load`) to a :class:`~st2chip.chip.chipgraph.ChipGraph`.
 
     ``decay_groups``: at most this many distinct decays per layer (default: the graph's metadata
     ``decay_groups``, else :data:`~st2chip.defaults.DEFAULT_DECAY_GROUPS`); ``lowrank``: ``"auto"``,
     ``"factored"`` or ``"product"`` for DSP low-rank layers; ``headroom``: thresholds a neuron's current and
-    voltage may reach (see ``st2chip map --help``).
+    voltage may reach (see ``st2chip map --help``); ``precision``: ``"8"`` (8-bit weights), ``"16"`` (a
+    residual synapse group too, wherever it adds precision on the chip) or ``"auto"`` (per layer).
     """
-    from st2chip.pipeline import map_graph
+    from st2chip.chip.lower import lower as lower_graph
+    from st2chip.errors import GraphError
+    from st2chip.pipeline import decay_groups_of
     source = None
     if not isinstance(graph, nir.NIRGraph):
         source, graph = graph, load(graph)
-    return map_graph(graph, decay_groups, source, lowrank, headroom)
+    try:
+        return lower_graph(graph, decay_groups=decay_groups_of(graph, decay_groups), lowrank=lowrank,
+                           headroom=headroom, precision=str(precision))
+    except GraphError as err:  # name the file as well as the node and field
+        if source is None or err.source:
+            raise
+        raise GraphError(err.reason, node=err.node, field=err.field, source=str(source)) from None
 
 
 def place(chip: ChipGraph, resources: str | os.PathLike | Resources = defaults.RESOURCES, *,
@@ -195,17 +205,21 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
            chip: ChipGraph | None = None, decay_groups: int | None = None, lowrank: str = defaults.LOWRANK,
            headroom: float = defaults.HEADROOM, samples: int | None = None, steps: int | None = None,
            device: str | None = None, batch_size: int = defaults.BATCH_SIZE, ray: str | None = None,
-           target: str = defaults.LAVA_TARGET, progress: bool = False, stage: Stage = _call) -> VerifyReport:
+           target: str = defaults.LAVA_TARGET, progress: bool = False, stage: Stage = _call,
+           allow_silent: bool = defaults.ALLOW_SILENT) -> VerifyReport:
     """Float vs st2chip's engine vs Lava on the same inputs, with the checks ``st2chip verify`` makes.
 
     ``model`` is a graph or a path; ``chip`` a ChipGraph already lowered from it (else it is lowered
     with ``decay_groups``, ``lowrank``, ``headroom``). ``inputs``: see :func:`inputs_for` (``None``: the
     graph's default data, with its labels). Lava runs the first ``lava_samples`` samples only. The
     report's ``passed`` is False when engine and Lava differ, accuracy drops more than ``max_drop``
-    points, or a layer's float-vs-chip spike agreement (layer by layer) is below ``min_agreement`` %.
+    points, or a layer's float-vs-chip spike agreement (layer by layer) is below ``min_agreement`` %,
+    or (unless ``allow_silent``) an output layer never spikes or spikes at every step over all samples
+    on float or chip, or a readout's scores are the same for every sample: the spiking layers feeding
+    the Output nodes, directly or through an LI / CubaLI / I readout, are the output layers.
     ``stage(name, fn, *args)`` wraps each step (the CLI's ``--verbose`` timing log).
     """
-    from st2chip.analysis.verify import verify as compare_traces
+    from st2chip.analysis.verify import output_layers, verify as compare_traces
     from st2chip.pipeline import BACKENDS, chip_headroom, run_backend, run_layer_by_layer
     backends = tuple(b.strip() for b in backends if b.strip())
     unknown = [b for b in backends if b not in BACKENDS]
@@ -237,7 +251,8 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
     return stage("verify", compare_traces, traces, run_inputs.labels, max_drop=max_drop,
                  min_agreement=min_agreement, cross_checks=cross,
                  units={layer: chip.voltage_units(layer) for layer in chip.readout_layers()},
-                 layer_by_layer=local, headroom=headroom_use)
+                 layer_by_layer=local, headroom=headroom_use, outputs=output_layers(graph),
+                 allow_silent=allow_silent)
 
 
 def energy(chip: ChipGraph, inputs: Any, *, profile: str | os.PathLike = defaults.PROFILE,
@@ -262,9 +277,9 @@ def energy(chip: ChipGraph, inputs: Any, *, profile: str | os.PathLike = default
 
 def import_model(path: Source, framework: str, *, dt: float | None = None, steps: int | None = None,
                  tau_quirk: bool | None = None):
-    """Read a ``.nir`` file as ``framework`` (norse, snntorch, spikingjelly or nir) wrote it, absorbing its
-    quirks; returns the canonical graph (``.graph``) and one note per change (``.notes``). ``tau_quirk``:
-    see :func:`~st2chip.converters.registry.import_file`."""
+    """Read a ``.nir`` file as ``framework`` (norse, snntorch, spikingjelly, sinabs, rockpool or nir) wrote it,
+    absorbing its quirks; returns the canonical graph (``.graph``) and one note per change (``.notes``, which
+    say where dt came from). ``tau_quirk``: see :func:`~st2chip.converters.registry.import_file`."""
     from st2chip.converters.registry import import_file
     return import_file(path, framework, dt=dt, steps=steps, tau_quirk=tau_quirk)
 
@@ -323,3 +338,38 @@ def quantize(checkpoint: Source, output: Source, *, decay_groups: int = defaults
                               "seconds": round(time.perf_counter() - start, 1), **chip}}
     save_checkpoint(model, kind, asdict(model.config), output, summary)
     return {"kind": kind, **summary}
+
+
+def quantize_graph(model: nir.NIRGraph | Source, inputs: Any, labels: Any = None, *, output: Source | None = None,
+                   decay_groups: int = defaults.DEFAULT_DECAY_GROUPS, headroom: float = defaults.HEADROOM,
+                   epochs: int = defaults.QUANTIZE_EPOCHS, lr: float = defaults.QUANTIZE_LR,
+                   holdout: float = defaults.QUANTIZE_HOLDOUT, seed: int = 0, device: str | None = None,
+                   progress: bool = False):
+    """Fine-tune a NIR graph from any framework with the chip in the loop, on labelled ``inputs``.
+
+    ``model``: a graph or a path (read with :func:`load`); ``inputs``: a ``.npz`` path as ``--inputs`` takes
+    (one array per Input node and ``labels``) or arrays with ``labels`` (see :func:`inputs_for`). A seeded
+    ``holdout`` fraction of the samples is kept out of training and measures float and chip accuracy before
+    and after. Returns a :class:`~st2chip.chip.finetune_graph.GraphTuning` whose ``graph`` lowering
+    reproduces exactly (:func:`~st2chip.chip.finetune_graph.finetune_graph`); ``output``: also written
+    there as a ``.nir`` file, atomically.
+    """
+    from st2chip.chip.finetune_graph import finetune_graph
+    from st2chip.graph.nirfile import write_nir
+    from st2chip.io import check_output
+    from st2chip.learn.training import default_device
+    if inputs is None:
+        raise InputError("quantize: a NIR graph fine-tunes on your samples: pass --inputs FILE.npz (spikes per "
+                         "Input node and 'labels')")
+    sources = [] if isinstance(model, nir.NIRGraph) else [model]
+    if output is not None:
+        check_output(output, [*sources, *([inputs] if isinstance(inputs, (str, os.PathLike)) else [])], flag="-o")
+    graph = model if isinstance(model, nir.NIRGraph) else load(model)
+    run_inputs = inputs_for(graph, inputs, labels)
+    tuning = finetune_graph(graph, run_inputs.spikes, run_inputs.labels, decay_groups=decay_groups,
+                            headroom=headroom, epochs=epochs, lr=lr, holdout=holdout,
+                            run_chip=lambda chip, spikes: run(chip, spikes, voltages=False), seed=seed,
+                            device=device or default_device(), progress=progress)
+    if output is not None:
+        write_nir(tuning.graph, output)
+    return tuning

@@ -34,10 +34,16 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
                         f"decay (for a CubaLIF, each pair of K current and K voltage decays: up to K^2) is one "
                         f"population (one Lava process), and each pair of connected populations one synapse group")
     p.add_argument("--dt", type=float, default=None,
-                   help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
+                   help="time step in seconds (default: the graph's metadata; a graph with time constants and none "
+                        "is refused)")
     p.add_argument("--lowrank", choices=["auto", "factored", "product"], default=defaults.LOWRANK,
                    help="a DSP low-rank layer U·V: kept factored through a graded relay, multiplied out, or "
                         "auto (default): per layer, the cheaper by stored weights x synaptic-op energy")
+    p.add_argument("--precision", choices=["auto", "8", "16"], default=defaults.PRECISION,
+                   help="weight precision: 8-bit mantissas (8), a second synapse group per path carrying what they "
+                        "round away at a smaller exponent (16; up to the population's scale), or per layer (auto) "
+                        "where the 8-bit weight error is over 1 %% and falls by more than stored weights x "
+                        f"synaptic ops grow (default {defaults.PRECISION}; 'map --json' gives each layer's choice)")
     _add_headroom(p)
 
 
@@ -158,8 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="float vs fixed-point engine vs Lava, with pass/fail checks",
                        description="Accuracy of each backend, per-layer spike agreement and the first "
                                    "diverging layer/step/neuron. Exit 0 when reference and Lava agree "
-                                   "exactly and the chip stays faithful to float (--max-drop, "
-                                   "--min-agreement), 1 otherwise, naming the failed check. "
+                                   "exactly, the chip stays faithful to float (--max-drop, "
+                                   "--min-agreement) and no output layer is silent or saturated on every "
+                                   "sample (--allow-silent), 1 otherwise, naming the failed check. "
                                    "Example: st2chip verify model.nir "
                                    "--inputs spikes.npz",
                        epilog=EPILOG_EXIT)
@@ -177,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="fail when float-vs-chip spike agreement of some layer, run on the chip's spikes into it "
                         f"(layer by layer), is below this (default {defaults.MIN_AGREEMENT:g}); end-to-end agreement is "
                         "reported beside it")
+    p.add_argument("--allow-silent", action="store_true", default=defaults.ALLOW_SILENT,
+                   help="pass even when an output layer never spikes or spikes at every step on every sample, "
+                        "or a readout's scores are the same for every sample (default: that fails)")
     p.add_argument("--json", help="also write the report as JSON here")
 
     p = sub.add_parser("energy", help="synaptic operations and energy per layer from real spike traces",
@@ -197,19 +207,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder for energy.json, energy.md, energy.png (per layer) and energy_cores.png")
 
     p = sub.add_parser("import", help="a framework's .nir file -> canonical .nir that every command takes",
-                       description="Read a graph as norse, snnTorch, SpikingJelly or plain NIR wrote it, absorb "
-                                   "that framework's quirks (0-d tensors, norse's tau, the dt the export assumed, "
-                                   "the reset convention) and write a canonical NIR file with dt (and steps) in its "
-                                   "metadata. Prints one line per change. "
+                       description="Read a graph as norse, snnTorch, SpikingJelly, sinabs, Rockpool or plain NIR "
+                                   "wrote it, absorb that framework's quirks (0-d tensors, norse's tau, the dt the "
+                                   "export assumed, the reset convention) and write a canonical NIR file with dt (and "
+                                   "steps) in its metadata. Prints one line per change. "
                                    "Example: st2chip import sj.nir --from spikingjelly -o model.nir",
                        epilog=EPILOG_EXIT)
     p.add_argument("file", help="the .nir file the framework wrote")
     p.add_argument("--from", dest="framework", required=True, choices=FRAMEWORKS,
                    help="which framework wrote it (nir: a plain NIR file, no quirks assumed)")
     p.add_argument("--dt", type=float, default=None,
-                   help="time step in seconds (default: what the framework's export assumes: "
-                        + ", ".join(f"{k} {v:g}" for k, v in EXPORT_DT.items() if k != "nir")
-                        + "; for nir, the file's metadata)")
+                   help="time step in seconds (default: the file's metadata, else what the framework's export "
+                        "assumes: " + ", ".join(f"{k} {v:g}" for k, v in EXPORT_DT.items() if k != "nir")
+                        + "; nir has none: a plain file with time constants and no dt is refused)")
     p.add_argument("--steps", type=int, default=None, help="time steps per sample, recorded in the metadata")
     p.add_argument("--tau-quirk", action=argparse.BooleanOptionalAction, default=None,
                    help="norse only: the file's time constants are norse 1.1's dt/tau_inv (norse issue #411) "
@@ -240,7 +250,8 @@ def _register_export_netx(sub) -> None:
                    help="distinct voltage decays per layer when lowering (default 1: netx holds one per layer)")
     _add_headroom(p)
     p.add_argument("--dt", type=float, default=None,
-                   help="time step in seconds (default: the graph's metadata; 1e-3 with a warning if absent)")
+                   help="time step in seconds (default: the graph's metadata; a graph with time constants and none "
+                        "is refused)")
     p.add_argument("--approximate", action="store_true",
                    help="round weights and biases netx cannot hold exactly (its bias exponent is fixed at 6; "
                         "it adds weights per synapse where the chip shifts the sum) and report the largest "
@@ -267,10 +278,11 @@ def _pipeline(args: argparse.Namespace):
     from st2chip.pipeline import Log
     log = Log(args.verbose)
     graph = log.stage("read+normalize", st2chip.load, args.model, dt=args.dt)
-    # export-netx has no --lowrank: netx cannot express a graded relay, so its layers stay multiplied out
+    # export-netx has no --lowrank or --precision: netx has one group per layer and cannot express a graded relay
     try:
         chip = log.stage("lower", st2chip.lower, graph, decay_groups=args.decay_groups,
-                         lowrank=getattr(args, "lowrank", "product"), headroom=args.headroom)
+                         lowrank=getattr(args, "lowrank", "product"), headroom=args.headroom,
+                         precision=getattr(args, "precision", "8"))
     except GraphError as err:  # name the file as well as the node and field
         if err.source:
             raise
@@ -412,7 +424,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     inputs = _run_inputs(args, graph)
     report = st2chip.verify(graph, inputs, chip=chip, backends=backends, lava_samples=args.lava_samples,
                             max_drop=args.max_drop, min_agreement=args.min_agreement, stage=log.stage,
-                            **_engine_args(args))
+                            allow_silent=args.allow_silent, **_engine_args(args))
     _print(report.to_text())
     if args.json:
         write_json(args.json, report.to_dict())
@@ -450,9 +462,6 @@ def _cmd_import(args: argparse.Namespace) -> int:
     _check_outputs(args, [args.file], files=("output",))
     converted = st2chip.import_model(args.file, args.framework, dt=args.dt, steps=args.steps,
                                      tau_quirk=args.tau_quirk)
-    if args.dt is None and args.framework != "nir":
-        converted.notes.insert(0, f"{args.framework}'s export does not store dt; using its default "
-                                  f"{EXPORT_DT[args.framework]:g} s (pass --dt to change)")
     _print(f"importing {args.file} (from {args.framework}):")
     for line in converted.notes:
         _print(f"  {line}")
