@@ -17,10 +17,13 @@ Quirks are absorbed here (or in normalize), never in the backends.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import nir
+import numpy as np
 
 from st2chip.errors import InputError
 from st2chip.graph.normalize import normalize
@@ -53,3 +56,24 @@ def finish(graph: nir.NIRGraph, *, dt: float | None, steps: int | None = None, n
     if producer is not None:
         canonical.metadata.setdefault("producer", producer)
     return Converted(canonical, notes)
+
+
+def as_f64(value: Any) -> np.ndarray:
+    """A float64 numpy copy of a tensor, array or number (what every converter reads parameters as)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().double().numpy()
+    return np.array(value, dtype=np.float64)
+
+
+def value_span(values: np.ndarray) -> str:
+    """``lo..hi`` of ``values`` for a note (one number when they are all equal)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
+
+
+def positive_dt(dt: float) -> float:
+    """``dt`` as a float, or an InputError naming ``--dt`` when it is not a positive number of seconds."""
+    dt = float(dt)
+    if not (math.isfinite(dt) and dt > 0):
+        raise InputError(f"--dt must be a positive number of seconds, got {dt}")
+    return dt

@@ -68,7 +68,7 @@ import nir
 import numpy as np
 from scipy.optimize import brentq
 
-from st2chip.converters.frontend import Converted, finish
+from st2chip.converters.frontend import Converted, as_f64, finish, positive_dt, value_span
 from st2chip.converters.sinabs import cubalif_node, li_node, lif_node
 from st2chip.errors import GraphError, InputError
 
@@ -80,27 +80,12 @@ _MULTI_NOTE = ("equal to Rockpool while no neuron reaches twice its threshold in
                "with st2chip.converters.rockpool.to_nir to have them kept and the spikes checked")
 
 
-def _f64(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().double().numpy()
-    return np.array(value, dtype=np.float64)
 
-
-def _span(values: np.ndarray) -> str:
-    lo, hi = float(np.min(values)), float(np.max(values))
-    return f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
-
-
-def _positive_dt(dt: float) -> float:
-    dt = float(dt)
-    if not (math.isfinite(dt) and dt > 0):
-        raise InputError(f"--dt must be a positive number of seconds, got {dt}")
-    return dt
 
 
 def step_ratio(name: str, field: str, r: np.ndarray) -> np.ndarray:
     """``x = dt_L / tau`` per neuron from Rockpool's ``r = exp(-x) / x`` (decreasing in ``x``: one root)."""
-    r = _f64(r).reshape(-1)
+    r = as_f64(r).reshape(-1)
     if np.any(~np.isfinite(r)) or np.any(r <= 0):
         raise GraphError("Rockpool writes r = tau*exp(-dt/tau)/dt > 0; this r is not Rockpool's", node=name,
                          field=field)
@@ -117,7 +102,7 @@ def repair(graph: nir.NIRGraph, dt: float) -> tuple[nir.NIRGraph, list[str]]:
     """
     if not isinstance(graph, nir.NIRGraph):
         raise InputError(f"rockpool.repair takes a nir.NIRGraph, got {type(graph).__name__}")
-    dt = _positive_dt(dt)
+    dt = positive_dt(dt)
     meta = copy.deepcopy(dict(graph.metadata or {}))
     if meta.get("threshold_rule") == THRESHOLD_RULE:
         raise InputError("this graph was already converted from Rockpool (metadata threshold_rule); "
@@ -141,20 +126,20 @@ def repair(graph: nir.NIRGraph, dt: float) -> tuple[nir.NIRGraph, list[str]]:
 
 
 def _layer_dt(name: str, tau: np.ndarray, x: np.ndarray, graph_dt: float, notes: list[str]) -> None:
-    steps = np.broadcast_to(_f64(tau).reshape(-1), x.shape) * x
-    notes.append(f"node '{name}': Rockpool's dt {_span(np.round(steps, 9))} s solved from tau and r; its per-step "
+    steps = np.broadcast_to(as_f64(tau).reshape(-1), x.shape) * x
+    notes.append(f"node '{name}': Rockpool's dt {value_span(np.round(steps, 9))} s solved from tau and r; its per-step "
                  f"decays kept at graph dt = {graph_dt:g} s")
 
 
 def _repair_neuron(name: str, node: nir.NIRNode, dt: float, notes: list[str]) -> nir.NIRNode:
-    if np.any(_f64(node.v_leak) != 0):
+    if np.any(as_f64(node.v_leak) != 0):
         raise GraphError("Rockpool's export writes v_leak = 0; this is not Rockpool's", node=name, field="v_leak")
     x = step_ratio(name, "r", node.r)
     if isinstance(node, nir.LI):
         _layer_dt(name, node.tau, x, dt, notes)
         beta = np.exp(-x)
         return li_node(beta, beta, dt)
-    thr = _f64(node.v_threshold).reshape(-1)
+    thr = as_f64(node.v_threshold).reshape(-1)
     if np.any(thr <= 0):
         raise GraphError("thresholds must be positive", node=name, field="v_threshold")
     tau_mem = node.tau_mem if isinstance(node, nir.CubaLIF) else node.tau
@@ -162,16 +147,16 @@ def _repair_neuron(name: str, node: nir.NIRNode, dt: float, notes: list[str]) ->
     alpha = np.exp(-x)
     if isinstance(node, nir.LIF):
         return lif_node(alpha, np.ones_like(alpha), thr, dt, subtract=True)
-    if np.any(_f64(node.w_in) != 1):
+    if np.any(as_f64(node.w_in) != 1):
         raise GraphError("Rockpool's export writes w_in = 1; this is not Rockpool's", node=name, field="w_in")
-    beta = np.exp(-x * np.broadcast_to(_f64(tau_mem).reshape(-1), x.shape) / _f64(node.tau_syn).reshape(-1))
+    beta = np.exp(-x * np.broadcast_to(as_f64(tau_mem).reshape(-1), x.shape) / as_f64(node.tau_syn).reshape(-1))
     return cubalif_node(alpha, beta, np.ones_like(alpha), thr, dt, subtract=True)
 
 
 def _flat_io(name: str, node: nir.NIRNode, notes: list[str]) -> nir.NIRNode:
     """Rockpool writes its (batch, time) sample dims of size 1 into Input/Output shapes: keep the last."""
     key = "input" if isinstance(node, nir.Input) else "output"
-    shape = _f64(next(iter((node.input_type if key == "input" else node.output_type).values())))
+    shape = as_f64(next(iter((node.input_type if key == "input" else node.output_type).values())))
     shape = shape.astype(np.int64).reshape(-1)
     if shape.size < 2 or int(np.prod(shape)) != int(shape[-1]):
         return node
@@ -198,7 +183,7 @@ def _neuron_problems(label: str, module) -> list[str]:
     known = (lif_torch.StepPWL, lif_torch.PeriodicExponential, lif_neuron_torch.StepPWL)  # one forward pass
     if getattr(module.spike_generation_fn, "__self__", None) not in known:
         problems.append(f"{label}: spike_generation_fn is not StepPWL or PeriodicExponential")
-    if np.any(_f64(module.threshold) <= 0):
+    if np.any(as_f64(module.threshold) <= 0):
         problems.append(f"{label}: threshold must be positive")
     if isinstance(module, LIFTorch) and (module.n_synapses != 1 or module.size_in != module.size_out):
         problems.append(f"{label}: several synapses per neuron (n_synapses = {module.n_synapses}) have no NIR form")
@@ -225,7 +210,7 @@ def _neuron_node(module, dt: float) -> nir.NIRNode:
     import torch
     LIFTorch, LIFNeuronTorch, ExpSynTorch, _ = _classes()
     n = module.size_out
-    full = lambda a: np.broadcast_to(_f64(a).reshape(-1) if np.size(_f64(a)) > 1 else _f64(a), (n,)).copy()  # noqa
+    full = lambda a: np.broadcast_to(as_f64(a).reshape(-1) if np.size(as_f64(a)) > 1 else as_f64(a), (n,)).copy()  # noqa
     if isinstance(module, ExpSynTorch):
         beta = full(torch.exp(-module.dt / module.tau))
         return li_node(beta, beta, dt)
@@ -264,7 +249,7 @@ def _recurrent_loops(model, nodes: dict[str, Any], edges: list[tuple[str, str]],
     LIFTorch = _classes()[0]
     for name, module in model.named_modules():
         if type(module) is LIFTorch and bool(module._has_rec):
-            weight = _f64(module.w_rec).T
+            weight = as_f64(module.w_rec).T
             loop = f"{name}.rec"
             nodes[loop] = nir.Affine(weight=weight, bias=np.zeros(weight.shape[0]))
             edges += [(name, loop), (loop, name)]
@@ -284,7 +269,7 @@ def to_nir(model, sample, *, dt: float = DEFAULT_DT, steps: int | None = None) -
     import torch
     from rockpool.nn.modules.torch.nir import _extract_rockpool_module
 
-    dt = _positive_dt(dt)
+    dt = positive_dt(dt)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"to_nir takes a Rockpool torch model, got {type(model).__name__}")
     _check_model(model)

@@ -69,14 +69,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import warnings
 from typing import Any
 
 import nir
 import numpy as np
 
-from st2chip.converters.frontend import Converted, finish
+from st2chip.converters.frontend import Converted, as_f64, finish, positive_dt, value_span
 from st2chip.errors import GraphError, InputError
 
 NAME = "sinabs"
@@ -87,22 +86,7 @@ _SPIKING_NOTE = ("equal to sinabs while no neuron reaches twice its threshold in
                  "there); convert the model with st2chip.converters.sinabs.to_nir to have both checked")
 
 
-def _f64(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().double().numpy()
-    return np.array(value, dtype=np.float64)
 
-
-def _span(values: np.ndarray) -> str:
-    lo, hi = float(np.min(values)), float(np.max(values))
-    return f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
-
-
-def _positive_dt(dt: float) -> float:
-    dt = float(dt)
-    if not (math.isfinite(dt) and dt > 0):
-        raise InputError(f"--dt must be a positive number of seconds, got {dt}")
-    return dt
 
 
 def _ge(threshold: np.ndarray) -> np.ndarray:
@@ -161,7 +145,7 @@ def repair(graph: nir.NIRGraph, dt: float) -> tuple[nir.NIRGraph, list[str]]:
     """
     if not isinstance(graph, nir.NIRGraph):
         raise InputError(f"sinabs.repair takes a nir.NIRGraph, got {type(graph).__name__}")
-    dt = _positive_dt(dt)
+    dt = positive_dt(dt)
     meta = copy.deepcopy(dict(graph.metadata or {}))
     if meta.get("threshold_rule") == THRESHOLD_RULE:
         raise InputError("this graph was already converted from sinabs (metadata threshold_rule); "
@@ -187,24 +171,24 @@ def repair(graph: nir.NIRGraph, dt: float) -> tuple[nir.NIRGraph, list[str]]:
 
 
 def _repair_neuron(name: str, node: nir.NIRNode, dt: float, notes: list[str]) -> nir.NIRNode:
-    r = _f64(node.r)
+    r = as_f64(node.r)
     if isinstance(node, nir.IF):
-        thr = _f64(node.v_threshold)
-        notes.append(f"node '{name}': sinabs IAF read as v += {_span(r)} * I per step (r -> r/dt), spikes at "
-                     f"v >= {_span(thr)}, reset by subtraction")
+        thr = as_f64(node.v_threshold)
+        notes.append(f"node '{name}': sinabs IAF read as v += {value_span(r)} * I per step (r -> r/dt), spikes at "
+                     f"v >= {value_span(thr)}, reset by subtraction")
         new = if_node(thr, dt, subtract=True)
         return dataclasses.replace(new, r=np.broadcast_to(r, thr.shape) / dt)
-    if np.any(_f64(node.v_leak) != 0):
+    if np.any(as_f64(node.v_leak) != 0):
         raise GraphError("sinabs neurons have no leak potential: v_leak must be 0", node=name, field="v_leak")
-    alpha = np.exp(-1.0 / _f64(node.tau))
+    alpha = np.exp(-1.0 / as_f64(node.tau))
     if isinstance(node, nir.LI):
-        notes.append(f"node '{name}': sinabs ExpLeak read as v = alpha v + {_span(r)} I with alpha = exp(-1/tau) "
-                     f"= {_span(alpha)} (tau {_span(_f64(node.tau))} steps)")
+        notes.append(f"node '{name}': sinabs ExpLeak read as v = alpha v + {value_span(r)} I with alpha = exp(-1/tau) "
+                     f"= {value_span(alpha)} (tau {value_span(as_f64(node.tau))} steps)")
         return li_node(alpha, r, dt)
-    thr = _f64(node.v_threshold)
-    notes.append(f"node '{name}': sinabs LIF read as sinabs' from_nir does, v = alpha v + {_span(r)} I "
-                 f"(norm_input=False) with alpha = exp(-1/tau) = {_span(alpha)} (tau {_span(_f64(node.tau))} steps), "
-                 f"spikes at v >= {_span(thr)}, reset by subtraction")
+    thr = as_f64(node.v_threshold)
+    notes.append(f"node '{name}': sinabs LIF read as sinabs' from_nir does, v = alpha v + {value_span(r)} I "
+                 f"(norm_input=False) with alpha = exp(-1/tau) = {value_span(alpha)} (tau {value_span(as_f64(node.tau))} steps), "
+                 f"spikes at v >= {value_span(thr)}, reset by subtraction")
     return lif_node(alpha, r, thr, dt, subtract=True)
 
 
@@ -215,7 +199,7 @@ def drop_time_dim(nodes: dict[str, Any], edges: list[tuple[str, str]], notes: li
     for name, node in nodes.items():
         if not isinstance(node, nir.Input):
             continue
-        shape = _f64(next(iter(node.input_type.values()))).astype(np.int64).reshape(-1)
+        shape = as_f64(next(iter(node.input_type.values()))).astype(np.int64).reshape(-1)
         consumers = [nodes[b] for a, b in edges if a == name]
         if shape.size >= 2 and consumers and all(
                 isinstance(c, (nir.Affine, nir.Linear)) and np.shape(c.weight)[1] == shape[-1] for c in consumers) \
@@ -226,7 +210,7 @@ def drop_time_dim(nodes: dict[str, Any], edges: list[tuple[str, str]], notes: li
                          "(the export traced (batch, time, n) samples)")
     for name, node in nodes.items():
         if dropped is not None and isinstance(node, nir.Output):
-            shape = _f64(next(iter(node.output_type.values()))).astype(np.int64).reshape(-1)
+            shape = as_f64(next(iter(node.output_type.values()))).astype(np.int64).reshape(-1)
             if shape.size >= 2 and int(np.prod(shape[:-1])) == dropped:
                 nodes[name] = nir.Output(output_type={"output": shape[-1:].copy()})
                 notes.append(f"node '{name}': shape {shape.tolist()} -> {shape[-1:].tolist()}")
@@ -260,11 +244,11 @@ def _reset_problem(layer) -> str:
     fn = layer.reset_fn
     if isinstance(fn, MembraneSubtract):
         value = fn.subtract_value
-        thr = _f64(layer.spike_threshold)
-        if value is None or np.all(_f64(value) == thr):
+        thr = as_f64(layer.spike_threshold)
+        if value is None or np.all(as_f64(value) == thr):
             return ""
         return (f"reset_fn=MembraneSubtract(subtract_value={value}) subtracts other than the threshold "
-                f"{_span(thr)}; st2chip subtracts the threshold")
+                f"{value_span(thr)}; st2chip subtracts the threshold")
     if isinstance(fn, MembraneReset):
         if fn.reset_value == 0:
             return ""
@@ -289,7 +273,7 @@ def _check_model(model) -> None:
             if isinstance(module, sl.IAF) and module.tau_syn is not None:
                 why.append("IAF with tau_syn has no NIR form (an integrating membrane behind a synaptic current); "
                            "use LIF with tau_syn")
-            if module.spike_threshold is None or np.any(_f64(module.spike_threshold) <= 0):
+            if module.spike_threshold is None or np.any(as_f64(module.spike_threshold) <= 0):
                 why.append("spike_threshold must be positive")
             problems += [f"{label}: {w}" for w in why]
         elif type(module) in leaky:
@@ -309,17 +293,17 @@ def _neuron_node(layer, dt: float) -> nir.NIRNode:
     shape = tuple(layer.v_mem.shape[1:])
     full = lambda a: np.broadcast_to(a, shape).copy()  # noqa: E731
     if type(layer) in (sl.ExpLeak, sl.ExpLeakSqueeze):
-        alpha = full(_f64(layer.alpha_mem_calculated))
+        alpha = full(as_f64(layer.alpha_mem_calculated))
         return li_node(alpha, (1 - alpha) if layer.norm_input else np.ones(shape), dt)
     subtract = isinstance(layer.reset_fn, MembraneSubtract)
-    thr = full(_f64(layer.spike_threshold))
+    thr = full(as_f64(layer.spike_threshold))
     if isinstance(layer, sl.IAF):
         return if_node(thr, dt, subtract=subtract)
-    alpha = full(_f64(layer.alpha_mem_calculated))
+    alpha = full(as_f64(layer.alpha_mem_calculated))
     gain = (1 - alpha) if layer.norm_input else np.ones(shape)
     if layer.alpha_syn_calculated is None:
         return lif_node(alpha, gain, thr, dt, subtract=subtract)
-    return cubalif_node(alpha, full(_f64(layer.alpha_syn_calculated)), gain, thr, dt, subtract=subtract)
+    return cubalif_node(alpha, full(as_f64(layer.alpha_syn_calculated)), gain, thr, dt, subtract=subtract)
 
 
 def _outputs(model, sample) -> dict[str, Any]:
@@ -363,7 +347,7 @@ def _check_on_sample(model, sample, notes: list[str]) -> None:
         if changed:
             name = changed[0]
             problems.append(f"layer '{name}' ({type(layers[name]).__name__}): min_v_mem = "
-                            f"{_span(_f64(layers[name].min_v_mem))} changes its spikes on the sample; st2chip has no "
+                            f"{value_span(as_f64(layers[name].min_v_mem))} changes its spikes on the sample; st2chip has no "
                             "voltage floor (use min_v_mem=None)")
         else:
             notes.append(f"{', '.join(repr(n) for n in floored)}: min_v_mem dropped (st2chip has no voltage floor): "
@@ -391,7 +375,7 @@ def to_nir(model, sample, *, dt: float = DEFAULT_DT, steps: int | None = None) -
     import torch
     from sinabs.nir import _extract_sinabs_module
 
-    dt = _positive_dt(dt)
+    dt = positive_dt(dt)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"to_nir takes a sinabs model (torch.nn.Module), got {type(model).__name__}")
     _check_model(model)

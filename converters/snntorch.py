@@ -103,7 +103,7 @@ import snntorch as snn
 import torch
 from snntorch import export_nir as _snn_export
 
-from st2chip.converters.frontend import Converted, finish
+from st2chip.converters.frontend import Converted, as_f64, finish, value_span
 from st2chip.errors import GraphError, InputError
 
 NAME = "snntorch"
@@ -113,16 +113,6 @@ _MECHANISMS = {snn.Leaky._base_sub: "subtract", snn.Leaky._base_zero: "zero", sn
 _PASSIVE = (torch.nn.Linear, torch.nn.Flatten)
 
 
-def _array(value: Any) -> np.ndarray:
-    """A float64 numpy copy of a tensor, array or number."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().double().numpy()
-    return np.array(value, dtype=np.float64)
-
-
-def _span(values: np.ndarray) -> str:
-    lo, hi = float(np.min(values)), float(np.max(values))
-    return f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
 
 
 # -- repair: a graph as snnTorch exported it -> a graph normalize accepts ----------------------------
@@ -222,40 +212,40 @@ def _gain(name: str, field: str, value: np.ndarray, expected: np.ndarray, notes:
 
 
 def _repair_lif(name: str, node: nir.LIF, src_dt: float, dt: float, notes: list[str]) -> nir.LIF | nir.IF:
-    tau, r = _array(node.tau), _array(node.r)
-    thr, v_leak = _array(node.v_threshold), _array(node.v_leak)
-    v_reset = np.zeros_like(thr) if node.v_reset is None else _array(node.v_reset)
+    tau, r = as_f64(node.tau), as_f64(node.r)
+    thr, v_leak = as_f64(node.v_threshold), as_f64(node.v_leak)
+    v_reset = np.zeros_like(thr) if node.v_reset is None else as_f64(node.v_reset)
     infinite = np.isinf(tau)
     if np.any(infinite):
         if not np.all(infinite):
             raise GraphError("some neurons have beta = 1 (tau = inf) and others not; one NIR LIF node cannot hold "
                              "both: give every neuron of the layer beta < 1 or beta = 1", node=name, field="tau")
         notes.append(f"node '{name}': snnTorch Leaky with beta = 1 (tau = inf) becomes IF with r = 1/dt "
-                     f"(v <- v + I), threshold {_span(thr)}")
+                     f"(v <- v + I), threshold {value_span(thr)}")
         ones = np.ones(np.broadcast_shapes(tau.shape, thr.shape, v_reset.shape))
         return nir.IF(r=ones / dt, v_threshold=thr * ones, v_reset=v_reset * ones)
     beta = 1.0 - src_dt / tau
     new_r = _gain(name, "r", r, tau / src_dt, notes)
-    notes.append(f"node '{name}': snnTorch Leaky read as v <- beta v + I with beta = {_span(beta)}, "
-                 f"spike when v > {_span(thr)}, then v = 0")
+    notes.append(f"node '{name}': snnTorch Leaky read as v <- beta v + I with beta = {value_span(beta)}, "
+                 f"spike when v > {value_span(thr)}, then v = 0")
     return nir.LIF(tau=tau * (dt / src_dt), r=new_r, v_leak=v_leak, v_threshold=thr, v_reset=v_reset)
 
 
 def _repair_cubalif(name: str, node: nir.CubaLIF, src_dt: float, dt: float, notes: list[str]) -> nir.CubaLIF:
-    tau_syn, tau_mem = _array(node.tau_syn), _array(node.tau_mem)
+    tau_syn, tau_mem = as_f64(node.tau_syn), as_f64(node.tau_mem)
     if np.any(np.isinf(tau_syn)) or np.any(np.isinf(tau_mem)):
         raise GraphError("alpha = 1 or beta = 1 (infinite time constant) has no NIR CubaLIF form",
                          node=name, field="tau_syn" if np.any(np.isinf(tau_syn)) else "tau_mem")
-    w_in = np.ones_like(tau_syn) if node.w_in is None else _array(node.w_in)
-    r = _gain(name, "r", _array(node.r), tau_mem / src_dt, notes)
+    w_in = np.ones_like(tau_syn) if node.w_in is None else as_f64(node.w_in)
+    r = _gain(name, "r", as_f64(node.r), tau_mem / src_dt, notes)
     w_in = _gain(name, "w_in", w_in, tau_syn / src_dt, notes)
-    thr = _array(node.v_threshold)
+    thr = as_f64(node.v_threshold)
     notes.append(f"node '{name}': snnTorch Synaptic read as i <- alpha i + I, v <- beta v + i with "
-                 f"alpha = {_span(1 - src_dt / tau_syn)}, beta = {_span(1 - src_dt / tau_mem)}; exact until its "
+                 f"alpha = {value_span(1 - src_dt / tau_syn)}, beta = {value_span(1 - src_dt / tau_mem)}; exact until its "
                  f"first spike (snnTorch's reset holds mem at 0 for the next step, NIR cannot)")
     return nir.CubaLIF(tau_syn=tau_syn * (dt / src_dt), tau_mem=tau_mem * (dt / src_dt), r=r,
-                       v_leak=_array(node.v_leak), v_threshold=thr,
-                       v_reset=np.zeros_like(thr) if node.v_reset is None else _array(node.v_reset), w_in=w_in)
+                       v_leak=as_f64(node.v_leak), v_threshold=thr,
+                       v_reset=np.zeros_like(thr) if node.v_reset is None else as_f64(node.v_reset), w_in=w_in)
 
 
 # -- to_nir: an snnTorch model object -> canonical NIR ----------------------------------------------
@@ -295,11 +285,11 @@ def _subtract_resets(graph: nir.NIRGraph, resets: dict[str, float], dt: float, n
         node = nodes.get(name)
         if not isinstance(node, (nir.LIF, nir.IF)):
             raise GraphError(f"expected the Leaky layer's LIF or IF node, found {type(node).__name__}", node=name)
-        beta = np.ones_like(_array(node.v_threshold)) if isinstance(node, nir.IF) else 1.0 - dt / _array(node.tau)
+        beta = np.ones_like(as_f64(node.v_threshold)) if isinstance(node, nir.IF) else 1.0 - dt / as_f64(node.tau)
         widths = {int(np.shape(nodes[a].weight)[0]) for a, b in edges if b == name and hasattr(nodes[a], "weight")}
         if len(widths) != 1:
             raise GraphError(f"cannot tell the layer's width from its inputs ({sorted(widths)})", node=name)
-        weight = np.broadcast_to((beta - c) * _array(node.v_threshold), (widths.pop(),)).copy()
+        weight = np.broadcast_to((beta - c) * as_f64(node.v_threshold), (widths.pop(),)).copy()
         nodes[name] = dataclasses.replace(node, metadata={**(node.metadata or {}), "reset": "subtract"})
         what = "reset_mechanism='subtract'" if c else "reset_mechanism='none'"
         if np.any(weight != 0):
@@ -307,7 +297,7 @@ def _subtract_resets(graph: nir.NIRGraph, resets: dict[str, float], dt: float, n
             nodes[loop] = nir.Affine(weight=np.diag(weight), bias=np.zeros(weight.size))
             edges += [(name, loop), (loop, name)]
             notes.append(f"node '{name}': snnTorch's {what} becomes st2chip's reset by subtraction plus a "
-                         f"self-connection '{loop}' of weight (beta - {c:g}) * threshold = {_span(weight)}: exact")
+                         f"self-connection '{loop}' of weight (beta - {c:g}) * threshold = {value_span(weight)}: exact")
         else:
             notes.append(f"node '{name}': snnTorch's {what} is st2chip's reset by subtraction (beta = 1): exact")
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(graph.metadata), type_check=False)

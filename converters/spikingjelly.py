@@ -77,7 +77,7 @@ from typing import Any
 import nir
 import numpy as np
 
-from st2chip.converters.frontend import Converted, finish
+from st2chip.converters.frontend import Converted, as_f64, finish
 from st2chip.errors import InputError
 
 NAME = "spikingjelly"
@@ -86,11 +86,6 @@ THRESHOLD_RULE = "spikingjelly >=: v_threshold lowered by one float64 ulp"
 
 _SPIKING = (nir.LIF, nir.IF, nir.CubaLIF)
 
-
-def _f64(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.array(value, dtype=np.float64)
 
 
 def _repair_nodes(graph: nir.NIRGraph, dt: float, nudge: bool, prefix: str, notes: list[str]) -> None:
@@ -103,18 +98,18 @@ def _repair_nodes(graph: nir.NIRGraph, dt: float, nudge: bool, prefix: str, note
             continue
         kind = type(node).__name__
         if isinstance(node, nir.IF):
-            r = _f64(node.r)
+            r = as_f64(node.r)
             if r.size and not np.allclose(r * dt, 1.0, rtol=1e-6, atol=0.0):
                 got = float(np.median(r))
                 raise InputError(f"node '{where}' (IF): r = {got:g} means SpikingJelly exported it with "
                                  f"dt = {1 / got:g} s (IFNode adds its input once per step, r = 1/dt), "
                                  f"not dt = {dt:g} s; pass --dt {1 / got:g}")
-        v_reset = _f64(node.v_reset) if node.v_reset is not None else np.zeros(1)
-        threshold = _f64(node.v_threshold)
+        v_reset = as_f64(node.v_reset) if node.v_reset is not None else np.zeros(1)
+        threshold = as_f64(node.v_threshold)
         if np.any(v_reset != 0):
             threshold = threshold - v_reset
             if isinstance(node, (nir.LIF, nir.CubaLIF)):
-                node.v_leak = _f64(node.v_leak) - v_reset
+                node.v_leak = as_f64(node.v_leak) - v_reset
             node.v_reset = np.zeros_like(np.broadcast_to(v_reset, threshold.shape))
             notes.append(f"{where} ({kind}): SpikingJelly starts and resets v at v_reset = "
                          f"{np.unique(v_reset).tolist()}, st2chip at 0: voltage shifted by -v_reset "

@@ -4,8 +4,6 @@ held-out accuracies are measured before and after, the same seed gives the same 
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 
 import nir
 import numpy as np
@@ -27,33 +25,6 @@ STEPS = 12
 def finetune_graph(*args, **kwargs):
     """The fine-tuning under test, its chip accuracy measured by st2chip's engine (as the API runs it)."""
     return tune(*args, run_chip=lambda chip, spikes: engine.run(chip, spikes, voltages=False), **kwargs)
-
-
-def _snntorch_graph(path) -> nir.NIRGraph:
-    """A 64-32-10 snnTorch LIF network (untrained, biases on), exported by snnTorch's own extractor and imported
-    with ``st2chip import --from snntorch``'s converter."""
-    import nirtorch
-    import snntorch as snn
-    from snntorch.export_nir import _extract_snntorch_module
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 32), snn.Leaky(beta=0.9, init_hidden=True, reset_mechanism="zero"),
-                              torch.nn.Linear(32, 10), snn.Leaky(beta=0.8, threshold=0.7, init_hidden=True,
-                                                                 reset_mechanism="zero"))
-    with torch.no_grad():
-        net[0].weight.mul_(2.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # snntorch.export_to_nir builds this graph, then fails nir 1.0.8's type check on it (DESIGN.md)
-        graph = nirtorch.extract_nir_graph(net, _extract_snntorch_module, torch.zeros(1, 64), model_name="snntorch",
-                                           ignore_submodules_of=[snn.RLeaky, snn.RSynaptic])
-    for node in graph.nodes.values():  # what nir.write needs of a raw export: numpy arrays, at least 1-D
-        for f in dataclasses.fields(node):
-            value = getattr(node, f.name)
-            if isinstance(value, (np.ndarray, np.generic, torch.Tensor)) and f.name not in ("input_type",
-                                                                                              "output_type"):
-                setattr(node, f.name, np.atleast_1d(np.asarray(value, dtype=np.float64)))
-    nir.write(path, graph)
-    return st2chip.import_model(path, "snntorch").graph
 
 
 def _recurrent_graph() -> nir.NIRGraph:
@@ -84,8 +55,11 @@ def _input(graph: nir.NIRGraph) -> str:
 
 
 @pytest.fixture(scope="module")
-def snntorch_graph(tmp_path_factory):
-    return _snntorch_graph(tmp_path_factory.mktemp("snntorch") / "snn.nir")
+def snntorch_graph(tmp_path_factory, snntorch_file):
+    """A 64-32-10 snnTorch LIF network (untrained, biases on), exported by snnTorch's own extractor and imported
+    with ``st2chip import --from snntorch``'s converter."""
+    path = snntorch_file(tmp_path_factory.mktemp("snntorch") / "snn.nir", threshold=0.7)
+    return st2chip.import_model(path, "snntorch").graph
 
 
 @pytest.fixture(scope="module")

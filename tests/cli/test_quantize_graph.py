@@ -3,40 +3,13 @@ tuned graph is one the chip holds exactly, the held-out accuracies are printed, 
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 
-import nir
 import numpy as np
 import pytest
-import torch
 
 import st2chip
 from st2chip.cli.main import main
 from st2chip.learn.data import load_digits_split, rate_encode
-
-
-def _snntorch_file(path) -> None:
-    """A 64-24-10 snnTorch LIF network (untrained), as snnTorch's extractor writes it."""
-    import nirtorch
-    import snntorch as snn
-    from snntorch.export_nir import _extract_snntorch_module
-    torch.manual_seed(1)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 24), snn.Leaky(beta=0.9, init_hidden=True, reset_mechanism="zero"),
-                              torch.nn.Linear(24, 10), snn.Leaky(beta=0.8, init_hidden=True, reset_mechanism="zero"))
-    with torch.no_grad():
-        net[0].weight.mul_(2.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = nirtorch.extract_nir_graph(net, _extract_snntorch_module, torch.zeros(1, 64), model_name="snntorch",
-                                           ignore_submodules_of=[snn.RLeaky, snn.RSynaptic])
-    for node in graph.nodes.values():  # what nir.write needs of a raw export: numpy arrays, at least 1-D
-        for f in dataclasses.fields(node):
-            value = getattr(node, f.name)
-            if isinstance(value, (np.ndarray, np.generic, torch.Tensor)) and f.name not in ("input_type",
-                                                                                              "output_type"):
-                setattr(node, f.name, np.atleast_1d(np.asarray(value, dtype=np.float64)))
-    nir.write(path, graph)
 
 
 def _run(capsys, *argv):
@@ -46,10 +19,10 @@ def _run(capsys, *argv):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, snntorch_file):
     """The imported canonical graph and a train.npz of 200 rate-coded digits with labels."""
     folder = tmp_path_factory.mktemp("quantize")
-    _snntorch_file(folder / "raw.nir")
+    snntorch_file(folder / "raw.nir", sizes=(64, 24, 10), seed=1)  # untrained
     assert main(["import", str(folder / "raw.nir"), "--from", "snntorch", "-o", str(folder / "model.nir")]) == 0
     train, _ = load_digits_split()
     x = rate_encode(train.x[:200], 10).numpy().transpose(1, 0, 2).astype(np.uint8)
