@@ -79,9 +79,7 @@ def lower(graph: nir.NIRGraph | Source, *, decay_groups: int | None = None, lowr
         return lower_graph(graph, decay_groups=decay_groups_of(graph, decay_groups), lowrank=lowrank,
                            headroom=headroom, precision=str(precision))
     except GraphError as err:  # name the file as well as the node and field
-        if source is None or err.source:
-            raise
-        raise GraphError(err.reason, node=err.node, field=err.field, source=str(source)) from None
+        raise err.at(source) from None
 
 
 def place(chip: ChipGraph, resources: str | os.PathLike | Resources = defaults.RESOURCES, *,

@@ -36,6 +36,12 @@ class GraphError(St2chipError):
         self.field = field
         self.source = source
 
+    def at(self, source: str | None) -> "GraphError":
+        """This error naming ``source`` (the file the graph came from) too, unless it names one already."""
+        if source is None or self.source:
+            return self
+        return GraphError(self.reason, node=self.node, field=self.field, source=str(source))
+
 
 class ChipRangeError(St2chipError):
     """A ChipGraph value lies outside the range the chip can hold."""

@@ -284,9 +284,7 @@ def _pipeline(args: argparse.Namespace):
                          lowrank=getattr(args, "lowrank", "product"), headroom=args.headroom,
                          precision=getattr(args, "precision", "8"))
     except GraphError as err:  # name the file as well as the node and field
-        if err.source:
-            raise
-        raise GraphError(err.reason, node=err.node, field=err.field, source=str(args.model)) from None
+        raise err.at(args.model) from None
     return log, graph, chip
 
 
