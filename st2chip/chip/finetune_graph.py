@@ -77,7 +77,8 @@ class GraphTuning:
         """Everything but the graph, as JSON-ready values."""
         return {"before": asdict(self.before), "after": asdict(self.after), "train_samples": self.train_samples,
                 "holdout_samples": self.holdout_samples, "decay_groups": self.decay_groups, "epochs": self.epochs,
-                "temperature": self.temperature, "rounds": self.rounds, "last_change": self.last_change, "layers": self.layers}
+                "temperature": self.temperature, "rounds": self.rounds, "last_change": self.last_change,
+                "layers": self.layers}
 
 
 def graph_adapter() -> Adapter:

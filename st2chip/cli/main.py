@@ -30,8 +30,8 @@ def _add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="NIR file (.nir), as written by st2chip export or st2chip import")
     p.add_argument("--decay-groups", type=int, default=None, metavar="K",
                    help=f"at most K distinct voltage decays per layer (default: the graph's metadata "
-                        f"'decay_groups', which st2chip quantize records, else {defaults.DEFAULT_DECAY_GROUPS}); each distinct "
-                        f"decay (for a CubaLIF, each pair of K current and K voltage decays: up to K^2) is one "
+                        f"'decay_groups', which st2chip quantize records, else {defaults.DEFAULT_DECAY_GROUPS}); "
+                        f"each distinct decay (for a CubaLIF, each pair of K current and K voltage decays: up to K^2) is one "
                         f"population (one Lava process), and each pair of connected populations one synapse group")
     p.add_argument("--dt", type=float, default=None,
                    help="time step in seconds (default: the graph's metadata; a graph with time constants and none "
@@ -172,8 +172,8 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_EXIT)
     _add_run_args(p)
     p.add_argument("--backends", default=",".join(defaults.VERIFY_BACKENDS),
-                   help=f"comma-separated backends to compare (default {','.join(defaults.VERIFY_BACKENDS)}); lava runs "
-                        "the first --lava-samples samples only")
+                   help=f"comma-separated backends to compare (default {','.join(defaults.VERIFY_BACKENDS)}); "
+                        "lava runs the first --lava-samples samples only")
     p.add_argument("--lava-samples", type=int, default=defaults.LAVA_SAMPLES, metavar="N",
                    help=f"samples cross-checked on Lava, bit for bit against the engine (default "
                         f"{defaults.LAVA_SAMPLES})")
@@ -182,8 +182,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"{defaults.MAX_DROP:g})")
     p.add_argument("--min-agreement", type=float, default=defaults.MIN_AGREEMENT, metavar="PERCENT",
                    help="fail when float-vs-chip spike agreement of some layer, run on the chip's spikes into it "
-                        f"(layer by layer), is below this (default {defaults.MIN_AGREEMENT:g}); end-to-end agreement is "
-                        "reported beside it")
+                        f"(layer by layer), is below this (default {defaults.MIN_AGREEMENT:g}); end-to-end "
+                        "agreement is reported beside it")
     p.add_argument("--allow-silent", action="store_true", default=defaults.ALLOW_SILENT,
                    help="pass even when an output layer never spikes or spikes at every step on every sample, "
                         "or a readout's scores are the same for every sample (default: that fails)")
