@@ -30,7 +30,7 @@ from st2chip.analysis.energy import EnergyReport
 from st2chip.analysis.verify import VerifyReport
 from st2chip.chip.chipgraph import ChipGraph
 from st2chip.chip.placement import Placement, Resources
-from st2chip.inputs import RunInputs, input_sizes, limit, resolve_inputs
+from st2chip.inputs import RunInputs, as_levels, input_sizes, limit, resolve_inputs
 from st2chip.errors import InputError
 from st2chip.traces import Traces
 
@@ -101,21 +101,6 @@ def _array(value: Any, where: str) -> np.ndarray:
     return array
 
 
-def _levels(name: str, array: np.ndarray, size: int, top: int) -> np.ndarray:
-    """``(B, T, *shape)`` -> ``(B, T, size)`` integers in ``0 .. top`` (uint8 where they fit)."""
-    where = f"input '{name}'"
-    if array.ndim < 3 or array.shape[0] == 0 or array.shape[1] == 0 or int(np.prod(array.shape[2:])) != size:
-        raise InputError(f"{where}: shape {array.shape}; expected (batch, steps, {size}) or "
-                         f"(batch, steps, *input_shape) with {size} values per step")
-    values = array.reshape(array.shape[0], array.shape[1], size)
-    bad = (values < 0) | (values > top) | (values != np.round(values))
-    if bad.any():
-        i = tuple(int(k) for k in np.argwhere(bad)[0])
-        what = "spikes (0 or 1)" if top == 1 else f"integer levels 0 .. {top}"
-        raise InputError(f"{where} must hold {what}; sample {i[0]}, step {i[1]}, value {i[2]} is {values[i]!r}")
-    return values.astype(np.uint8 if top < 256 else np.int64)
-
-
 def _named(inputs: Any, names: list[str]) -> dict[str, np.ndarray]:
     """One array per input name, from a mapping or (one input only) a bare array."""
     if isinstance(inputs, Mapping):
@@ -161,7 +146,7 @@ def inputs_for(graph: nir.NIRGraph, inputs: Any = None, labels: Any = None, *, s
     sizes = input_sizes(graph)
     arrays = _named(inputs, list(sizes))
     top = {n: (int(a.max()) if a.size and analog else 1) for n, a in arrays.items()}
-    spikes = {n: _levels(n, a, sizes[n], max(top[n], 1)) for n, a in arrays.items()}
+    spikes = {n: as_levels("inputs", n, a, sizes[n], max(top[n], 1)) for n, a in arrays.items()}
     return limit(_packed(spikes, labels, "arrays"), samples, steps)
 
 
@@ -171,7 +156,7 @@ def _chip_inputs(chip: ChipGraph, inputs: Any) -> dict[str, np.ndarray]:
         return inputs.spikes
     ports = {p.name: p for p in chip.inputs}
     arrays = _named(inputs, list(ports))
-    spikes = {n: _levels(n, a, ports[n].size, ports[n].levels) for n, a in arrays.items()}
+    spikes = {n: as_levels("inputs", n, a, ports[n].size, ports[n].levels) for n, a in arrays.items()}
     return _packed(spikes, None, "arrays").spikes
 
 
@@ -357,7 +342,8 @@ def quantize_graph(model: nir.NIRGraph | Source, inputs: Any, labels: Any = None
     from st2chip.io import check_output
     from st2chip.learn.training import default_device
     if inputs is None:
-        raise InputError("quantize: a NIR graph fine-tunes on your samples: pass --inputs FILE.npz (spikes per "
+        where = "quantize" if isinstance(model, nir.NIRGraph) else str(model)
+        raise InputError(f"{where}: a NIR graph fine-tunes on your samples: pass --inputs FILE.npz (spikes per "
                          "Input node and 'labels')")
     sources = [] if isinstance(model, nir.NIRGraph) else [model]
     if output is not None:

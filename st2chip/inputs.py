@@ -67,8 +67,9 @@ def input_sizes(graph: nir.NIRGraph) -> dict[str, int]:
             if isinstance(node, nir.Input)}
 
 
-def _as_spikes(source: str, name: str, array: np.ndarray, size: int) -> np.ndarray:
-    """``(B, T, *shape)`` -> uint8 ``(B, T, size)``, refusing what is not a spike train for this input."""
+def as_levels(source: str, name: str, array: np.ndarray, size: int, top: int = 1) -> np.ndarray:
+    """``(B, T, *shape)`` -> ``(B, T, size)`` integers in ``0 .. top`` (``top`` 1: spikes), uint8 where they
+    fit; what is not that for this input is refused naming ``source`` (a file, or ``inputs`` for arrays)."""
     if array.ndim < 3:
         raise InputError(f"{source}: array for input '{name}' has shape {array.shape}; expected (batch, steps, "
                          f"{size}) or (batch, steps, *input_shape)")
@@ -79,12 +80,15 @@ def _as_spikes(source: str, name: str, array: np.ndarray, size: int) -> np.ndarr
         raise InputError(f"{source}: array for input '{name}' has {int(np.prod(array.shape[2:]))} values per "
                          f"step (shape {array.shape}); the graph's input '{name}' takes {size}")
     values = array.reshape(b, t, size)
-    bad = ~np.isin(values, (0, 1))
+    if top == 1:
+        bad, what = ~np.isin(values, (0, 1)), "spikes (0 or 1)"
+    else:
+        bad, what = (values < 0) | (values > top) | (values != np.round(values)), f"integer levels 0 .. {top}"
     if bad.any():
         i = tuple(int(k) for k in np.argwhere(bad)[0])
-        raise InputError(f"{source}: input '{name}' must hold spikes (0 or 1); sample {i[0]}, step {i[1]}, "
+        raise InputError(f"{source}: input '{name}' must hold {what}; sample {i[0]}, step {i[1]}, "
                          f"value {i[2]} is {values[i]!r}")
-    return values.astype(np.uint8)
+    return values.astype(np.uint8 if top < 256 else np.int64)
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -247,11 +251,11 @@ def load_inputs(path: str | os.PathLike, graph: nir.NIRGraph) -> RunInputs:
                 raise InputError(f"{p}: a .npy file feeds a graph with one Input node; this graph has "
                                  f"{len(sizes)} ({', '.join(sizes)}): use a .npz with one array per input name")
             (name, size), = sizes.items()
-            spikes = {name: _as_spikes(source, name, _read_npy(fh, source), size)}
+            spikes = {name: as_levels(source, name, _read_npy(fh, source), size)}
             labels = None
         elif magic[:2] == b"PK":
             arrays = _read_npz(fh, source, sizes)
-            spikes = {n: _as_spikes(source, n, arrays[n], s) for n, s in sizes.items()}
+            spikes = {n: as_levels(source, n, arrays[n], s) for n, s in sizes.items()}
             labels = _labels(source, arrays["labels"]) if "labels" in arrays else None
         else:
             raise InputError(f"{p}: not a readable .npy/.npz array file (it starts with neither the .npy "

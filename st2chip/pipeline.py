@@ -14,15 +14,17 @@ from typing import Callable
 import nir
 import numpy as np
 
+from st2chip import defaults
 from st2chip.analysis.verify import Headroom, headroom_use
 from st2chip.chip.chipgraph import UV_MAX, ChipGraph
 from st2chip.converters.registry import framework_dt
 from st2chip.errors import GraphError, InputError
-from st2chip.chip.lower import DEFAULT_DECAY_GROUPS, PASSES
+from st2chip.chip.lower import PASSES
 from st2chip.graph.bundle import MANIFEST
 from st2chip.graph.bundle_graph import bundle_graph
 from st2chip.graph.normalize import normalize
-from st2chip.graph.simulate import SPIKING, simulate
+from st2chip.graph.reading import SPIKING
+from st2chip.graph.simulate import simulate
 from st2chip.traces import Traces
 
 BACKENDS = ("float", "reference", "engine", "lava")  # engine: another name of reference
@@ -94,8 +96,8 @@ def loihi2_hw_run_cfg():
 
 
 def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict[str, np.ndarray],
-                voltages: bool = True, *, device: str | None = None, batch_size: int = 256,
-                progress: bool = False, ray: str | None = None, target: str = "lava-sim") -> Traces:
+                voltages: bool = True, *, device: str | None = None, batch_size: int = defaults.BATCH_SIZE,
+                progress: bool = False, ray: str | None = None, target: str = defaults.LAVA_TARGET) -> Traces:
     """Run one backend: ``float`` reads NIR; the chip backends read only the ChipGraph.
 
     ``reference`` (alias ``engine``) is the fixed-point engine on ``device`` (CUDA
@@ -135,10 +137,10 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
 
 def decay_groups_of(graph: nir.NIRGraph, given: int | None) -> int:
     """``given``, else the graph's ``metadata["decay_groups"]`` (written by export after st2chip quantize), else
-    :data:`DEFAULT_DECAY_GROUPS`."""
+    :data:`~st2chip.defaults.DEFAULT_DECAY_GROUPS`."""
     if given is not None:
         return given
-    value = graph.metadata.get("decay_groups", DEFAULT_DECAY_GROUPS)
+    value = graph.metadata.get("decay_groups", defaults.DEFAULT_DECAY_GROUPS)
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import nir
 import numpy as np
 
-from st2chip.chip.lowering.neurons import READOUT, SPIKING
+from st2chip.graph.reading import READOUT, SPIKING
 from st2chip.traces import Traces
 
 

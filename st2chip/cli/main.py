@@ -312,14 +312,9 @@ def _engine_args(args: argparse.Namespace) -> dict:
         import torch
         if not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA device is available here")
-    return {"device": args.device, "batch_size": args.batch_size, "progress": _progress(args), "ray": args.ray,
-            "target": getattr(args, "target", defaults.LAVA_TARGET)}
-
-
-def _progress(args: argparse.Namespace) -> bool:
-    """Progress bars on stderr when it is a terminal, or when ``--progress`` asks for them."""
     from st2chip import progress
-    return progress.shown()
+    return {"device": args.device, "batch_size": args.batch_size, "progress": progress.shown(), "ray": args.ray,
+            "target": getattr(args, "target", defaults.LAVA_TARGET)}
 
 
 def _print(text: str) -> None:

@@ -253,9 +253,6 @@ def _is_graph(path: str) -> bool:
 
 def _quantize_graph(args: argparse.Namespace, device: torch.device) -> int:
     """``st2chip quantize model.nir --inputs train.npz -o tuned.nir``: fine-tune a NIR graph from any framework."""
-    if args.inputs is None:
-        raise InputError(f"{args.checkpoint}: a NIR graph fine-tunes on your samples: pass --inputs FILE.npz "
-                         f"(spikes per Input node and 'labels')")
     if args.data_root is not None:
         raise InputError("--data-root applies to checkpoints; a NIR graph fine-tunes on --inputs")
     from st2chip.api import quantize_graph

@@ -71,7 +71,7 @@ from st2chip import limits
 from st2chip.errors import GraphError, InputError, St2chipWarning
 from st2chip.graph import linear
 from st2chip.graph.nirfile import one_line, read_graph
-from st2chip.graph.reading import reset_mode
+from st2chip.graph.reading import SPIKING, reset_mode
 
 DEFAULT_DT = 1e-3  # seconds, recorded for a graph whose result does not depend on dt and that gives none
 
@@ -83,7 +83,6 @@ NEURON_FIELDS: dict[type, tuple[str, ...]] = {
     nir.LI: ("tau", "r", "v_leak"),
     nir.I: ("r",),
 }
-SPIKING_TYPES = (nir.LIF, nir.CubaLIF, nir.IF)
 # per-element linear nodes: one value per element, broadcast like neuron parameters
 ELEMENTWISE_FIELDS: dict[type, tuple[str, ...]] = {nir.Scale: ("scale",), nir.Delay: ("delay",),
                                                    nir.Threshold: ("threshold",)}
@@ -647,7 +646,7 @@ class _Context:
         meta = _plain(getattr(node, "metadata", None) or {})
         if shapes is not None:
             return self.build_spatial(name, node, arrays, shapes, meta)
-        if isinstance(node, SPIKING_TYPES):
+        if isinstance(node, SPIKING):
             if reset_mode(name, node) == "subtract" and np.any(arrays["v_reset"] != 0):
                 self.notes.append(f"node '{name}': resets by subtraction; v_reset is not used")
         if isinstance(node, nir.Input):

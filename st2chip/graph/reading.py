@@ -23,6 +23,9 @@ from st2chip.errors import GraphError
 
 RESET_KEY = "reset"
 RESET_MODES = ("zero", "subtract")
+SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)  # neurons that spike (and reset)
+READOUT = (nir.LI, nir.CubaLI, nir.I)    # neurons that do not: their voltage is the output
+NEURONS = (*SPIKING, *READOUT)
 
 
 def back_edges(graph: nir.NIRGraph) -> set[tuple[str, str]]:

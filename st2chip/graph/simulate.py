@@ -44,11 +44,9 @@ import torch.nn.functional as F
 
 from st2chip.errors import GraphError, InputError
 from st2chip.graph.product import SpikeProduct
-from st2chip.graph.reading import back_edges, delay_steps, reset_mode
+from st2chip.graph.reading import NEURONS, SPIKING, back_edges, delay_steps, reset_mode
 from st2chip.traces import Traces
 
-SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
-NEURONS = (*SPIKING, nir.LI, nir.CubaLI, nir.I)
 LINEAR = (nir.Affine, nir.Scale, nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d)
 PASS_THROUGH = (nir.Input, nir.Output, nir.Flatten)
 EVALUATED = (*PASS_THROUGH, *LINEAR, *NEURONS, nir.Delay, SpikeProduct)

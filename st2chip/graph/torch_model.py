@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from st2chip.errors import GraphError, InputError
-from st2chip.graph.reading import back_edges, delay_steps, reset_mode
-from st2chip.graph.simulate import LINEAR, NEURONS, PASS_THROUGH, SPIKING, topological_order
+from st2chip.graph.reading import NEURONS, SPIKING, back_edges, delay_steps, reset_mode
+from st2chip.graph.simulate import LINEAR, PASS_THROUGH, topological_order
 from st2chip.learn.neurons import spike_fn
 
 LEAKY = (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)  # neuron types with a voltage decay that trains

@@ -18,11 +18,7 @@ import nir
 import numpy as np
 
 from st2chip.errors import GraphError
-from st2chip.graph.reading import reset_mode
-
-SPIKING = (nir.LIF, nir.IF, nir.CubaLIF)
-READOUT = (nir.LI, nir.CubaLI, nir.I)
-NEURONS = SPIKING + READOUT
+from st2chip.graph.reading import SPIKING, reset_mode
 
 
 @dataclass

@@ -23,12 +23,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip import limits
-from st2chip.chip.lowering.neurons import SPIKING
 from st2chip.chip.lowering.plan import Factors, Incoming, PathKey, Plan, Refused
 from st2chip.errors import GraphError
 from st2chip.graph import linear
 from st2chip.graph.product import SpikeProduct
-from st2chip.graph.reading import delay_steps
+from st2chip.graph.reading import SPIKING, delay_steps
 
 BYTES_PER_WEIGHT = 48    # budget per stored weight while lowering: a few CSR copies (8-byte value, 4-byte index)
 

@@ -18,11 +18,12 @@ import nir
 import numpy as np
 
 from st2chip.chip.chipgraph import HostProduct, InputPort
-from st2chip.chip.lowering.neurons import NEURONS, not_lowered, read_neuron
+from st2chip.chip.lowering.neurons import not_lowered, read_neuron
 from st2chip.chip.lowering.plan import LayerPlan, Plan
 from st2chip.errors import GraphError
 from st2chip.graph import linear
 from st2chip.graph.product import SpikeProduct
+from st2chip.graph.reading import NEURONS
 
 LINEAR = (nir.Affine, nir.Flatten, nir.Scale, nir.Delay, nir.Output, *linear.SPATIAL)
 
