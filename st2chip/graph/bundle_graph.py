@@ -47,8 +47,8 @@ from st2chip.graph.bundle import MANIFEST, _load_nir, _load_onnx, check_parts, r
 from st2chip.graph.nirfile import one_line
 from st2chip.graph.normalize import normalize
 from st2chip.graph.product import SpikeProduct
+from st2chip.graph.reading import NEURONS
 
-NEURON_TYPES = (nir.LIF, nir.IF, nir.CubaLIF, nir.LI, nir.I, nir.CubaLI)
 LEVELS = 255  # a direct-encoded image enters as 8-bit levels: round(x * 255), x in [0, 1]
 
 
@@ -218,7 +218,7 @@ def _replicate(node: nir.NIRNode, tokens: int, where: str) -> nir.NIRNode:
         limits.check_alloc(f"{where}: the Affine replicated over {tokens} tokens", weight.nnz * tokens, 16)
         return nir.Affine(weight=sp.kron(sp.identity(tokens, format="csr"), weight, format="csr"),
                           bias=np.tile(node.bias, tokens))
-    if isinstance(node, NEURON_TYPES):
+    if isinstance(node, NEURONS):
         arrays = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
                   if isinstance(getattr(node, f.name), np.ndarray) and f.name not in ("input_type", "output_type")}
         limits.check_alloc(f"{where}: the neurons replicated over {tokens} tokens",
