@@ -393,6 +393,13 @@ through a :class:`Relay`: V into the relay, U out of it). ``error`` is the relat
         return acc, shifted
 
 
+def port_bounds(hosts: list[HostProduct], inputs: list[InputPort]) -> dict[str, np.ndarray]:
+    """The largest value each host product and analog input port sends, per source neuron (the graded sources
+    that exist before any relay; 0/1 spike ports are not listed)."""
+    return ({h.name: np.full(h.size, h.max_value, np.int64) for h in hosts}
+            | {i.name: np.full(i.size, i.levels, np.int64) for i in inputs if i.kind == "analog"})
+
+
 @dataclass
 class ChipGraph:
     """Inputs, populations and synapse groups, plus how to read the result.
@@ -478,8 +485,7 @@ class ChipGraph:
     def source_bounds(self) -> dict[str, np.ndarray]:
         """The largest value each graded source sends, per source neuron: relays, host products and
         analog input ports (0/1 spike sources are not listed)."""
-        return (self.relay_bounds() | {h.name: np.full(h.size, h.max_value, np.int64) for h in self.hosts}
-                | {i.name: np.full(i.size, i.levels, np.int64) for i in self.inputs if i.kind == "analog"})
+        return self.relay_bounds() | port_bounds(self.hosts, self.inputs)
 
     def relay_bounds(self) -> dict[str, np.ndarray]:
         """Per relay: the largest ``|x_i|`` it can send (its incoming groups with every spike on)."""

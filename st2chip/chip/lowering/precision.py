@@ -41,7 +41,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip.chip import encoding
-from st2chip.chip.chipgraph import GRADED_ACC_MAX, GRADED_INPUT_MAX, WEIGHT_EXP_RANGE, SynapseGroup
+from st2chip.chip.chipgraph import (GRADED_ACC_MAX, GRADED_INPUT_MAX, WEIGHT_EXP_RANGE, SynapseGroup,
+                                    port_bounds)
 from st2chip.chip.lowering.lowrank import MAC_PER_AC, SPIKE_RATE
 from st2chip.chip.lowering.plan import LayerPlan, Plan, Synapses
 from st2chip.chip.lowering.report import PrecisionChoice, PrecisionCosts
@@ -119,7 +120,7 @@ def residual(main: SynapseGroup, w: sp.csr_matrix, scale: float, graded: np.ndar
 
 def refinements(plan: Plan, layer: LayerPlan) -> list[Refinement]:
     """A :class:`Refinement` per matrix group of ``layer`` (per population and source block)."""
-    graded = _graded_sources(plan)
+    graded = port_bounds(plan.hosts, plan.inputs)
     groups = {g.name: g for g in layer.synapses.groups}
     out = []
     for pop in layer.populations.members:
@@ -131,17 +132,11 @@ def refinements(plan: Plan, layer: LayerPlan) -> list[Refinement]:
     return out
 
 
-def _graded_sources(plan: Plan) -> dict[str, np.ndarray]:
-    """The largest value each graded source of a matrix group sends: host products and analog inputs."""
-    return ({h.name: np.full(h.size, h.max_value, np.int64) for h in plan.hosts}
-            | {i.name: np.full(i.size, i.levels, np.int64) for i in plan.inputs if i.kind == "analog"})
-
-
 def costs(plan: Plan, layer: LayerPlan, residuals: list[SynapseGroup]) -> PrecisionCosts:
     """Stored non-zero weights of the layer's groups, and accumulate-equivalents per step with every source
     neuron sending at the low-rank cost model's rate (a graded source's weights cost a MAC each), without
     and with ``residuals``."""
-    graded = set(_graded_sources(plan)) | {r.name for r in layer.lowrank.relays}
+    graded = set(port_bounds(plan.hosts, plan.inputs)) | {r.name for r in layer.lowrank.relays}
 
     def ops(groups: list[SynapseGroup]) -> float:
         return SPIKE_RATE * sum(g.nnz * (MAC_PER_AC if g.source in graded else 1.0) for g in groups)
