@@ -32,6 +32,7 @@ import nir
 import numpy as np
 
 from st2chip import limits
+from st2chip.text import message
 from st2chip.errors import InputError
 
 # Bytes per loaded value while an --inputs array is checked and converted to uint8
@@ -169,13 +170,13 @@ def _read_npy(fh: BinaryIO, source: str) -> np.ndarray:
     try:
         shape, dtype = _header(fh)
     except _UNREADABLE as err:
-        raise InputError(f"{source}: not a readable .npy/.npz array file ({_one_line(err)})") from None
+        raise InputError(f"{source}: not a readable .npy/.npz array file ({message(err)})") from None
     _check_declared(source, None, shape, dtype, 0)
     fh.seek(0)
     try:
         return np.lib.format.read_array(fh, allow_pickle=False)
     except _UNREADABLE as err:
-        raise InputError(f"{source}: not a readable .npy array file ({_one_line(err)})") from None
+        raise InputError(f"{source}: not a readable .npy array file ({message(err)})") from None
 
 
 def _read_npz(fh: BinaryIO, source: str, sizes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -184,7 +185,7 @@ def _read_npz(fh: BinaryIO, source: str, sizes: dict[str, int]) -> dict[str, np.
     try:
         zf = zipfile.ZipFile(fh)
     except _UNREADABLE as err:
-        raise InputError(f"{source}: not a readable .npy/.npz array file ({_one_line(err)})") from None
+        raise InputError(f"{source}: not a readable .npy/.npz array file ({message(err)})") from None
     with zf:
         members: dict[str, zipfile.ZipInfo] = {}
         for info in zf.infolist():
@@ -215,7 +216,7 @@ def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, read: Calla
             return read(fh)
     except _UNREADABLE as err:
         raise InputError(f"{source}: member '{info.filename}' is not a readable .npy array "
-                         f"({_one_line(err)})") from None
+                         f"({message(err)})") from None
 
 
 def _check_names(source: str, keys: set[str], sizes: dict[str, int]) -> None:
@@ -229,9 +230,6 @@ def _check_names(source: str, keys: set[str], sizes: dict[str, int]) -> None:
         raise InputError(f"{source}: arrays {', '.join(unknown)} match no Input node of the graph "
                          f"({', '.join(sizes)}) and are not 'labels'")
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def load_inputs(path: str | os.PathLike, graph: nir.NIRGraph) -> RunInputs:

@@ -32,3 +32,8 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def message(err: BaseException) -> str:
+    """An exception's message on one line (whitespace collapsed), or its type's name when it has none."""
+    return " ".join(str(err).split()) or type(err).__name__

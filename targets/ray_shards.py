@@ -35,6 +35,7 @@ import numpy as np
 
 import st2chip
 from st2chip.chip.chipgraph import ChipGraph
+from st2chip.text import message
 from st2chip.errors import BackendError, InputError
 from st2chip.traces import Traces
 
@@ -92,8 +93,8 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
                      log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, TimeoutError, ValueError, RuntimeError) as err:
             if address is None:
-                raise BackendError(f"--ray: a local Ray instance did not start ({_one_line(err)})") from None
-            raise InputError(f"--ray {address}: {_one_line(err)}") from None
+                raise BackendError(f"--ray: a local Ray instance did not start ({message(err)})") from None
+            raise InputError(f"--ray {address}: {message(err)}") from None
 
 
 def _check_reachable(address: str) -> None:
@@ -160,10 +161,10 @@ def _within(where: str, what: str, attempt: Callable[[], Any]) -> None:
     if failure:
         err = failure[0]
         if isinstance(err, socket.gaierror):
-            raise InputError(f"{where}: cannot resolve the host name ({_one_line(err)})")
+            raise InputError(f"{where}: cannot resolve the host name ({message(err)})")
         if isinstance(err, ConnectionRefusedError):
             raise InputError(f"{where}: connection refused: nothing listens at {what.split()[0]}")
-        raise InputError(f"{where}: {what} failed ({_one_line(err)})")
+        raise InputError(f"{where}: {what} failed ({message(err)})")
 
 
 @contextlib.contextmanager
@@ -178,6 +179,3 @@ def _cwd(folder: Path) -> Iterator[None]:
         os.fchdir(previous)
         os.close(previous)
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
