@@ -16,6 +16,8 @@ r"""The discrete-time reading of a canonical graph that the float interpreter an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import nir
 import numpy as np
 
@@ -52,3 +54,29 @@ def delay_steps(name: str, node: nir.Delay, dt: float) -> np.ndarray:
         raise GraphError(f"delays must be whole multiples of dt = {dt:g} s, got {np.asarray(node.delay).ravel()[:4]}",
                          node=name, field="delay")
     return whole.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """A neuron node's forward-Euler step at ``dt``, in float64: ``i <- syn_decay i + syn_gain x`` (CubaLIF,
+    CubaLI; ``syn_decay`` None: no current, ``x`` drives ``v`` directly), then ``v <- decay v + gain x + offset``."""
+
+    decay: np.ndarray
+    gain: np.ndarray
+    offset: np.ndarray
+    syn_decay: np.ndarray | None = None
+    syn_gain: np.ndarray | None = None
+
+
+def coefficients(node: nir.NIRNode, dt: float) -> Coefficients:
+    """The discrete-time step of neuron ``node`` (one of :data:`NEURONS`) at ``dt``: the float interpreter's and
+    the trainable one's."""
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    if isinstance(node, (nir.LIF, nir.LI)):
+        g = dt / f64(node.tau)
+        return Coefficients(1 - g, g * f64(node.r), g * f64(node.v_leak))
+    if isinstance(node, (nir.CubaLIF, nir.CubaLI)):
+        g_syn, g_mem = dt / f64(node.tau_syn), dt / f64(node.tau_mem)
+        return Coefficients(1 - g_mem, g_mem * f64(node.r), g_mem * f64(node.v_leak), 1 - g_syn, g_syn * f64(node.w_in))
+    r = f64(node.r)  # IF, I: no leak
+    return Coefficients(np.ones_like(r), dt * r, np.zeros_like(r))

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from st2chip.errors import GraphError, InputError
 from st2chip.graph.product import SpikeProduct
-from st2chip.graph.reading import NEURONS, SPIKING, back_edges, delay_steps, reset_mode
+from st2chip.graph.reading import NEURONS, SPIKING, back_edges, coefficients, delay_steps, reset_mode
 from st2chip.traces import Traces
 
 LINEAR = (nir.Affine, nir.Scale, nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d)
@@ -83,18 +83,10 @@ class _Neuron:
     """One neuron node's state for a batch; :meth:`step` advances it by one time step."""
 
     def __init__(self, name: str, node: nir.NIRNode, dt: float, dtype: torch.dtype) -> None:
-        f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
-        self.syn_decay = self.syn_gain = None
-        if isinstance(node, (nir.LIF, nir.LI)):
-            g = dt / f64(node.tau)
-            decay, gain, offset = 1 - g, g * f64(node.r), g * f64(node.v_leak)
-        elif isinstance(node, (nir.CubaLIF, nir.CubaLI)):
-            g_syn, g_mem = dt / f64(node.tau_syn), dt / f64(node.tau_mem)
-            self.syn_decay, self.syn_gain = _coef(1 - g_syn, dtype), _coef(g_syn * f64(node.w_in), dtype)
-            decay, gain, offset = 1 - g_mem, g_mem * f64(node.r), g_mem * f64(node.v_leak)
-        else:  # IF, I
-            decay, gain, offset = np.ones_like(f64(node.r)), dt * f64(node.r), np.zeros_like(f64(node.r))
-        self.decay, self.gain, self.offset = _coef(decay, dtype), _coef(gain, dtype), _coef(offset, dtype)
+        c = coefficients(node, dt)
+        self.syn_decay = None if c.syn_decay is None else _coef(c.syn_decay, dtype)
+        self.syn_gain = None if c.syn_gain is None else _coef(c.syn_gain, dtype)
+        self.decay, self.gain, self.offset = _coef(c.decay, dtype), _coef(c.gain, dtype), _coef(c.offset, dtype)
         self.spiking = isinstance(node, SPIKING)
         if self.spiking:
             self.theta, self.v_reset = _coef(node.v_threshold, dtype), _coef(node.v_reset, dtype)

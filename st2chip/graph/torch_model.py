@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from st2chip.errors import GraphError, InputError
-from st2chip.graph.reading import NEURONS, SPIKING, back_edges, delay_steps, reset_mode
+from st2chip.graph.reading import NEURONS, SPIKING, back_edges, coefficients, delay_steps, reset_mode
 from st2chip.graph.simulate import LINEAR, PASS_THROUGH, topological_order
 from st2chip.learn.neurons import spike_fn
 
@@ -138,29 +138,22 @@ class NeuronNode(nn.Module):
 
     def __init__(self, name: str, node: nir.NIRNode, dt: float, alpha: float) -> None:
         super().__init__()
-        f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
         self.kind, self.alpha = type(node), alpha
         self.cuba = isinstance(node, CURRENT)
-        if isinstance(node, (nir.LIF, nir.LI)):
-            g = dt / f64(node.tau)
-            decay, gain, offset = 1 - g, g * f64(node.r), g * f64(node.v_leak)
-        elif self.cuba:
-            g_syn, g_mem = dt / f64(node.tau_syn), dt / f64(node.tau_mem)
-            self.syn_decay = nn.Parameter(_f64(1 - g_syn))
-            self.register_buffer("syn_gain", _f64(g_syn * f64(node.w_in)))
-            decay, gain, offset = 1 - g_mem, g_mem * f64(node.r), g_mem * f64(node.v_leak)
-        else:  # IF, I: no leak, nothing to train
-            decay, gain, offset = np.ones_like(f64(node.r)), dt * f64(node.r), np.zeros_like(f64(node.r))
+        c = coefficients(node, dt)  # the float interpreter's step: the same numbers
+        if self.cuba:
+            self.syn_decay = nn.Parameter(_f64(c.syn_decay))
+            self.register_buffer("syn_gain", _f64(c.syn_gain))
         if isinstance(node, LEAKY):
-            self.decay = nn.Parameter(_f64(decay))
-        else:
-            self.register_buffer("decay", _f64(decay))
-        self.register_buffer("gain", _f64(gain))
-        self.register_buffer("offset", _f64(offset))
+            self.decay = nn.Parameter(_f64(c.decay))
+        else:  # IF, I: no leak, nothing to train
+            self.register_buffer("decay", _f64(c.decay))
+        self.register_buffer("gain", _f64(c.gain))
+        self.register_buffer("offset", _f64(c.offset))
         self.spiking = isinstance(node, SPIKING)
         self.subtract = self.spiking and reset_mode(name, node) == "subtract"
         if self.spiking:
-            theta = f64(node.v_threshold)
+            theta = np.asarray(node.v_threshold, dtype=np.float64)
             self.register_buffer("theta", _f64(theta))
             self.register_buffer("v_reset", _f64(node.v_reset))
             self.register_buffer("surrogate_scale", _f64(np.where(theta != 0, np.abs(theta), 1.0)))
