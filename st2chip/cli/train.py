@@ -37,7 +37,9 @@ MODELS = KINDS
 # (epochs, Adam learning rate) when --epochs / --lr are not given, per model and data set
 DEFAULTS = {("mlp", "digits"): (30, 5e-3), ("mlp", "mnist1d"): (30, 5e-3), ("cnn", "digits"): (30, 5e-3),
             ("rnn", "digits"): (40, 1e-2), ("rnn", "mnist1d"): (120, 1e-2), ("st", "digits"): (30, 5e-3),
-            ("st", "cifar10"): (30, 5e-3)}
+            ("st", "cifar10"): (30, 5e-3), ("st", "digits32"): (3, 5e-3)}
+IMAGES32 = ("cifar10", "digits32")  # data sets of 32x32x3 images: the ST's CIFAR-size presets
+ST_PRESETS = {"cifar10": STConfig.cifar10, "spikformer-4-384": STConfig.spikformer_4_384}
 
 
 def _reset(args: argparse.Namespace) -> dict:
@@ -68,7 +70,10 @@ def _config(args: argparse.Namespace):
                          encoding="sequence", **_reset(args))
     if args.model in ("mlp", "cnn", "rnn") and args.data != "digits":
         raise InputError(f"--model {args.model} takes the 8x8 digits (or, for mlp and rnn, the mnist1d sequences); "
-                         f"use --model st for cifar10")
+                         f"use --model st for {args.data}")
+    if args.preset is not None and (args.model != "st" or args.data not in IMAGES32):
+        raise InputError(f"--preset {args.preset} is a 32x32x3 spiking Transformer: use it with --model st and "
+                         f"--data {' or '.join(IMAGES32)}")
     if args.model == "mlp":
         return MLPConfig(sizes=[64, args.hidden, 10], steps=_or(args.steps, 16), neuron=neuron, **_reset(args))
     if args.model == "cnn":
@@ -83,7 +88,10 @@ def _config(args: argparse.Namespace):
                                 hold=steps // DIGITS_SIDE, **_rnn_options(args))
     overrides = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("heads", args.heads),
                                    ("steps", args.steps), ("mlp_hidden", args.mlp_hidden)) if v is not None}
-    preset = STConfig.cifar10 if args.data == "cifar10" else STConfig.tiny_digits
+    if args.data in IMAGES32:
+        preset = ST_PRESETS[args.preset or "cifar10"]
+    else:
+        preset = STConfig.tiny_digits
     return preset(neuron=neuron, **overrides)
 
 
@@ -330,8 +338,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sLIF (per-neuron learnable threshold and leak) or plain LIF (default slif)")
     t.add_argument("--out", required=True, help="checkpoint file to write")
     t.add_argument("--data", choices=DATASETS, default="digits",
-                   help="digits (embedded, default), mnist1d (generated locally; MLP and RNN) or cifar10 "
-                        "(from --data-root; ST only)")
+                   help="digits (embedded, default), mnist1d (generated locally; MLP and RNN), cifar10 "
+                        "(from --data-root; ST only) or digits32 (the digits upscaled to 32x32x3: a stand-in "
+                        "with CIFAR-10's shape, not its content; ST only)")
+    t.add_argument("--preset", choices=list(ST_PRESETS), default=None,
+                   help="the ST's size on 32x32x3 data (--data cifar10 or digits32): cifar10 (dim 256, 2 blocks; "
+                        "default) or spikformer-4-384 (dim 384, 4 blocks, 12 heads)")
     t.add_argument("--steps", type=int, default=None,
                    help="time steps T (default: the preset's: 16 for mlp, cnn and rnn (each digits row held "
                         "2 steps; a multiple of 8), 4 for st; mnist1d: 40, one per value)")

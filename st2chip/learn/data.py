@@ -5,7 +5,10 @@ The embedded default is scikit-learn's bundled ``load_digits`` (8x8 images,
 test set. CIFAR-10 is read from a local folder in torchvision's layout
 (``<root>/cifar-10-batches-py``). MNIST-1D (Greydanus 2020), a sequence data set
 where time matters, is generated locally by the ``mnist1d`` package from its
-built-in templates. Nothing is downloaded.
+built-in templates. ``digits32`` is a stand-in with CIFAR-10's shape (the
+digits upscaled to 32x32 and repeated over 3 channels), for runs at CIFAR size
+where no CIFAR-10 folder is at hand: it has CIFAR-10's tensor shapes, not its
+content. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def load_digits_split(seed: int = DIGITS_SPLIT_SEED) -> tuple[Split, Split]:
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = ("test_batch",)
-DATASETS = ("digits", "cifar10", "mnist1d")
+DATASETS = ("digits", "cifar10", "mnist1d", "digits32")
+DIGITS32_SCALE = 4  # 8x8 -> 32x32, nearest neighbour
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -178,10 +182,23 @@ def load_cifar10_split(root: str | os.PathLike) -> tuple[Split, Split]:
     return split(CIFAR10_TRAIN), split(CIFAR10_TEST)
 
 
+def load_digits32_split() -> tuple[Split, Split]:
+    """The digits split upscaled to ``(N, 3, 32, 32)``: CIFAR-10's shape from shipped data (a stand-in, not CIFAR)."""
+    def grow(part: Split) -> Split:
+        images = part.x.reshape(-1, 1, 8, 8).repeat(DIGITS32_SCALE, axis=2).repeat(DIGITS32_SCALE, axis=3)
+        return Split(np.ascontiguousarray(np.repeat(images, 3, axis=1)), part.y)
+
+    train, test = load_digits_split()
+    return grow(train), grow(test)
+
+
 def load_split(name: str, root: str | os.PathLike | None = None) -> tuple[Split, Split]:
-    """Train and test splits of a data set by name (``digits``, ``mnist1d``, or ``cifar10`` with ``root``)."""
+    """Train and test splits of a data set by name (``digits``, ``mnist1d``, ``digits32``, or ``cifar10`` with
+    ``root``)."""
     if name == "digits":
         return load_digits_split()
+    if name == "digits32":
+        return load_digits32_split()
     if name == "mnist1d":
         return load_mnist1d_split()
     if name == "cifar10":

@@ -97,6 +97,14 @@ class STConfig:
         base.update(overrides)
         return cls(**base)
 
+    @classmethod
+    def spikformer_4_384(cls, **overrides) -> "STConfig":
+        """Spikformer-4-384's size on 32x32x3 (Zhou et al. 2023): 64 tokens, dim 384, 4 blocks, 12 heads, T = 4."""
+        base = dict(image_size=32, in_channels=3, patch_size=4, stem_channels=[96, 192], dim=384,
+                    depth=4, heads=12, mlp_hidden=1536, steps=4, attn_scale=0.125)
+        base.update(overrides)
+        return cls(**base)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

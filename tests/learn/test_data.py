@@ -78,3 +78,18 @@ def test_train_and_prune_st_on_cifar_layout(tmp_path, capsys):
                  "--penalty-epochs", "0", "--device", "cpu", "--data-root", str(tmp_path),
                  "--out", str(pruned)]) == 0
     assert pruned.exists()
+
+
+def test_digits32_is_the_digits_at_cifar_shape():
+    (train, test), (d_train, _) = load_split("digits32"), load_digits_split()
+    assert train.x.shape == (len(d_train), 3, 32, 32) and test.x.shape[1:] == (3, 32, 32)
+    np.testing.assert_array_equal(train.y, d_train.y)
+    np.testing.assert_array_equal(train.x[:, 2, 4 * 3 + 1, 4 * 5 + 2], d_train.x.reshape(-1, 8, 8)[:, 3, 5])
+
+
+def test_preset_is_refused_off_32x32_data(tmp_path, capsys):
+    code = main(["train", "--model", "st", "--preset", "spikformer-4-384", "--out", str(tmp_path / "st.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--preset spikformer-4-384" in err and "digits32" in err
+    code = main(["train", "--model", "mlp", "--data", "digits32", "--out", str(tmp_path / "m.pt")])
+    assert code == 2 and "--model st for digits32" in capsys.readouterr().err

@@ -34,6 +34,14 @@ def test_forward_shapes_rgb_and_4x4_patches() -> None:
     assert model.sps(model.encode(torch.rand(3, 3, 8, 8))).shape == (2, 3, 4, 16)  # 2x2 tokens of 4x4 patches
 
 
+def test_spikformer_4_384_preset_has_the_published_size() -> None:
+    torch.manual_seed(0)
+    config = STConfig.spikformer_4_384()
+    model = SpikingTransformer(config)
+    assert (config.dim, config.depth, config.heads, config.mlp_hidden) == (384, 4, 12, 1536)
+    assert model.sps(model.encode(torch.rand(1, 3, 32, 32))).shape == (4, 1, 64, 384)  # 8x8 tokens of 4x4 patches
+
+
 def test_gradient_reaches_thresholds_and_leaks() -> None:
     torch.manual_seed(0)
     model = SpikingTransformer(STConfig.tiny_digits(threshold=0.5))
