@@ -12,7 +12,10 @@ under ``torch.profiler`` and splits the operators' own CPU time into
 - **the rest**: everything else the step does.
 
 If the products cost nothing at all, the run would be ``1 / (1 - share)`` times
-faster (Amdahl): that is the most any product kernel can give. Writes
+faster (Amdahl): that is the most any product kernel can give. It profiles the engine's
+torch path (``use_kernels=False``: what CUDA runs, and a CPU without a C compiler); the
+profiler does not see into the compiled CPU kernels (``targets/engine_kernels.py``), which
+fuse "the rest" into one pass per step: ``engine_vs_lava.py`` times them. Writes
 ``benchmarks/results/engine_profile.json`` and ``.png`` (time per category and
 operator, both networks) and prints, last, ``products' share of the engine's time at
 batch 256: <P> % (...)``.
@@ -49,10 +52,10 @@ PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::matmul", "aten::_sparse_csr_mm"
 
 def _profile(chip, x) -> dict:
     """Own CPU time (ms per run) of every operator in ``REPS`` runs of the engine, after one warm-up."""
-    engine.run(chip, x, voltages=False)
+    engine.run(chip, x, voltages=False, use_kernels=False)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(REPS):
-            engine.run(chip, x, voltages=False)
+            engine.run(chip, x, voltages=False, use_kernels=False)
     return {e.key: e.self_cpu_time_total / 1e3 / REPS for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 

@@ -10,7 +10,10 @@ synapses) — are fed random input spikes at a 10 % rate for T = 16 steps:
   rate (compile and start-up excluded), the larger run its rate with them; its
   spikes and readout voltages are checked against the engine's, bit for bit;
 - the engine runs batches of 1, 32 and 256 samples (and 4096 and 16384 with
-  ``--device cuda``), after one warm-up run.
+  ``--device cuda``), after one warm-up run; on a CPU with its compiled kernels
+  (``targets/engine_kernels.py``, the default where a C compiler builds them), and at
+  batch 256 also on its torch path (``use_kernels=False``, what a step cost before the
+  kernels; what CUDA runs), in the same process.
 
 Throughput is sample-steps per second (samples x (T + pipeline depth)). Peak
 memory is the process's peak RSS on CPU and torch's peak allocation on CUDA.
@@ -48,7 +51,7 @@ from st2chip.converters.mlp import mlp_to_nir  # noqa: E402
 from st2chip.io import atomic_path, write_json  # noqa: E402
 from st2chip.learn.mlp import MLPConfig, SpikingMLP  # noqa: E402
 from st2chip.learn.pruning import magnitude_prune, make_permanent  # noqa: E402
-from st2chip.targets import engine  # noqa: E402
+from st2chip.targets import engine, engine_kernels  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 STEPS, RATE, SEED = 16, 0.1, 0
@@ -117,17 +120,17 @@ def _lava(chip, n_in: int, samples: int) -> dict:
             "engine_equals_lava": exact}
 
 
-def _engine(chip, n_in: int, batches: list[int], device: str) -> list[dict]:
+def _engine(chip, n_in: int, batches: list[int], device: str, use_kernels: bool = True) -> list[dict]:
     window = STEPS + chip.depth
-    engine.run(chip, _inputs(n_in, 2), device=device)  # warm-up (allocator, kernels)
+    engine.run(chip, _inputs(n_in, 2), device=device, use_kernels=use_kernels)  # warm-up (allocator, kernels)
     rows = []
     for batch in batches:
         x = _inputs(n_in, batch)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         reps = 3
-        seconds = min(_time(lambda: engine.run(chip, x, device=device, voltages=False), device)
-                      for _ in range(reps))
+        seconds = min(_time(lambda: engine.run(chip, x, device=device, voltages=False, use_kernels=use_kernels),
+                            device) for _ in range(reps))
         rows.append({"batch": batch, "seconds": seconds, "steps_per_s": batch * window / seconds,
                      "peak_memory_mb": _peak_memory_mb(device)})
     return rows
@@ -149,15 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     nets = {"demo 64-128-10": ([64, 128, 10], 0.0), "dense 784-512-512-10": ([784, 512, 512, 10], 0.0),
             "90% sparse 784-512-512-10": ([784, 512, 512, 10], 0.9)}
     earlier = json.loads(Path(args.lava_json).read_text())["networks"] if args.lava_json else None
+    kernels = device == "cpu" and engine_kernels.library() is not None
     results = {}
     for name, (sizes, sparsity) in nets.items():
         chip = _network(sizes, sparsity)
         lava_row = earlier[name]["lava"] if earlier else _lava(chip, sizes[0], args.lava_samples)
         rows = _engine(chip, sizes[0], batches, device)
-        for row in rows:
+        torch_path = _engine(chip, sizes[0], [256], device, use_kernels=False) if kernels else []
+        for row in rows + torch_path:
             row["speedup_vs_lava_steady"] = row["steps_per_s"] / lava_row["steady_steps_per_s"]
         nnz = sum(s.nnz for s in chip.synapses)
-        results[name] = {"lava": lava_row, "engine": rows, "nonzero_weights": nnz,
+        results[name] = {"lava": lava_row, "engine": rows, "engine_torch_path": torch_path, "nonzero_weights": nnz,
                          "weights": sum(s.shape[0] * s.shape[1] for s in chip.synapses)}
         best = rows[-1]
         print(f"{name}: Lava steady {lava_row['steady_steps_per_s']:.0f} sample-steps/s; engine batch "
@@ -168,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sparse_gain = rate("90% sparse 784-512-512-10", 256) / rate("dense 784-512-512-10", 256)
     headline = results["dense 784-512-512-10"]["engine"][2]
+    kernel_gain = {name: res["engine"][-1]["steps_per_s"] / res["engine_torch_path"][0]["steps_per_s"]
+                   for name, res in results.items() if res["engine_torch_path"]}
     out = {"device": device, "card": card, "threads": args.threads, "steps": STEPS, "input_rate": RATE,
+           "cpu_kernels": kernels, "kernels_over_torch_path_at_256": kernel_gain,
            "lava_from": args.lava_json or "measured in this run", "torch": torch.__version__,
            "date": time.strftime("%Y-%m-%d"), "networks": results, "sparse_over_dense_at_256": sparse_gain}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -192,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engine/lava speedup: {headline['speedup_vs_lava_steady']:.0f}x (dense 784-512-512-10, batch 256, "
           f"{device} {card}: engine {headline['steps_per_s']:.0f} vs Lava steady-state "
           f"{results['dense 784-512-512-10']['lava']['steady_steps_per_s']:.0f} sample-steps/s; 90% sparse "
-          f"{sparse_gain:.2f}x dense; bit-exact on Lava's samples: {exact})")
+          f"{sparse_gain:.2f}x dense; " + (f"CPU kernels {kernel_gain['dense 784-512-512-10']:.2f}x the torch path; "
+                                           if kernels else "torch path; ") + f"bit-exact on Lava's samples: {exact})")
     return 0
 
 

@@ -9,11 +9,16 @@ so this is the case where a mapper that makes dense copies cannot cope.
 
 Every size runs in a fresh child process (so that peak memory is that size's
 own): it builds the graph, then times ``normalize``, ``lower`` and the Loihi 2
-placement (:mod:`st2chip.chip.placement`, as many chips as needed) and reports the child's
-peak resident memory (``ru_maxrss``, including the interpreter and its imports,
-measured alone as ``baseline``). Writes ``benchmarks/results/mapping_scale.json``
-and ``.png`` and prints, last, ``mapping <N> neurons: <S> s, <M> GB peak`` for
-the largest size.
+placement (:mod:`st2chip.chip.placement`, as many chips as needed, every core given a
+``(chip, x, y)`` position on the chips' meshes: :mod:`st2chip.chip.mesh`, timed apart as
+``mesh_s``) and reports the child's peak resident memory (``ru_maxrss``, including the
+interpreter and its imports, measured alone as ``baseline``), the CPU seconds it used (which a
+machine loaded by other work does not inflate, unlike the wall time), and the mesh traffic at the
+expected spike rates: links per message between cores, how many of them chip-to-chip, and
+the placement objective at the greedy start and after the swaps. Writes
+``benchmarks/results/mapping_scale.json`` and ``.png`` and prints, last,
+``mapping <N> neurons: <S> s (<U> s CPU), <M> GB peak; <C> cores on <K> chips, <H> links per message
+(objective -<P> % from the greedy start)`` for the largest size.
 
     python benchmarks/mapping_scale.py               # 10^3 .. 10^6
     python benchmarks/mapping_scale.py --max 100000  # a quick run
@@ -62,6 +67,12 @@ def build_graph(side: int, seed: int = 0):
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": 1e-3}, type_check=False)
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process has used (user + system): what a loaded machine does not inflate."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
@@ -77,6 +88,7 @@ def _measure(side: int, decay_groups: int, queue) -> None:
     warnings.simplefilter("ignore")
     baseline = _peak_gb()
     graph = build_graph(side)
+    c0 = _cpu_s()
     t0 = time.perf_counter()
     canonical = normalize(graph)
     t1 = time.perf_counter()
@@ -87,8 +99,13 @@ def _measure(side: int, decay_groups: int, queue) -> None:
               "normalize_s": t1 - t0, "lower_s": t2 - t1, "baseline_gb": baseline}
     t3 = time.perf_counter()
     placed = place(chip, "loihi2", max_chips=None)
-    result.update(place_s=time.perf_counter() - t3, cores=placed.n_cores, chips=placed.n_chips)
+    use = placed.mesh_use
+    result.update(place_s=time.perf_counter() - t3, cores=placed.n_cores, chips=placed.n_chips, mesh_s=use.seconds,
+                  messages_per_step=use.messages, links_per_message=use.mean_hops,
+                  chip_links_per_message=use.crossings / use.messages if use.messages else 0.0,
+                  objective_start=use.start_cost, objective=use.cost, swaps=use.swaps, sweeps=use.sweeps)
     result["total_s"] = time.perf_counter() - t0
+    result["total_cpu_s"] = _cpu_s() - c0
     result["peak_gb"] = _peak_gb()
     queue.put(result)
 
@@ -144,8 +161,10 @@ def main() -> None:
         r = run_size(n, args.decay_groups)
         results.append(r)
         print(f"{r['neurons']:>9,} neurons, {r['synapses']:>12,} synapses: normalize {r['normalize_s']:.1f} s, "
-              f"lower {r['lower_s']:.1f} s, place {r['place_s']:.1f} s"
-              + f" ({r['cores']:,} cores, {r['chips']} chips), peak {r['peak_gb']:.2f} GB", flush=True)
+              f"lower {r['lower_s']:.1f} s, place {r['place_s']:.1f} s (mesh {r['mesh_s']:.1f} s; {r['cores']:,} "
+              f"cores, {r['chips']} chips, {r['links_per_message']:.2f} links per message, "
+              f"{r['chip_links_per_message']:.3f} chip-to-chip), {r['total_cpu_s']:.1f} s CPU, peak "
+              f"{r['peak_gb']:.2f} GB", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": platform.machine(), "python": platform.python_version(), "decay_groups": args.decay_groups,
               "network": f"input {CHANNELS}xHxH, {LAYERS} x (Conv2d {CHANNELS}->{CHANNELS} {KERNEL}x{KERNEL} pad 1 "
@@ -155,7 +174,11 @@ def main() -> None:
     tmp.replace(args.out)
     plot(results, args.out.with_suffix(".png"))
     last = results[-1]
-    print(f"mapping {last['neurons']} neurons: {last['total_s']:.1f} s, {last['peak_gb']:.2f} GB peak")
+    gain = 1 - last["objective"] / last["objective_start"] if last["objective_start"] else 0.0
+    print(f"mapping {last['neurons']} neurons: {last['total_s']:.1f} s ({last['total_cpu_s']:.1f} s CPU), "
+          f"{last['peak_gb']:.2f} GB peak; "
+          f"{last['cores']} cores on {last['chips']} chips, {last['links_per_message']:.2f} links per message "
+          f"(objective -{100 * gain:.0f} % from the greedy start)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ engine's dense path (a float32 matrix product), at batch 1, 32 and 256:
 - ``event rows (dense W)``: add the weight rows of the sources that spiked (the engine's
   event path, index_add_ of dense rows);
 - ``embedding_bag (dense W)``: torch's fused row-gather-and-sum of the same rows;
-- ``spikes CSR @ dense W``: the spikes as a sparse matrix.
+- ``spikes CSR @ dense W``: the spikes as a sparse matrix;
+- ``C event rows (int16 W)`` and ``C CSC events``: the engine's compiled CPU kernels
+  (``targets/engine_kernels.py``, where a C compiler builds them): int16 weight rows of
+  the sources that spiked summed in int32, and the same from the weights' columns
+  (non-zeros per source, the work falls with both sparsities).
 
 Every result is checked equal to the dense product. Writes
 ``benchmarks/results/sparse_products.json`` and ``.png`` (time per product against
@@ -47,11 +51,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine_vs_lava import RATE, SEED, _network  # noqa: E402
 
 from st2chip.io import atomic_path, write_json  # noqa: E402
+from st2chip.targets import engine_kernels  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BATCHES = (1, 32, 256)
-WEIGHT_SPARSE = ("torch CSR spmm", "scipy CSR @ dense")  # kernels whose work falls with the weights' non-zeros
-INPUT_SPARSE = ("event rows (dense W)", "embedding_bag (dense W)", "spikes CSR @ dense W")  # ... with the spikes'
+WEIGHT_SPARSE = ("torch CSR spmm", "scipy CSR @ dense", "C CSC events")  # kernels whose work falls with the
+INPUT_SPARSE = ("event rows (dense W)", "embedding_bag (dense W)", "spikes CSR @ dense W",  # weights' non-zeros;
+                "C event rows (int16 W)")  # ... with the spikes'
 
 
 def _kernels(w: sp.csr_matrix) -> dict:
@@ -72,7 +78,8 @@ def _kernels(w: sp.csr_matrix) -> dict:
         offsets = torch.searchsorted(b, torch.arange(s.shape[0]))
         return torch.nn.functional.embedding_bag(j, dense_t, offsets, mode="sum")
 
-    return {
+    kernels = _compiled(w, dense_t)
+    return kernels | {
         "dense matmul": lambda s: s @ dense_t,
         "torch CSR spmm": lambda s: torch.sparse.mm(csr, s.T.contiguous()).T,
         "scipy CSR @ dense": lambda s: torch.from_numpy(np.ascontiguousarray((w @ s.numpy().T).T)),
@@ -80,6 +87,32 @@ def _kernels(w: sp.csr_matrix) -> dict:
         "embedding_bag (dense W)": bag,
         "spikes CSR @ dense W": lambda s: torch.sparse.mm(s.to_sparse_csr(), dense_t),
     }
+
+
+def _compiled(w: sp.csr_matrix, dense_t: torch.Tensor) -> dict:
+    """The engine's compiled event kernels (none where no C compiler builds them); int32 sums."""
+    lib, threads = engine_kernels.library(), torch.get_num_threads()
+    if lib is None:
+        return {}
+    rows = dense_t.to(torch.int16)
+    csc = sp.csc_matrix(w)
+    ptr, idx = torch.from_numpy(csc.indptr.astype(np.int64)), torch.from_numpy(csc.indices.astype(np.int32))
+    val = torch.from_numpy(csc.data.astype(np.int16))
+    n_src, n_tgt = rows.shape
+
+    def events(s: torch.Tensor) -> torch.Tensor:
+        b, out = s.bool(), torch.empty(s.shape[0], n_tgt, dtype=torch.int32)
+        lib.event_dense(s.shape[0], n_src, n_tgt, b.data_ptr(), n_src, rows.data_ptr(), out.data_ptr(), b.numel(),
+                        threads)
+        return out
+
+    def columns(s: torch.Tensor) -> torch.Tensor:
+        b, out = s.bool(), torch.empty(s.shape[0], n_tgt, dtype=torch.int32)
+        lib.event_csc(s.shape[0], n_src, n_tgt, b.data_ptr(), n_src, ptr.data_ptr(), idx.data_ptr(), val.data_ptr(),
+                      out.data_ptr(), threads)
+        return out
+
+    return {"C event rows (int16 W)": events, "C CSC events": columns}
 
 
 def _time(fn, s: torch.Tensor, reps: int) -> float:
@@ -110,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             s = torch.from_numpy((rng.random((batch, w.shape[1])) < RATE).astype(np.float32))
             reference = kernels["dense matmul"](s)
             for name, fn in kernels.items():
-                if not torch.equal(fn(s), reference):
+                if not torch.equal(fn(s).to(reference.dtype), reference):
                     raise AssertionError(f"{name} differs from the dense product at batch {batch}")
                 seconds = _time(fn, s, reps=max(3, 2000 // batch))
                 rows[label]["times_ms"].setdefault(name, []).append(1e3 * seconds)

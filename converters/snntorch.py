@@ -36,11 +36,26 @@ snnTorch                      NIR as snnTorch exports it              st2chip re
                                                                       (which sees the mechanism): st2chip's reset by
                                                                       subtraction plus a self-connection, exact
                                                                       (below).
-``Synaptic(alpha, beta)``     ``CubaLIF``: ``tau_syn``, ``tau_mem``,  ``i <- alpha i + I``, ``v <- beta v + i``: exact
-                              ``r`` from alpha, beta as for LIF,      until the first spike; snnTorch's resets hold
-                              ``w_in = tau_syn/1e-4``                 ``mem`` at 0 for the step after a spike (NIR
-                                                                      cannot); not lowerable to the chip yet.
+``Synaptic`` "zero"           ``CubaLIF``: ``tau_syn``, ``tau_mem``,  ``i <- alpha i + I``, ``v <- beta v + i``, spike
+                              ``r`` from alpha, beta as for LIF,      when ``v > threshold``, then ``v = 0`` and
+                              ``w_in = tau_syn/1e-4``                 ``metadata["refractory"] = 1``: ``v`` held at 0
+                                                                      for the next step while ``i`` integrates. Exact.
+``RSynaptic``, ``RLeaky``     a nested graph: ``CubaLIF`` (``LIF``)   reset "zero": the same, ``refractory = 1``;
+                              ``<layer>.lif`` and its recurrent       ``<layer>.w_rec`` reads the layer's spikes of
+                              ``Affine`` ``<layer>.w_rec``            the step before (bias included). Exact.
+these, "subtract", "none"     as "zero"                               refused (``force_reset_zero=True``: read as
+                                                                      "zero", with a note).
 ============================  ======================================  ===============================================
+
+Reset to zero of ``Synaptic``, ``RSynaptic`` and ``RLeaky``. Unlike ``Leaky``
+(which zeroes ``mem[t-1]`` and then adds the input), these compute the whole
+update and drop it (``_base_zero``: ``mem[t] = (1 - reset[t]) (beta mem[t-1] + syn[t])``,
+``syn`` kept): after a spike at ``t-1``, ``mem[t] = 0`` and no spike at ``t``
+(thresholds ``>= 0``; a negative one is refused), then integration resumes from
+0. In st2chip's reading that is reset to 0 plus a one-step refractory period
+(:mod:`st2chip.graph.reading`), which the chip runs in st2chip's own neuron
+model. With ``reset_delay=False`` (``Synaptic``, ``RLeaky``) the layer zeroes
+``mem`` in the spike's own step and nothing is held: plain reset to zero.
 
 Reset by subtraction and no reset. snnTorch subtracts a spike's threshold at the
 *next* step, undecayed: ``mem[t] = beta mem[t-1] + I[t] - c threshold spk[t-1]``
@@ -80,7 +95,9 @@ Quirks absorbed here (snnTorch 1.0.0 with nir 1.0.8 and nirtorch 2.6)
   ``beta = 1 - 1e-4/tau``, and recomputes ``r = tau/1e-4`` in float64.
 - The export writes ``v_reset = 0`` whatever ``reset_mechanism`` was
   (snnTorch's default is "subtract"). A file cannot tell; :func:`repair` reads
-  it as reset to zero and says so. :func:`to_nir` reads the mechanism from each
+  it as reset to zero and says so (a ``CubaLIF``, or a ``LIF`` on a cycle with
+  its recurrent weights, as ``Synaptic``/``RSynaptic``/``RLeaky`` reset to zero:
+  ``refractory = 1``). :func:`to_nir` reads the mechanism from each
   layer's ``state_function`` (what ``forward`` runs; it is chosen in
   ``Leaky.__init__`` and not updated by the ``reset_mechanism`` setter).
 - Arrays are 0-d numpy arrays, numpy scalars or torch tensors, which
@@ -105,11 +122,12 @@ from snntorch import export_nir as _snn_export
 
 from st2chip.converters.frontend import Converted, as_f64, finish, value_span
 from st2chip.errors import GraphError, InputError
+from st2chip.graph.reading import REFRACTORY_KEY, RESET_KEY
 
 NAME = "snntorch"
 DEFAULT_DT = 1e-4  # seconds: the dt hard-coded in snntorch/export_nir.py (``dt = 1e-4`` per neuron type)
 
-_MECHANISMS = {snn.Leaky._base_sub: "subtract", snn.Leaky._base_zero: "zero", snn.Leaky._base_int: "none"}
+_HELD = (snn.Synaptic, snn.RSynaptic, snn.RLeaky)  # reset to zero holds mem at 0 for the step after a spike
 _PASSIVE = (torch.nn.Linear, torch.nn.Flatten)
 
 
@@ -167,12 +185,24 @@ def _repair(graph: nir.NIRGraph, dt: float, *, reset_known: bool) -> tuple[nir.N
             node = _repair_cubalif(name, node, src_dt, dt, notes)
             spiking.append(name)
         nodes[name] = node
+    repaired = nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
     if spiking and not reset_known:
         listed = ", ".join(f"'{n}'" for n in spiking)
         notes.append(f"the file cannot tell the reset mechanism (snnTorch's export writes v_reset = 0 whatever "
                      f"reset_mechanism was; its default is 'subtract'): {listed} read as reset to zero; "
                      f"convert the model with to_nir to have it checked")
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False), notes
+        repaired = _hold_after_spikes(repaired, [n for n in spiking if _held_in_file(n, nodes, edges)], notes)
+    return repaired, notes
+
+
+def _held_in_file(name: str, nodes: dict[str, Any], edges: list) -> bool:
+    """Whether spiking node ``name`` of a file is a Synaptic/RSynaptic (a CubaLIF) or an RLeaky (a LIF on a
+    cycle with its recurrent weights) layer, whose reset to zero holds ``mem`` for a step; a node whose
+    metadata already says how it resets (st2chip's own export) is left alone."""
+    if {REFRACTORY_KEY, RESET_KEY} & set(nodes[name].metadata or {}):
+        return False
+    loop = any((b, name) in edges for a, b in edges if a == name)
+    return isinstance(nodes[name], nir.CubaLIF) or loop
 
 
 def _shape(types: dict) -> np.ndarray:
@@ -223,12 +253,13 @@ def _repair_lif(name: str, node: nir.LIF, src_dt: float, dt: float, notes: list[
         notes.append(f"node '{name}': snnTorch Leaky with beta = 1 (tau = inf) becomes IF with r = 1/dt "
                      f"(v <- v + I), threshold {value_span(thr)}")
         ones = np.ones(np.broadcast_shapes(tau.shape, thr.shape, v_reset.shape))
-        return nir.IF(r=ones / dt, v_threshold=thr * ones, v_reset=v_reset * ones)
+        return nir.IF(r=ones / dt, v_threshold=thr * ones, v_reset=v_reset * ones, metadata=dict(node.metadata or {}))
     beta = 1.0 - src_dt / tau
     new_r = _gain(name, "r", r, tau / src_dt, notes)
     notes.append(f"node '{name}': snnTorch Leaky read as v <- beta v + I with beta = {value_span(beta)}, "
                  f"spike when v > {value_span(thr)}, then v = 0")
-    return nir.LIF(tau=tau * (dt / src_dt), r=new_r, v_leak=v_leak, v_threshold=thr, v_reset=v_reset)
+    return nir.LIF(tau=tau * (dt / src_dt), r=new_r, v_leak=v_leak, v_threshold=thr, v_reset=v_reset,
+                   metadata=dict(node.metadata or {}))
 
 
 def _repair_cubalif(name: str, node: nir.CubaLIF, src_dt: float, dt: float, notes: list[str]) -> nir.CubaLIF:
@@ -241,37 +272,42 @@ def _repair_cubalif(name: str, node: nir.CubaLIF, src_dt: float, dt: float, note
     w_in = _gain(name, "w_in", w_in, tau_syn / src_dt, notes)
     thr = as_f64(node.v_threshold)
     notes.append(f"node '{name}': snnTorch Synaptic read as i <- alpha i + I, v <- beta v + i with "
-                 f"alpha = {value_span(1 - src_dt / tau_syn)}, beta = {value_span(1 - src_dt / tau_mem)}; exact until its "
-                 f"first spike (snnTorch's reset holds mem at 0 for the next step, NIR cannot)")
+                 f"alpha = {value_span(1 - src_dt / tau_syn)}, beta = {value_span(1 - src_dt / tau_mem)}, "
+                 f"spike when v > {value_span(thr)}, then v = 0")
     return nir.CubaLIF(tau_syn=tau_syn * (dt / src_dt), tau_mem=tau_mem * (dt / src_dt), r=r,
                        v_leak=as_f64(node.v_leak), v_threshold=thr,
-                       v_reset=np.zeros_like(thr) if node.v_reset is None else as_f64(node.v_reset), w_in=w_in)
+                       v_reset=np.zeros_like(thr) if node.v_reset is None else as_f64(node.v_reset), w_in=w_in,
+                       metadata=dict(node.metadata or {}))
 
 
 # -- to_nir: an snnTorch model object -> canonical NIR ----------------------------------------------
 
 def to_nir(model: torch.nn.Module, sample: torch.Tensor | np.ndarray, *, dt: float | None = None,
            steps: int | None = None, force_reset_zero: bool = False) -> Converted:
-    """Export an snnTorch model (Leaky layers with ``init_hidden=True``) and return its canonical NIR graph.
+    """Export an snnTorch model (Leaky, Synaptic, RLeaky, RSynaptic layers with ``init_hidden=True``) and return
+    its canonical NIR graph.
 
     ``sample``: one input step, ``(n_in,)`` or ``(batch, n_in)``. ``dt`` (seconds,
     default :data:`DEFAULT_DT`) is the step recorded in the graph; the per-step
     dynamics are the same for any dt. Every layer is checked first and all problems
     are reported in one :class:`InputError`. Leaky layers with reset "zero",
     "subtract" or "none" convert exactly (see the module docstring; "subtract" and
-    "none" need the default ``reset_delay=True``); ``force_reset_zero=True`` converts
-    Synaptic layers as reset to zero anyway, with a note. The model itself is not
-    modified (the export runs on a copy).
+    "none" need the default ``reset_delay=True``), and so do Synaptic, RSynaptic and
+    RLeaky layers with reset "zero" (``refractory = 1``); ``force_reset_zero=True``
+    converts their other mechanisms as reset to zero anyway, with a note. The model
+    itself is not modified (the export runs on a copy).
     """
     step = DEFAULT_DT if dt is None else float(dt)
     if not (math.isfinite(step) and step > 0):
         raise InputError(f"dt must be a positive number of seconds, got {dt}")
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"to_nir takes an snnTorch model (torch.nn.Module), got {type(model).__name__}")
-    notes, resets = _check_model(model, force_reset_zero)
+    notes, resets, held = _check_model(model, force_reset_zero)
     graph = _export(model, sample)
     graph, repair_notes = _repair(graph, step, reset_known=True)
     graph = _subtract_resets(graph, resets, step, repair_notes)
+    graph = _hold_after_spikes(graph, [name if name in graph.nodes else f"{name}.lif" for name in held],
+                               repair_notes)
     return finish(graph, dt=step, steps=steps, notes=notes + repair_notes, producer=NAME)
 
 
@@ -303,41 +339,76 @@ def _subtract_resets(graph: nir.NIRGraph, resets: dict[str, float], dt: float, n
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(graph.metadata), type_check=False)
 
 
-def _mechanism(layer: snn.Leaky) -> tuple[str, str]:
-    """(what forward runs, what reset_mechanism says) for a Leaky layer."""
-    runs = _MECHANISMS.get(getattr(layer.state_function, "__func__", None), "unknown")
+def _hold_after_spikes(graph: nir.NIRGraph, names: list[str], notes: list[str]) -> nir.NIRGraph:
+    """Mark nodes ``names`` (Synaptic, RSynaptic, RLeaky layers reset to zero) ``refractory = 1``: snnTorch
+    holds their ``mem`` at 0 for the step after a spike while ``syn`` integrates (module docstring)."""
+    if not names:
+        return graph
+    nodes = dict(graph.nodes)
+    for name in names:
+        node = nodes.get(name)
+        if not isinstance(node, (nir.CubaLIF, nir.LIF, nir.IF)):
+            raise GraphError(f"expected the layer's CubaLIF, LIF or IF node, found {type(node).__name__}", node=name)
+        nodes[name] = dataclasses.replace(node, metadata={**(node.metadata or {}), REFRACTORY_KEY: 1})
+    listed = ", ".join(f"'{n}'" for n in names)
+    notes.append(f"{listed}: snnTorch's reset to zero holds mem at 0 for the step after a spike (syn integrates): "
+                 f"read as refractory = 1 step")
+    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=dict(graph.metadata), type_check=False)
+
+
+def _mechanism(layer: snn.SpikingNeuron) -> tuple[str, str]:
+    """(what forward runs, what reset_mechanism says) for a Leaky, Synaptic, RLeaky or RSynaptic layer."""
+    cls = type(layer)
+    known = {cls._base_sub: "subtract", cls._base_zero: "zero", cls._base_int: "none"}
+    runs = known.get(getattr(layer.state_function, "__func__", None), "unknown")
     return runs, str(layer.reset_mechanism)
 
 
-def _check_model(model: torch.nn.Module, force_reset_zero: bool) -> tuple[list[str], dict[str, float]]:
+def _check_model(model: torch.nn.Module, force_reset_zero: bool
+                 ) -> tuple[list[str], dict[str, float], list[str]]:
     """Refuse (all at once) what the export would drop or st2chip cannot read. Returns notes for forced
-    conversions and, per Leaky layer that subtracts ("subtract": 1) or does not reset ("none": 0), ``c``."""
+    conversions; per Leaky layer that subtracts ("subtract": 1) or does not reset ("none": 0), ``c``; and the
+    Synaptic, RSynaptic and RLeaky layers whose reset holds ``mem`` at 0 for the step after a spike."""
     problems: list[str] = []
     notes: list[str] = []
     resets: dict[str, float] = {}
+    held: list[str] = []
     forced = "converted as reset to zero because force_reset_zero=True; its spikes differ from snnTorch's"
     for name, module in model.named_modules():
         label = f"layer '{name or type(model).__name__}' ({type(module).__name__})"
-        if isinstance(module, (snn.RLeaky, snn.RSynaptic)):
-            problems.append(f"{label}: recurrent layers are not supported (st2chip refuses cycles)")
-        elif isinstance(module, snn.Leaky):
+        if any(name.startswith(f"{h}.") for h in held):  # a recurrent layer's own connection: exported with it
+            continue
+        if isinstance(module, snn.Leaky):
             problems += _check_leaky(label, module, force_reset_zero, notes, forced)
             runs, says = _mechanism(module)
             if runs == says and runs in ("subtract", "none") and module.reset_delay:
                 resets[name] = 1.0 if runs == "subtract" else 0.0
-        elif isinstance(module, snn.Synaptic):
-            if force_reset_zero:
-                notes.append(f"{label}: {forced} after each spike (snnTorch holds mem at 0 for one step)")
-            else:
-                problems.append(f"{label}: snnTorch's Synaptic reset holds mem at 0 for the step after a spike, "
-                                f"which NIR's CubaLIF cannot express; use Leaky, or pass force_reset_zero=True")
+        elif isinstance(module, _HELD):
+            problems += _check_held(label, module, force_reset_zero, notes, forced)
+            held.append(name)
         elif isinstance(module, snn.SpikingNeuron):
-            problems.append(f"{label}: snnTorch's NIR export has no mapping for this neuron; use Leaky")
+            problems.append(f"{label}: snnTorch's NIR export has no mapping for this neuron; use Leaky, Synaptic, "
+                            f"RLeaky or RSynaptic")
         elif not list(module.children()) and not isinstance(module, _PASSIVE):
-            problems.append(f"{label}: not supported (st2chip converts nn.Linear, nn.Flatten and snn.Leaky)")
+            problems.append(f"{label}: not supported (st2chip converts nn.Linear, nn.Flatten and snn.Leaky, "
+                            f"Synaptic, RLeaky, RSynaptic)")
     if problems:
         raise InputError("cannot convert the snnTorch model: " + "; ".join(problems))
-    return notes, resets
+    return notes, resets, [name for name in held if model.get_submodule(name).reset_delay]
+
+
+def _check_export(label: str, layer: snn.SpikingNeuron) -> list[str]:
+    """What snnTorch's export drops or cannot trace."""
+    problems = []
+    if not layer.init_hidden:
+        problems.append(f"{label}: snnTorch's export traces layers built with init_hidden=True only")
+    if layer.inhibition:
+        problems.append(f"{label}: inhibition=True is not exported")
+    if layer.state_quant:
+        problems.append(f"{label}: state_quant is not exported")
+    if not torch.all(layer.graded_spikes_factor == 1):
+        problems.append(f"{label}: graded_spikes_factor != 1 is not exported")
+    return problems
 
 
 def _check_leaky(label: str, layer: snn.Leaky, force_reset_zero: bool, notes: list[str], forced: str) -> list[str]:
@@ -358,19 +429,35 @@ def _check_leaky(label: str, layer: snn.Leaky, force_reset_zero: bool, notes: li
             notes.append(f"{label}: reset_mechanism '{runs}' {forced}")
         else:
             problems.append(f"{label}: {what}, or pass force_reset_zero=True to convert it as reset to zero")
-    if not layer.init_hidden:
-        problems.append(f"{label}: snnTorch's export traces layers built with init_hidden=True only")
-    if layer.inhibition:
-        problems.append(f"{label}: inhibition=True is not exported")
-    if layer.state_quant:
-        problems.append(f"{label}: state_quant is not exported")
-    if not torch.all(layer.graded_spikes_factor == 1):
-        problems.append(f"{label}: graded_spikes_factor != 1 is not exported")
+    problems += _check_export(label, layer)
     if not layer.reset_delay and bool(torch.any(layer.threshold < 0)):
         problems.append(f"{label}: reset_delay=False with a negative threshold resets differently from NIR")
     beta = layer.beta.detach()
     if bool(torch.any((beta < 0) | (beta > 1))):
         notes.append(f"{label}: beta outside [0, 1] clamped to [0, 1], as snnTorch's forward pass does")
+    return problems
+
+
+def _check_held(label: str, layer: snn.SpikingNeuron, force_reset_zero: bool, notes: list[str], forced: str
+                ) -> list[str]:
+    """A Synaptic, RSynaptic or RLeaky layer: its reset to zero converts exactly (module docstring); the other
+    mechanisms do not."""
+    problems = _check_export(label, layer)
+    runs, _ = _mechanism(layer)  # what forward runs decides (snnTorch 1.0's setter does not change it)
+    if runs != "zero":
+        if force_reset_zero:
+            notes.append(f"{label}: reset_mechanism '{runs}' {forced}")
+        else:
+            problems.append(f"{label}: reset_mechanism '{runs}' is not converted (only \"zero\" is, exactly; "
+                            f"snnTorch's default is \"subtract\"): build it with reset_mechanism=\"zero\", or pass "
+                            f"force_reset_zero=True to convert it as reset to zero")
+    if bool(torch.any(layer.threshold < 0)):
+        problems.append(f"{label}: a negative threshold makes snnTorch spike from mem = 0 in the step it holds after "
+                        f"a spike; st2chip's neuron stays silent there")
+    for field in ("alpha", "beta"):
+        value = getattr(layer, field, None)
+        if value is not None and bool(torch.any((value < 0) | (value > 1))):
+            problems.append(f"{label}: {field} outside [0, 1] (snnTorch's forward clamps it, its export does not)")
     return problems
 
 

@@ -60,14 +60,17 @@ def load(path: Source | nir.NIRGraph, *, dt: float | None = None, steps: int | N
 
 
 def lower(graph: nir.NIRGraph | Source, *, decay_groups: int | None = None, lowrank: str = defaults.LOWRANK,
-          headroom: float = defaults.HEADROOM, precision: str | int = defaults.PRECISION) -> ChipGraph:
+          headroom: float = defaults.HEADROOM, precision: str | int = defaults.PRECISION,
+          resources: str | os.PathLike | Resources | None = defaults.RESOURCES) -> ChipGraph:
     """Lower a graph (or a path, read with :func:`load`) to a :class:`~st2chip.chip.chipgraph.ChipGraph`.
 
     ``decay_groups``: at most this many distinct decays per layer (default: the graph's metadata
     ``decay_groups``, else :data:`~st2chip.defaults.DEFAULT_DECAY_GROUPS`); ``lowrank``: ``"auto"``,
     ``"factored"`` or ``"product"`` for DSP low-rank layers; ``headroom``: thresholds a neuron's current and
     voltage may reach (see ``st2chip map --help``); ``precision``: ``"8"`` (8-bit weights), ``"16"`` (a
-    residual synapse group too, wherever it adds precision on the chip) or ``"auto"`` (per layer).
+    residual synapse group too, wherever it adds precision on the chip) or ``"auto"`` (per layer);
+    ``resources``: the resource model (``loihi2``, ``loihi1``, a JSON file; None: none) whose per-core limits
+    fan-in trees split a neuron's incoming synapses against.
     """
     from st2chip.chip.lower import lower as lower_graph
     from st2chip.errors import GraphError
@@ -77,7 +80,7 @@ def lower(graph: nir.NIRGraph | Source, *, decay_groups: int | None = None, lowr
         source, graph = graph, load(graph)
     try:
         return lower_graph(graph, decay_groups=decay_groups_of(graph, decay_groups), lowrank=lowrank,
-                           headroom=headroom, precision=str(precision))
+                           headroom=headroom, precision=str(precision), resources=resources)
     except GraphError as err:  # name the file as well as the node and field
         raise err.at(source) from None
 
@@ -189,13 +192,16 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
            headroom: float = defaults.HEADROOM, samples: int | None = None, steps: int | None = None,
            device: str | None = None, batch_size: int = defaults.BATCH_SIZE, ray: str | None = None,
            target: str = defaults.LAVA_TARGET, progress: bool = False, stage: Stage = _call,
-           allow_silent: bool = defaults.ALLOW_SILENT) -> VerifyReport:
+           allow_silent: bool = defaults.ALLOW_SILENT, lava_mode: str = defaults.LAVA_MODE) -> VerifyReport:
     """Float vs st2chip's engine vs Lava on the same inputs, with the checks ``st2chip verify`` makes.
 
     ``model`` is a graph or a path; ``chip`` a ChipGraph already lowered from it (else it is lowered
     with ``decay_groups``, ``lowrank``, ``headroom``). ``inputs``: see :func:`inputs_for` (``None``: the
-    graph's default data, with its labels). Lava runs the first ``lava_samples`` samples only. The
-    report's ``passed`` is False when engine and Lava differ, accuracy drops more than ``max_drop``
+    graph's default data, with its labels). Lava runs the first ``lava_samples`` samples only, by
+    ``lava_mode``: ``"layers"`` (each population alone on the inputs the engine recorded for it, a bounded
+    number of Lava processes per run, whatever the model's size) or ``"whole"`` (the whole network in one
+    Lava run: one OS process per population and synapse group). The report's ``passed`` is False when
+    engine and Lava differ, accuracy drops more than ``max_drop``
     points, or a layer's float-vs-chip spike agreement (layer by layer) is below ``min_agreement`` %,
     or (unless ``allow_silent``) an output layer never spikes or spikes at every step over all samples
     on float or chip, or a readout's scores are the same for every sample: the spiking layers feeding
@@ -210,6 +216,8 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
         raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
     if lava_samples < 0:
         raise InputError(f"--lava-samples must be 0 or more, got {lava_samples}")
+    if lava_mode not in LAVA_MODES:
+        raise InputError(f"--lava-mode: expected {' or '.join(LAVA_MODES)}, got {lava_mode!r}")
     graph = model if isinstance(model, nir.NIRGraph) else stage("read+normalize", load, model)
     if chip is None:
         chip = stage("lower", lower, graph, decay_groups=decay_groups, lowrank=lowrank, headroom=headroom)
@@ -223,8 +231,9 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
     if "lava" in backends and lava_samples:
         n = min(lava_samples, run_inputs.samples)
         head = {name: x[:n] for name, x in run_inputs.spikes.items()}
-        cross = (stage("simulate:lava", run_backend, "lava", graph, chip, head, target=target,
-                       progress=progress),)
+        cross = ((stage("simulate:lava", run_backend, "lava", graph, chip, head, target=target,
+                        progress=progress),) if lava_mode == "whole"
+                 else (stage("simulate:lava layer by layer", _lava_layers, chip, head, target, progress),))
     local = None
     if "float" in backends and any(b != "float" for b in everything):
         chip_traces = next(t for t in traces if t.backend != "float")
@@ -236,6 +245,18 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
                  units={layer: chip.voltage_units(layer) for layer in chip.readout_layers()},
                  layer_by_layer=local, headroom=headroom_use, outputs=output_layers(graph),
                  allow_silent=allow_silent)
+
+
+LAVA_MODES = ("layers", "whole")
+
+
+def _lava_layers(chip: ChipGraph, inputs: dict[str, np.ndarray], target: str, progress: bool) -> Traces:
+    """Lava one population at a time on the engine's recorded inputs (:mod:`st2chip.targets.lava_layers`)."""
+    if target != defaults.LAVA_TARGET:
+        raise InputError(f"--lava-mode layers runs on Lava's simulator ({defaults.LAVA_TARGET}); for --target "
+                         f"{target} use --lava-mode whole")
+    from st2chip.targets import lava_layers
+    return lava_layers.run(chip, inputs, max_processes=defaults.LAVA_PROCESSES, progress=progress)
 
 
 def energy(chip: ChipGraph, inputs: Any, *, profile: str | os.PathLike = defaults.PROFILE,

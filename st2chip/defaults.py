@@ -19,6 +19,9 @@ BATCH_SIZE = 256             # engine samples per batch
 LAVA_TARGET = "lava-sim"     # where the lava backend runs: Lava's fixed-point CPU simulator
 VERIFY_BACKENDS = ("float", "reference", "lava")
 LAVA_SAMPLES = 20            # samples verify cross-checks on Lava, bit for bit against the engine
+LAVA_MODE = "layers"         # verify's Lava check: one population at a time on the engine's recorded inputs
+                             # ("whole": the whole network in one Lava run, one OS process per population/group)
+LAVA_PROCESSES = 64          # layers mode: at most this many Lava processes (about 17 MiB each) per Lava run
 MAX_DROP = 2.0               # points of accuracy the chip may lose against float before verify fails
 MIN_AGREEMENT = 95.0         # percent float-vs-chip spike agreement (worst layer, layer by layer) verify requires
 ALLOW_SILENT = False         # verify fails when an output layer never spikes / always spikes on every sample
@@ -32,6 +35,7 @@ QUANTIZE_LR = 1e-3
 QUANTIZE_HOLDOUT = 0.2       # st2chip quantize model.nir --inputs: fraction of the samples held out (seeded)
 
 __all__ = ["DEFAULT_DECAY_GROUPS", "HEADROOM", "LOWRANK", "RESOURCES", "MAX_CHIPS", "BACKEND", "BATCH_SIZE",
-           "LAVA_TARGET", "VERIFY_BACKENDS", "LAVA_SAMPLES", "MAX_DROP", "MIN_AGREEMENT", "ALLOW_SILENT", "PROFILE",
+           "LAVA_TARGET", "VERIFY_BACKENDS", "LAVA_SAMPLES", "LAVA_MODE", "LAVA_PROCESSES", "MAX_DROP", "MIN_AGREEMENT",
+           "ALLOW_SILENT", "PROFILE",
            "EXPORT_DT", "DEMO_OUT", "DEMO_SAMPLES", "DEMO_EPOCHS",
            "QUANTIZE_EPOCHS", "QUANTIZE_LR", "QUANTIZE_HOLDOUT", "PRECISION"]

@@ -377,9 +377,16 @@ def direct_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) -
     count = len(test) if samples is None else max(min(int(samples), len(test)), 1)
     limits.check_alloc(f"{count} digits samples x {steps} steps", count * steps * size, _ENCODE_BYTES,
                        "the digits inputs")
-    values = np.round(np.asarray(test.x[:count], np.float64) * levels).astype(np.uint8 if levels < 256 else np.int64)
-    return RunInputs({name: np.repeat(values[:, None, :], steps, axis=1)}, test.y[:count],
+    return RunInputs({name: direct_levels(test.x[:count], levels, steps)}, test.y[:count],
                      f"the digits test split, direct ({levels} levels)")
+
+
+def direct_levels(images: np.ndarray, levels: int, steps: int) -> np.ndarray:
+    """Encoding ``direct``: images in [0, 1] (any shape per sample) as integer levels ``round(levels * x)``,
+    flattened and the same at each of ``steps`` steps: ``(batch, steps, values)``."""
+    flat = np.asarray(images, np.float64).reshape(len(images), -1)
+    values = np.round(flat * levels).astype(np.uint8 if levels < 256 else np.int64)
+    return np.repeat(values[:, None, :], steps, axis=1)
 
 
 def resolve_inputs(graph: nir.NIRGraph, path: str | None, samples: int | None, steps: int | None) -> RunInputs:

@@ -32,19 +32,27 @@ integer state (int64), exactly as Lava's ``PyLifModelBitAcc`` with ``Dense`` /
   (exact: a float64 product of 0/1 matrices, far below 2^53); an analog input
   port sends its integer levels the same way;
 - reset to zero, or by subtraction of the threshold for ``reset="subtract"``
-  populations; feedback (recurrent) groups read the spikes of the step before,
-  like every group;
+  populations; a ``refractory=1`` population's neurons that spiked at the step
+  before keep ``v`` and do not spike (``u`` integrates); feedback (recurrent)
+  groups read the spikes of the step before, like every group;
 - timing as Lava's: every synapse group delays spikes by one step; a population
   at depth ``d`` ignores its input and keeps zero state until the sample's first
   input reaches it (global step ``d + 1``).
 
 Weights live once on the device, shared by the whole batch; state grows as
 batch × neurons. On CUDA, TF32 is switched off for the run (exactness).
+
+On a CPU where a C compiler builds them, :mod:`~st2chip.targets.engine_kernels` run the
+same arithmetic with the same bits in one compiled pass per step (synaptic inputs summed,
+neurons updated, records written; int32 state where the graph's bounds prove it fits) and
+event-driven products (int16 weight rows or a sparse group's columns of the sources that
+spiked); ``use_kernels=False`` keeps the torch path, which CUDA always runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -56,14 +64,17 @@ import torch
 
 from st2chip.attention import attention_counts
 from st2chip.chip.chipgraph import ACT_SHIFT, DECAY_SHIFT, UV_MAX, ChipGraph, SynapseGroup
+from st2chip.targets import engine_kernels as kernels
 from st2chip.traces import Traces
 
 F32_EXACT = 1 << 24
 F64_EXACT = 1 << 53
+I32_EXACT = 1 << 31  # the kernels' integer sums (event path) and int32 state are exact below this
 EVENT_RATE = 0.1  # on CPU, dense groups sum the rows of active sources below this spike rate ...
 EVENT_MIN_TARGETS = 64  # ... when they have this many targets (fewer: the gather costs more than it saves)
 DENSE_FROM = 0.05  # a CSR group at least this dense runs as a dense one (no slower, and it gets the event path)
 DENSE_BYTES = 64 * 2**20  # ... when its weights, dense, take at most this much memory
+KERNEL_EVENT_RATE = 0.25  # with the CPU kernels, dense groups sum the rows of active sources below this rate
 
 
 def batch_steps(inputs: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -97,7 +108,7 @@ class Synapses:
 
     def __init__(self, group: SynapseGroup, device: torch.device, source_max: np.ndarray | None = None,
                  act_shift: int = ACT_SHIFT) -> None:
-        self.name, self.exp, self.act_shift = group.name, group.exp, act_shift
+        self.group, self.name, self.exp, self.act_shift = group, group.name, group.exp, act_shift
         self.graded = source_max is not None  # the source sends values (a relay), not 0/1 spikes
         self.dtype = product_dtype(group.mantissa, source_max)
         size = group.shape[0] * group.shape[1]
@@ -105,6 +116,7 @@ class Synapses:
         self.sparse = sp.issparse(group.mantissa) and (group.nnz < DENSE_FROM * size or dense_bytes > DENSE_BYTES)
         self.n_tgt = group.shape[0]
         self.empty = group.nnz == 0
+        self.rows = self.columns = self.fan_in = None  # the CPU kernels' event forms (0/1 sources, sums < 2^31)
         if self.empty:
             return
         if self.sparse:
@@ -118,6 +130,50 @@ class Synapses:
         else:  # (n_src, n_tgt): rows are what one source spike adds to every target
             self.weight_t = torch.from_numpy(2 * group.dense().T).to(self.dtype).to(device).contiguous()
         self.events = not self.sparse and not self.graded and self.n_tgt >= EVENT_MIN_TARGETS
+        self.fan_in = np.asarray(abs(group.mantissa).sum(axis=1), dtype=np.int64).ravel() * 2  # Σ_j |2 m_ij|
+        if device.type == "cpu" and not self.graded and int(self.fan_in.max(initial=0)) < I32_EXACT:
+            if self.sparse:  # per source: its targets and weights
+                csc = sp.csc_matrix(2 * group.mantissa)
+                self.columns = (torch.from_numpy(csc.indptr.astype(np.int64)),
+                                torch.from_numpy(csc.indices.astype(np.int32)),
+                                torch.from_numpy(csc.data.astype(np.int16)))
+            else:
+                self.rows = self.weight_t.to(torch.int16)
+
+    def input_bound(self, source_max: np.ndarray | None) -> np.ndarray:
+        """Worst-case ``|a|`` per target: the group's input at the current's scale (after both shifts)."""
+        if source_max is None and self.fan_in is not None:  # 0/1 spikes: the fan-in sum, shifted
+            acc = self.fan_in
+            shifted = acc << self.exp if self.exp >= 0 else -((-acc) >> -self.exp)
+        else:
+            shifted = self.group.input_bound(source_max)[1]
+        return shifted << self.act_shift
+
+    @property
+    def shifts(self) -> tuple[int, int]:
+        """The right shift (a negative exponent, floor) and then the left shift (a positive one, plus the
+        activation shift) that turn this group's sum into its target's input."""
+        return max(0, -self.exp), max(0, self.exp) + self.act_shift
+
+    def kernel_sum(self, src: torch.Tensor, out: torch.Tensor, threads: int) -> torch.Tensor:
+        """``Σ_j 2 m_ij x_j`` ``(B, n_tgt)``, before the exponent, for the CPU kernels: int32 into ``out`` from
+        the event kernels (0/1 ``src`` below :data:`KERNEL_EVENT_RATE`, or a sparse group), else the float
+        product. ``src``: ``(B, n_src)`` with unit column stride (bool spikes, or a graded source's integers)."""
+        lib = kernels.library()
+        batch, n_src = src.shape
+        if self.columns is not None:
+            ptr, idx, val = self.columns
+            lib.event_csc(batch, n_src, self.n_tgt, src.data_ptr(), src.stride(0), ptr.data_ptr(), idx.data_ptr(),
+                          val.data_ptr(), out.data_ptr(), threads)
+            return out
+        if self.rows is not None and lib.event_dense(batch, n_src, self.n_tgt, src.data_ptr(), src.stride(0),
+                                                     self.rows.data_ptr(), out.data_ptr(),
+                                                     int(KERNEL_EVENT_RATE * batch * n_src), threads) >= 0:
+            return out
+        s = src.to(self.dtype)
+        if self.sparse:
+            return torch.sparse.mm(self.weight, s.T).T.contiguous()
+        return s @ self.weight_t
 
     def accumulate(self, spikes: torch.Tensor) -> torch.Tensor:
         """``((Σ_j 2 m_ij s_j) << exp) << act_shift`` as int64 ``(B, n_tgt)`` for 0/1 ``spikes`` (or a relay's
@@ -158,7 +214,7 @@ class _Layout:
 class Engine:
     """A ChipGraph built once on a device; :meth:`run` takes batches of input spikes."""
 
-    def __init__(self, chip: ChipGraph, device: str | torch.device = "cpu") -> None:
+    def __init__(self, chip: ChipGraph, device: str | torch.device = "cpu", use_kernels: bool = True) -> None:
         self.chip = chip
         self.device = torch.device(device)
         depths = chip.depths()
@@ -180,6 +236,8 @@ class Engine:
         self.depth = per_neuron([np.full(p.size, depths[p.name]) for p in pops])
         self.subtract = per_neuron([np.full(p.size, p.reset == "subtract") for p in pops]).bool()
         self.any_subtract = bool(self.subtract.any())
+        self.refractory = per_neuron([np.full(p.size, p.refractory > 0) for p in pops]).bool()
+        self.any_refractory = bool(self.refractory.any())
         # shortcuts that skip whole passes, exact by construction:
         self.u_forgets = bool((self.decay_u == 0).all())        # du = 4095 everywhere: u = a
         self.v_keeps = bool((self.decay_v == 1 << DECAY_SHIFT).all())  # dv = 0 everywhere: no leak
@@ -197,16 +255,38 @@ class Engine:
         self.max_delay = max((s.delay for s in chip.synapses), default=0)
         self.unfed = [self._slice(p.name) for p in pops if p.name not in fed]
         self.inputs = {i.name: i.size for i in chip.inputs}
+        # on a CPU with a C compiler: one compiled pass per step (engine_kernels), same bits as the torch path
+        self.use_kernels = use_kernels and self.device.type == "cpu" and kernels.library() is not None
+        if self.use_kernels:
+            self.narrow = self._state_fits_int32(graded)
+            mode = (self.subtract.to(torch.uint8) * kernels.SUBTRACT + self.refractory.to(torch.uint8)
+                    * kernels.REFRACTORY)
+            for cols in self.relays.values():
+                mode[cols] = kernels.RELAY
+            self.neuron_params = [t.to(torch.int32).contiguous() for t in (self.decay_u, self.decay_v, self.vth,
+                                                                           self.bias, self.depth)] + [mode]
 
-    def layer_record(self, record: torch.Tensor, layer: str, steps: int, starts: dict[str, int] | None = None
-                     ) -> torch.Tensor:
+    def _state_fits_int32(self, graded: dict[str, np.ndarray]) -> bool:
+        """Whether ``u`` and ``v`` fit int32 at every step, from each neuron's worst-case synaptic input
+        ``|a|``: ``v`` is clamped to 24 bit (a relay's is its input); ``u`` stays within 24 bit (one wrap
+        suffices) while ``|a| <= 2^23``; where ``u`` forgets (``du = 4095``), ``u`` is ``a`` wrapped once."""
+        worst = np.zeros(self.n, np.int64)
+        for syn, source, target, _, _ in self.synapses:
+            worst[self._slice(target)] += syn.input_bound(graded.get(source))
+        forgets = self.decay_u.cpu().numpy() == 0
+        return bool(np.all(np.where(forgets, worst < I32_EXACT, worst <= UV_MAX)))
+
+    def layer_record(self, record: torch.Tensor, layer: str, steps: int, starts: dict[str, int] | None = None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
         """One layer's record ``(B, T, n_layer)`` in the layer's neuron order, each population's
         window shifted by its depth (global steps ``d + 1 .. d + T`` are the sample's steps).
-        ``starts``: where each population's columns begin in ``record`` (default: the state layout)."""
+        ``starts``: where each population's columns begin in ``record`` (default: the state layout);
+        ``out``: where to write it (any dtype and device: one copy, converted on the way)."""
         pops = self.chip.layer_populations(layer)
         starts = self.layout.start if starts is None else starts
-        out = torch.empty(record.shape[1], steps, self.chip.layer_size(layer), dtype=record.dtype,
-                          device=record.device)
+        if out is None:
+            out = torch.empty(record.shape[1], steps, self.chip.layer_size(layer), dtype=record.dtype,
+                              device=record.device)
         for p in pops:
             d = self.layout.depth[p.name]
             part = record[d:d + steps, :, starts[p.name]:starts[p.name] + p.size].transpose(0, 1)
@@ -214,7 +294,7 @@ class Engine:
             if np.array_equal(p.index, np.arange(lo, lo + p.size)):  # a contiguous block: a plain copy
                 out[:, :, lo:lo + p.size] = part
             else:
-                out[:, :, torch.from_numpy(p.index).to(record.device)] = part
+                out[:, :, torch.from_numpy(p.index).to(out.device)] = part.to(out.device, out.dtype)
         return out
 
     def voltage_columns(self, layers: list[str]) -> tuple[torch.Tensor | None, dict[str, int]]:
@@ -281,7 +361,10 @@ class Engine:
     def run_batch(self, inputs: dict[str, torch.Tensor], voltages: bool = True, voltage_cols: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Spikes of every neuron at every global step, ``(T + depth, B, N)``, and voltages (of the state
-        positions ``voltage_cols`` only, when given; none without ``voltages``)."""
+        positions ``voltage_cols`` only, when given; none without ``voltages``; int64, or int32 with the CPU
+        kernels where the state fits)."""
+        if self.use_kernels:
+            return self._run_kernels(inputs, voltages, voltage_cols)
         batch, steps = inputs[next(iter(inputs))].shape[:2]
         horizon = steps + self.chip.depth
         dev, n = self.device, self.n
@@ -317,6 +400,8 @@ class Engine:
                 else:
                     a_in[:, self._slice(target)] += syn.accumulate(src)
             u = self._wrap(a_in if self.u_forgets else self._decay(u, self.decay_u).add_(a_in))
+            if self.any_refractory:  # held: spiked at the step before
+                held, v_kept = spikes & self.refractory, v.clone()
             v = (v if self.v_keeps else self._decay(v, self.decay_v)).add_(u)
             if self.has_bias:
                 v.add_(self.bias)
@@ -328,6 +413,8 @@ class Engine:
                 fired = (v > self.vth) & active
             else:
                 fired = v > self.vth
+            if self.any_refractory:
+                v, fired = torch.where(held, v_kept, v), fired & ~held
             if self.any_subtract:
                 v = torch.where(fired, torch.where(self.subtract, v - self.vth, 0), v)
             else:
@@ -346,6 +433,63 @@ class Engine:
                        for name, x in inputs.items()}
         return rec_s, rec_v
 
+    def _run_kernels(self, inputs: dict[str, torch.Tensor], voltages: bool, voltage_cols: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`run_batch` on the CPU kernels: per step each group's sum (its term), then one compiled pass
+        adds the terms, updates the neurons and writes the step's records."""
+        lib, threads = kernels.library(), torch.get_num_threads()
+        batch, steps = inputs[next(iter(inputs))].shape[:2]
+        horizon, n = steps + self.chip.depth, self.n
+        x = {name: t.to(torch.int64 if name in self.analog else torch.bool).contiguous() for name, t in inputs.items()}
+        state = torch.int32 if self.narrow else torch.int64
+        u = torch.zeros(batch, n, dtype=state)
+        v = torch.zeros_like(u)
+        rec_s = torch.empty(horizon, batch, n, dtype=torch.bool)  # every step writes its row
+        cols = torch.arange(n) if voltage_cols is None else voltage_cols.contiguous()
+        rec_v = torch.empty(horizon, batch, cols.numel(), dtype=state) if voltages else None
+        before = torch.zeros(batch, n, dtype=torch.bool)  # the spikes of step 0
+        sums = [torch.empty(batch, syn.n_tgt, dtype=torch.int32) for syn, *_ in self.synapses]
+        terms = (kernels.Term * max(1, len(self.synapses)))()
+        for term, (syn, _, target, _, _) in zip(terms, self.synapses):
+            cols_t = self._slice(target)
+            term.lo, term.hi, (term.rshift, term.lshift) = cols_t.start, cols_t.stop, syn.shifts
+        hosts = {h.name: torch.zeros(batch, h.size, dtype=torch.int64) for h, _ in self.hosts}
+        step = lib.lif_step_i32 if self.narrow else lib.lif_step_i64
+        params = [t.data_ptr() for t in self.neuron_params]
+        v_row = 0 if rec_v is None else rec_v[0].numel() * rec_v.element_size()
+        for g in range(1, horizon + 1):
+            kept = []  # the terms' tensors, alive until the step has read them
+            for term, out, (syn, source, _, _, delay) in zip(terms, sums, self.synapses):
+                src = None if syn.empty else self._kernel_source(source, delay, g, x, rec_s, v, hosts)
+                if src is None:
+                    term.kind = -1
+                    continue
+                acc = syn.kernel_sum(src, out, threads)
+                kept.append(acc)
+                term.x, term.ld, term.kind = acc.data_ptr(), acc.stride(0), kernels.KIND[acc.dtype]
+            prev = rec_s[g - 2] if g > 1 else before
+            step(batch, n, g, ctypes.addressof(terms), len(self.synapses), u.data_ptr(), v.data_ptr(), *params,
+                 prev.data_ptr(), n, rec_s[g - 1].data_ptr(), n,
+                 None if rec_v is None else rec_v.data_ptr() + (g - 1) * v_row, cols.numel(), cols.data_ptr(),
+                 0 if rec_v is None else cols.numel(), threads)
+            if self.hosts:
+                hosts = self._host_step(rec_s[g - 1])
+        return rec_s, rec_v
+
+    def _kernel_source(self, source: str, delay: int, g: int, x: dict[str, torch.Tensor], rec_s: torch.Tensor,
+                       v: torch.Tensor, hosts: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """What a group out of ``source`` reads at global step ``g`` (None: nothing has reached it yet), as
+        the torch path: spikes (or an input's values) of step ``g - 1 - delay``, a relay's or host's values
+        of the step before."""
+        if source in x:
+            t = g - 2 - delay
+            return x[source][:, t] if 0 <= t < x[source].shape[1] else None
+        if source in hosts:
+            return hosts[source]
+        if source in self.relays:
+            return v[:, self.relays[source]]
+        return rec_s[g - 2 - delay, :, self._slice(source)] if g - 2 - delay >= 0 else None
+
 
 @contextlib.contextmanager
 def _exact_cuda() -> Iterator[None]:
@@ -363,14 +507,16 @@ def default_device() -> str:
 
 
 def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, device: str | None = None,
-        batch_size: int | None = None, voltages: bool = True, progress: bool = False) -> Traces:
+        batch_size: int | None = None, voltages: bool = True, progress: bool = False,
+        use_kernels: bool = True) -> Traces:
     """Run ``inputs`` (name -> spikes ``(B, T, n)``) through ``chip``; traces per layer, like Lava's.
 
     ``batch_size`` splits the samples into batches (default: all at once);
-    ``voltages=False`` records voltages of readout layers only.
+    ``voltages=False`` records voltages of readout layers only; ``use_kernels=False`` runs the torch path
+    on a CPU too (the same bits, slower).
     """
     batch, steps = batch_steps(inputs)
-    engine = Engine(chip, device or "cpu")
+    engine = Engine(chip, device or "cpu", use_kernels)
     size = batch_size or batch
     starts = range(0, batch, size)
     if progress:
@@ -387,10 +533,9 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, device: str | None = 
             chunk = {name: torch.from_numpy(np.ascontiguousarray(x[lo:hi])) for name, x in inputs.items()}
             rec_s, rec_v = engine.run_batch(chunk, voltages=bool(record_v), voltage_cols=cols)
             for layer in layers:  # one device-to-host copy, straight into the result arrays
-                torch.from_numpy(spikes[layer][lo:hi]).copy_(engine.layer_record(rec_s, layer, steps))
+                engine.layer_record(rec_s, layer, steps, out=torch.from_numpy(spikes[layer][lo:hi]))
                 if layer in volts:
-                    torch.from_numpy(volts[layer][lo:hi]).copy_(engine.layer_record(rec_v, layer, steps,
-                                                                                        col_starts))
+                    engine.layer_record(rec_v, layer, steps, col_starts, out=torch.from_numpy(volts[layer][lo:hi]))
     return Traces("reference", {k: np.asarray(v, np.uint8) for k, v in inputs.items()}, spikes, volts,
                   scores(chip, spikes, volts))
 

@@ -5,7 +5,7 @@ fed one after another from a ``RingBuffer`` source, each in a window of
 ``steps + depth`` time steps, and every population is a ``LIFReset`` whose state
 is zeroed at the step the sample's first input reaches it. Populations that
 Lava's LIF cannot express run st2chip's own neuron model
-(:mod:`.lava_neuron`): reset by subtraction, and the sources of recurrent
+(:mod:`.lava_neuron`): reset by subtraction, the refractory step after a spike, and the sources of recurrent
 (feedback) or lagged groups, which stay silent in the last steps of each window
 (:meth:`~st2chip.chip.chipgraph.ChipGraph.quiet_steps`) so that none of a
 sample's spikes reaches the next sample. A synapse group that lowering kept
@@ -84,8 +84,9 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
         common = dict(shape=(pop.size,), du=pop.du, dv=pop.dv, vth=pop.vth, bias_mant=pop.bias_mant,
                       bias_exp=pop.bias_exp, reset_interval=window, reset_offset=(1 + depths[pop.name]) % window,
                       name=pop.name)
-        procs[pop.name] = (CubaNeuron(**common, reset_mode=pop.reset, quiet=quiet.get(pop.name, 0))
-                           if pop.reset != "zero" or pop.name in quiet else LIFReset(**common))
+        own = pop.reset != "zero" or pop.refractory or pop.name in quiet
+        procs[pop.name] = (CubaNeuron(**common, reset_mode=pop.reset, refractory=pop.refractory,
+                                      quiet=quiet.get(pop.name, 0)) if own else LIFReset(**common))
     for h in chip.hosts:
         pops = [chip.layer_populations(layer) for layer in h.inputs]
         procs[h.name] = host_product(heads=h.heads, tokens=h.tokens, dim=h.dim, name=h.name,
@@ -219,8 +220,8 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
     batch, steps = batch_steps(inputs)
     n = process_count(chip, len(inputs), voltages)
     limits.check_bytes(f"{n:,} Lava processes (each an OS process of about {limits.human(PROCESS_BYTES)}; fewer "
-                       f"--decay-groups make fewer populations and synapse groups; --backends float,reference "
-                       f"leaves Lava out)", n * PROCESS_BYTES, where="lava")
+                       f"--decay-groups make fewer populations and synapse groups; verify --lava-mode layers "
+                       f"bounds them; --backends float,reference leaves Lava out)", n * PROCESS_BYTES, where="lava")
     _import_lava()
     # a sample's window: T steps, the pipeline depth, and room for spikes a graph-level delay (lag)
     # still holds, so that none of them reaches the next sample

@@ -29,6 +29,8 @@ dropping it:
 - a layer split into several populations (decay groups, outlier neurons):
   netx has one neuron model (one ``du``, ``dv``, ``vth``) per layer;
 - reset by subtraction: netx's CUBA neuron resets to zero;
+- a refractory step after each spike (``refractory=1``, snnTorch's ``Synaptic``
+  reset to zero): netx writes ``refDelay`` but builds Lava's ``LIF``, which has none;
 - a second source (skip connection, branch, second input) or feedback to an
   earlier layer: a netx network is a chain with recurrence only within a layer;
 - a graph-level delay (``nir.Delay``): netx stores synaptic delays, but the
@@ -307,11 +309,17 @@ def _structure_reason(chip: ChipGraph, layer: str, prev: str | None) -> tuple[st
                  "(--decay-groups 1)")
         return why, None, [], []
     pop = pops[0]
+    if pop.graded:
+        return ("a relay of graded values (a fan-in tree or a factored low-rank layer); netx's layers send 0/1 "
+                "spikes", pop, [], [])
     if pop.always_on:
         return ("the always-on source of Affine biases into CubaLIF currents; netx's CUBA bias enters v only",
                 pop, [], [])
     if pop.reset != "zero":
         return "resets by subtraction; netx's CUBA neuron (Lava's LIF) resets to zero", pop, [], []
+    if pop.refractory:
+        return ("is held for the step after each spike (refractory); netx's CUBA neuron (Lava's LIF) has no "
+                "refractory step", pop, [], [])
     groups = chip.incoming(pop.name)
     forward = [s for s in groups if not s.feedback]
     feedback = [s for s in groups if s.feedback]

@@ -60,6 +60,22 @@ def test_verify_and_energy_reports(model_file, digit_spikes):
     assert energy.total_pj > 0
 
 
+def test_verify_checks_lava_layer_by_layer_by_default_or_as_one_network(model_file, digit_spikes):
+    """Default: each population alone on Lava, within a bounded number of processes per run; whole: one run."""
+    graph = st2chip.load(model_file)
+    x = digit_spikes(n=3, steps=6)
+    layers = st2chip.verify(graph, x, backends=("reference", "lava"), lava_samples=2)
+    whole = st2chip.verify(graph, x, backends=("reference", "lava"), lava_samples=2, lava_mode="whole")
+    (a,), (b,) = layers.comparisons, whole.comparisons
+    assert a.exact and b.exact and a.lava.mode == "layers" and b.lava.mode == "whole"
+    assert a.lava.populations == len(st2chip.lower(graph).populations)
+    assert a.lava.max_processes <= defaults.LAVA_PROCESSES
+    assert "lava mode: layers (each of" in layers.to_text() and "lava mode: whole" in whole.to_text()
+    assert json.loads(json.dumps(layers.to_dict()))["comparisons"][0]["lava"]["mode"] == "layers"
+    with pytest.raises(InputError, match="--lava-mode: expected layers or whole, got 'parts'"):
+        st2chip.verify(graph, x, lava_mode="parts")
+
+
 def test_simulate_is_the_float_interpreter(model_file, digit_spikes):
     traces = st2chip.simulate(st2chip.load(model_file), digit_spikes(n=2, steps=8))
     assert traces.backend == "float" and traces.scores.shape == (2, 10)

@@ -6,7 +6,12 @@ core, between cores, across chips and in from the host). A profile prices them:
 
 .. math::  E = \mathrm{ACs}\,E_{AC} + \mathrm{MACs}\,E_{MAC} + \mathrm{updates}\,E_{NU}
              + \sum_{r \in \{local, core, chip\}} \mathrm{routed}_r\,E_r
+             + h_x E_{hop,x} + h_y E_{hop,y} + l\,E_{chip\,link}
              + \mathrm{cores}\,T\,t_{step}\,P_{static} + \mathrm{routed}_{host}\,E_{host}
+
+where every message between cores is priced by its path on the mesh (the placement's ``(chip, x, y)``
+positions): :math:`E_r` for delivering it, plus its on-chip hops east-west (:math:`h_x`) and north-south
+(:math:`h_y`) and its chip-to-chip links (:math:`l`), all counted from the traces.
 
 Terms a profile does not define cost nothing (the report says which counted events went unpriced).
 Static power is charged per occupied core and shared among the layers on it by neuron count, so
@@ -30,7 +35,7 @@ from st2chip.chip.chipgraph import ChipGraph
 from st2chip.chip.placement import BUILTIN, Placement, place
 from st2chip.errors import InputError
 from st2chip.io import write_json, write_text
-from st2chip.analysis.traffic import ROUTES, BoundaryCounts, GroupCounts, OpCounts, count_ops
+from st2chip.analysis.traffic import HOPS, ROUTES, BoundaryCounts, GroupCounts, OpCounts, count_ops, measured_activity
 from st2chip.traces import Traces
 
 # ChipGraph has no partition field yet: everything it holds runs on neurocores.
@@ -50,6 +55,9 @@ FIGURES = {
     "E_SPIKE_CORE_pJ": "e_spike_core_pj",
     "E_SPIKE_CHIP_pJ": "e_spike_chip_pj",
     "E_SPIKE_HOST_pJ": "e_spike_host_pj",
+    "E_HOP_X_pJ": "e_hop_x_pj",
+    "E_HOP_Y_pJ": "e_hop_y_pj",
+    "E_CHIP_LINK_pJ": "e_chip_link_pj",
     "E_HOST_OP_pJ": "e_host_op_pj",
     "P_STATIC_CORE_mW": "p_static_core_mw",
     "T_STEP_us": "t_step_us",
@@ -60,6 +68,7 @@ _STATIC = ("P_STATIC_CORE_mW", "T_STEP_us")
 STATUSES = ("published", "estimate")
 _ROUTE_FIGURE = {"local": "E_SPIKE_LOCAL_pJ", "core": "E_SPIKE_CORE_pJ", "chip": "E_SPIKE_CHIP_pJ",
                  "host": "E_SPIKE_HOST_pJ"}
+_HOP_FIGURE = {"hops_x": "E_HOP_X_pJ", "hops_y": "E_HOP_Y_pJ", "chip_links": "E_CHIP_LINK_pJ"}
 
 
 # --------------------------------------------------------------------------- profiles
@@ -83,6 +92,9 @@ class Profile:
     e_spike_core_pj: float = 0.0
     e_spike_chip_pj: float = 0.0
     e_spike_host_pj: float = 0.0
+    e_hop_x_pj: float = 0.0
+    e_hop_y_pj: float = 0.0
+    e_chip_link_pj: float = 0.0
     e_host_op_pj: float = 0.0
     p_static_core_mw: float = 0.0
     t_step_us: float = 0.0
@@ -93,6 +105,10 @@ class Profile:
     def route_pj(self, route: str) -> float:
         """Energy of one message on ``route`` (one of :data:`~st2chip.analysis.traffic.ROUTES`)."""
         return getattr(self, FIGURES[_ROUTE_FIGURE[route]])
+
+    def hop_pj(self, quantity: str) -> float:
+        """Energy of one hop or chip link (one of :data:`~st2chip.analysis.traffic.HOPS`)."""
+        return getattr(self, FIGURES[_HOP_FIGURE[quantity]])
 
 
 def available_profiles() -> list[str]:
@@ -220,7 +236,8 @@ def _energy_table(counts: OpCounts, profile: Profile) -> dict[str, np.ndarray]:
         "ac": t["acs"] * profile.e_ac_pj,
         "mac": t["macs"] * profile.e_mac_pj,
         "neuron": t["neuron_updates"] * profile.e_neuron_update_pj,
-        "routing": sum(t[f"routed_{r}"] * profile.route_pj(r) for r in ROUTES if r != "host"),
+        "routing": sum(t[f"routed_{r}"] * profile.route_pj(r) for r in ROUTES if r != "host")
+        + sum(t[q] * profile.hop_pj(q) for q in HOPS),
         "static": static,
         "host": t["routed_host"] * profile.e_spike_host_pj,
     }
@@ -241,6 +258,7 @@ class LayerEnergy:
     neuron_updates: float
     spikes: float
     spikes_routed: dict[str, float]
+    hops: dict[str, float]
     spike_rate: float
     weight_density: float
     energy_pj: dict[str, float]
@@ -265,6 +283,7 @@ class CoreEnergy:
     neuron_updates: float
     spikes: float
     spikes_routed: dict[str, float]
+    hops: dict[str, float]
     energy_pj: dict[str, float]
 
     @property
@@ -279,6 +298,7 @@ def _summary(rows: list[LayerEnergy], steps: int) -> dict:
     """Sums of layer rows, energy per sample (inference) and per time step."""
     out: dict = {k: sum(getattr(r, k) for r in rows) for k in _SUMMED}
     out["spikes_routed"] = {route: sum(r.spikes_routed[route] for r in rows) for route in ROUTES}
+    out["hops"] = {q: sum(r.hops[q] for r in rows) for q in HOPS}
     out["energy_pj"] = {t: sum(r.energy_pj[t] for r in rows) for t in TERMS}
     total = sum(r.total_pj for r in rows)
     out["energy_pj"]["total"] = total
@@ -339,6 +359,7 @@ class EnergyReport:
         t = self.totals()
         checks = [("MACs", t["macs"], "E_MAC_pJ"), ("neuron updates", t["neuron_updates"], "E_NEURON_UPDATE_pJ"),
                   *((f"spikes routed ({r})", t["spikes_routed"][r], _ROUTE_FIGURE[r]) for r in ROUTES),
+                  *((f"mesh {q.replace('_', ' ')}", t["hops"][q], _HOP_FIGURE[q]) for q in HOPS),
                   ("static power", len(self.cores), "P_STATIC_CORE_mW"),
                   ("host partition operations", t["host_ops"], "E_HOST_OP_pJ")]
         return [f"{what} (no {key})" for what, n, key in checks if n and key not in self.profile.figures]
@@ -354,7 +375,8 @@ class EnergyReport:
             "steps": self.steps,
             "units": {"energy": "pJ per sample", "counts": "per sample", "groups": "whole batch"},
             "placement": {"resources": self.placement.resources.name, "cores": self.placement.n_cores,
-                          "chips": self.placement.n_chips},
+                          "chips": self.placement.n_chips,
+                          "mesh": None if self.placement.mesh_use is None else self.placement.mesh_use.to_dict()},
             "layers": [with_total(r) | {"share": r.total_pj / total if total else 0.0} for r in self.layers],
             "cores": [with_total(c) for c in self.cores],
             "partitions": self.partitions(),
@@ -375,6 +397,8 @@ class EnergyReport:
         term_rows = [(r.layer, *(_nj(r.energy_pj[k]) for k in TERMS)) for r in self.layers]
         route_rows = [(r.layer, f"{r.spike_rate:.3f}", f"{r.weight_density:.3f}",
                        *(f"{r.spikes_routed[k]:,.1f}" for k in ROUTES)) for r in self.layers]
+        hop_rows = [(r.layer, f"{r.spikes_routed['core'] + r.spikes_routed['chip']:,.1f}",
+                     *(f"{r.hops[q]:,.1f}" for q in HOPS), _per_message(r)) for r in self.layers]
         shown = sorted(self.cores, key=lambda c: -c.total_pj)[:MARKDOWN_CORES]
         core_rows = [(str(c.core), str(c.chip), ",".join(c.layers)[:24], f"{c.neurons:,}", _nj(c.total_pj))
                      for c in sorted(shown, key=lambda c: c.core)]
@@ -396,6 +420,9 @@ class EnergyReport:
             "Spike rate (spikes per neuron per step), weight density (non-zero / stored) and spikes routed "
             "per sample:", "",
             *_table(("layer", "rate", "density", *ROUTES), route_rows), "",
+            "Mesh paths of the messages between cores, per sample (into each layer; links per message = on-chip "
+            "hops + chip links, averaged):", "",
+            *_table(("layer", "messages", "hops E-W", "hops N-S", "chip links", "links/msg"), hop_rows), "",
             "Boundary traffic, host <-> neurocores: non-zero values per time step (mean over samples; mean and "
             "peak over steps; every step in energy.json):", "",
             *_table(("boundary", "kind", "to chip", "peak", "from chip", "peak"), boundary_rows), "",
@@ -403,6 +430,12 @@ class EnergyReport:
             *_table(("core", "chip", "layers", "neurons", "nJ/sample"), core_rows), "",
             *([f"Counted but not priced by this profile: {', '.join(unpriced)}.", ""] if unpriced else []),
             f"Source: {self.profile.source}", ""])
+
+
+def _per_message(row: LayerEnergy) -> str:
+    """Mean links (on-chip hops and chip links) per message between cores of one report row."""
+    messages = row.spikes_routed["core"] + row.spikes_routed["chip"]
+    return f"{sum(row.hops.values()) / messages:.2f}" if messages else "-"
 
 
 def _layer_rows(chip: ChipGraph, counts: OpCounts, energy: dict[str, np.ndarray], partition: str
@@ -422,6 +455,7 @@ def _layer_rows(chip: ChipGraph, counts: OpCounts, energy: dict[str, np.ndarray]
             acs=float(counts.table["acs"][i].sum()) * per, macs=float(counts.table["macs"][i].sum()) * per,
             neuron_updates=float(counts.table["neuron_updates"][i].sum()) * per, spikes=spikes,
             spikes_routed={r: float(counts.table[f"routed_{r}"][i].sum()) * per for r in ROUTES},
+            hops={q: float(counts.table[q][i].sum()) * per for q in HOPS},
             spike_rate=spikes / (senders * counts.steps) if senders and counts.steps else 0.0,
             weight_density=nnz / dense if dense else 0.0,
             energy_pj={k: float(v[i].sum()) for k, v in energy.items()}))
@@ -436,6 +470,7 @@ def _core_rows(counts: OpCounts, energy: dict[str, np.ndarray]) -> list[CoreEner
         neuron_updates=float(counts.table["neuron_updates"][:, c].sum()) * per,
         spikes=float(counts.table["spikes"][:, c].sum()) * per,
         spikes_routed={r: float(counts.table[f"routed_{r}"][:, c].sum()) * per for r in ROUTES},
+        hops={q: float(counts.table[q][:, c].sum()) * per for q in HOPS},
         energy_pj={k: float(v[:, c].sum()) for k, v in energy.items()})
         for c, core in enumerate(counts.placement.cores)]
 
@@ -444,10 +479,11 @@ def energy_report(chip: ChipGraph, traces: Traces, profile: Profile | str | os.P
                   placement: Placement | None = None) -> EnergyReport:
     """Count operations in ``traces`` and price them with ``profile`` (a Profile, name or path).
 
-    Without a ``placement`` the chip is placed on the profile's resource model (no chip limit).
+    Without a ``placement`` the chip is placed on the profile's resource model (no chip limit), its mesh
+    positions chosen for the traffic these traces measure.
     """
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
-    placed = placement or place(chip, prof.resources, max_chips=None)
+    placed = placement or place(chip, prof.resources, max_chips=None, activity=measured_activity(chip, traces))
     counts = count_ops(chip, traces, placed)
     energy = _energy_table(counts, prof)
     return EnergyReport(profile=prof, samples=counts.samples, steps=counts.steps, backend=traces.backend,
@@ -460,8 +496,10 @@ def _host_rows(counts: OpCounts, profile: Profile) -> list[LayerEnergy]:
     """One row per host partition (partition ``host``): its own operations, priced by ``E_HOST_OP_pJ``."""
     per = 1.0 / counts.samples
     zero_routes = {r: 0.0 for r in ROUTES}
+    zero_hops = {q: 0.0 for q in HOPS}
     return [LayerEnergy(layer=h.name, partition="host", neurons=0, synapses=0, weights=0, cores=0, acs=0.0,
-                        macs=0.0, neuron_updates=0.0, spikes=0.0, spikes_routed=dict(zero_routes), spike_rate=0.0,
+                        macs=0.0, neuron_updates=0.0, spikes=0.0, spikes_routed=dict(zero_routes),
+                        hops=dict(zero_hops), spike_rate=0.0,
                         weight_density=0.0, host_ops=h.ops * per,
                         energy_pj={t: (h.ops * per * profile.e_host_op_pj if t == "host" else 0.0) for t in TERMS})
             for h in counts.hosts]

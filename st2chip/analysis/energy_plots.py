@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from st2chip.io import atomic_path
 
 _LABELS = {"ac": "synaptic (AC)", "mac": "synaptic (MAC)", "neuron": "neuron updates", "routing": "routing",
            "static": "static", "host": "host boundary"}
-HEATMAP_COLUMNS = 16  # cores per heat-map row (Loihi's 128 cores per chip: 8 rows)
 
 
 def _figure(width: float, height: float):
@@ -55,23 +53,19 @@ def plot_layers(report: EnergyReport, target: str | os.PathLike) -> Path:
 
 
 def core_grid(report: EnergyReport) -> np.ndarray:
-    """nJ per sample of every core of every chip used, as rows of :data:`HEATMAP_COLUMNS` (NaN: core unused)."""
-    per_chip = report.placement.resources.cores_per_chip
-    rows_per_chip = math.ceil(per_chip / HEATMAP_COLUMNS)
-    grid = np.full((report.placement.n_chips * rows_per_chip * HEATMAP_COLUMNS,), np.nan)
-    for c in report.cores:
-        grid[c.chip * rows_per_chip * HEATMAP_COLUMNS + c.core % per_chip] = c.total_pj / 1e3
-    return grid.reshape(-1, HEATMAP_COLUMNS)
+    """nJ per sample of every core at its place on the board's mesh (as the mapping report's floorplan; NaN:
+    no core there)."""
+    return report.placement.mesh.image(report.placement.slots(), np.array([c.total_pj / 1e3 for c in report.cores]))
 
 
 def plot_cores(report: EnergyReport, target: str | os.PathLike) -> Path:
-    """Heat map of nJ per sample per neurocore, chips stacked top to bottom; unused cores blank."""
+    """Heat map of nJ per sample per neurocore at its mesh position (chips on the board's grid); unused blank."""
     grid = core_grid(report)
-    fig = _figure(6.0, 1.2 + 0.35 * grid.shape[0])
+    fig = _figure(min(12.0, 2.5 + 0.3 * grid.shape[1]), min(12.0, 1.2 + 0.3 * grid.shape[0]))
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="nJ per sample")
-    ax.set_xlabel(f"core (mod {HEATMAP_COLUMNS})")
-    ax.set_ylabel("row of cores (chips top to bottom)")
+    ax.set_xlabel("x (cores on the mesh; chips side by side)")
+    ax.set_ylabel("y (chips stacked)")
     ax.set_title(f"Energy per core, profile {report.profile.name}, {report.placement.n_cores} core(s) used")
     return _save(fig, target)

@@ -14,6 +14,10 @@ fan-out the placement counts). Each message is classed by where it comes from:
 - ``chip``: a core of another chip;
 - ``host``: an input port (the host injects it: boundary traffic).
 
+Each message between cores also takes the mesh path between them (:mod:`st2chip.chip.mesh`, dimension-order
+routing over the placement's ``(chip, x, y)`` positions): its on-chip hops east-west (``hops_x``) and
+north-south (``hops_y``) and its chip-to-chip links (``chip_links``) are counted with it.
+
 Synaptic ops and messages are charged to the core (and layer) of the target neurons, neuron
 updates (every neuron, every step) and emitted spikes to the neuron's own core. Everything is
 kept per ``(layer, core)`` so that sums over cores and sums over layers agree exactly.
@@ -37,7 +41,8 @@ from st2chip.graph.product import SpikeProduct
 from st2chip.traces import Traces
 
 ROUTES = ("local", "core", "chip", "host")
-QUANTITIES = ("acs", "macs", "neuron_updates", "spikes", *(f"routed_{r}" for r in ROUTES))
+HOPS = ("hops_x", "hops_y", "chip_links")
+QUANTITIES = ("acs", "macs", "neuron_updates", "spikes", *(f"routed_{r}" for r in ROUTES), *HOPS)
 
 
 @dataclass
@@ -171,21 +176,23 @@ def _boundaries(chip: ChipGraph, traces: Traces, source_values: Callable[[str], 
     return out
 
 
-def _route_class(src_core: np.ndarray | None, dst_core: np.ndarray, cores_per_chip: int) -> np.ndarray:
-    """Index into :data:`ROUTES` of each (source core, destination core) message."""
+def _route_class(src_core: np.ndarray | None, dst_core: np.ndarray, chip_of: np.ndarray) -> np.ndarray:
+    """Index into :data:`ROUTES` of each (source core, destination core) message (``chip_of``: each core's chip)."""
     if src_core is None:
         return np.full(dst_core.shape, ROUTES.index("host"))
-    same_chip = src_core // cores_per_chip == dst_core // cores_per_chip
+    same_chip = chip_of[src_core] == chip_of[dst_core]
     return np.where(src_core == dst_core, ROUTES.index("local"),
                     np.where(same_chip, ROUTES.index("core"), ROUTES.index("chip")))
 
 
 def _group_traffic(group: SynapseGroup, activity: np.ndarray, dst: np.ndarray, src: np.ndarray | None,
-                   n_cores: int, cores_per_chip: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per destination core: synaptic ops ``(n_cores,)`` and messages by route ``(len(ROUTES), n_cores)``.
+                   placement: Placement) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per destination core: synaptic ops ``(n_cores,)``, messages by route ``(len(ROUTES), n_cores)`` and their
+    hops and chip links ``(len(HOPS), n_cores)``.
 
     ``dst`` is the core of each target neuron, ``src`` of each source neuron (None: an input port).
     """
+    n_cores = placement.n_cores
     w = sp.coo_matrix(group.mantissa)
     keep = w.data != 0
     rows, cols = w.row[keep], w.col[keep]
@@ -193,9 +200,16 @@ def _group_traffic(group: SynapseGroup, activity: np.ndarray, dst: np.ndarray, s
     ops = np.bincount(cores, weights=activity[cols], minlength=n_cores)
     pairs = np.unique(cores.astype(np.int64) * group.shape[1] + cols)  # one message per (core, source neuron)
     pair_core, pair_src = pairs // group.shape[1], pairs % group.shape[1]
-    route = _route_class(None if src is None else src[pair_src], pair_core, cores_per_chip)
+    slots = placement.slots()
+    chip_of = slots // placement.resources.cores_per_chip
+    route = _route_class(None if src is None else src[pair_src], pair_core, chip_of)
     flat = np.bincount(route * n_cores + pair_core, weights=activity[pair_src], minlength=len(ROUTES) * n_cores)
-    return np.rint(ops).astype(np.int64), np.rint(flat).astype(np.int64).reshape(len(ROUTES), n_cores)
+    hops = np.zeros((len(HOPS), n_cores))
+    if src is not None:
+        for i, count in enumerate(placement.mesh.hops(slots[src[pair_src]], slots[pair_core])):
+            hops[i] = np.bincount(pair_core, weights=count * activity[pair_src], minlength=n_cores)
+    return (np.rint(ops).astype(np.int64), np.rint(flat).astype(np.int64).reshape(len(ROUTES), n_cores),
+            np.rint(hops).astype(np.int64))
 
 
 def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts:
@@ -204,7 +218,6 @@ def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts
     layers = chip.layers()
     row = {layer: i for i, layer in enumerate(layers)}
     n_cores = placement.n_cores
-    per_chip = placement.resources.cores_per_chip
     core_of = placement.assignment()
     table = {q: np.zeros((len(layers), n_cores), dtype=np.int64) for q in QUANTITIES}
     neurons = np.zeros((len(layers), n_cores), dtype=np.int64)
@@ -223,12 +236,14 @@ def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts
         kind, values = source_values(sg.source)
         activity = np.count_nonzero(values, axis=(0, 1))
         target = chip.population(sg.target)
-        ops, routed = _group_traffic(sg, activity.astype(np.float64), core_of[sg.target], core_of.get(sg.source),
-                                     n_cores, per_chip)
+        ops, routed, hops = _group_traffic(sg, activity.astype(np.float64), core_of[sg.target],
+                                           core_of.get(sg.source), placement)
         r = row[target.layer]
         table["macs" if kind == "analog" else "acs"][r] += ops
         for i, route in enumerate(ROUTES):
             table[f"routed_{route}"][r] += routed[i]
+        for i, quantity in enumerate(HOPS):
+            table[quantity][r] += hops[i]
         total = int(ops.sum())
         groups.append(GroupCounts(name=sg.name, source=sg.source, target=sg.target, layer=target.layer,
                                   source_kind=kind, nnz=sg.nnz, acs=0 if kind == "analog" else total,
@@ -244,6 +259,14 @@ def count_ops(chip: ChipGraph, traces: Traces, placement: Placement) -> OpCounts
                                                                 minlength=n_cores).astype(np.int64)
     return OpCounts(samples=samples, steps=steps, layers=layers, placement=placement, table=table,
                     neurons=neurons, groups=groups, hosts=hosts, boundaries=_boundaries(chip, traces, source_values))
+
+
+def measured_activity(chip: ChipGraph, traces: Traces) -> dict[str, np.ndarray]:
+    """Per population: how many non-zero values each neuron sent in ``traces`` (spikes, or a relay's graded
+    values), for :func:`~st2chip.chip.placement.place`'s ``activity``; a readout sends nothing."""
+    return {p.name: np.zeros(p.size) if p.readout else
+            np.count_nonzero(_source_values(chip, traces, p.name)[1], axis=(0, 1)).astype(np.float64)
+            for p in chip.populations}
 
 
 def _product_ops(host, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> int:

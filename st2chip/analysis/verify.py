@@ -24,13 +24,40 @@ from st2chip.traces import Traces
 
 @dataclass
 class Divergence:
-    """Where two backends first differ: earliest time step, then layer order."""
+    """Where two backends first differ: earliest time step, then layer order (``population``: the population
+    Lava ran alone and found different, in ``--lava-mode layers``)."""
 
     layer: str
     sample: int
     step: int
     neuron: int
     what: str  # "spike" or "voltage"
+    population: str | None = None
+
+
+@dataclass
+class LavaRun:
+    """How a Lava cross-check ran: ``whole`` (the network in one Lava run) or ``layers`` (each population
+    alone on the inputs the engine recorded for it, ``populations`` of them in ``runs`` Lava runs of at most
+    ``max_processes`` processes)."""
+
+    mode: str
+    populations: int | None = None
+    runs: int | None = None
+    max_processes: int | None = None
+
+    @classmethod
+    def of(cls, traces: Traces) -> "LavaRun":
+        meta = traces.meta
+        if meta.get("lava_mode") != "layers":
+            return cls("whole")
+        return cls("layers", meta["populations"], meta["runs"], meta["max_processes"])
+
+    def describe(self) -> str:
+        if self.mode != "layers":
+            return "whole (the whole network in one Lava run)"
+        return (f"layers (each of {self.populations} populations alone on the engine's recorded inputs, in "
+                f"{self.runs} Lava runs of at most {self.max_processes} processes)")
 
 
 @dataclass
@@ -47,6 +74,8 @@ class Comparison:
     # float vs chip only: each float layer fed the chip's spikes into it (what the layer itself loses)
     layer_by_layer: dict[str, float] = field(default_factory=dict)
     layer_by_layer_readout_error: dict[str, float] = field(default_factory=dict)
+    lava: LavaRun | None = None  # a Lava cross-check: how it ran
+    populations: list[Divergence] = field(default_factory=list)  # layers mode: each population that differs
 
     @property
     def overall_spike_agreement(self) -> float:
@@ -157,10 +186,15 @@ class VerifyReport:
                 lines.append(f"  {layer:<28} readout relative error {100 * err:.3f} %" + (
                     f" ({100 * c.layer_by_layer_readout_error[layer]:.3f} % layer by layer)"
                     if layer in c.layer_by_layer_readout_error else ""))
+            if c.lava is not None:
+                lines.append(f"  lava mode: {c.lava.describe()}")
             if c.first_divergence is not None:
                 d = c.first_divergence
                 lines.append(f"  first divergence: layer '{d.layer}', step {d.step}, sample {d.sample}, "
                              f"neuron {d.neuron} ({d.what})")
+            for d in c.populations:
+                lines.append(f"  population '{d.population}' (layer '{d.layer}') differs on Lava from step "
+                             f"{d.step}: sample {d.sample}, neuron {d.neuron} ({d.what})")
         for h in self.headroom:
             if h.beyond:
                 lines.append(f"headroom: layer '{h.layer}': float voltages reach {h.reach:.0f} thresholds from zero, "
@@ -360,6 +394,27 @@ def _compared(a: Traces, b: Traces, outputs: OutputLayers, **options) -> Compari
     return comparison
 
 
+def _cross_checked(chip: Traces, other: Traces, outputs: OutputLayers) -> Comparison:
+    """A Lava cross-check of ``other.samples`` samples against the first chip backend: layer by layer, each
+    population Lava found different (``other.meta["differences"]``) is named and fails it."""
+    comparison = _compared(chip, other, outputs, voltages=True)
+    comparison.lava = LavaRun.of(other)
+    comparison.b = f"{other.backend} (first {other.samples} samples)"
+    comparison.populations = [Divergence(d.layer, d.sample, d.step, d.neuron, d.what, d.population)
+                              for d in other.meta.get("differences", ())]
+    comparison.exact = comparison.exact and not comparison.populations
+    return comparison
+
+
+def _exact_detail(c: Comparison) -> str:
+    if c.exact:
+        return "spikes and voltages identical"
+    named = "".join(f"; population '{d.population}' differs from step {d.step} (sample {d.sample}, neuron "
+                    f"{d.neuron}, {d.what})" for d in c.populations[:3])
+    more = f"; {len(c.populations) - 3} more populations differ" if len(c.populations) > 3 else ""
+    return f"{100 * c.overall_spike_agreement:.3f} % of spikes agree{named}{more}"
+
+
 def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: float = 2.0,
            min_agreement: float = 95.0, cross_checks: tuple[Traces, ...] = (),
            units: dict[str, np.ndarray] | None = None, layer_by_layer: Traces | None = None,
@@ -369,10 +424,12 @@ def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: 
 
     ``cross_checks`` are chip backends run on the first samples only (Lava on a
     few samples while the engine runs them all): each is compared with the first
-    chip backend on those samples. Checks: the chip backends agree exactly; the
-    first chip backend's accuracy is at most ``max_drop`` points below float
-    (when ``labels`` are given); float-vs-chip spike agreement is at least
-    ``min_agreement`` percent. ``units`` adds the readouts' relative error (see :func:`compare`).
+    chip backend on those samples. A Lava run layer by layer
+    (:func:`st2chip.targets.lava_layers.run`) also names each population whose spikes or
+    voltages differed from the engine's record, with its first differing step and neuron.
+    Checks: the chip backends agree exactly; the first chip backend's accuracy is at most
+    ``max_drop`` points below float (when ``labels`` are given); float-vs-chip spike agreement
+    is at least ``min_agreement`` percent. ``units`` adds the readouts' relative error (see :func:`compare`).
 
     ``layer_by_layer`` is the float graph run with every layer fed the first chip
     backend's spikes (:func:`st2chip.pipeline.run_layer_by_layer`): its agreement
@@ -409,13 +466,10 @@ def verify(traces: list[Traces], labels: np.ndarray | None = None, *, max_drop: 
         n = other.samples
         if labels is not None:
             accuracy[f"{other.backend} (first {n})"] = other.accuracy(labels[:n])
-        comparison = _compared(chips[0].head(n), other, outs, voltages=True)
-        comparison.b = f"{other.backend} (first {n} samples)"
-        report.comparisons.append(comparison)
+        report.comparisons.append(_cross_checked(chips[0].head(n), other, outs))
     for c in report.comparisons:
         if c.a != "float":
-            report.checks.append(Check(f"{c.a} = {c.b}", c.exact, "spikes and voltages identical" if c.exact else
-                                       f"{100 * c.overall_spike_agreement:.3f} % of spikes agree"))
+            report.checks.append(Check(f"{c.a} = {c.b}", c.exact, _exact_detail(c)))
     if floats and chips:
         chip = chips[0].backend
         if labels is not None:

@@ -137,7 +137,9 @@ class Population:
     and ``index`` the positions of its neurons in that layer. A ``readout``
     population never sends spikes; its voltage is the layer's output. Lava's own
     ``LIF`` resets to zero; a ``reset="subtract"`` population needs st2chip's
-    neuron model (:mod:`st2chip.targets.lava_neuron`, Loihi 2's programmable neuron).
+    neuron model (:mod:`st2chip.targets.lava_neuron`, Loihi 2's programmable neuron), and so
+    does ``refractory=1``: a neuron that spiked at the step before keeps ``v`` (no voltage
+    update, no spike) while ``u`` integrates (graph metadata ``refractory``, :mod:`st2chip.graph.reading`).
     ``voltage_unit`` is the chip voltage per unit of the float voltage divided by its
     threshold (``64 x`` the population's fixed-point scale): how its voltages compare
     with the float graph's (a readout's float voltage is chip / unit). Lowering sets
@@ -155,6 +157,7 @@ class Population:
     readout: bool = False
     reset: Literal["zero", "subtract"] = "zero"
     voltage_unit: float | None = None
+    refractory: int = 0
 
     def __post_init__(self) -> None:
         rec = f"population '{self.name}'"
@@ -169,6 +172,9 @@ class Population:
         self.du, self.dv, self.vth = int(self.du), int(self.dv), int(self.vth)
         if self.reset not in ("zero", "subtract"):
             raise ChipRangeError(f"{rec}: field 'reset' must be 'zero' or 'subtract', got {self.reset!r}")
+        if isinstance(self.refractory, bool) or self.refractory not in (0, 1):
+            raise ChipRangeError(f"{rec}: field 'refractory' must be 0 or 1 (steps), got {self.refractory!r}")
+        self.refractory = int(self.refractory)
         if self.voltage_unit is not None:
             if not np.isfinite(self.voltage_unit) or self.voltage_unit <= 0:
                 raise ChipRangeError(f"{rec}: field 'voltage_unit' must be positive, got {self.voltage_unit}")
@@ -206,7 +212,9 @@ class Relay(Population):
         \qquad \text{sent when } x_i \neq 0,
 
     with the 8-bit mantissas :math:`m` and exponent :math:`e_V` of its incoming
-    group V (0/1 spikes only). It keeps no state between steps and has no
+    group V (0/1 spikes; a relay of a fan-in tree, :mod:`st2chip.chip.lowering.fanin`,
+    sums partial sums: graded values of the relays before it, the same formula with
+    :math:`x_j` for :math:`s_j`). It keeps no state between steps and has no
     threshold: lava-nc's ``GradedVec`` with ``vth = 0`` (``v = a_in``,
     ``s_out = v * (|v| > 0)``, ``v`` cleared after each step; its ``exp`` is not
     applied by the fixed-point model). The message is signed :data:`MESSAGE_BITS`
@@ -228,10 +236,11 @@ class Relay(Population):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        fixed = (self.du, self.dv, self.vth, int(np.abs(self.bias).max(initial=0)), self.readout, self.reset)
-        if fixed != (DECAY_MAX, 0, 0, 0, False, "zero"):
-            raise ChipRangeError(f"relay '{self.name}': du, dv, vth, bias, readout and reset are fixed "
-                                 f"(4095, 0, 0, 0, False, 'zero'), got {fixed}")
+        fixed = (self.du, self.dv, self.vth, int(np.abs(self.bias).max(initial=0)), self.readout, self.reset,
+                 self.refractory)
+        if fixed != (DECAY_MAX, 0, 0, 0, False, "zero", 0):
+            raise ChipRangeError(f"relay '{self.name}': du, dv, vth, bias, readout, reset and refractory are fixed "
+                                 f"(4095, 0, 0, 0, False, 'zero', 0), got {fixed}")
         if not np.isfinite(self.scale) or self.scale <= 0:
             raise ChipRangeError(f"relay '{self.name}': field 'scale' must be positive, got {self.scale}")
 
@@ -262,10 +271,10 @@ class AlwaysOn(Population):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        fixed = (self.du, self.dv, self.vth, self.bias.tolist(), self.readout, self.reset)
-        if fixed != (DECAY_MAX, 0, 0, [1] * self.size, False, "zero"):
-            raise ChipRangeError(f"always-on population '{self.name}': du, dv, vth, bias, readout and reset are "
-                                 f"fixed (4095, 0, 0, 1, False, 'zero'), got {fixed}")
+        fixed = (self.du, self.dv, self.vth, self.bias.tolist(), self.readout, self.reset, self.refractory)
+        if fixed != (DECAY_MAX, 0, 0, [1] * self.size, False, "zero", 0):
+            raise ChipRangeError(f"always-on population '{self.name}': du, dv, vth, bias, readout, reset and "
+                                 f"refractory are fixed (4095, 0, 0, 1, False, 'zero', 0), got {fixed}")
 
     @property
     def always_on(self) -> bool:
@@ -316,7 +325,8 @@ class SynapseGroup:
     :math:`m` and one exponent :math:`e` per group. ``form`` records where the
     weights came from: ``dense``, ``sparse`` (CSR; unstructured pruning) or
     ``lowrank`` (a multiplied-out U·V) or ``factored`` (one factor of a U·V kept
-through a :class:`Relay`: V into the relay, U out of it). ``error`` is the relative quantization
+through a :class:`Relay`: V into the relay, U out of it) or ``fanin`` (the sums of a fan-in tree's relays:
+    mantissas 1, :mod:`st2chip.chip.lowering.fanin`). ``error`` is the relative quantization
     error ``||W_q - W|| / ||W||`` against the folded float weights. ``delay``
     holds a spike that many steps longer than the one step every group takes
     (Lava's ``DelayDense`` / ``DelaySparse``; 0 to :data:`DELAY_MAX`): to align
@@ -335,7 +345,7 @@ through a :class:`Relay`: V into the relay, U out of it). ``error`` is the relat
     target: str
     mantissa: np.ndarray | sp.csr_matrix
     exp: int
-    form: Literal["dense", "sparse", "lowrank", "factored"] = "dense"
+    form: Literal["dense", "sparse", "lowrank", "factored", "fanin"] = "dense"
     error: float = 0.0
     delay: int = 0
     lag: int = 0
@@ -457,21 +467,22 @@ class ChipGraph:
                                      f"undelayed, non-feedback matrix group")
 
     def _check_relays(self) -> None:
-        """Relays take 0/1 spikes through undelayed, non-feedback groups; their messages stay within
+        """Relays take 0/1 spikes (or, in a fan-in tree, another relay's values) through forward groups;
+        a relay's values go out through undelayed, non-feedback matrix groups; messages stay within
         :data:`MESSAGE_BITS`; what every graded group (out of a relay, a host product or an analog input)
         adds up stays within Lava's int32 sum and a LIF's input range."""
         bounds, graded = self.relay_bounds(), self.source_bounds()
         analog = {i.name for i in self.inputs if i.kind == "analog"}
         for s in self.synapses:
             rec = f"synapse group '{s.name}'"
-            if s.target in bounds and (s.source in bounds or s.source in analog or s.feedback):
-                raise ChipRangeError(f"{rec}: a relay takes 0/1 spikes through a forward group (source "
-                                     f"'{s.source}', feedback {s.feedback})")
+            if s.target in bounds and (s.source in analog or s.feedback):
+                raise ChipRangeError(f"{rec}: a relay takes 0/1 spikes or a relay's values through a forward "
+                                     f"group (source '{s.source}', feedback {s.feedback})")
             if s.source not in graded:
                 continue
-            if s.source in bounds and (s.target in bounds or s.delay or s.feedback or s.conv is not None):
-                raise ChipRangeError(f"{rec}: a relay's graded output goes to a LIF population through an "
-                                     f"undelayed, non-feedback matrix group")
+            if s.source in bounds and (s.delay or s.feedback or s.conv is not None):
+                raise ChipRangeError(f"{rec}: a relay's graded output goes out through an undelayed, "
+                                     f"non-feedback matrix group")
             acc, shifted = s.input_bound(graded[s.source])
             for what, value, limit in (("sum before the exponent", acc, GRADED_ACC_MAX),
                                        ("synaptic input", shifted, GRADED_INPUT_MAX)):
@@ -488,11 +499,22 @@ class ChipGraph:
         return self.relay_bounds() | port_bounds(self.hosts, self.inputs)
 
     def relay_bounds(self) -> dict[str, np.ndarray]:
-        """Per relay: the largest ``|x_i|`` it can send (its incoming groups with every spike on)."""
-        out = {p.name: np.zeros(p.size, np.int64) for p in self.populations if p.graded}
+        """Per relay: the largest ``|x_i|`` it can send (its incoming groups with every spike on, and a relay
+        that sums relays, in a fan-in tree, with theirs: those must come before it in ``populations``)."""
+        into: dict[str, list[SynapseGroup]] = {p.name: [] for p in self.populations if p.graded}
         for s in self.synapses:
-            if s.target in out:
-                out[s.target] += s.input_bound()[1]
+            if s.target in into:
+                into[s.target].append(s)
+        out: dict[str, np.ndarray] = {}
+        for p in self.populations:
+            if p.name not in into:
+                continue
+            late = [s.source for s in into[p.name] if s.source in into and s.source not in out]
+            if late:
+                raise ChipRangeError(f"relay '{p.name}': field 'populations' lists relay '{late[0]}', which "
+                                     f"feeds it, after it")
+            out[p.name] = sum((s.input_bound(out.get(s.source))[1] for s in into[p.name]),
+                              np.zeros(p.size, np.int64))
         return out
 
     def population(self, name: str) -> Population:

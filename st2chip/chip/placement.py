@@ -35,8 +35,17 @@ dense copy of a sparse matrix.
    joins the core opened last when neurons, memory, fan-in and fan-out, summed, all still fit
    (next fit), so small populations (a layer's decay groups, a readout) share a core; with
    ``pack=False`` every population gets cores of its own.
-4. *Chips.* Core ``i`` sits on chip ``i // cores_per_chip``; more than ``max_chips`` chips
+4. *Chips.* The network needs ``ceil(cores / cores_per_chip)`` chips; more than ``max_chips`` chips
    (default 1: one Loihi 2 chip; ``None``: no limit) is an error.
+5. *Mesh.* Every core gets a position ``(chip, x, y)`` on the chips' 2-D meshes and the board's grid of
+   chips (:mod:`st2chip.chip.mesh`, figures ``mesh_columns`` and ``chip_grid_columns``), placed to reduce
+   the traffic-weighted hops: the sum over pairs of cores of the messages between them times their
+   Manhattan hops, a chip-to-chip link counting :data:`~st2chip.chip.mesh.CROSSING_HOPS` hops. Messages
+   per step are counted per (source neuron, destination core) with a synapse between them, each weighted
+   by the source's spike count: measured ones when ``activity`` is given (``st2chip energy`` passes the
+   traces'), else expected ones (:func:`expected_activity`). Greedy start (cores in layer order along a snake
+   path), then pairwise swaps that each lower the objective (within a fixed work budget on large graphs):
+   deterministic, never worse than the start.
 
 Inputs (:class:`~st2chip.chip.chipgraph.InputPort`) stay off-core: the host sends their spikes;
 they count towards the fan-in of the cores they feed. What cannot fit raises
@@ -60,6 +69,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import ChipGraph, Population, SynapseGroup
+from st2chip.chip.mesh import CROSSING_HOPS, Mesh, arrange, traffic_hops, traffic_matrix
 from st2chip.errors import InputError, St2chipError
 
 RESOURCE_DIR = Path(__file__).parent / "resources"
@@ -83,6 +93,8 @@ FIGURES: dict[str, tuple[tuple[str, ...], bool]] = {
     "sparse_index_bits": (("bits",), False),
     "max_synaptic_delay": (("steps",), True),
     "graded_spike_bits": (("bits",), False),
+    "mesh_columns": (("cores",), True),
+    "chip_grid_columns": (("chips",), True),
 }
 
 
@@ -111,6 +123,8 @@ class Resources:
     sparse_index_bits: int
     max_synaptic_delay: int
     graded_spike_bits: int
+    mesh_columns: int
+    chip_grid_columns: int
     source: str = "built in"
     figures: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -147,6 +161,11 @@ class Resources:
     @property
     def synapse_memory_bytes(self) -> float:
         return self.synapse_memory_per_core / 8
+
+    @property
+    def rows_by_columns(self) -> str:
+        """A chip's mesh, e.g. ``8 x 16`` cores."""
+        return f"{-(-self.cores_per_chip // self.mesh_columns)} x {self.mesh_columns} cores"
 
 
 def _entry_error(path: Path, name: str, what: str) -> InputError:
@@ -248,9 +267,9 @@ class CoreSlice:
 class Core:
     """One neurocore: what it holds and how much of each resource that takes."""
 
-    index: int          # global core number
+    index: int          # global core number (the order placement made it in)
     chip: int
-    core: int           # number on its chip
+    core: int           # number on its chip: y * mesh_columns + x
     slices: list[CoreSlice]
     neurons: int = 0
     synapses: int = 0         # non-zero weights onto its neurons
@@ -258,6 +277,8 @@ class Core:
     memory_bits: int = 0
     fan_in: int = 0
     fan_out: int = 0
+    x: int = 0          # column on its chip's mesh
+    y: int = 0          # row on its chip's mesh
 
     @property
     def memory_bytes(self) -> float:
@@ -273,8 +294,34 @@ class Core:
 
 
 @dataclass
+class MeshUse:
+    """Traffic between cores on the mesh (policy stage 5), per time step: ``messages`` between distinct cores,
+    the on-chip ``hops`` and chip-to-chip ``crossings`` they take (summed over messages), and the objective at
+    the greedy start and after the swaps. ``activity`` says whether spike counts were ``measured`` or
+    ``expected``."""
+
+    messages: float
+    hops: float
+    crossings: float
+    start_cost: float
+    cost: float
+    swaps: int
+    sweeps: int
+    seconds: float
+    activity: str
+
+    @property
+    def mean_hops(self) -> float:
+        """Links (on-chip hops and chip crossings) per message between cores."""
+        return (self.hops + self.crossings) / self.messages if self.messages else 0.0
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "mean_hops": self.mean_hops, "crossing_hops": CROSSING_HOPS}
+
+
+@dataclass
 class Placement:
-    """Where every neuron sits, per-core use, and per-layer cores."""
+    """Where every neuron sits (cores, and each core's chip and mesh position), per-core use, per-layer cores."""
 
     resources: Resources
     cores: list[Core]
@@ -285,6 +332,17 @@ class Placement:
     max_chips: int | None
     pack: bool
     seconds: float = 0.0
+    mesh_use: MeshUse | None = None
+
+    @property
+    def mesh(self) -> Mesh:
+        """The slots of the chips used (:mod:`st2chip.chip.mesh`)."""
+        res = self.resources
+        return Mesh(res.cores_per_chip, res.mesh_columns, res.chip_grid_columns, self.n_chips)
+
+    def slots(self) -> np.ndarray:
+        """The mesh slot (``chip * cores_per_chip + core``) of each core, by core index."""
+        return np.array([c.chip * self.resources.cores_per_chip + c.core for c in self.cores], dtype=np.int64)
 
     @property
     def n_cores(self) -> int:
@@ -313,9 +371,12 @@ class Placement:
     def chips(self) -> list[dict]:
         """Per chip: cores, neurons and non-zero synapses (against the chip-level figures)."""
         out = []
+        res = self.resources
         for chip in range(self.n_chips):
             cores = [c for c in self.cores if c.chip == chip]
-            out.append({"chip": chip, "cores": len(cores), "neurons": sum(c.neurons for c in cores),
+            column, row = chip % res.chip_grid_columns, chip // res.chip_grid_columns
+            out.append({"chip": chip, "grid": [column, row], "cores": len(cores),
+                        "core_use": len(cores) / res.cores_per_chip, "neurons": sum(c.neurons for c in cores),
                         "synapses": sum(c.synapses for c in cores)})
         return out
 
@@ -329,6 +390,12 @@ class Placement:
                 f"fan-in {res.axons_in_per_core}, fan-out {res.axons_out_per_core} axons")
         if self.inputs:
             line += "; off-core (host) inputs: " + ", ".join(f"{n} ({s})" for n, s in self.inputs.items())
+        use = self.mesh_use
+        if use is not None and use.messages:
+            line += (f"\nmesh ({res.rows_by_columns}, chips on a grid {res.chip_grid_columns} wide): "
+                     f"{use.mean_hops:.2f} links per message between cores ({use.activity} traffic), "
+                     f"{use.crossings / use.messages:.3f} of them chip-to-chip; objective {use.cost:,.0f} "
+                     f"(greedy start {use.start_cost:,.0f}, {use.swaps} swaps)")
         uncertain = res.uncertain()
         if uncertain:
             line += (f"\nuncertain figures of {res.name} (estimates, not public figures; options in a resource file): "
@@ -346,7 +413,9 @@ class Placement:
             "layers": {layer: {"cores": n, "bound": self.bound.get(layer, "-")}
                        for layer, n in self.layer_cores().items()},
             "chips": self.chips(),
-            "cores": [{"core": c.index, "chip": c.chip, "core_on_chip": c.core,
+            "mesh": {"columns": res.mesh_columns, "rows": self.mesh.rows, "chip_grid_columns": res.chip_grid_columns,
+                     **(self.mesh_use.to_dict() if self.mesh_use is not None else {})},
+            "cores": [{"core": c.index, "chip": c.chip, "core_on_chip": c.core, "x": c.x, "y": c.y,
                        "slices": [[s.population, s.start, s.stop] for s in c.slices],
                        "neurons": c.neurons, "synapses": c.synapses, "stored_weights": c.stored_weights,
                        "memory_bytes": c.memory_bytes, "fan_in": c.fan_in, "fan_out": c.fan_out}
@@ -408,6 +477,13 @@ class _Incoming:
         if not self.sparse:
             return self.n_src
         return int(min(self.n_src, self.indptr[b] - self.indptr[a]))
+
+
+def row_costs(group: SynapseGroup, res: Resources) -> tuple[np.ndarray, np.ndarray]:
+    """Per target neuron of ``group``: the input axons (fan-in) and synapse memory (bits) it takes on a core,
+    as placement charges them (lowering's pass ``fanin`` splits what one core cannot hold)."""
+    incoming = _Incoming(group, res)
+    return incoming.row_fan_in, incoming.row_bits
 
 
 class _Pop:
@@ -532,11 +608,23 @@ def _fan_out_counts(pops: list[_Pop]) -> dict[str, np.ndarray]:
     return out
 
 
-def place(chip: ChipGraph, resources: str | os.PathLike | Resources = "loihi2", *,
-          max_chips: int | None = 1, pack: bool = True) -> Placement:
-    """Assign every population's neurons to neurocores and the cores to chips (policy: module docstring).
+def expected_activity(chip: ChipGraph) -> dict[str, np.ndarray]:
+    """Expected spikes per step of each population's neurons when no traces are at hand: every step for one
+    that always fires or sends graded values, else the spike rate lowering assumes
+    (:data:`~st2chip.chip.lowering.lowrank.SPIKE_RATE`)."""
+    from st2chip.chip.lowering.lowrank import SPIKE_RATE  # lowering's plan imports this module
+    return {p.name: np.full(p.size, 1.0 if p.always_on or p.graded else SPIKE_RATE) for p in chip.populations}
 
-    ``max_chips`` (default 1, a single chip; ``None`` for no limit) bounds the chips used.
+
+def place(chip: ChipGraph, resources: str | os.PathLike | Resources = "loihi2", *,
+          max_chips: int | None = 1, pack: bool = True,
+          activity: Mapping[str, np.ndarray] | None = None) -> Placement:
+    """Assign every population's neurons to neurocores, and the cores to chips and mesh positions (policy:
+    module docstring).
+
+    ``max_chips`` (default 1, a single chip; ``None`` for no limit) bounds the chips used. ``activity``
+    (population name -> spike count of each neuron, any time span) weighs the traffic the mesh stage
+    reduces; without it, :func:`expected_activity`.
     Raises :class:`PlacementError` naming every layer that cannot fit, with the resource and
     both numbers; a bad resource file raises :class:`~st2chip.errors.InputError`.
     """
@@ -603,6 +691,7 @@ def place(chip: ChipGraph, resources: str | os.PathLike | Resources = "loihi2", 
 
     # stage 3: cores (next fit), stage 4: chips
     cores: list[Core] = []
+    slice_cores: dict[str, list[int]] = {p.name: [] for p in pops}
     limits = (res.neurons_per_core, res.synapse_memory_per_core, res.axons_in_per_core, res.axons_out_per_core)
     for p in pops:
         cum_out = np.concatenate([[0], np.cumsum(counts[p.name])])
@@ -618,6 +707,7 @@ def place(chip: ChipGraph, resources: str | os.PathLike | Resources = "loihi2", 
                             slices=[])
                 cores.append(last)
             last.slices.append(CoreSlice(p.name, p.layer, a, b))
+            slice_cores[p.name].append(last.index)
             last.neurons += use[0]
             last.memory_bits += use[1]
             last.fan_in += use[2]
@@ -637,8 +727,63 @@ def place(chip: ChipGraph, resources: str | os.PathLike | Resources = "loihi2", 
         raise PlacementError(_error_text(res, [
             f"the network needs {placement.n_chips} chips ({placement.n_cores} cores at {res.cores_per_chip} per "
             f"chip) > {max_chips} allowed (max_chips, --max-chips); cores per layer: {per_layer}"]))
+    weights = activity if activity is not None else expected_activity(chip)
+    traffic = _core_traffic(pops, slice_cores, placement.assignment(), weights, len(cores))
+    placement.mesh_use = _arrange(placement, traffic, "measured" if activity is not None else "expected")
     placement.seconds = time.perf_counter() - t0
     return placement
+
+
+def _core_traffic(pops: list[_Pop], slice_cores: dict[str, list[int]], core_of: dict[str, np.ndarray],
+                  activity: Mapping[str, np.ndarray], n_cores: int) -> sp.csr_matrix:
+    """Messages per step between cores: each (source neuron, destination core) pair with a synapse between them
+    carries the source's activity. Input ports (the host's) are left out. A population's cores rise with its
+    neurons' positions (stage 3 makes them in order), so a slice's distinct sources group into runs by core.
+    Kept compact (32-bit entries; one destination count per slice): a dense core graph has many entries."""
+    src, weight, dst, counts = [], [], [], []
+    for p in pops:
+        for g in p.incoming:
+            if g.source not in core_of:
+                continue
+            cores = core_of[g.source].astype(np.int32)
+            act = np.asarray(activity[g.source], dtype=np.float32)
+            if not g.sparse:
+                per_core = np.bincount(cores, weights=act, minlength=n_cores).astype(np.float32)
+                senders = np.flatnonzero(per_core).astype(np.int32)
+            for (a, b, _), d in zip(p.slices, slice_cores[p.name]):
+                if g.sparse:
+                    idx = np.unique(g.indices[g.indptr[a]:g.indptr[b]])
+                    idx = idx[act[idx] > 0]
+                    if idx.size == 0:
+                        continue
+                    c = cores[idx]
+                    starts = np.flatnonzero(np.concatenate([[True], c[1:] != c[:-1]]))
+                    src.append(c[starts])
+                    weight.append(np.add.reduceat(act[idx], starts))
+                else:
+                    src.append(senders)
+                    weight.append(per_core[senders])
+                dst.append(d)
+                counts.append(src[-1].size)
+    rows = np.concatenate(src) if src else np.zeros(0, dtype=np.int32)
+    del src
+    return traffic_matrix(n_cores, rows, np.repeat(np.array(dst, dtype=np.int32), counts),
+                          np.concatenate(weight) if weight else np.zeros(0, dtype=np.float32))
+
+
+def _arrange(placement: Placement, traffic: sp.csr_matrix, activity: str) -> MeshUse:
+    """Stage 5: every core's mesh position (:func:`st2chip.chip.mesh.arrange`), written into the cores."""
+    mesh = placement.mesh
+    done = arrange(mesh, traffic)
+    chip, x, y = mesh.coords(done.slots)
+    for core in placement.cores:
+        i = core.index
+        core.chip, core.x, core.y = int(chip[i]), int(x[i]), int(y[i])
+        core.core = core.y * mesh.columns + core.x
+    hops, crossings = traffic_hops(mesh, traffic, done.slots)
+    return MeshUse(messages=float(traffic.data.sum(dtype=np.float64)) / 2, hops=hops, crossings=crossings,
+                   start_cost=done.start_cost, cost=done.cost,
+                   swaps=done.swaps, sweeps=done.sweeps, seconds=done.seconds, activity=activity)
 
 
 def _error_text(res: Resources, problems: list[str]) -> str:

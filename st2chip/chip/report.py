@@ -15,6 +15,10 @@ partition, analog input) sends a non-zero value every step (an upper bound):
 crosses between the host and the neurocores per step, at most: the input ports'
 values, and for each host partition the spikes it reads and the values it sends
 back. Per core: the placement's view (neurons, synapses, memory, fan-in, fan-out).
+Per chip: cores used of the chip's mesh, neurons and synapses; the mesh traffic (messages
+between cores per step at the expected spike rates, their on-chip hops and chip-to-chip
+links); and a floorplan, ``floorplan.png``: every core at its ``(chip, x, y)`` on the board,
+coloured by layer.
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from st2chip.chip.chipgraph import ChipGraph
 from st2chip.chip.lowering.lowrank import SPIKE_RATE
+from st2chip.chip.mesh import CROSSING_HOPS
 from st2chip.chip.placement import Placement
 from st2chip.chip.table import format_cores, format_table, layer_rows
 from st2chip.io import atomic_path, write_json, write_text
+
+MARKDOWN_CHIPS = 16  # chip rows shown in Markdown; report.json has every chip
 
 
 def estimated_ops(chip: ChipGraph, rate: float = SPIKE_RATE) -> dict[str, dict[str, float]]:
@@ -102,6 +111,7 @@ def _markdown(chip: ChipGraph, placement: Placement | None, data: dict) -> str:
     lines += ["", "## The map table", "", "```", format_table(chip, placement), "```"]
     if placement is not None:
         lines += ["", "## Per core", "", "```", format_cores(placement), "```"]
+        lines += _chip_lines(placement)
     return "\n".join(lines) + "\n"
 
 
@@ -130,8 +140,77 @@ def _plot(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _chip_lines(placement: Placement) -> list[str]:
+    """The chips section: per-chip use and the mesh traffic, then the floorplan image."""
+    res, use = placement.resources, placement.mesh_use
+    chips = placement.chips()
+    lines = ["", "## Chips and the mesh", "",
+             f"{placement.n_chips} chip{'s' * (placement.n_chips != 1)} of {res.rows_by_columns} "
+             f"({res.cores_per_chip} per chip), on a grid {res.chip_grid_columns} chips wide.", "",
+             "| chip | grid (column, row) | cores | core use % | neurons | synapses |",
+             "|---:|---|---:|---:|---:|---:|"]
+    lines += [f"| {c['chip']} | {c['grid'][0]}, {c['grid'][1]} | {c['cores']} | {100 * c['core_use']:.0f} | "
+              f"{c['neurons']:,} | {c['synapses']:,} |" for c in chips[:MARKDOWN_CHIPS]]
+    if len(chips) > MARKDOWN_CHIPS:
+        lines.append(f"| ... | {len(chips) - MARKDOWN_CHIPS} more chips in report.json | | | | |")
+    if use is not None:
+        per = (lambda x: x / use.messages) if use.messages else (lambda x: 0.0)
+        lines += ["", f"Mesh traffic ({use.activity} spike rates): {use.messages:,.1f} messages per step between "
+                      f"cores, {per(use.hops):.2f} on-chip hops and {per(use.crossings):.3f} chip-to-chip links per "
+                      f"message on average. Placement objective (messages x (hops + {CROSSING_HOPS} x chip links)): "
+                      f"{use.cost:,.1f}, from {use.start_cost:,.1f} at the greedy start ({use.swaps} swaps in "
+                      f"{use.sweeps} sweeps). `st2chip energy` counts the real hops from spike traces."]
+    if placement.cores:
+        lines += ["", "![floorplan](floorplan.png)"]
+    return lines
+
+
+def floorplan(placement: Placement) -> np.ndarray:
+    """The board as an image: each mesh position holds the layer number (in layer order) of the first layer
+    on its core, NaN where no core is used."""
+    layer = {name: i for i, name in enumerate(placement.layer_order)}
+    return placement.mesh.image(placement.slots(), np.array([layer[c.slices[0].layer] for c in placement.cores]))
+
+
+def _plot_floorplan(placement: Placement, path: Path) -> None:
+    """Cores on the board's mesh coloured by layer, chip outlines drawn, unused positions blank."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch, Rectangle
+
+    grid, mesh = floorplan(placement), placement.mesh
+    layers = placement.layer_order
+    palette = list(colormaps["tab20"].colors)
+    colors = [palette[i % len(palette)] for i in range(max(len(layers), 1))]
+    height, width = grid.shape
+    inches = min(12.0, 2.0 + 0.25 * width)  # wide enough for the legend; the height keeps cores square
+    fig = Figure(figsize=(inches, min(12.0, 1.6 + (inches - 2.0) * height / width)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = ListedColormap(colors).with_extremes(bad="white")
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-0.5, vmax=len(colors) - 0.5, interpolation="nearest",
+              aspect="equal" if max(height, width) <= 64 else "auto")
+    for chip in range(mesh.n_chips):
+        cx, cy = chip % mesh.chip_columns, chip // mesh.chip_columns
+        ax.add_patch(Rectangle((cx * mesh.columns - 0.5, cy * mesh.rows - 0.5), mesh.columns, mesh.rows,
+                               fill=False, lw=1.2))
+    shown = layers[:20]
+    ax.legend(handles=[Patch(color=colors[i], label=name) for i, name in enumerate(shown)], fontsize="x-small",
+              loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="layer" + ("s (first 20)" if len(layers) > 20 else ""))
+    ax.set_xlabel("x (cores; chips side by side)")
+    ax.set_ylabel("y (cores; chips stacked)")
+    ax.set_title(f"Floorplan: {placement.n_cores} cores on {placement.n_chips} chip(s) "
+                 f"({placement.resources.rows_by_columns} each)", fontsize="small")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+
+
 def write_report(chip: ChipGraph, placement: Placement | None, folder: str | os.PathLike) -> list[Path]:
-    """``report.md``, ``report.json`` and ``report.png`` in ``folder`` (each written atomically)."""
+    """``report.md``, ``report.json``, ``report.png`` and, when placed on at least one core, ``floorplan.png`` in
+    ``folder`` (each written atomically)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = report_data(chip, placement)
@@ -139,4 +218,7 @@ def write_report(chip: ChipGraph, placement: Placement | None, folder: str | os.
     write_json(paths[0], data)
     write_text(paths[1], _markdown(chip, placement, data))
     _plot(data, paths[2])
+    if placement is not None and placement.cores:
+        paths.append(folder / "floorplan.png")
+        _plot_floorplan(placement, paths[-1])
     return paths

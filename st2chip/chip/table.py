@@ -25,6 +25,7 @@ def neuron_model(chip: ChipGraph, layer: str) -> str:
     names = {p.name for p in pops}
     out = [s for s in chip.synapses if s.source in names]
     needs = [why for why, yes in (("subtract", any(p.reset == "subtract" for p in pops)),
+                                  ("refractory", any(p.refractory for p in pops)),
                                   ("recurrent", any(s.feedback for s in out)),
                                   ("delayed", any(s.lag for s in out))) if yes]
     return f"own ({', '.join(needs)})" if needs else "LIF"
@@ -73,6 +74,8 @@ def layer_rows(chip: ChipGraph, placement: Placement | None = None) -> list[dict
             rows[-1]["lowrank"] = {relay: choice.to_dict() for relay, choice in info.lowrank.items()}
         if info and info.current_bias:
             rows[-1]["current_bias"] = info.current_bias.to_dict()
+        if info and info.fanin:
+            rows[-1]["fanin"] = info.fanin.to_dict()
         if placement is not None:
             rows[-1]["cores"] = cores.get(layer, 0)
             rows[-1]["bound"] = placement.bound.get(layer, "-")
@@ -112,13 +115,14 @@ def format_table(chip: ChipGraph, placement: Placement | None = None) -> str:
                f"{len(chip.synapses)} synapse groups, {total_nnz}/{total_syn} non-zero weights, "
                f"dt={chip.lowering.dt:g} s, pipeline depth {chip.depth}")
     if any(r["model"] not in ("LIF", "graded") for r in rows):
-        out.append("model 'own': st2chip's Lava neuron, not Lava's LIF (reset by subtraction; a recurrent or delayed "
-                   "source is silenced at the end of each sample's window)")
+        out.append("model 'own': st2chip's Lava neuron, not Lava's LIF (reset by subtraction; held for the step after "
+                   "a spike; a recurrent or delayed source is silenced at the end of each sample's window)")
     out += [_lowrank_line(r["layer"], relay, e) for r in rows for relay, e in r.get("lowrank", {}).items()]
     out += [_current_bias_line(r["layer"], r["current_bias"]) for r in rows if "current_bias" in r]
+    out += [_fanin_line(r["layer"], r["fanin"]) for r in rows if "fanin" in r]
     if any(r["model"] == "graded" for r in rows):
-        out.append("kind 'relay': the middle of a factored low-rank layer U·V (graded values, lava-nc's GradedVec); "
-                   "form 'factored': V into it, U (MACs) out of it")
+        out.append("kind 'relay': graded values (lava-nc's GradedVec): the middle of a factored low-rank layer U·V "
+                   "(form 'factored': V into it, U, MACs, out of it) or a fan-in tree's partial sums (form 'fanin')")
     out += [_partition_line(chip, h) for h in chip.hosts]
     out += [f"analog input '{i.name}': {i.size} integer levels 0..{i.levels} per step (a MAC per non-zero weight)"
             for i in chip.inputs if i.kind == "analog"]
@@ -143,6 +147,17 @@ def _current_bias_line(layer: str, entry: dict) -> str:
     return (f"* {layer}: Affine bias into the synaptic current u, from always-on neuron '{entry['source']}' "
             f"(one spike every step; 8-bit, exp {','.join(map(str, entry['exp']))}, "
             f"error {100 * entry['error']:.2f} %)")
+
+
+def _fanin_line(layer: str, entry: dict) -> str:
+    """One line for a layer whose incoming synapses are split into fan-in trees: fan-in before and after, the
+    relays, the levels and what they cost."""
+    levels = sorted(set(entry["levels"].values()))
+    return (f"fan-in tree {layer}: fan-in {entry['fan_in']['before']} -> {entry['fan_in']['after']} axons "
+            f"({entry['limits']['axons']} per core); {entry['relay_neurons']} relay neurons in "
+            f"{len(entry['relays'])} relay layers, {'/'.join(map(str, levels))} level(s), at least "
+            f"{entry['cores_at_least']} cores; +{entry['latency_steps']} step(s) latency, "
+            f"~{entry['macs_per_step']:.0f} MACs/step")
 
 
 def _lowrank_line(layer: str, relay: str, entry: dict) -> str:

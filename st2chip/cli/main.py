@@ -177,6 +177,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lava-samples", type=int, default=defaults.LAVA_SAMPLES, metavar="N",
                    help=f"samples cross-checked on Lava, bit for bit against the engine (default "
                         f"{defaults.LAVA_SAMPLES})")
+    p.add_argument("--lava-mode", choices=["layers", "whole"], default=defaults.LAVA_MODE,
+                   help=f"how Lava checks the engine (default {defaults.LAVA_MODE}): layers: each population "
+                        f"alone, fed the spikes the engine recorded for its inputs, at most "
+                        f"{defaults.LAVA_PROCESSES} Lava processes per run whatever the model's size; whole: "
+                        f"the whole network in one Lava run (one OS process of about 17 MiB per population "
+                        f"and synapse group)")
     p.add_argument("--max-drop", type=float, default=defaults.MAX_DROP, metavar="POINTS",
                    help=f"fail when the chip's accuracy is more than this many points below float (default "
                         f"{defaults.MAX_DROP:g})")
@@ -264,7 +270,7 @@ def _cmd_export_netx(args: argparse.Namespace) -> int:
     from st2chip.io import write_json
     from st2chip.targets.netx import export_netx
     _check_outputs(args, [args.model], files=("output", "json"))
-    _, _, chip = _pipeline(args)
+    _, _, chip = _pipeline(args, resources=None)  # no fan-in trees: netx has no relays; Lava's compiler places
     export = export_netx(chip, args.output, approximate=args.approximate)
     _print(export.describe())
     if args.json:
@@ -272,7 +278,7 @@ def _cmd_export_netx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(args: argparse.Namespace):
+def _pipeline(args: argparse.Namespace, resources=defaults.RESOURCES):
     """Read, normalize and lower ``args.model`` as the API does, each stage timed with ``--verbose``."""
     import st2chip
     from st2chip.pipeline import Log
@@ -282,7 +288,7 @@ def _pipeline(args: argparse.Namespace):
     try:
         chip = log.stage("lower", st2chip.lower, graph, decay_groups=args.decay_groups,
                          lowrank=getattr(args, "lowrank", "product"), headroom=args.headroom,
-                         precision=getattr(args, "precision", "8"))
+                         precision=getattr(args, "precision", "8"), resources=resources)
     except GraphError as err:  # name the file as well as the node and field
         raise err.at(args.model) from None
     return log, graph, chip
@@ -353,7 +359,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
     _check_outputs(args, [args.model, args.resources], files=("json",), folders=("report",))
     max_chips = _max_chips(args.max_chips)
     resources = None if args.resources == "none" else load_resources(args.resources)
-    log, _, chip = _pipeline(args)
+    log, _, chip = _pipeline(args, resources)
     placement = None
     if resources is not None:
         try:
@@ -416,8 +422,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
     report = st2chip.verify(graph, inputs, chip=chip, backends=backends, lava_samples=args.lava_samples,
-                            max_drop=args.max_drop, min_agreement=args.min_agreement, stage=log.stage,
-                            allow_silent=args.allow_silent, **_engine_args(args))
+                            lava_mode=args.lava_mode, max_drop=args.max_drop, min_agreement=args.min_agreement,
+                            stage=log.stage, allow_silent=args.allow_silent, **_engine_args(args))
     _print(report.to_text())
     if args.json:
         write_json(args.json, report.to_dict())
@@ -436,7 +442,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     resources = load_resources(args.resources or profile.resources)
     _check_target(args, args.backend == "lava")
-    log, graph, chip = _pipeline(args)
+    log, graph, chip = _pipeline(args, resources)
     placement = log.stage("place", st2chip.place, chip, resources, max_chips=None)
     inputs = _run_inputs(args, graph)
     report = log.stage("energy", st2chip.energy, chip, inputs, profile=args.profile, placement=placement,

@@ -11,6 +11,13 @@ r"""The discrete-time reading of a canonical graph that the float interpreter an
   (snnTorch's ``reset_mechanism="subtract"``, Loihi 2's programmable neurons) is
   marked on a spiking node as ``node.metadata["reset"] = "subtract"``: on a spike
   ``v <- v - v_threshold``, ``v_reset`` unused. ``"zero"`` or no key: ``v <- v_reset``.
+- **Refractory.** ``node.metadata["refractory"] = k`` on a spiking node (whole
+  steps, ``0`` or no key: none; ``0`` or ``1`` only, :data:`REFRACTORY_STEPS`):
+  for the ``k`` steps after a spike ``v`` keeps its value after the reset (no
+  voltage update, no spike) while a ``CubaLIF``'s current ``i`` integrates as
+  usual. snnTorch's ``Synaptic``/``RSynaptic``/``RLeaky`` with
+  ``reset_mechanism="zero"`` hold ``mem`` at 0 for the step after a spike: that
+  is reset to 0 plus ``refractory = 1``.
 - **Delay.** A ``Delay`` node holds each element ``delay / dt`` whole steps.
 """
 
@@ -25,6 +32,8 @@ from st2chip.errors import GraphError
 
 RESET_KEY = "reset"
 RESET_MODES = ("zero", "subtract")
+REFRACTORY_KEY = "refractory"
+REFRACTORY_STEPS = (0, 1)  # steps a spiking node may be held after a spike (the chip's neuron: 0 or 1)
 SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)  # neurons that spike (and reset)
 READOUT = (nir.LI, nir.CubaLI, nir.I)    # neurons that do not: their voltage is the output
 NEURONS = (*SPIKING, *READOUT)
@@ -44,6 +53,20 @@ def reset_mode(name: str, node: nir.NIRNode) -> str:
         raise GraphError(f"metadata reset must be one of {', '.join(RESET_MODES)}, got {mode!r}", node=name,
                          field="metadata.reset")
     return str(mode)
+
+
+def refractory_steps(name: str, node: nir.NIRNode) -> int:
+    """Steps ``v`` is held after a spike, from the node's metadata (see the module docstring); 0 without the key."""
+    meta = getattr(node, "metadata", None) or {}
+    steps = meta.get(REFRACTORY_KEY, 0)
+    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)) \
+            or int(steps) not in REFRACTORY_STEPS:
+        raise GraphError(f"metadata refractory must be a whole number of steps in {REFRACTORY_STEPS}, got {steps!r}",
+                         node=name, field="metadata.refractory")
+    if steps and not isinstance(node, SPIKING):
+        raise GraphError(f"metadata refractory applies to spiking neurons ({', '.join(t.__name__ for t in SPIKING)}), "
+                         f"not to {type(node).__name__}", node=name, field="metadata.refractory")
+    return int(steps)
 
 
 def delay_steps(name: str, node: nir.Delay, dt: float) -> np.ndarray:

@@ -16,6 +16,8 @@ With ``dt = graph.metadata["dt"]`` (forward Euler), per step:
 - ``LIF``: :math:`v \leftarrow (1 - \tfrac{dt}{\tau}) v + \tfrac{dt}{\tau}(v_{leak} + r I)`,
   :math:`s = [v > v_{threshold}]`, :math:`v \leftarrow v_{reset}` where :math:`s` (or
   :math:`v \leftarrow v - v_{threshold}` for ``metadata["reset"] == "subtract"``).
+  With ``metadata["refractory"] == 1`` a neuron that spiked at the step before keeps its ``v`` (the value
+  after its reset) and does not spike; a current ``i`` integrates as usual.
   With :math:`\tau = dt/(1-\beta)`, :math:`r = 1/(1-\beta)`, :math:`v_{leak} = 0`
   this is sLIF's :math:`v \leftarrow \beta v + I`.
 - ``CubaLIF``: :math:`i \leftarrow (1 - \tfrac{dt}{\tau_{syn}}) i + \tfrac{dt}{\tau_{syn}} w_{in} I`, then
@@ -44,7 +46,8 @@ import torch.nn.functional as F
 
 from st2chip.errors import GraphError, InputError
 from st2chip.graph.product import SpikeProduct
-from st2chip.graph.reading import NEURONS, SPIKING, back_edges, coefficients, delay_steps, reset_mode
+from st2chip.graph.reading import (NEURONS, SPIKING, back_edges, coefficients, delay_steps, refractory_steps,
+                                   reset_mode)
 from st2chip.traces import Traces
 
 LINEAR = (nir.Affine, nir.Scale, nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d)
@@ -91,8 +94,10 @@ class _Neuron:
         if self.spiking:
             self.theta, self.v_reset = _coef(node.v_threshold, dtype), _coef(node.v_reset, dtype)
             self.subtract = reset_mode(name, node) == "subtract"
+        self.refractory = self.spiking and refractory_steps(name, node) > 0
         self.v: torch.Tensor | None = None
         self.i_syn: torch.Tensor | None = None
+        self.fired: torch.Tensor | None = None  # the step before's spikes (refractory nodes)
 
     def step(self, drive: torch.Tensor) -> torch.Tensor:
         """Output for one step (spikes, or the voltage of LI/I) given the input ``drive``; ``self.v`` after reset."""
@@ -106,7 +111,10 @@ class _Neuron:
             self.v = v
             return v
         s = v > self.theta
+        if self.refractory and self.fired is not None:  # held for the step after a spike: v kept, no spike
+            v, s = torch.where(self.fired, self.v, v), s & ~self.fired
         self.v = torch.where(s, v - self.theta, v) if self.subtract else torch.where(s, self.v_reset.expand_as(v), v)
+        self.fired = s
         return s.to(drive.dtype)
 
 

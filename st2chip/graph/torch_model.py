@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from st2chip.errors import GraphError, InputError
-from st2chip.graph.reading import NEURONS, SPIKING, back_edges, coefficients, delay_steps, reset_mode
+from st2chip.graph.reading import (NEURONS, SPIKING, back_edges, coefficients, delay_steps, refractory_steps,
+                                   reset_mode)
 from st2chip.graph.simulate import LINEAR, PASS_THROUGH, topological_order
 from st2chip.learn.neurons import spike_fn
 
@@ -133,7 +134,8 @@ class NeuronNode(nn.Module):
 
     Per step: :math:`i \\leftarrow \\beta_u i + g_u x` (CubaLIF/CubaLI), then
     :math:`v \\leftarrow \\beta v + g\\,x + o`; a spiking node fires where :math:`v > \\theta` and resets
-    to ``v_reset`` (or subtracts :math:`\\theta`). LI/I/CubaLI output their voltage.
+    to ``v_reset`` (or subtracts :math:`\\theta`); with ``metadata["refractory"] = 1`` it keeps that ``v`` and
+    stays silent for the step after a spike. LI/I/CubaLI output their voltage.
     """
 
     def __init__(self, name: str, node: nir.NIRNode, dt: float, alpha: float) -> None:
@@ -152,34 +154,39 @@ class NeuronNode(nn.Module):
         self.register_buffer("offset", _f64(c.offset))
         self.spiking = isinstance(node, SPIKING)
         self.subtract = self.spiking and reset_mode(name, node) == "subtract"
+        self.refractory = self.spiking and refractory_steps(name, node) > 0
         if self.spiking:
             theta = np.asarray(node.v_threshold, dtype=np.float64)
             self.register_buffer("theta", _f64(theta))
             self.register_buffer("v_reset", _f64(node.v_reset))
             self.register_buffer("surrogate_scale", _f64(np.where(theta != 0, np.abs(theta), 1.0)))
 
-    def step(self, drive: torch.Tensor, v: torch.Tensor | None, i: torch.Tensor | None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Output for one step (spikes, or the voltage) given ``drive``; the new voltage (after reset) and current."""
+    def step(self, drive: torch.Tensor, v: torch.Tensor | None, i: torch.Tensor | None,
+             held: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Output for one step (spikes, or the voltage) given ``drive``; the new voltage (after reset), current and
+        ``held`` (a refractory node's spikes of this step, which hold it at the next; None otherwise)."""
         if v is None:
             v, i = torch.zeros_like(drive), torch.zeros_like(drive)
+        v_before = v
         if self.cuba:
             i = self.syn_decay * i + self.syn_gain * drive
             drive = i
         v = self.decay * v + self.gain * drive + self.offset
         if not self.spiking:
-            return v, v, i
+            return v, v, i, None
         s = spike_fn((v - self.theta) / self.surrogate_scale, self.alpha)
+        if held is not None:  # the step after a spike: v kept, no spike
+            v, s = torch.where(held, v_before, v), s * (~held)
         fired = s.detach() > 0
         v = torch.where(fired, v - self.theta, v) if self.subtract else torch.where(fired, self.v_reset.expand_as(v), v)
-        return s, v, i
+        return s, v, i, (fired if self.refractory else None)
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         """Outputs ``(T, ...)`` for input currents ``(T, ...)``, state zero at the start."""
-        v = i = None
+        v = i = held = None
         outputs = []
         for drive in current:
-            out, v, i = self.step(drive, v, i)
+            out, v, i, held = self.step(drive, v, i, held)
             outputs.append(out)
         return torch.stack(outputs)
 
@@ -278,7 +285,7 @@ class GraphModule(nn.Module):
         """Step by step, every node once per step in graph order; a back edge carries the step before."""
         first = next(iter(xs.values()))
         feeds = {n: [a for a in self.preds[n] if (a, n) not in self.back] for n in self.names}
-        state: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        state: dict[str, tuple[torch.Tensor | None, ...]] = {}
         history: dict[str, list[torch.Tensor]] = {}
         outputs: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
         for t in range(first.shape[0]):
@@ -293,7 +300,7 @@ class GraphModule(nn.Module):
                     parts = [first.new_zeros(*first.shape[1:-1], self._width(a)) for a in self.preds[name]]
                 x = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
                 if isinstance(module, NeuronNode):
-                    now[name], *state[name] = module.step(x, *state.get(name, (None, None)))
+                    now[name], *state[name] = module.step(x, *state.get(name, (None, None, None)))
                 elif isinstance(module, DelayNode):
                     history.setdefault(name, []).append(x)
                     now[name] = module(torch.stack(history[name]))[-1]

@@ -1,11 +1,15 @@
-"""st2chip's own Lava neuron: Loihi's fixed-point CUBA-LIF with a reset mode and a silent window end.
+"""st2chip's own Lava neuron: Loihi's fixed-point CUBA-LIF with reset mode, refractory step, silent window end.
 
 Lava's ``LIFReset`` (model ``PyLifResetModelBitAcc``) resets a spiking neuron's
 voltage to zero and zeroes every neuron's state every ``reset_interval`` steps.
-Loihi 2's neurons are programmable; st2chip needs two things ``LIFReset`` lacks:
+Loihi 2's neurons are programmable; st2chip needs three things ``LIFReset`` lacks:
 
 - ``reset_mode="subtract"``: on a spike ``v <- v - (vth << 6)`` instead of
   ``v <- 0`` (reset by subtraction: st2chip's sLIF, SpikingJelly's soft reset);
+- ``refractory=1``: a neuron that spiked at the step before keeps ``v`` (no
+  voltage update) and does not spike, while ``u`` integrates as usual (snnTorch's
+  ``Synaptic`` reset to zero holds ``mem`` at 0 for that step). The state of the
+  step before is cleared with ``u`` and ``v`` at the periodic reset;
 - ``quiet``: no spikes are sent in the last ``quiet`` steps before each periodic
   reset, i.e. at the time steps where ``(time_step - reset_offset) %
   reset_interval >= reset_interval - quiet`` (Lava's ``time_step`` is 1 at the
@@ -17,7 +21,7 @@ Everything else (24-bit ``u``/``v``, decays truncated toward zero, wrap of ``u``
 clip of ``v``, bias mantissa/exponent, threshold ``vth << 6``, the periodic state
 reset before the update) is Lava's own arithmetic, inherited from
 ``AbstractPyLifModelFixed``; with ``reset_mode="zero"`` and ``quiet=0`` the model
-is bit-identical to ``PyLifResetModelBitAcc``.
+is bit-identical to ``PyLifResetModelBitAcc`` (``refractory=0``, the default).
 """
 
 from __future__ import annotations
@@ -39,18 +43,22 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol  # noqa:
 from lava.proc.lif.models import AbstractPyLifModelFixed  # noqa: E402
 
 RESET_MODES = ("zero", "subtract")
+REFRACTORY_STEPS = (0, 1)
 
 
 class CubaNeuron(AbstractProcess):
     """CUBA-LIF neurons like Lava's ``LIFReset`` (one ``du``, ``dv``, ``vth`` per process), plus
-    ``reset_mode`` (``"zero"`` or ``"subtract"``) and ``quiet`` (silent steps at the end of each window)."""
+    ``reset_mode`` (``"zero"`` or ``"subtract"``), ``refractory`` (0 or 1: steps ``v`` is held after a spike)
+    and ``quiet`` (silent steps at the end of each window)."""
 
     def __init__(self, *, shape: tuple[int, ...], du: int, dv: int, vth: int, bias_mant: int | np.ndarray,
                  bias_exp: int | np.ndarray, reset_interval: int, reset_offset: int, reset_mode: str = "zero",
-                 quiet: int = 0, name: str | None = None) -> None:
+                 refractory: int = 0, quiet: int = 0, name: str | None = None) -> None:
         super().__init__(shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant, bias_exp=bias_exp, name=name)
         if reset_mode not in RESET_MODES:
             raise ValueError(f"reset_mode must be one of {RESET_MODES}, got {reset_mode!r}")
+        if isinstance(refractory, bool) or refractory not in REFRACTORY_STEPS:
+            raise ValueError(f"refractory must be one of {REFRACTORY_STEPS}, got {refractory!r}")
         for arg, value in (("reset_interval", reset_interval), ("reset_offset", reset_offset), ("quiet", quiet)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
                 raise ValueError(f"{arg} must be an integer, got {value!r}")
@@ -63,6 +71,7 @@ class CubaNeuron(AbstractProcess):
         self.proc_params["reset_interval"] = int(reset_interval)
         self.proc_params["reset_offset"] = int(reset_offset)
         self.proc_params["reset_mode"] = reset_mode
+        self.proc_params["refractory"] = int(refractory)
         self.proc_params["quiet"] = int(quiet)
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
@@ -79,7 +88,8 @@ class CubaNeuron(AbstractProcess):
 @requires(CPU)
 @tag("fixed_pt")
 class PyCubaNeuronModelFixed(AbstractPyLifModelFixed):
-    """Fixed-point model of :class:`CubaNeuron`: ``PyLifResetModelBitAcc`` plus reset mode and quiet steps."""
+    """Fixed-point model of :class:`CubaNeuron`: ``PyLifResetModelBitAcc`` plus reset mode, refractory step and
+    quiet steps."""
 
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     vth: int = LavaPyType(int, np.int32, precision=17)
@@ -91,6 +101,8 @@ class PyCubaNeuronModelFixed(AbstractPyLifModelFixed):
         self.reset_offset: int = proc_params["reset_offset"] % self.reset_interval
         self.subtract: bool = proc_params["reset_mode"] == "subtract"
         self.quiet: int = proc_params["quiet"]
+        self.refractory: bool = proc_params["refractory"] > 0
+        self.fired: np.ndarray | None = None  # the step before's spikes (refractory; None: none yet)
 
     def scale_threshold(self) -> None:
         """MSB-align the threshold with ``v``: ``vth << 6``, as Loihi does."""
@@ -109,18 +121,26 @@ class PyCubaNeuronModelFixed(AbstractPyLifModelFixed):
             self.v[spike_vector] = 0
 
     def run_spk(self) -> None:
-        """One step: periodic state reset, LIF update, voltage reset; spikes sent unless in a quiet step."""
+        """One step: periodic state reset, LIF update (v held the step after a spike where refractory), voltage
+        reset; spikes sent unless in a quiet step."""
         a_in_data = self.a_in.recv()
         phase = (self.time_step - self.reset_offset) % self.reset_interval
         if phase == 0:
             self.u *= 0
             self.v *= 0
+            self.fired = None
         self.scale_bias()
         if not self.isthrscaled:
             self.scale_threshold()
+        held = self.fired if self.refractory else None
+        v_kept = self.v.copy() if held is not None else None
         self.subthr_dynamics(activation_in=a_in_data)
         spikes = self.spiking_activation()
+        if held is not None:  # the step after a spike: v kept, no spike
+            self.v[held] = v_kept[held]
+            spikes = spikes & ~held
         self.reset_voltage(spike_vector=spikes)
+        self.fired = spikes.copy()
         if phase >= self.reset_interval - self.quiet:
             spikes = np.zeros_like(spikes)
         self.s_out.send(spikes)

@@ -180,7 +180,7 @@ def test_averaging_is_per_sample():
     assert list(twice.by_layer("acs")) == [2 * a for a in once.by_layer("acs")]
     r1, r2 = energy_report(_chip(), tr, "loihi2"), energy_report(_chip(), doubled, "loihi2")
     t1, t2 = r1.totals(), r2.totals()
-    for nested in ("energy_pj", "spikes_routed"):
+    for nested in ("energy_pj", "spikes_routed", "hops"):
         assert t2.pop(nested) == pytest.approx(t1.pop(nested))
     assert t2 == pytest.approx(t1)
 

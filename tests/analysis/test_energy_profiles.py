@@ -25,7 +25,9 @@ def test_loihi_figures_are_davies_table_2_and_loihi2_says_they_are_estimates():
     assert (loihi.e_ac_pj, loihi.e_neuron_update_pj, loihi.e_spike_local_pj) == (23.6, 52.0, 1.7)
     assert loihi.resources == "loihi1" and loihi2.resources == "loihi2"
     assert loihi.sources["E_AC_pJ"]["status"] == "published" and "Table 2" in loihi.sources["E_AC_pJ"]["source"]
-    assert loihi.sources["E_SPIKE_CORE_pJ"]["status"] == "estimate"
+    assert (loihi.e_hop_x_pj, loihi.e_hop_y_pj) == (3.0, 4.0)  # Table 2: energy per tile hop, E-W / N-S
+    assert loihi.sources["E_HOP_Y_pJ"]["status"] == "published" and "Table 2" in loihi.sources["E_HOP_Y_pJ"]["source"]
+    assert loihi.sources["E_CHIP_LINK_pJ"]["status"] == "estimate" and loihi.e_chip_link_pj > loihi.e_hop_y_pj
     assert {e["status"] for e in loihi2.sources.values()} == {"estimate"}
     assert {"45nm", "loihi", "loihi2"} <= set(available_profiles())
 

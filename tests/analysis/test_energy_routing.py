@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from st2chip.analysis.energy import TERMS, energy_report, load_profile
-from st2chip.analysis.traffic import ROUTES, count_ops
+from st2chip.analysis.traffic import HOPS, ROUTES, count_ops
 from st2chip.chip.chipgraph import ChipGraph, InputPort, Population, SynapseGroup
 from st2chip.chip.placement import load_resources, place
 from st2chip.traces import Traces
@@ -36,20 +36,32 @@ def _traces(seed: int) -> Traces:
                   voltages={}, scores=np.zeros((3, 4)))
 
 
+def _board_xy(core, res) -> tuple[int, int, int, int]:
+    """A core's position on the board by hand: chip grid column/row, then global X and Y."""
+    rows = -(-res.cores_per_chip // res.mesh_columns)
+    cx, cy = core.chip % res.chip_grid_columns, core.chip // res.chip_grid_columns
+    return cx, cy, cx * res.mesh_columns + core.x, cy * rows + core.y
+
+
 def _loop_routes(weights: np.ndarray, spikes: np.ndarray, src: np.ndarray | None, dst: np.ndarray,
-                 per_chip: int) -> dict[str, int]:
-    """Reference: every spike goes once to each distinct core holding a target it has a weight onto."""
-    out = dict.fromkeys(ROUTES, 0)
+                 placement) -> dict[str, int]:
+    """Reference: every spike goes once to each distinct core holding a target it has a weight onto, along the
+    mesh (chip links between the chips' grid positions, on-chip hops for the rest of the Manhattan path)."""
+    out = dict.fromkeys((*ROUTES, *HOPS), 0)
+    res, cores = placement.resources, placement.cores
     for _, _, j in zip(*np.nonzero(spikes)):
         for core in sorted({int(dst[i]) for i in range(weights.shape[0]) if weights[i, j] != 0}):
             if src is None:
                 out["host"] += 1
-            elif src[j] == core:
+                continue
+            if src[j] == core:
                 out["local"] += 1
-            elif src[j] // per_chip == core // per_chip:
-                out["core"] += 1
-            else:
-                out["chip"] += 1
+                continue
+            out["core" if cores[src[j]].chip == cores[core].chip else "chip"] += 1
+            (ax, ay, gxa, gya), (bx, by, gxb, gyb) = _board_xy(cores[src[j]], res), _board_xy(cores[core], res)
+            out["chip_links"] += abs(ax - bx) + abs(ay - by)
+            out["hops_x"] += abs(gxa - gxb) - abs(ax - bx)
+            out["hops_y"] += abs(gya - gyb) - abs(ay - by)
     return out
 
 
@@ -60,10 +72,12 @@ def test_routes_match_an_event_loop(seed):
     assert placement.n_chips >= 2
     where = placement.assignment()
     counts = count_ops(chip, tr, placement)
-    expect_fc1 = _loop_routes(W1, tr.inputs["x"], None, where["h"], 2)
-    expect_out = _loop_routes(W2, tr.spikes["fc1"], where["h"], where["o"], 2)
+    expect_fc1 = _loop_routes(W1, tr.inputs["x"], None, where["h"], placement)
+    expect_out = _loop_routes(W2, tr.spikes["fc1"], where["h"], where["o"], placement)
     for route in ROUTES:
         assert list(counts.by_layer(f"routed_{route}")) == [expect_fc1[route], expect_out[route]], route
+    for quantity in HOPS:
+        assert list(counts.by_layer(quantity)) == [expect_fc1[quantity], expect_out[quantity]], quantity
     assert counts.by_layer("routed_core")[1] + counts.by_layer("routed_chip")[1] > 0
 
 
@@ -100,4 +114,5 @@ def test_static_power_follows_the_cores_used():
     assert spread.totals()["energy_pj"]["static"] == pytest.approx(per_core * spread.placement.n_cores)
     # the same operations, priced the same, wherever they sit
     assert one.totals()["energy_pj"]["ac"] == pytest.approx(spread.totals()["energy_pj"]["ac"])
-    assert "spikes routed (chip) (no E_SPIKE_CHIP_pJ)" in spread.unpriced()
+    assert spread.unpriced() == ["spikes routed (host) (no E_SPIKE_HOST_pJ)"]
+    assert spread.totals()["hops"]["chip_links"] > 0

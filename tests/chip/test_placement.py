@@ -76,7 +76,6 @@ def _check(chip: ChipGraph, placement, res: Resources) -> None:
         assert core.memory_bits <= res.synapse_memory_per_core
         assert core.fan_in <= res.axons_in_per_core
         assert core.fan_out <= res.axons_out_per_core
-        assert core.chip == core.index // res.cores_per_chip and core.core == core.index % res.cores_per_chip
         nnz = bits = fan_in = fan_out = 0
         for s in core.slices:
             fan_out += int(dests[s.population][s.start:s.stop].sum())
@@ -93,6 +92,19 @@ def _check(chip: ChipGraph, placement, res: Resources) -> None:
         assert (core.synapses, core.memory_bits, core.fan_in, core.fan_out) == (nnz, bits, fan_in, fan_out)
     assert sum(c.synapses for c in placement.cores) == sum(g.nnz for g in chip.synapses)
     assert sum(c.neurons for c in placement.cores) == sum(sizes.values())
+    _check_positions(placement, res)
+
+
+def _check_positions(placement, res: Resources) -> None:
+    """Every core on a chip the placement counts, inside that chip's mesh, and no two cores in one place."""
+    rows = -(-res.cores_per_chip // res.mesh_columns)
+    seen = set()
+    for core in placement.cores:
+        assert 0 <= core.chip < placement.n_chips
+        assert 0 <= core.x < res.mesh_columns and 0 <= core.y < rows
+        assert core.core == core.y * res.mesh_columns + core.x < res.cores_per_chip
+        seen.add((core.chip, core.x, core.y))
+    assert len(seen) == placement.n_cores
 
 
 # --------------------------------------------------------------------------- resource files
@@ -319,12 +331,14 @@ def test_cli_map_places_by_default_and_shows_cores(random_mlp, tmp_path, capsys)
 
 def test_cli_map_that_does_not_fit_is_one_line_naming_the_layers(random_mlp, tmp_path, capsys):
     path = write_nir(mlp_to_nir(random_mlp()), tmp_path / "m.nir")
-    small = _user_file(tmp_path, lambda f: f["axons_in_per_core"].update(value=16))
+    # (a fan-in over a core's axons no longer refuses: lowering builds a fan-in tree; a chip too small does)
+    small = _user_file(tmp_path, lambda f: (f["neurons_per_core"].update(value=16),
+                                            f["cores_per_chip"].update(value=2)))
     report = tmp_path / "out.json"
     report.write_text("keep me")
     code, out, err = _run(capsys, "map", path, "--resources", small, "--json", report)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "layer 'lif1': fan-in 64 axons > 16 per core" in err and "layer 'readout'" in err
+    assert "chips (" in err and "> 1 allowed (max_chips, --max-chips)" in err and "'lif1' " in err
     assert "lif1" in out  # the lowered table is still shown
     assert report.read_text() == "keep me"
     bad = _user_file(tmp_path, lambda f: f["neurons_per_core"].update(value=-1))

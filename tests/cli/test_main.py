@@ -141,6 +141,16 @@ def test_verify_runs_the_whole_digits_split_on_the_engine_with_a_lava_cross_chec
     code, out, _ = _run(capsys, "verify", str(good_nir), "--lava-samples", "8", "--min-agreement", "90")
     assert code == 0, out
     assert "360 samples" in out and "reference vs lava (first 8 samples)" in out and "(exact)" in out
+    assert "lava mode: layers (each of" in out
+
+
+def test_verify_takes_the_lava_mode(good_nir, capsys):
+    code, out, _ = _run(capsys, "verify", str(good_nir), "--samples", "4", "--lava-samples", "2",
+                        "--backends", "reference,lava", "--lava-mode", "whole")
+    assert code == 0 and "lava mode: whole (the whole network in one Lava run)" in out
+    with pytest.raises(SystemExit) as exit_info:
+        _run(capsys, "verify", str(good_nir), "--lava-mode", "parts")
+    assert exit_info.value.code == 2 and "--lava-mode" in capsys.readouterr().err
 
 
 def test_warnings_are_one_escaped_line(capsys):

@@ -171,7 +171,8 @@ def test_a_report_folder_is_written_whole_or_not_at_all(tmp_path, model, capsys)
     _no_temporaries(tmp_path, mine)
     assert main(["map", str(model), "--report", str(mine)]) == 0
     assert str(mine / "report.png") in capsys.readouterr().out
-    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "report.json", "report.md", "report.png"]
+    assert sorted(p.name for p in mine.iterdir()) == ["floorplan.png", "notes.txt", "report.json", "report.md",
+                                                     "report.png"]
 
 
 def test_export_netx_under_a_file_size_limit_is_one_error(tmp_path, random_mlp):

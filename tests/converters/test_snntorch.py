@@ -215,3 +215,137 @@ def test_chip_reference_equals_lava():
     assert ref.spikes.keys() == lav.spikes.keys()
     for layer in ref.spikes:
         np.testing.assert_array_equal(ref.spikes[layer], lav.spikes[layer], err_msg=layer)
+
+
+def make_recurrent_net(seed=0, reset="zero", **synaptic):
+    """Linear -> RSynaptic (recurrent weights with a bias) -> Linear (bias) -> Synaptic, weights that spike."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(N_IN, 8),
+        snn.RSynaptic(alpha=0.8, beta=0.9, linear_features=8, init_hidden=True, reset_mechanism=reset),
+        torch.nn.Linear(8, 4),
+        snn.Synaptic(alpha=0.7, beta=0.85, threshold=0.7, init_hidden=True, reset_mechanism=reset, **synaptic))
+    with torch.no_grad():
+        net[0].weight.abs_().mul_(1.5)
+        net[1].recurrent.weight.mul_(0.5)
+        net[1].recurrent.bias.fill_(0.05)
+        net[2].weight.abs_()
+        net[2].bias.fill_(0.1)
+    return net
+
+
+def run_recurrent(net, x):
+    """Spikes of the RSynaptic ('1') and Synaptic ('3') layers, (B, T, n), run step by step in snnTorch."""
+    recorded = {"1": [], "3": []}
+    hooks = [net[int(k)].register_forward_hook(lambda m, i, o, k=k: recorded[k].append(o.clone()))
+             for k in recorded]
+    for k in recorded:
+        net[int(k)].reset_mem()
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            net(torch.as_tensor(x[:, t], dtype=torch.float32))
+    for h in hooks:
+        h.remove()
+    return {k: torch.stack(v, 1).numpy().astype(np.uint8) for k, v in recorded.items()}
+
+
+def _without_refractory(graph):
+    nodes = {k: dataclasses.replace(v, metadata={}) if isinstance(v, nir.CubaLIF) else v
+             for k, v in graph.nodes.items()}
+    return nir.NIRGraph(nodes=nodes, edges=graph.edges, metadata=graph.metadata, type_check=False)
+
+
+def test_recurrent_synaptic_zero_reset_converts_spike_for_spike():
+    """snnTorch's Synaptic/RSynaptic reset to zero holds mem at 0 for the step after a spike (syn integrates):
+    reset to 0 with refractory = 1, the recurrent weights (with their bias) reading the step before."""
+    net = make_recurrent_net()
+    x = input_spikes(steps=30)
+    converted = to_nir(net, torch.zeros(BATCH, N_IN))
+    graph = converted.graph
+    assert graph.nodes["1.lif"].metadata == {"refractory": 1} and graph.nodes["3"].metadata == {"refractory": 1}
+    assert ("1.lif", "1.w_rec") in graph.edges and ("1.w_rec", "1.lif") in graph.edges
+    assert any("refractory = 1" in n for n in converted.notes)
+    ours, theirs = simulate(graph, x).spikes, run_recurrent(net, x)
+    for layer, node in (("1", "1.lif"), ("3", "3")):
+        assert theirs[layer].sum(axis=(0, 1)).min() > 0, f"test needs every neuron of {layer} to spike"
+        np.testing.assert_array_equal(ours[node], theirs[layer], err_msg=layer)
+        assert not np.array_equal(simulate(_without_refractory(graph), x).spikes[node], theirs[layer]), \
+            "the hold must matter on this input"
+
+
+def test_synaptic_without_reset_delay_resets_in_its_own_step():
+    net = make_recurrent_net(reset_delay=False)
+    converted = to_nir(net, torch.zeros(BATCH, N_IN))
+    assert "refractory" not in (converted.graph.nodes["3"].metadata or {})
+    x = input_spikes(steps=30)
+    np.testing.assert_array_equal(simulate(converted.graph, x).spikes["3"], run_recurrent(net, x)["3"])
+
+
+def test_recurrent_synaptic_file_import_holds_too(tmp_path):
+    """A file from snnTorch's exporter cannot tell the mechanism: read as reset to zero, CubaLIF held a step."""
+    import nirtorch
+    from snntorch.export_nir import _extract_snntorch_module
+
+    from st2chip.converters.registry import import_file
+    net = make_recurrent_net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = nirtorch.extract_nir_graph(net, _extract_snntorch_module, torch.zeros(1, N_IN), model_name="snntorch",
+                                           ignore_submodules_of=[snn.RLeaky, snn.RSynaptic])
+    for node in graph.nodes.values():
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
+                setattr(node, f.name, np.atleast_1d(np.asarray(value, dtype=np.float64)))
+    nir.write(tmp_path / "raw.nir", graph)
+    converted = import_file(tmp_path / "raw.nir", "snntorch")
+    nodes = converted.graph.nodes
+    assert nodes["1.lif"].metadata["refractory"] == nodes["3"].metadata["refractory"] == 1
+    x = input_spikes(steps=30)
+    np.testing.assert_array_equal(simulate(converted.graph, x).spikes["3"], run_recurrent(net, x)["3"])
+
+
+def test_recurrent_synaptic_runs_on_the_chip_engine_equal_to_lava():
+    chip = lower(to_nir(make_recurrent_net(), torch.zeros(N_IN)).graph)
+    assert {p.refractory for p in chip.populations if p.layer in ("1.lif", "3")} == {1}
+    x = {"input": input_spikes(steps=12, batch=2)}
+    ref, lav = engine.run(chip, x), lava.run(chip, x)
+    for layer in ("1.lif", "3"):
+        assert ref.spikes[layer].sum() > 0
+        np.testing.assert_array_equal(ref.spikes[layer], lav.spikes[layer], err_msg=layer)
+        np.testing.assert_array_equal(ref.voltages[layer], lav.voltages[layer], err_msg=layer)
+
+
+def test_synaptic_subtract_and_negative_threshold_are_refused_at_once():
+    net = make_recurrent_net(reset="subtract")
+    with pytest.raises(InputError, match=r"layer '1' \(RSynaptic\): reset_mechanism 'subtract' is not converted"
+                                         r".*layer '3' \(Synaptic\)"):
+        to_nir(net, torch.zeros(N_IN))
+    forced = to_nir(net, torch.zeros(N_IN), force_reset_zero=True)
+    assert sum("force_reset_zero=True" in n for n in forced.notes) == 2
+    net = make_recurrent_net()
+    with torch.no_grad():
+        net[3].threshold.fill_(-0.1)
+    with pytest.raises(InputError, match=r"layer '3' \(Synaptic\): a negative threshold"):
+        to_nir(net, torch.zeros(N_IN))
+
+
+def test_rleaky_zero_reset_is_held_too_and_leaky_is_not():
+    """RLeaky's reset to zero drops the whole update of the step after a spike (refractory = 1); Leaky's keeps
+    that step's input (no hold)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(N_IN, 8),
+                              snn.RLeaky(beta=0.9, linear_features=8, init_hidden=True, reset_mechanism="zero"),
+                              torch.nn.Linear(8, 4),
+                              snn.Leaky(beta=0.85, threshold=0.7, init_hidden=True, reset_mechanism="zero"))
+    with torch.no_grad():
+        net[0].weight.abs_().mul_(1.5)
+        net[1].recurrent.weight.mul_(0.5)
+        net[2].weight.abs_()
+    graph = to_nir(net, torch.zeros(BATCH, N_IN)).graph
+    assert graph.nodes["1.lif"].metadata == {"refractory": 1} and not graph.nodes["3"].metadata
+    x = input_spikes(steps=30)
+    ours, theirs = simulate(graph, x).spikes, run_recurrent(net, x)
+    for layer, node in (("1", "1.lif"), ("3", "3")):
+        assert theirs[layer].sum() > 0
+        np.testing.assert_array_equal(ours[node], theirs[layer], err_msg=layer)

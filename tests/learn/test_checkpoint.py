@@ -51,7 +51,7 @@ HOSTILE_EXTRAS = [
     ("decay-groups-2^70", {"chip_aware": {"decay_groups": 2**70}},
      r"'extra.chip_aware.decay_groups' must be at most 4096, got 1180591620717411303424"),
     ("chip-aware-list", {"chip_aware": [4]}, r"'extra.chip_aware' must be a dict, got list"),
-    ("data-path", {"data": "../../etc"}, r"'extra.data' must be one of digits, cifar10, mnist1d, got '../../etc'"),
+    ("data-path", {"data": "../../etc"}, r"'extra.data' must be one of digits, cifar10, mnist1d, digits32, got '../../etc'"),
     ("seed-str", {"seed": "0"}, r"'extra.seed' must be an integer, got '0'"),
 ]
 

@@ -1,6 +1,7 @@
 """The fixed-point engine equals Lava's fixed_pt simulation bit for bit: hypothesis-generated and hand-built ChipGraphs."""
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -111,6 +112,34 @@ def test_csr_groups_run_alike_as_sparse_or_dense_products(case):
     finally:
         engine.DENSE_FROM = saved
     _assert_equal(as_csr, as_dense)
+
+
+def _with_resets(chip: ChipGraph, rng: np.random.Generator) -> ChipGraph:
+    """``chip`` with some populations resetting by subtraction and some refractory (one step)."""
+    pops = [replace(p, reset=str(rng.choice(["zero", "subtract"])), refractory=int(rng.integers(0, 2)))
+            for p in chip.populations]
+    return ChipGraph(chip.inputs, pops, chip.synapses)
+
+
+@settings(max_examples=40, deadline=None, derandomize=EXPLORE is None)
+@given(chip_graphs(), st.integers(0, 2**32 - 1), st.sampled_from([0.0, engine.DENSE_FROM, 2.0]))
+def test_the_cpu_kernels_equal_the_torch_path(case, seed, dense_from):
+    """One compiled pass per step (engine_kernels) gives the torch path's bits: every reset, refractory
+    populations, delays, both signs of exponent, dense groups by events or by product, CSR groups by events."""
+    chip, x = case
+    chip = _with_resets(chip, np.random.default_rng(seed))
+    saved = engine.DENSE_FROM
+    try:
+        engine.DENSE_FROM = dense_from
+        assert engine.Engine(chip).use_kernels
+        _assert_equal(engine.run(chip, x), engine.run(chip, x, use_kernels=False))
+        lean, slow = (engine.run(chip, x, voltages=False, batch_size=2, use_kernels=k) for k in (True, False))
+        assert lean.voltages.keys() == slow.voltages.keys()
+        for record, other in ((lean.spikes, slow.spikes), (lean.voltages, slow.voltages)):
+            for layer in record:
+                np.testing.assert_array_equal(record[layer], other[layer], err_msg=layer)
+    finally:
+        engine.DENSE_FROM = saved
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

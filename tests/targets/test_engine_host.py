@@ -99,3 +99,16 @@ def test_lava_host_reads_layers_split_into_populations_like_the_engine():
     for layer in eng.spikes:
         np.testing.assert_array_equal(eng.spikes[layer], lav.spikes[layer], err_msg=layer)
         np.testing.assert_array_equal(eng.voltages[layer], lav.voltages[layer], err_msg=layer)
+
+
+def test_the_cpu_kernels_run_hosts_and_analog_ports_like_the_torch_path():
+    """The host product reads the kernels' spike record, and analog levels enter their terms as integers."""
+    x = (np.random.default_rng(5).random((3, 6, 3 * N)) < 0.5).astype(np.uint8)
+    analog = ChipGraph([InputPort("x", N, "analog", 255)], [_relay_pop("t", readout=True)], [_eye("x->t", "x", "t", 3)])
+    levels = np.random.default_rng(6).integers(0, 256, (2, 4, N)).astype(np.uint8)
+    for chip, inputs in ((_host_chip(), {"in": x}), (analog, {"x": levels})):
+        assert engine.Engine(chip).use_kernels
+        fast, torch_path = engine.run(chip, inputs), engine.run(chip, inputs, use_kernels=False)
+        for layer in torch_path.spikes:
+            np.testing.assert_array_equal(fast.spikes[layer], torch_path.spikes[layer], err_msg=layer)
+            np.testing.assert_array_equal(fast.voltages[layer], torch_path.voltages[layer], err_msg=layer)

@@ -15,7 +15,8 @@ def chip_graph(plan: Plan) -> ChipGraph:
     for layer in plan.layers:
         if layer.name == first_fed:
             populations.append(plan.always_on)
-        populations += [*layer.lowrank.relays, *layer.populations.members]
+        fanin = layer.fanin.relays if layer.fanin else []
+        populations += [*layer.lowrank.relays, *fanin, *layer.populations.members]
         synapses += [*layer.synapses.groups, *(layer.current_bias.groups if layer.current_bias else [])]
     source = plan.always_on.name if plan.always_on else None
     report = LoweringReport(plan.dt, {layer.name: layer_report(layer, source) for layer in plan.layers})
@@ -33,8 +34,10 @@ def layer_report(layer: LayerPlan, always_on: str | None) -> LayerReport:
         decay_groups=len(layer.decays.pairs), leak_error=layer.decays.leak_error,
         threshold_range=[float(neuron.threshold.min()), float(neuron.threshold.max())],
         bias_error=pops.bias_error, voltage_unit={pop.name: pop.voltage_unit for pop in pops.members},
-        weight_error=syn.weight_error, reset=neuron.reset, current_leak_error=layer.decays.current_leak_error,
+        weight_error=syn.weight_error, reset=neuron.reset, refractory=neuron.refractory,
+        current_leak_error=layer.decays.current_leak_error,
         current_bias=None if bias is None else CurrentBiasReport(always_on, bias.exps, bias.error),
         outliers=pops.outliers or None, headroom=pops.headroom, lowrank=layer.lowrank.choices,
         delays=syn.delays, feedback_latency=syn.feedback_latency, recurrent=syn.recurrent, storage=syn.storage,
-        outlier_weight_error=syn.outlier_weight_error, precision=layer.precision)
+        outlier_weight_error=syn.outlier_weight_error, precision=layer.precision,
+        fanin=layer.fanin.report if layer.fanin else None)

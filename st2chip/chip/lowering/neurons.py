@@ -7,7 +7,8 @@ the chip's ``u``: :math:`u \leftarrow \beta_u u + g\,W x`, :math:`v \leftarrow \
 with :math:`\beta_u = 1 - dt/\tau_{syn}`,
 :math:`g = (dt/\tau_{mem})\, r\, (dt/\tau_{syn})\, w_{in}`; its Affine bias enters ``u``
 as NIR adds it, :math:`u \leftarrow \beta_u u + g\,(W x + b)` (pass ``current_bias``).
-Reset by subtraction (``metadata["reset"]``) is kept per layer.
+Reset by subtraction (``metadata["reset"]``) and the refractory step after a spike
+(``metadata["refractory"]``) are kept per layer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import nir
 import numpy as np
 
 from st2chip.errors import GraphError
-from st2chip.graph.reading import SPIKING, reset_mode
+from st2chip.graph.reading import SPIKING, refractory_steps, reset_mode
 
 
 @dataclass
@@ -33,10 +34,19 @@ class FloatLayer:
     spiking: bool
     beta_u: np.ndarray | None = None  # synaptic-current decay (CubaLIF); None: the current forgets at once
     reset: str = "zero"
+    refractory: int = 0  # steps v is held after a spike (graph metadata "refractory")
 
 
 def read_neuron(name: str, node: nir.NIRNode, dt: float) -> FloatLayer:
-    """Neuron node ``name`` as a discrete-time layer (decays, input gain, bias, thresholds) at step ``dt``."""
+    """Neuron node ``name`` as a discrete-time layer (decays, input gain, bias, thresholds, reset) at step ``dt``."""
+    layer = _read_dynamics(name, node, dt)
+    if layer.spiking:
+        layer.refractory = refractory_steps(name, node)
+    return layer
+
+
+def _read_dynamics(name: str, node: nir.NIRNode, dt: float) -> FloatLayer:
+    """The node's decays, input gain, bias, thresholds and reset mode (refractory: 0)."""
     reset = reset_mode(name, node) if isinstance(node, SPIKING) else "zero"
     if isinstance(node, SPIKING) and reset == "zero" and np.any(node.v_reset != 0):
         raise GraphError("the chip resets to 0 (or by subtraction, metadata reset = 'subtract'); nonzero v_reset "

@@ -13,7 +13,8 @@ import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import AlwaysOn, HostProduct, InputPort, Population, Relay, SynapseGroup
 from st2chip.chip.lowering.neurons import FloatLayer
-from st2chip.chip.lowering.report import LowrankChoice, PrecisionChoice
+from st2chip.chip.lowering.report import FaninReport, LowrankChoice, PrecisionChoice
+from st2chip.chip.placement import Resources
 from st2chip.errors import GraphError, St2chipWarning
 
 HEADROOM = 512.0          # thresholds a spiking population's u and v may reach before they wrap or saturate
@@ -33,13 +34,16 @@ class FeedbackLatencyWarning(St2chipWarning):
 @dataclass(frozen=True)
 class Options:
     """What the caller chose: at most ``decay_groups`` decays per layer, what becomes of a low-rank path
-    (one of :data:`LOWRANK_MODES`), the ``headroom`` (thresholds) a spiking population's state keeps, and
-    the weight ``precision`` (one of :data:`PRECISION_MODES`; see :mod:`st2chip.chip.lowering.precision`)."""
+    (one of :data:`LOWRANK_MODES`), the ``headroom`` (thresholds) a spiking population's state keeps,
+    the weight ``precision`` (one of :data:`PRECISION_MODES`; see :mod:`st2chip.chip.lowering.precision`),
+    and the chip ``resources`` whose per-core limits fan-in trees split against (None: no fan-in trees; see
+    :mod:`st2chip.chip.lowering.fanin`)."""
 
     decay_groups: int = 1
     lowrank: str = "product"
     headroom: float = HEADROOM
     precision: str = "8"
+    resources: Resources | None = None
 
     def __post_init__(self) -> None:
         if self.decay_groups < 1:
@@ -185,6 +189,18 @@ class CurrentBias:
 
 
 @dataclass
+class Fanin:
+    """A layer's fan-in trees (pass ``fanin``): the relays, one population per split synapse group and level,
+    lower levels first (their groups replace the split ones in the layer's :class:`Synapses`); per split
+    group, the name of its first group (spikes into the lowest relays) and the tree's levels, the steps it
+    reaches the layer's neurons late; and the layer's :class:`~st2chip.chip.lowering.report.FaninReport`."""
+
+    relays: list[Relay]
+    first: dict[str, int]
+    report: FaninReport
+
+
+@dataclass
 class LayerPlan:
     """One neuron layer on its way to the chip: each pass fills in one more field (None until then)."""
 
@@ -199,6 +215,7 @@ class LayerPlan:
     synapses: Synapses | None = None
     current_bias: CurrentBias | None = None  # None: no Affine bias into a current
     precision: PrecisionChoice | None = None  # pass ``precision``; None with precision "8" (nothing added)
+    fanin: Fanin | None = None  # pass ``fanin``; None: every neuron's incoming synapses fit one core
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def made(layer: LayerPlan, headroom: float) -> Populations:
         bias_errors.append(encoding.rel_error((mant << exp) / (scale * encoding.VOLTAGE_PER_SCALE), b_fold))
         members.append(Population(pname, name, index, du=pair.du, dv=pair.dv, vth=scale if neuron.spiking else VTH_MAX,
                                   bias_mant=mant, bias_exp=exp, readout=not neuron.spiking, reset=neuron.reset,
-                                  voltage_unit=encoding.voltage_unit(scale)))
+                                  voltage_unit=encoding.voltage_unit(scale), refractory=neuron.refractory))
         scales[pname] = scale
     headroom_of = ({pop.name: UV_MAX / encoding.VOLTAGE_PER_SCALE / scales[pop.name] for pop in members}
                    if neuron.spiking else None)

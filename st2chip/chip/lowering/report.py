@@ -121,6 +121,36 @@ class PrecisionChoice:
         return out
 
 
+@dataclass(frozen=True)
+class FaninReport:
+    """A layer whose neurons take more incoming synapses than one core holds, split into fan-in trees (pass
+    ``fanin``): the per-core limits split against (``axons`` in, synapse memory in bits), the worst neuron's
+    fan-in and synapse memory before and after, per split synapse group its tree's ``levels``, and the cost:
+    relay neurons per relay population (one per group and level), the cores they take at the least (from the
+    per-core limits; placement counts them), graded MACs per step out of the relays and their
+    accumulate-equivalents (at the low-rank cost model's spike rate; the accumulates into the relays are the
+    split groups' own), and the steps of ``latency`` the trees add to the layer."""
+
+    axons: int
+    memory_bits: int
+    fan_in: tuple[int, int]
+    memory: tuple[int, int]
+    levels: dict[str, int]
+    relays: dict[str, int]
+    cores: int
+    macs: float
+    ops: float
+    latency: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limits": {"axons": self.axons, "memory_bits": self.memory_bits},
+                "fan_in": {"before": self.fan_in[0], "after": self.fan_in[1]},
+                "memory_bits": {"before": self.memory[0], "after": self.memory[1]},
+                "levels": self.levels, "relays": self.relays, "relay_neurons": sum(self.relays.values()),
+                "cores_at_least": self.cores, "macs_per_step": self.macs, "ops_per_step": self.ops,
+                "latency_steps": self.latency}
+
+
 @dataclass
 class LayerReport:
     """One neuron layer's lowering: what it is, where its inputs come from and the error each step added.
@@ -133,7 +163,9 @@ class LayerReport:
     per float threshold, and thresholds ``u`` and ``v`` can reach before they wrap;
     ``delays`` per source, ``feedback_latency`` (steps) per late feedback source,
     ``storage`` per synapse group kept as a convolution or why not; ``precision``: 8-bit weights or a
-    residual group too (None: ``precision="8"``, nothing considered).
+    residual group too (None: ``precision="8"``, nothing considered); ``fanin``: its fan-in trees (None: every
+    neuron's incoming synapses fit one core); ``reset``, ``refractory``: the neuron's
+    reset mode and the steps it is held after a spike (shown when not the default).
     """
 
     kind: str
@@ -148,6 +180,7 @@ class LayerReport:
     voltage_unit: dict[str, float]
     weight_error: float
     reset: Literal["zero", "subtract"] = "zero"
+    refractory: int = 0
     current_leak_error: float | None = None
     current_bias: CurrentBiasReport | None = None
     outliers: list[int] | None = None
@@ -159,12 +192,15 @@ class LayerReport:
     storage: dict[str, str] = field(default_factory=dict)
     outlier_weight_error: float | None = None
     precision: PrecisionChoice | None = None
+    fanin: FaninReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "neurons": self.neurons, "affines": self.affines,
                                "source": self.source, "chains": self.chains}
         if self.reset != "zero":
             out["reset"] = self.reset
+        if self.refractory:
+            out["refractory"] = self.refractory
         out |= {"decay_groups": self.decay_groups, "leak_error": self.leak_error,
                 "threshold_range": self.threshold_range}
         for key in ("current_leak_error", "outliers"):
@@ -186,6 +222,8 @@ class LayerReport:
             out["outlier_weight_error"] = self.outlier_weight_error
         if self.precision is not None:
             out["precision"] = self.precision.to_dict()
+        if self.fanin is not None:
+            out["fanin"] = self.fanin.to_dict()
         return out
 
 

@@ -31,7 +31,7 @@ def uv_graph(tiny) -> nir.NIRGraph:
 
 def test_the_passes_run_in_this_order():
     assert [name for name, _ in PASSES] == ["read", "paths", "fold", "decays", "populations", "lowrank", "depths",
-                                             "synapses", "precision", "current_bias"]
+                                             "synapses", "precision", "current_bias", "fanin"]
 
 
 def test_lowrank_keeps_a_factored_path_through_a_relay(tiny):

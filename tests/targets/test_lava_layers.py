@@ -1,0 +1,163 @@
+"""Lava layer by layer: each population alone on Lava, fed what the engine recorded for its inputs, equals the
+engine bit for bit; a wrong record is caught and the population named; Lava's processes per run stay bounded."""
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import nir
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from st2chip import limits
+from st2chip.analysis.verify import verify
+from st2chip.chip.lower import lower
+from st2chip.graph.normalize import normalize
+from st2chip.targets import engine, lava, lava_layers
+
+
+def _engine_tests():
+    """tests/targets/test_engine.py, for its random ChipGraphs (delays, lags, skips, decay groups)."""
+    spec = importlib.util.spec_from_file_location("engine_tests", Path(__file__).with_name("test_engine.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+chip_graphs = _engine_tests().chip_graphs
+
+DT = 1e-3
+X = {"input": (np.random.default_rng(1).random((2, 10, 8)) < 0.4).astype(np.uint8)}
+
+
+def _lif(rng: np.random.Generator, n: int, reset: str = "zero") -> nir.LIF:
+    beta = rng.uniform(0.7, 0.95, n)
+    return nir.LIF(tau=DT / (1 - beta), r=1 / (1 - beta), v_leak=np.zeros(n), v_threshold=rng.uniform(0.8, 1.2, n),
+                   v_reset=np.zeros(n), metadata={"reset": reset})
+
+
+@pytest.fixture(scope="module")
+def chip():
+    """input -> A (self-recurrent, reset by subtraction) -> B -> back to A; input -> V (relay) -> U -> B; B -> LI.
+    Two decay groups per layer: populations A/g0, A/g1, V, B/g0, B/g1, li, with feedback groups."""
+    rng = np.random.default_rng(5)
+    v, u = rng.normal(size=(2, 8)) * 1.5, rng.normal(size=(6, 2)) * 1.5
+
+    def affine(n_out: int, n_in: int, mean: float = 0.0) -> nir.Affine:
+        return nir.Affine(weight=rng.normal(mean, 0.4, (n_out, n_in)), bias=np.zeros(n_out))
+
+    nodes = {"input": nir.Input(input_type={"input": np.array([8])}), "fa": affine(6, 8, 0.3),
+             "A": _lif(rng, 6, "subtract"), "w_rec": affine(6, 6), "fab": affine(6, 6, 0.3), "B": _lif(rng, 6),
+             "fba": affine(6, 6), "V": nir.Affine(weight=v, bias=np.zeros(2)),
+             "U": nir.Affine(weight=u, bias=np.zeros(6)), "fc": affine(3, 6),
+             "li": nir.LI(tau=np.full(3, 0.01), r=np.ones(3), v_leak=np.zeros(3)),
+             "output": nir.Output(output_type={"output": np.array([3])})}
+    edges = [("input", "fa"), ("fa", "A"), ("A", "w_rec"), ("w_rec", "A"), ("A", "fab"), ("fab", "B"),
+             ("B", "fba"), ("fba", "A"), ("input", "V"), ("V", "U"), ("U", "B"), ("B", "fc"), ("fc", "li"),
+             ("li", "output")]
+    graph = normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the feedback's latency warning
+        out = lower(graph, lowrank="factored", decay_groups=2)
+    assert any(s.feedback for s in out.synapses) and any(p.graded for p in out.populations)
+    return out
+
+
+def _assert_same(a, b) -> None:
+    for layer in a.spikes:
+        np.testing.assert_array_equal(a.spikes[layer], b.spikes[layer], err_msg=layer)
+        np.testing.assert_array_equal(a.voltages[layer], b.voltages[layer], err_msg=layer)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(chip_graphs())
+def test_cut_out_populations_replay_the_engine_exactly(case):
+    """The cutting and timing alone (delays, lags, skips, decay groups), on the engine: fast, many graphs."""
+    graph, x = case
+    out = lava_layers.run(graph, x, max_processes=9, simulate=engine.run)
+    assert out.meta["differences"] == []
+    _assert_same(engine.run(graph, x), out)
+
+
+def test_recurrence_and_a_relay_replay_the_engine_exactly_on_the_engine(chip):
+    out = lava_layers.run(chip, X, max_processes=10 ** 6, simulate=engine.run)
+    assert out.meta["differences"] == [] and out.meta["runs"] == 1
+    _assert_same(engine.run(chip, X), out)
+
+
+def test_layers_and_whole_agree_with_the_engine_on_lava_within_the_process_bound(chip):
+    eng = engine.run(chip, X)
+    _assert_same(eng, lava.run(chip, X))
+    whole = lava.process_count(chip, 1, voltages=True)
+    limits.set_memory_budget(20 * lava.PROCESS_BYTES)  # the budget bounds a run, below max_processes
+    try:
+        out = lava_layers.run(chip, X, max_processes=10 ** 6)
+    finally:
+        limits.set_memory_budget(None)
+    assert out.meta["differences"] == [] and out.meta["lava_mode"] == "layers"
+    assert out.meta["max_processes"] <= 20 < whole and out.meta["runs"] > 1
+    _assert_same(eng, out)
+    assert eng.spikes["A"].any() and eng.spikes["B"].any() and eng.spikes["V"].any()
+
+
+def test_a_wrong_record_is_caught_and_the_populations_named(chip):
+    """One recorded spike of A/g0 flipped: Lava's A/g0 (fed the true inputs) differs at that very step and neuron,
+    and each population that read the flipped spike differs from when it read it; verify fails, naming them."""
+    rec = lava_layers.record(chip, X)
+    pop = chip.population("A/g0")
+    depth = chip.depths()[pop.name]
+    rec.sent[pop.name][1, depth + 3, 2] ^= 1
+    out = lava_layers.run(chip, X, max_processes=10 ** 6, rec=rec)
+    found = {d.population: d for d in out.meta["differences"]}
+    d = found["A/g0"]
+    assert (d.sample, d.step, d.neuron, d.what, d.layer) == (1, 3, int(pop.index[2]), "spike", "A")
+    # B (one step deeper) reads it at its own step 3; A/g1 through the feedback group one step later
+    assert set(found) == {"A/g0", "A/g1", "B/g0", "B/g1"} and (found["B/g0"].step, found["A/g1"].step) == (3, 4)
+    report = verify([engine.run(chip, X)], cross_checks=(out,))
+    check = next(c for c in report.checks if c.name.startswith("reference = lava"))
+    assert not check.passed and "population 'A/g0' differs from step 3 (sample 1" in check.detail
+    text = report.to_text()
+    assert "lava mode: layers (each of 6 populations alone" in text
+    assert "population 'B/g0' (layer 'B') differs on Lava from step 3" in text
+
+
+def test_each_run_stays_within_its_process_bound_and_a_larger_unit_runs_alone(chip):
+    runs = []
+
+    def counted(graph, inputs, voltages):
+        runs.append((lava.process_count(graph, len(inputs), voltages),
+                     [p.name for p in graph.populations if p.name != lava_layers.HUB]))
+        return engine.run(graph, inputs, voltages=voltages)
+
+    for bound in (1, 12, 20, 40):
+        runs.clear()
+        out = lava_layers.run(chip, X, max_processes=bound, simulate=counted)
+        assert out.meta["runs"] == len(runs) and out.meta["max_processes"] == max(n for n, _ in runs)
+        assert sorted(p for _, pops in runs for p in pops) == sorted(p.name for p in chip.populations)
+        assert all(n <= bound or len(pops) == 1 for n, pops in runs), (bound, runs)
+    assert len(runs) < len(chip.populations)  # at 40, several populations share a run
+
+
+def test_a_fan_in_tree_is_checked_relay_by_relay_with_the_relays_it_sums():
+    """input (24) -> lif (3), cores of 4 axons: a two-level tree of graded partial sums; a relay that sums
+    relays runs with them, the rest on their recorded inputs; engine and Lava agree with the whole run."""
+    from st2chip.chip.placement import load_resources
+    rng = np.random.default_rng(2)
+    nodes = {"input": nir.Input(input_type={"input": np.array([24])}),
+             "fc": nir.Affine(weight=rng.normal(0.2, 0.5, (3, 24)), bias=np.zeros(3)), "lif": _lif(rng, 3),
+             "output": nir.Output(output_type={"output": np.array([3])})}
+    graph = normalize(nir.NIRGraph(nodes=nodes, edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")],
+                                   metadata={"dt": DT}, type_check=False))
+    tree = lower(graph, resources=load_resources("loihi2").replace(axons_in_per_core=4))
+    relays = {p.name for p in tree.populations if p.graded}
+    assert any(s.source in relays and s.target in relays for s in tree.synapses)  # relays that sum relays
+    x = {"input": (np.random.default_rng(3).random((2, 6, 24)) < 0.4).astype(np.uint8)}
+    eng = engine.run(tree, x)
+    assert eng.spikes["lif"].any()
+    on_engine = lava_layers.run(tree, x, max_processes=10 ** 6, simulate=engine.run)
+    on_lava = lava_layers.run(tree, x, max_processes=10 ** 6)
+    for out in (on_engine, on_lava):
+        assert out.meta["differences"] == []
+        _assert_same(eng, out)
