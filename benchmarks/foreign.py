@@ -3,13 +3,20 @@
 Each network is trained (seeded, surrogate gradients, a few epochs) by its own framework on the digits
 data, rate-coded (``st2chip.learn.data.rate_encode``, ``--steps`` steps), with cross-entropy on the output
 layer's spike counts; then exported by the framework's own exporter through st2chip's converter
-(``st2chip.converters.<framework>.to_nir``, which st2chip's ``import --from`` also runs; the recurrent snnTorch
-net goes through snnTorch's nirtorch export, a file, and ``st2chip.import_model(..., "snntorch")``, as
-DESIGN.md documents for RSynaptic). Per network, on the test split:
+(``st2chip.converters.<framework>.to_nir``, which st2chip's ``import --from`` also runs). Three take another
+way in, each through the framework's own exporter and the converter's ``repair`` that ``import --from`` runs:
+the recurrent snnTorch net through snnTorch's nirtorch export, a file and ``st2chip.import_model(...,
+"snntorch")`` (as DESIGN.md documents for RSynaptic); the snnTorch conv net through the same export in memory
+(its Conv2d has no input shape, which ``nir.write`` cannot store) and ``converters.snntorch.repair``; the
+SpikingJelly conv net through ``export_to_nir``, a file and ``st2chip.import_model(..., "spikingjelly")``
+(the converters' ``to_nir`` still refuse convolutions from these two frameworks). Per network, on the test
+split:
 
 - the framework's own accuracy (argmax of its output spike counts);
 - st2chip's float accuracy (``st2chip.simulate``) and whether its output spikes equal the framework's, spike
-  for spike on every test sample (the run exits 1 where a converter that claims exactness disagrees);
+  for spike on every test sample, and where they do not, whether they equal the framework run in float64 (the
+  frameworks compute in float32: a voltage within ~1e-7 of its threshold can fall either way); the run exits 1
+  where a converter that claims exactness disagrees in float64 too;
 - chip accuracy on st2chip's engine after plain mapping (``st2chip.lower``), after ``precision="auto"``
   and after chip-in-the-loop fine-tuning (``st2chip.quantize_graph`` on the training split, whose own held-out
   fifth was seen by the framework's training, so the test split is the measure; a graph it refuses is
@@ -20,9 +27,10 @@ DESIGN.md documents for RSynaptic). Per network, on the test split:
     python benchmarks/foreign.py --quick          # smoke run, a minute or two
     python benchmarks/foreign.py                  # the full table
     python benchmarks/foreign.py --only sinabs-mlp
+    python benchmarks/foreign.py --only cnn    # the conv nets only (every name ending in -cnn)
 
 Writes benchmarks/results/foreign.json and foreign.png (foreign_quick.* with --quick, foreign_<name>.* with
---only); prints one summary line.
+--only); prints one summary line and the table (markdown) that README and docs/results.md show.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from st2chip.learn.data import load_digits_split, rate_encode  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 N_IN, N_OUT = 64, 10
+CHANNELS = 8  # feature maps of every conv net's first convolution
 SETTINGS = {"quick": dict(train=300, test=100, epochs=2, tune_epochs=1, lava_samples=2),
             "full": dict(train=None, test=None, epochs=10, tune_epochs=5, lava_samples=4)}
 
@@ -88,6 +97,31 @@ def _norse(hidden: int) -> Net:
             out.append(y)
         return torch.stack(out, 1)
     return Net("norse", "LIF MLP", net, forward, lambda s: conv.to_nir(net, s[:, 0]))
+
+
+def _norse_cnn(channels: int) -> Net:
+    """Conv2d(3x3, stride 2) -> LIFBoxCell -> Conv2d(4x4: one output per class) -> LIFBoxCell on the 8x8 digits
+    (norse exports no Flatten, so the readout is a convolution over the whole 4x4 map)."""
+    import norse.torch as norse
+    from st2chip.converters import norse as conv
+    net = norse.SequentialState(torch.nn.Conv2d(1, channels, 3, stride=2, padding=1), norse.LIFBoxCell(),
+                                torch.nn.Conv2d(channels, N_OUT, 4), norse.LIFBoxCell())
+    with torch.no_grad():  # LIFBoxCell integrates dt/tau = 0.1 of its input per step
+        net[0].weight.mul_(20.0)
+        net[2].weight.mul_(20.0)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        state, out = None, []
+        for t in range(x.shape[1]):
+            y, state = net(_frames(x[:, t]), state)
+            out.append(y.reshape(x.shape[0], N_OUT))
+        return torch.stack(out, 1)
+    return Net("norse", "conv net", net, forward, lambda s: conv.to_nir(net, _frames(s[:1, 0])[0]))
+
+
+def _frames(x: torch.Tensor) -> torch.Tensor:
+    """``(..., 64)`` -> ``(-1, 1, 8, 8)`` images."""
+    return x.reshape(-1, 1, 8, 8)
 
 
 def _snntorch(hidden: int, reset: str) -> Net:
@@ -131,27 +165,63 @@ def _snntorch_recurrent(hidden: int) -> Net:
                exact=False)
 
 
-def _snntorch_file_import(net: torch.nn.Module):
-    """snnTorch's export (``export_to_nir`` without its failing final type check, DESIGN.md) to a file, then
-    st2chip's import of that file as snnTorch wrote it."""
-    import nir
+def _snntorch_export(net: torch.nn.Module, sample: torch.Tensor):
+    """snnTorch's export (``export_to_nir`` without its failing final type check, DESIGN.md), its 0-d and torch
+    arrays as 1-D numpy (what ``nir.write`` takes)."""
     import nirtorch
     import snntorch as snn
     from snntorch.export_nir import _extract_snntorch_module
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = nirtorch.extract_nir_graph(net, _extract_snntorch_module, torch.zeros(1, N_IN), model_name="snntorch",
+        graph = nirtorch.extract_nir_graph(net, _extract_snntorch_module, sample, model_name="snntorch",
                                            ignore_submodules_of=[snn.RLeaky, snn.RSynaptic])
-    for node in graph.nodes.values():  # 0-d and torch arrays -> 1-D numpy, so that nir.write takes them
+    for node in graph.nodes.values():
         for f in dataclasses.fields(node):
             value = getattr(node, f.name)
             if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
                 setattr(node, f.name, np.atleast_1d(np.asarray(value.detach() if isinstance(value, torch.Tensor)
                                                                else value, dtype=np.float64)))
+    return graph
+
+
+def _snntorch_file_import(net: torch.nn.Module):
+    """snnTorch's export to a file, then st2chip's import of that file as snnTorch wrote it."""
+    import nir
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "snntorch.nir"
-        nir.write(path, graph)
+        nir.write(path, _snntorch_export(net, torch.zeros(1, N_IN)))
         return st2chip.import_model(path, "snntorch")
+
+
+def _snntorch_cnn(channels: int) -> Net:
+    """Conv2d(3x3) -> Leaky -> AvgPool2d(2) -> Conv2d(4x4: one output per class) -> Leaky, reset to zero (what
+    the export's v_reset = 0 says); exported by snnTorch's nirtorch mapping (unbatched sample: st2chip's snnTorch
+    repair drops a batch dimension only before an Affine) and repaired in memory as ``import --from snntorch``
+    repairs a file."""
+    import snntorch as snn
+    from snntorch import utils
+    from st2chip.converters import snntorch as conv
+    from st2chip.converters.frontend import finish
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, channels, 3, padding=1),
+                              snn.Leaky(beta=0.9, init_hidden=True, reset_mechanism="zero"), torch.nn.AvgPool2d(2),
+                              torch.nn.Conv2d(channels, N_OUT, 4),
+                              snn.Leaky(beta=0.9, init_hidden=True, reset_mechanism="zero"))
+    with torch.no_grad():
+        net[0].weight.mul_(2.0)
+
+    def step(x: torch.Tensor) -> torch.Tensor:  # Sequential's loop, each layer's input in the model's dtype
+        for layer in net:                         # (Leaky's spikes are float32 whatever the model's dtype)
+            x = layer(x.to(net[0].weight.dtype))
+        return x.reshape(-1, N_OUT)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        utils.reset(net)
+        return torch.stack([step(_frames(x[:, t])) for t in range(x.shape[1])], 1)
+
+    def export(_: torch.Tensor):
+        graph, notes = conv.repair(_snntorch_export(net, torch.zeros(1, 8, 8)), conv.DEFAULT_DT)
+        return finish(graph, dt=conv.DEFAULT_DT, notes=notes, producer="snntorch")
+    return Net("snntorch", "conv net", net, forward, export)
 
 
 def _spikingjelly(hidden: int) -> Net:
@@ -170,6 +240,34 @@ def _spikingjelly(hidden: int) -> Net:
         out = net(x.permute(1, 0, 2)).permute(1, 0, 2)
         return out
     return Net("spikingjelly", "LIF MLP", net, forward, lambda s: conv.to_nir(net, s.permute(1, 0, 2)))
+
+
+def _spikingjelly_cnn(channels: int) -> Net:
+    """layer.Conv2d(3x3) -> LIFNode(tau 2) -> layer.AvgPool2d(2) -> layer.Flatten -> layer.Linear -> LIFNode(tau 2),
+    multi-step mode; ``export_to_nir`` to a file, imported with ``st2chip.import_model(..., "spikingjelly")``."""
+    import nir
+    from spikingjelly.activation_based import functional, layer, neuron
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+    net = torch.nn.Sequential(layer.Conv2d(1, channels, 3, padding=1), neuron.LIFNode(tau=2.0), layer.AvgPool2d(2),
+                              layer.Flatten(), layer.Linear(channels * 16, N_OUT), neuron.LIFNode(tau=2.0))
+    functional.set_step_mode(net, "m")
+    with torch.no_grad():
+        net[0].weight.mul_(4.0)
+        net[4].weight.mul_(4.0)
+
+    def images(x: torch.Tensor) -> torch.Tensor:  # (B, T, 64) -> (T, B, 1, 8, 8)
+        return x.permute(1, 0, 2).reshape(x.shape[1], x.shape[0], 1, 8, 8)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        functional.reset_net(net)
+        return net(images(x)).permute(1, 0, 2)
+
+    def export(s: torch.Tensor):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "spikingjelly.nir"
+            nir.write(path, export_to_nir(net, images(s), dt=1e-4))
+            return st2chip.import_model(path, "spikingjelly")
+    return Net("spikingjelly", "conv net", net, forward, export)
 
 
 def _sinabs(hidden: int) -> Net:
@@ -202,13 +300,10 @@ def _sinabs_cnn(channels: int, steps: int) -> Net:
                               torch.nn.Flatten(), torch.nn.Linear(channels * 16, N_OUT),
                               sl.IAFSqueeze(num_timesteps=steps, spike_fn=SingleSpike))
 
-    def frames(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(-1, 1, 8, 8)
-
     def forward(x: torch.Tensor) -> torch.Tensor:
         sinabs.reset_states(net)
-        return net(frames(x)).reshape(x.shape[0], x.shape[1], N_OUT)
-    return Net("sinabs", "conv net", net, forward, lambda s: conv.to_nir(net, frames(s)))
+        return net(_frames(x)).reshape(x.shape[0], x.shape[1], N_OUT)
+    return Net("sinabs", "conv net", net, forward, lambda s: conv.to_nir(net, _frames(s)))
 
 
 NETWORKS: dict[str, Callable[[int, int], Net]] = {
@@ -218,7 +313,10 @@ NETWORKS: dict[str, Callable[[int, int], Net]] = {
     "snntorch-rsynaptic": lambda h, t: _snntorch_recurrent(h),
     "spikingjelly-mlp": lambda h, t: _spikingjelly(h),
     "sinabs-mlp": lambda h, t: _sinabs(h),
-    "sinabs-cnn": lambda h, t: _sinabs_cnn(8, t),
+    "norse-cnn": lambda h, t: _norse_cnn(CHANNELS),
+    "snntorch-cnn": lambda h, t: _snntorch_cnn(CHANNELS),
+    "spikingjelly-cnn": lambda h, t: _spikingjelly_cnn(CHANNELS),
+    "sinabs-cnn": lambda h, t: _sinabs_cnn(CHANNELS, t),
 }
 
 
@@ -246,9 +344,14 @@ def _train(net: Net, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, l
     net.model.eval()
 
 
-def _framework_spikes(net: Net, x: torch.Tensor, batch: int = 128) -> np.ndarray:
-    with torch.no_grad():
-        return np.concatenate([net.forward(part).numpy() for part in x.split(batch)]).astype(np.uint8)
+def _framework_spikes(net: Net, x: torch.Tensor, batch: int = 128, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """The framework's output spikes ``(B, T, n_out)``, computed in ``dtype`` (the model is left in float32)."""
+    net.model.to(dtype)
+    try:
+        with torch.no_grad():
+            return np.concatenate([net.forward(part.to(dtype)).numpy() for part in x.split(batch)]).astype(np.uint8)
+    finally:
+        net.model.to(torch.float32)
 
 
 def _same_as_lava(chip, x: np.ndarray) -> bool:
@@ -298,6 +401,8 @@ def _measure(name: str, args, cfg: dict, data) -> dict:
     out = output_layers(graph).spiking[0]
     ours = flt.spikes[out]
     equal = ours.shape == theirs.shape and np.array_equal(ours, theirs)
+    # unequal: is it the framework's float32 rounding (a voltage within ~1e-7 of its threshold)? its float64 run says
+    equal64 = equal or np.array_equal(ours, _framework_spikes(net, x_te, dtype=torch.float64))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lowering's quantization warnings: the accuracies below measure them
         plain = _chip_row(graph, spikes, labels, cfg["lava_samples"])
@@ -306,14 +411,48 @@ def _measure(name: str, args, cfg: dict, data) -> dict:
     return {"framework": net.framework, "network": net.network, "exact_claimed": net.exact,
             "framework_accuracy": float(np.mean(theirs.sum(1).argmax(1) == labels)),
             "float_accuracy": flt.accuracy(labels), "output_layer": out, "spikes_equal": bool(equal),
+            "spikes_equal_float64": bool(equal64),
             "output_spike_agreement": float(np.mean(ours == theirs)) if ours.shape == theirs.shape else 0.0,
             "output_spike_rate": float(theirs.mean()), "chip_plain": plain, "chip_precision_auto": auto,
             "chip_quantized": tuned,
             "train_seconds": round(train_s, 1), "notes": converted.notes}
 
 
+def _selected(only: str | None) -> list[str]:
+    """The networks ``--only`` names: all, one, or (``cnn``) the conv nets."""
+    if only == "cnn":
+        return [n for n in NETWORKS if n.endswith("-cnn")]
+    return [only] if only else list(NETWORKS)
+
+
 def _percent(value: float | None) -> str:
     return "refused" if value is None else f"{value:.3f}"
+
+
+def _points(value: float | None) -> str:
+    return "refused" if value is None else f"{100 * value:.1f}"
+
+
+def _equal(row: dict) -> str:
+    if row["spikes_equal"]:
+        return "yes"
+    share = f"{100 * row['output_spike_agreement']:.3f} % of output spikes"
+    return f"yes in float64 ({share} in float32)" if row["spikes_equal_float64"] else f"no ({share})"
+
+
+def table(rows: dict) -> str:
+    """The corpus as a markdown table: accuracies in percent, float = framework spike for spike, engine = Lava
+    on every chip row."""
+    lines = ["| framework | network | framework acc. | st2chip float | spikes equal | chip, plain | "
+             "chip, --precision auto | chip, quantize | engine = Lava |", "|" + " --- |" * 9]
+    for r in rows.values():
+        lava = all(r[k]["engine_equals_lava"] is not False for k in ("chip_plain", "chip_precision_auto",
+                                                                      "chip_quantized"))
+        lines.append(f"| {r['framework']} | {r['network']} | {_points(r['framework_accuracy'])} | "
+                     f"{_points(r['float_accuracy'])} | {_equal(r)} | "
+                     f"{_points(r['chip_plain']['accuracy'])} | {_points(r['chip_precision_auto']['accuracy'])} | "
+                     f"{_points(r['chip_quantized']['accuracy'])} | {'yes' if lava else 'no'} |")
+    return "\n".join(lines)
 
 
 def _plot(rows: dict, path: Path) -> None:
@@ -341,7 +480,8 @@ def _plot(rows: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer samples and epochs: checks that it runs")
-    parser.add_argument("--only", choices=sorted(NETWORKS), help="run this network only")
+    parser.add_argument("--only", choices=[*sorted(NETWORKS), "cnn"],
+                        help="run this network only (cnn: the conv nets)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and shuffles (default 0)")
     parser.add_argument("--steps", type=int, default=16, help="rate-code steps per sample (default 16)")
     parser.add_argument("--hidden", type=int, default=64, help="hidden neurons (default 64)")
@@ -354,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     data = _data(args.steps, cfg["train"], cfg["test"])
     start = time.perf_counter()
     rows = {}
-    for name in [args.only] if args.only else NETWORKS:
+    for name in _selected(args.only):
         rows[name] = _measure(name, args, cfg, data)
         r = rows[name]
         print(f"{name}: framework {r['framework_accuracy']:.3f} float {r['float_accuracy']:.3f} "
@@ -362,13 +502,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['chip_precision_auto']['accuracy']:.3f} quantize {_percent(r['chip_quantized']['accuracy'])}",
               file=sys.stderr)
     stem = "foreign" + ("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "")
+    print(table(rows))
     out = {"settings": {**cfg, **vars(args)}, "samples": {"train": len(data[0][1]), "test": len(data[1][1])},
            "torch": torch.__version__, "machine": platform.machine(), "date": time.strftime("%Y-%m-%d"),
            "seconds": round(time.perf_counter() - start, 1), "networks": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{stem}.json", out)
     _plot(rows, RESULTS / f"{stem}.png")
-    unequal = [n for n, r in rows.items() if r["exact_claimed"] and not r["spikes_equal"]]
+    unequal = [n for n, r in rows.items() if r["exact_claimed"] and not r["spikes_equal_float64"]]
     lava = all(r[k]["engine_equals_lava"] is not False for r in rows.values()
                for k in ("chip_plain", "chip_precision_auto", "chip_quantized"))
     worst = min(max(r["chip_precision_auto"]["accuracy"], r["chip_quantized"]["accuracy"] or 0.0)

@@ -109,7 +109,7 @@ def _numpy_node(node: nir.NIRNode) -> nir.NIRNode:
     out = copy.copy(node)
     for key, value in vars(node).items():
         if key in ("input_type", "output_type") and isinstance(value, dict):
-            setattr(out, key, {k: _shape(v) for k, v in value.items()})
+            setattr(out, key, {k: _shape(v) for k, v in value.items() if v is not None})  # norse's Conv2d: None
         elif key == "metadata":
             setattr(out, key, copy.deepcopy(value))
         else:

@@ -23,7 +23,7 @@ them from the comparison:
    between them is the chip's fixed-point state arithmetic and its 13-bit biases.
 
 The model kinds it knows are listed in :data:`ADAPTERS`: the sLIF MLP and the recurrent CubaLIF network
-(graphs of Affine paths; convolutions are not read back yet). Any other model comes with its own
+(graphs of Affine paths). Any other model comes with its own
 :class:`Adapter` (:mod:`st2chip.chip.finetune_graph`: a NIR graph from any framework).
 """
 

@@ -5,13 +5,15 @@ float interpreter made trainable, runs it with surrogate gradients, and
 :func:`~st2chip.chip.finetune.chip_finetune` trains it as it trains st2chip's own
 checkpoints — decays tied into ``decay_groups`` pairs per layer, the forward pass on
 the weights the chip holds (straight through), projected at the end until lowering
-reproduces them. What trains: every Affine weight between two layers (held) and
-nonzero bias (float; the chip rounds it; a zero bias stays zero, so that fine-tuning
-adds nothing to the chip), every leaky neuron's decays (tied; at a tenth of the learning
-rate, :data:`DECAY_LR_SCALE`).
-Gains, thresholds and resets stay as the graph has them. Graphs whose paths into a
-layer are single Affine nodes are covered (:func:`~st2chip.chip.held.held_parameters`
-refuses others, naming the layer).
+reproduces them. What trains: every Affine and convolution weight on a path between
+two layers (held) and nonzero bias (float; the chip rounds it; a zero bias stays zero,
+so that fine-tuning adds nothing to the chip), every leaky neuron's decays (tied; at a
+tenth of the learning rate, :data:`DECAY_LR_SCALE`).
+Gains, thresholds and resets stay as the graph has them. Paths with one trained node
+each are covered, Flatten, Scale and pooling before it included
+(:func:`~st2chip.chip.held.held_parameters` refuses others with the node named: pooling
+after a convolution, a low-rank U·V product, a channel whose neurons the chip holds
+differently).
 
 The user's samples are split once (seeded): ``holdout`` of them are kept out of
 training and measure the float (:func:`~st2chip.graph.simulate.simulate`) and chip
@@ -34,7 +36,7 @@ from st2chip.chip.finetune import Adapter, chip_finetune
 from st2chip.chip.lower import lower
 from st2chip.errors import InputError
 from st2chip.graph.simulate import simulate
-from st2chip.graph.torch_model import AffineNode, GraphModule, LEAKY
+from st2chip.graph.torch_model import AffineNode, GraphModule, LEAKY, MapNode
 from st2chip.learn.data import Split
 from st2chip.traces import Traces
 
@@ -82,15 +84,21 @@ class GraphTuning:
 
 
 def graph_adapter() -> Adapter:
-    """How a :class:`GraphModule` meets the chip: its Affine nodes' weights, its leaky neurons' decays (raw)."""
+    """How a :class:`GraphModule` meets the chip: its Affine and convolution nodes' weights, its leaky neurons'
+    decays (raw)."""
     def weights(module: GraphModule) -> dict:
-        return {n: m for n, m in zip(module.names, module.layers) if isinstance(m, AffineNode)}
+        return {n: m for n, m in zip(module.names, module.layers) if _trained(m)}
 
     def decays(module: GraphModule) -> dict:
         return {n: ((m, "decay"), (m, "syn_decay") if m.cuba else None) for n, m in module.neurons().items()
                 if issubclass(m.kind, LEAKY)}
 
     return Adapter(lambda module: module.to_nir(), weights, decays, logits=False)
+
+
+def _trained(module: torch.nn.Module) -> bool:
+    """An Affine or convolution node (pooling nodes are MapNodes without weights)."""
+    return isinstance(module, AffineNode) or (isinstance(module, MapNode) and hasattr(module, "weight"))
 
 
 def holdout_split(samples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,8 +172,8 @@ def finetune_graph(graph: nir.NIRGraph, spikes: dict[str, np.ndarray], labels: n
     the loop (module docstring). The returned graph records ``decay_groups`` in its metadata."""
     x = _side_by_side(graph, spikes)
     module = GraphModule(graph)
-    for affine in graph_adapter().weights(module).values():  # no bias where the graph has none: nothing new on chip
-        affine.bias.requires_grad_(bool(affine.bias.detach().any()))
+    for node in graph_adapter().weights(module).values():  # no bias where the graph has none: nothing new on chip
+        node.bias.requires_grad_(bool(node.bias.detach().any()))
     labels = _check_labels(labels, int(module(module.encode(torch.from_numpy(x[:1]))).shape[1]))
     train, test = holdout_split(len(labels), holdout, seed)
     temperature = calibrate(module, x[train], labels[train])

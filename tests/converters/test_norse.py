@@ -232,3 +232,23 @@ def test_repair_twice_changes_nothing_more():
     twice, notes = conv.repair(once, 5e-4)
     assert_same_graph(finish(twice, dt=5e-4).graph, finish(once, dt=5e-4).graph)
     assert not any("->" in line for line in notes)
+
+
+def test_conv_net_with_untyped_ports_converts_spike_for_spike():
+    """norse 1.1 exports Conv2d with input_type {'input': None}: read as unknown, the shape is inferred."""
+    torch.manual_seed(3)
+    net = norse_torch.SequentialState(torch.nn.Conv2d(1, 3, 3, stride=2, padding=1), norse_torch.LIFBoxCell(),
+                                      torch.nn.Conv2d(3, 2, 4), norse_torch.LIFBoxCell())
+    with torch.no_grad():
+        net[0].weight.mul_(20.0)
+        net[2].weight.mul_(20.0)
+    graph = conv.to_nir(net, torch.zeros(1, 8, 8)).graph
+    x = (np.random.default_rng(0).random((B, T, 64)) < 0.4).astype(np.uint8)
+    state, ref = None, []
+    with torch.no_grad():
+        for t in range(T):
+            y, state = net(torch.as_tensor(x[:, t], dtype=torch.float32).reshape(-1, 1, 8, 8), state)
+            ref.append(y.reshape(B, 2).numpy())
+    ref = np.stack(ref, axis=1)
+    assert ref.sum() > 0, "the output is silent: the test would prove nothing"
+    np.testing.assert_array_equal(simulate(graph, x).spikes["3"], ref.astype(np.uint8))
