@@ -42,6 +42,7 @@ from st2chip.traces import Traces
 from .engine import batch_steps, run as run_engine
 
 CONNECT_TIMEOUT_S = 15.0  # how long each step of joining the cluster at --ray ADDRESS may take
+GCS_CONNECT_TIMEOUT_S = 3600  # Ray's own limit on reaching a GCS, set above ours (see run)
 CLIENT_PORT = 10001  # Ray Client's port when a ray:// address names none
 
 
@@ -58,6 +59,9 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, address: str | None =
 
     ``shards`` defaults to the cluster's CPU count; ``num_cpus`` bounds a local instance.
     """
+    # our time limits govern (Ray reads its config when first imported): Ray's own 5 s limit on reaching a GCS
+    # would print a warning of its own, late, from a native thread, after st2chip's one-line error
+    os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(GCS_CONNECT_TIMEOUT_S))
     import ray
 
     if not ray.is_initialized():

@@ -75,8 +75,11 @@ def test_a_listener_that_is_not_ray_is_given_up_on_in_time(model):
         import sys
         from st2chip.targets import ray_shards
         ray_shards.CONNECT_TIMEOUT_S = 3
+        import time
         from st2chip.cli.main import main
-        sys.exit(main({_verify(model, f"127.0.0.1:{port}")!r}))
+        code = main({_verify(model, f"127.0.0.1:{port}")!r})
+        time.sleep(3)  # a slow exit: Ray's own 5 s connect limit must not print a late warning of its own
+        sys.exit(code)
     """)
     try:
         t0 = time.monotonic()
