@@ -137,6 +137,7 @@ def measure_variant(checkpoint: str, data: str, root: str | None, s: dict, queue
         result["map_peak_gb"] = round(_peak_gb(), 2)
         print(f"  mapped in {result['map_seconds']} s, {result['map_peak_gb']} GB peak: {placement.n_cores} cores on "
               f"{placement.n_chips} chips", flush=True)
+    result["fanin"] = {name: layer.fanin.to_dict() for name, layer in chip.lowering.layers.items() if layer.fanin}
     result.update(neurons=sum(p.size for p in chip.populations), synapses=int(sum(g.nnz for g in chip.synapses)),
                   chips=placement.n_chips, cores=placement.n_cores, placement=slim(placement.to_dict()))
     _, test = load_split(data, root)

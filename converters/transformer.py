@@ -244,10 +244,10 @@ def _write_parts(model: SpikingTransformer, folder: Path, dt: float) -> list[dic
     return steps
 
 
-def bundle_manifest(model: SpikingTransformer, steps: list[dict], dt: float) -> dict:
-    """The manifest that wires the parts together."""
+def bundle_manifest(model: SpikingTransformer, steps: list[dict], dt: float, data: str | None = None) -> dict:
+    """The manifest that wires the parts together (``data``: the data set the model was trained on, if known)."""
     c = model.config
-    return {
+    return {**({"data": data} if data is not None else {}),
         "format": FORMAT, "version": VERSION, "model": "st", "config": c.to_dict(),
         "dt": dt, "time_steps": c.steps,
         "input": {"tensor": "x", "shape": [c.steps, "B", c.in_channels, c.image_size, c.image_size],
@@ -261,10 +261,13 @@ def bundle_manifest(model: SpikingTransformer, steps: list[dict], dt: float) -> 
     }
 
 
-def export_bundle(model: SpikingTransformer, folder: str | os.PathLike, dt: float = DEFAULT_DT) -> Path:
+def export_bundle(model: SpikingTransformer, folder: str | os.PathLike, dt: float = DEFAULT_DT,
+                  data: str | None = None) -> Path:
     """Write the bundle of ``model`` to ``folder`` atomically (built beside it, then renamed into place).
 
-    An existing ``folder`` is replaced only if it is an st2chip bundle (or empty).
+    An existing ``folder`` is replaced only if it is an st2chip bundle (or empty). ``data`` (the data set the
+    model was trained on, from its checkpoint) lets ``verify``/``simulate`` run that data set's test split
+    without ``--inputs``.
     """
     if model.config.reset != "zero":
         raise InputError("NIR 1.0 LIF resets to v_reset; only reset='zero' models can be exported")
@@ -278,5 +281,5 @@ def export_bundle(model: SpikingTransformer, folder: str | os.PathLike, dt: floa
     with atomic_folder(target, replace=True) as tmp:
         with torch.no_grad():
             steps = _write_parts(model, tmp, dt)
-        write_json(tmp / MANIFEST, bundle_manifest(model, steps, dt))
+        write_json(tmp / MANIFEST, bundle_manifest(model, steps, dt, data))
     return target

@@ -299,7 +299,7 @@ def export(checkpoint: Source, output: Source, *, dt: float = defaults.EXPORT_DT
     bundle = kind in BUNDLE_EXPORTERS
     check_output(output, [checkpoint], folder=bundle, flag="-o")
     if bundle:
-        return exporter(kind)(model, output, dt=dt)
+        return exporter(kind)(model, output, dt=dt, data=extra.get("data"))
     graph = exporter(kind)(model, dt=dt)
     if isinstance(extra.get("chip_aware"), dict):  # st2chip quantize tied the decays into this many groups
         graph.metadata["decay_groups"] = int(extra["chip_aware"]["decay_groups"])

@@ -359,26 +359,32 @@ def rows_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) -> 
 
 
 def direct_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) -> RunInputs:
-    """The digits test split for a composed bundle (encoding ``direct``): each image as integer levels
-    ``round(levels * x)`` (``levels`` from the metadata), the same at every one of ``steps`` steps."""
-    from st2chip.learn.data import load_digits_split
+    """The test split of the bundle's data set (metadata ``data``: ``digits``, the default, or ``digits32``) for a
+    composed bundle (encoding ``direct``): each image as integer levels ``round(levels * x)`` (``levels`` from the
+    metadata), the same at every one of ``steps`` steps."""
+    from st2chip.learn.data import load_split
 
     name, size = _only_input(graph, "digits (direct)")
     metadata = graph.metadata if isinstance(graph.metadata, dict) else {}
+    data = metadata.get("data", "digits")
+    if data not in ("digits", "digits32"):
+        raise InputError(f"the bundle's model was trained on {data}, whose test split st2chip does not read by "
+                         f"itself: give its images as --inputs FILE.npy (integer levels, one row per sample)")
     levels = limits.positive_int(metadata.get("levels", 255), "metadata field 'levels'", "the graph")
     stored = steps if steps is not None else metadata.get("steps")
     if stored is None:
         raise InputError("encoding 'direct': the graph's metadata has no 'steps'; pass --steps T")
     steps = limits.positive_int(stored, "--steps" if steps is not None else "metadata field 'steps'", "the graph")
-    _, test = load_digits_split()
-    if size != test.x.shape[1]:
-        raise InputError(f"input node '{name}' takes {size} values; the digits data set has {test.x.shape[1]} "
-                         f"(8x8 images): give your own inputs with --inputs FILE.npy (integer levels)")
+    _, test = load_split(data)
+    values = int(np.prod(test.x.shape[1:]))
+    if size != values:
+        raise InputError(f"input node '{name}' takes {size} values; the {data} images have {values}: give your "
+                         f"own inputs with --inputs FILE.npy (integer levels)")
     count = len(test) if samples is None else max(min(int(samples), len(test)), 1)
-    limits.check_alloc(f"{count} digits samples x {steps} steps", count * steps * size, _ENCODE_BYTES,
-                       "the digits inputs")
+    limits.check_alloc(f"{count} {data} samples x {steps} steps", count * steps * size, _ENCODE_BYTES,
+                       f"the {data} inputs")
     return RunInputs({name: direct_levels(test.x[:count], levels, steps)}, test.y[:count],
-                     f"the digits test split, direct ({levels} levels)")
+                     f"the {data} test split, direct ({levels} levels)")
 
 
 def direct_levels(images: np.ndarray, levels: int, steps: int) -> np.ndarray:

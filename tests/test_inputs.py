@@ -314,3 +314,41 @@ def test_run_width_counts_a_convolutions_outputs_not_its_kernel():
                "out": nir.Output(output_type={"output": np.array([400])})},
         edges=[("in", "conv"), ("conv", "lif"), ("lif", "out")], metadata={"dt": 1e-3}, type_check=False))
     assert graph_width(graph) == 100 + 400 + 400 + 400  # input, conv output, neurons, output
+
+
+@pytest.fixture(scope="module")
+def rgb_bundle(tmp_path_factory):
+    """A tiny spiking Transformer at CIFAR-10's 32x32x3 shape, exported as trained on digits32."""
+    import torch
+
+    from st2chip.converters.transformer import export_bundle
+    from st2chip.learn.transformer import SpikingTransformer, STConfig
+
+    torch.manual_seed(0)
+    model = SpikingTransformer(STConfig.cifar10(stem_channels=[4], dim=8, heads=2, mlp_hidden=8, depth=1, steps=2))
+    return export_bundle(model, tmp_path_factory.mktemp("rgb") / "bundle", data="digits32")
+
+
+def test_a_bundle_trained_on_digits32_runs_that_test_split_by_default(rgb_bundle):
+    import json
+
+    from st2chip.graph.bundle_graph import bundle_graph
+    from st2chip.inputs import direct_inputs
+    from st2chip.learn.data import load_split
+
+    graph = bundle_graph(rgb_bundle)
+    assert graph.metadata["data"] == "digits32"
+    run = direct_inputs(graph, 3, None)
+    _, test = load_split("digits32")
+    (x,) = run.spikes.values()
+    assert x.shape == (3, 2, 3 * 32 * 32) and "digits32 test split" in run.origin
+    np.testing.assert_array_equal(run.labels, test.y[:3])
+    np.testing.assert_array_equal(x[:, 1], np.round(test.x[:3].reshape(3, -1) * 255))
+    manifest = json.loads((rgb_bundle / "manifest.json").read_text())
+    for data, message in (("cifar10", "give its images as --inputs"), ("../etc", "field 'data' must be one of")):
+        (rgb_bundle / "manifest.json").write_text(json.dumps({**manifest, "data": data}))
+        with pytest.raises(InputError, match=message):
+            direct_inputs(bundle_graph(rgb_bundle), 3, None)
+    (rgb_bundle / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "data"}))
+    with pytest.raises(InputError, match="takes 3072 values; the digits images have 64"):
+        direct_inputs(bundle_graph(rgb_bundle), 3, None)

@@ -472,10 +472,10 @@ class ChipGraph:
         :data:`MESSAGE_BITS`; what every graded group (out of a relay, a host product or an analog input)
         adds up stays within Lava's int32 sum and a LIF's input range."""
         bounds, graded = self.relay_bounds(), self.source_bounds()
-        analog = {i.name for i in self.inputs if i.kind == "analog"}
+        unbounded = {i.name for i in self.inputs if i.kind == "analog"} | {h.name for h in self.hosts}
         for s in self.synapses:
             rec = f"synapse group '{s.name}'"
-            if s.target in bounds and (s.source in analog or s.feedback):
+            if s.target in bounds and (s.source in unbounded or s.feedback):
                 raise ChipRangeError(f"{rec}: a relay takes 0/1 spikes or a relay's values through a forward "
                                      f"group (source '{s.source}', feedback {s.feedback})")
             if s.source not in graded:

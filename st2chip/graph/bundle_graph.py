@@ -146,6 +146,7 @@ def bundle_graph(folder: str | Path) -> nir.NIRGraph:
     return nir.NIRGraph(nodes=comp.nodes, edges=comp.edges, type_check=False,
                         metadata={"dt": comp.dt, "steps": comp.steps, "producer": "st2chip bundle",
                                   "bundle": str(folder), "encoding": "direct", "levels": LEVELS,
+                                  **_data(manifest, src),
                                   "image_shape": [c["in_channels"], c["image_size"], c["image_size"]]})
 
 
@@ -157,6 +158,16 @@ def _add_step(comp: _Composer, step: dict, where: str) -> None:
                          f"({', '.join(f'{s.tokens} x {s.width}' for s in sorted(shapes, key=str))})")
     sources = [s for p in step["inputs"] for s in comp.sources(p["tensor"], where)]
     comp.write(step["outputs"][0], sources, shapes.pop(), where)
+
+
+def _data(manifest: dict, src: Path) -> dict:
+    """``{"data": name}`` from the manifest's optional ``data`` (a data set st2chip knows), else nothing."""
+    if "data" not in manifest:
+        return {}
+    from st2chip.learn.data import DATASETS
+    if manifest["data"] not in DATASETS:
+        raise InputError(f"{src}: field 'data' must be one of {', '.join(DATASETS)}, got {str(manifest['data'])!r:.40}")
+    return {"data": manifest["data"]}
 
 
 def _flat(shape) -> int:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from st2chip.analysis.traffic import count_ops
-from st2chip.chip.chipgraph import ChipGraph, InputPort, Population, Relay, SynapseGroup
+from st2chip.chip.chipgraph import ChipGraph, HostProduct, InputPort, Population, Relay, SynapseGroup
 from st2chip.chip.lower import lower
 from st2chip.chip.placement import place
 from st2chip.chip.table import format_table, layer_rows
@@ -148,6 +148,23 @@ def test_chipgraph_validates_relays():
     delayed = SynapseGroup("r->t", "r", "t", np.full((1, 1), 1), 0, delay=1)
     with pytest.raises(ChipRangeError, match="undelayed"):
         ChipGraph([port], [relay, target], [into, delayed])
+
+
+def test_a_relay_refuses_graded_values_it_cannot_bound():
+    """An analog port's levels or a host product's counts into a relay would make its bound (0/1 per source) too
+    small: refused, naming the group, like a feedback group."""
+    relay, target = Relay("r", "r", np.arange(3)), Population("t", "t", np.arange(3), du=4095, dv=0, vth=10,
+                                                             bias_mant=0, bias_exp=0, readout=True)
+    out = SynapseGroup("r->t", "r", "t", np.eye(3, dtype=np.int64), 0)
+    analog = SynapseGroup("x->r", "x", "r", np.eye(3, dtype=np.int64), 0)
+    with pytest.raises(ChipRangeError, match="synapse group 'x->r': a relay takes"):
+        ChipGraph([InputPort("x", 3, "analog", 255)], [relay, target], [analog, out])
+    qkv = [Population(n, n, np.arange(3), du=4095, dv=4095, vth=1, bias_mant=0, bias_exp=0) for n in "qkv"]
+    into_qkv = [SynapseGroup(f"in->{n}", "in", n, np.eye(3, dtype=np.int64), 0) for n in "qkv"]
+    host = SynapseGroup("attn->r", "attn", "r", np.eye(3, dtype=np.int64), 0)
+    with pytest.raises(ChipRangeError, match="synapse group 'attn->r': a relay takes"):
+        ChipGraph([InputPort("in", 3)], [*qkv, relay, target], [*into_qkv, host, out],
+                  hosts=[HostProduct("attn", ("q", "k", "v"), 1, 1, 3)])
 
 
 def test_a_permutation_before_v_is_multiplied_into_v():
