@@ -73,7 +73,14 @@ def _subset(split: Split, n: int) -> Split:
 
 
 def _peak_gb() -> float:
-    """This process's peak resident memory (Linux ``ru_maxrss`` is in KiB)."""
+    """This process's own peak resident memory: ``VmHWM`` (a spawned child's ``ru_maxrss`` starts at its parent's
+    resident memory at the fork; ``ru_maxrss`` where /proc is absent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 

@@ -43,7 +43,32 @@ MAC_PER_AC = _mac_per_ac()
 
 def lowrank(plan: Plan) -> Plan:
     """Every layer's :class:`~st2chip.chip.lowering.plan.Lowrank`: its relays, factored groups and choices."""
-    return plan.map_layers(lambda p, layer: replace(layer, lowrank=chosen(p, layer)))
+    return plan.map_layers(lambda p, layer: without_factored(replace(layer, lowrank=chosen(p, layer))))
+
+
+def without_factored(layer: LayerPlan) -> LayerPlan:
+    """``layer`` whose folded weight no longer stores the columns of the paths kept factored.
+
+    Their multiplied-out ``U V`` set the populations' scales (pass ``populations``) and nothing reads it
+    after this pass (the relay's groups carry the path), yet it is most of a DSP model's weights (the
+    CIFAR-size DSP ST: 241 M of its 392 M folded floats): dropping it here keeps it out of every later
+    pass's peak.
+    The other columns, and the shape, stay as they were.
+    """
+    if not layer.lowrank.factored:
+        return layer
+    weight = layer.folded.weight
+    keep = np.ones(weight.shape[1], dtype=bool)
+    offset = 0
+    for key, width in zip(layer.incoming.keys, layer.incoming.widths):
+        if key in layer.lowrank.factored:
+            keep[offset:offset + width] = False
+        offset += width
+    kept = keep[weight.indices]
+    indptr = np.concatenate([[0], np.cumsum(kept)])[weight.indptr]
+    rest = sp.csr_matrix((weight.data[kept], weight.indices[kept], indptr), shape=weight.shape)
+    rest.indices, rest.indptr = rest.indices.astype(weight.indices.dtype), rest.indptr.astype(weight.indptr.dtype)
+    return replace(layer, incoming=replace(layer.incoming, weight=rest), folded=replace(layer.folded, weight=rest))
 
 
 def costs(u: sp.csr_matrix, v: sp.csr_matrix, product_nnz: int) -> LowrankCosts:

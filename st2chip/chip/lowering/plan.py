@@ -95,7 +95,9 @@ class Incoming:
     fresh matrix: pass ``fold`` scales it in place. ``bias`` sums the paths' biases;
     ``affines`` is the most Affines on one path, ``chains`` the distinct chains of
     node types; ``convs`` names, per key whose one path is a lone Conv2d, that node;
-    ``lowrank`` per key with a low-rank path its factors or why it has none.
+    ``lowrank`` per key with a low-rank path its factors or why it has none. Pass
+    ``lowrank`` drops the columns of the paths it keeps factored (their U·V was needed
+    only to set the scales; it would otherwise be held through every later pass).
     """
 
     keys: list[PathKey]

@@ -1,0 +1,107 @@
+"""What lowering keeps in memory: pass ``lowrank`` drops the multiplied-out weights of the paths it keeps
+factored, pass ``synapses`` writes a dense group only where it is non-zero; the chip stays the same."""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import nir
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from st2chip.chip.lower import lower
+from st2chip.chip.lowering import lowrank as lowrank_pass
+from st2chip.chip.lowering.synapses import dense
+from st2chip.converters.transformer import export_bundle
+from st2chip.graph.bundle_graph import bundle_graph
+from st2chip.learn.transformer import SpikingTransformer, STConfig
+
+RNG = np.random.default_rng(0)
+V, U = RNG.normal(size=(2, 30)), RNG.normal(size=(30, 2))
+
+
+def uv_graph(tiny) -> nir.NIRGraph:
+    """input (30) -> V (2 x 30) -> U (30 x 2) -> LIF (30), and x2 -> skip Affine -> the same LIF."""
+    graph = tiny.chain([U @ V], [tiny.lif(np.ones(30))], extra_nodes={
+        "V": nir.Affine(weight=V, bias=np.zeros(2)), "skip": nir.Affine(weight=np.eye(30) * 0.5, bias=np.zeros(30)),
+        "x2": nir.Input(input_type={"input": np.array([30])})})
+    graph.nodes["fc1"] = nir.Affine(weight=U, bias=np.zeros(30))
+    graph.edges = [("input", "V"), ("V", "fc1"), ("x2", "skip"), ("skip", "n1")] + [
+        e for e in graph.edges if e != ("input", "fc1")]
+    return graph
+
+
+def columns(layer, source: str) -> sp.csr_matrix:
+    """The folded weight's columns of the path from ``source``."""
+    offset = 0
+    for key, width in zip(layer.incoming.keys, layer.incoming.widths):
+        if key.source == source:
+            return layer.folded.weight[:, offset:offset + width]
+        offset += width
+    raise KeyError(source)
+
+
+@pytest.mark.parametrize("mode", ["factored", "product"])
+def test_a_factored_path_leaves_no_product_in_the_folded_weight(tiny, mode):
+    before = tiny.before(uv_graph(tiny), "lowrank", lowrank=mode)
+    skip = columns(before.layers[0], "x2").toarray()
+    assert columns(before.layers[0], "input").nnz == 30 * 30  # U V multiplied out by pass paths
+    [layer] = lowrank_pass.lowrank(before).layers
+    assert layer.folded.weight is layer.incoming.weight and layer.folded.weight.shape == (30, 60)
+    assert columns(layer, "input").nnz == (0 if mode == "factored" else 30 * 30)
+    assert np.array_equal(columns(layer, "x2").toarray(), skip)
+
+
+def fields(value) -> object:
+    """A comparable form of a chip record: arrays with their dtype, CSR matrices by their arrays."""
+    if sp.issparse(value):
+        m = sp.csr_matrix(value)
+        return ("csr", m.shape, *((a.dtype.str, a.tobytes()) for a in (m.data, m.indices, m.indptr)))
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__, *((f.name, fields(getattr(value, f.name))) for f in dataclasses.fields(value)))
+    if isinstance(value, (list, tuple)):
+        return tuple(fields(v) for v in value)
+    return value
+
+
+@pytest.fixture(scope="module")
+def dsp_graph(tmp_path_factory) -> nir.NIRGraph:
+    """A tiny spiking Transformer with its attention projection and MLP factored at rank 4 (residual sums into
+    the factors' V nodes included)."""
+    torch.manual_seed(2)
+    ranks = {"blocks.0.attn.q": 4, "blocks.0.attn.proj": 4, "blocks.0.mlp.fc1": 4, "blocks.0.mlp.fc2": 4}
+    model = SpikingTransformer(STConfig.tiny_digits(ranks=ranks)).eval()
+    return bundle_graph(export_bundle(model, tmp_path_factory.mktemp("dsp") / "bundle"))
+
+
+@pytest.mark.parametrize("mode", ["factored", "auto"])
+def test_dropping_the_product_changes_no_population_group_or_report(dsp_graph, mode, monkeypatch):
+    chip = lower(dsp_graph, decay_groups=2, lowrank=mode)
+    assert any(g.form == "factored" for g in chip.synapses)
+    monkeypatch.setattr(lowrank_pass, "without_factored", lambda layer: layer)  # the pass as it was
+    kept = lower(dsp_graph, decay_groups=2, lowrank=mode)
+    assert [p.name for p in chip.populations] == [p.name for p in kept.populations]
+    assert fields(chip.populations) == fields(kept.populations)
+    assert [g.name for g in chip.synapses] == [g.name for g in kept.synapses]
+    assert fields(chip.synapses) == fields(kept.synapses)
+    assert chip.report == kept.report
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc")
+def test_a_dense_group_takes_memory_only_where_it_is_non_zero():
+    n = 6000  # 288 MB as int64 once every page is written
+    mant = sp.csr_matrix(sp.diags(np.arange(n) % 255 - 127, dtype=np.int16))
+    before = resident_bytes()
+    out = dense(mant)
+    grown = resident_bytes() - before
+    assert out.dtype == np.int64 and out.flags.c_contiguous and np.array_equal(out, mant.toarray())
+    assert grown < 64 * 2**20  # one page per row: 24 MB
