@@ -39,6 +39,21 @@ def chain_graph(weights: list[np.ndarray], neurons: list[nir.NIRNode], extra_nod
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False)
 
 
+UV_RNG = np.random.default_rng(0)
+V, U = UV_RNG.normal(size=(2, 30)), UV_RNG.normal(size=(30, 2))
+
+
+def uv_graph() -> nir.NIRGraph:
+    """input (30) -> V (2 x 30) -> U (30 x 2) -> LIF (30), and x2 -> skip Affine -> the same LIF."""
+    graph = chain_graph([U @ V], [lif(np.ones(30))], extra_nodes={
+        "V": nir.Affine(weight=V, bias=np.zeros(2)), "skip": nir.Affine(weight=np.eye(30) * 0.5, bias=np.zeros(30)),
+        "x2": nir.Input(input_type={"input": np.array([30])})})
+    graph.nodes["fc1"] = nir.Affine(weight=U, bias=np.zeros(30))
+    graph.edges = [("input", "V"), ("V", "fc1"), ("x2", "skip"), ("skip", "n1")] + [
+        e for e in graph.edges if e != ("input", "fc1")]
+    return graph
+
+
 def plan_before(graph: nir.NIRGraph, pass_name: str, **options) -> Plan:
     """``graph`` normalized, as a plan after every pass that runs before ``pass_name``."""
     plan = start(normalize(graph), Options(**options))
@@ -52,5 +67,5 @@ def plan_before(graph: nir.NIRGraph, pass_name: str, **options) -> Plan:
 @pytest.fixture
 def tiny() -> SimpleNamespace:
     """The builders: ``lif(thresholds, tau, reset)``, ``li(n)``, ``chain(weights, neurons, extra_nodes,
-    extra_edges)`` and ``before(graph, pass_name, **options)``."""
-    return SimpleNamespace(lif=lif, li=li, chain=chain_graph, before=plan_before)
+    extra_edges)``, ``uv()`` (a low-rank path V -> U beside a skip) and ``before(graph, pass_name, **options)``."""
+    return SimpleNamespace(lif=lif, li=li, chain=chain_graph, uv=uv_graph, before=plan_before)

@@ -1,6 +1,5 @@
 """Passes ``lowrank``, ``depths`` and ``synapses`` alone on tiny graphs, and the pass list itself."""
 
-import nir
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -14,28 +13,13 @@ from st2chip.chip.lowering.plan import PathKey
 from st2chip.chip.lowering.synapses import synapses
 from st2chip.errors import GraphError
 
-RNG = np.random.default_rng(0)
-V, U = RNG.normal(size=(2, 30)), RNG.normal(size=(30, 2))
-
-
-def uv_graph(tiny) -> nir.NIRGraph:
-    """input (30) -> V (2 x 30) -> U (30 x 2) -> LIF (30), and x2 -> skip Affine -> the same LIF."""
-    graph = tiny.chain([U @ V], [tiny.lif(np.ones(30))], extra_nodes={
-        "V": nir.Affine(weight=V, bias=np.zeros(2)), "skip": nir.Affine(weight=np.eye(30) * 0.5, bias=np.zeros(30)),
-        "x2": nir.Input(input_type={"input": np.array([30])})})
-    graph.nodes["fc1"] = nir.Affine(weight=U, bias=np.zeros(30))
-    graph.edges = [("input", "V"), ("V", "fc1"), ("x2", "skip"), ("skip", "n1")] + [
-        e for e in graph.edges if e != ("input", "fc1")]
-    return graph
-
-
 def test_the_passes_run_in_this_order():
     assert [name for name, _ in PASSES] == ["read", "paths", "fold", "decays", "populations", "lowrank", "depths",
                                              "synapses", "precision", "current_bias", "fanin"]
 
 
 def test_lowrank_keeps_a_factored_path_through_a_relay(tiny):
-    [layer] = lowrank_pass.lowrank(tiny.before(uv_graph(tiny), "lowrank", lowrank="factored")).layers
+    [layer] = lowrank_pass.lowrank(tiny.before(tiny.uv(), "lowrank", lowrank="factored")).layers
     [relay] = layer.lowrank.relays
     assert isinstance(relay, Relay) and relay.name == "V" and relay.size == 2
     groups = layer.lowrank.factored[PathKey("input", 0, False)]
@@ -45,13 +29,13 @@ def test_lowrank_keeps_a_factored_path_through_a_relay(tiny):
 
 
 def test_lowrank_product_keeps_no_relay_and_says_why(tiny):
-    [layer] = lowrank_pass.lowrank(tiny.before(uv_graph(tiny), "lowrank", lowrank="product")).layers
+    [layer] = lowrank_pass.lowrank(tiny.before(tiny.uv(), "lowrank", lowrank="product")).layers
     assert layer.lowrank.relays == [] and layer.lowrank.factored == {}
     assert layer.lowrank.choices["V"].to_dict()["why"] == "lowrank=product"
 
 
 def test_lowrank_factored_refuses_a_recurrent_low_rank_path(tiny):
-    graph = uv_graph(tiny)
+    graph = tiny.uv()
     graph.edges = [e for e in graph.edges if e != ("input", "V")] + [("n1", "V")]
     with pytest.raises(GraphError, match="node 'n1'.*cannot be kept factored: a recurrent path"):
         lowrank_pass.lowrank(tiny.before(graph, "lowrank", lowrank="factored"))
@@ -60,7 +44,7 @@ def test_lowrank_factored_refuses_a_recurrent_low_rank_path(tiny):
 def test_the_cost_model_prices_a_mac_from_the_45nm_profile():
     profile = load_profile("45nm")
     assert lowrank_pass.MAC_PER_AC == profile.e_mac_pj / profile.e_ac_pj
-    cost = lowrank_pass.costs(sp.csr_matrix(U), sp.csr_matrix(V), 900)
+    cost = lowrank_pass.costs(sp.csr_matrix(np.ones((30, 2))), sp.csr_matrix(np.ones((2, 30))), 900)
     assert cost.factored_ops == cost.acs + lowrank_pass.MAC_PER_AC * cost.macs
 
 
@@ -68,12 +52,12 @@ def test_depths_count_a_relay_as_one_more_step(tiny):
     graph = tiny.chain([np.ones((3, 30)), np.ones((2, 3))], [tiny.lif(np.ones(3)), tiny.li(2)])
     plan = depths(tiny.before(graph, "depths"))
     assert plan.depth == {"input": 0, "n1": 1, "n2": 2}
-    factored = depths(tiny.before(uv_graph(tiny), "depths", lowrank="factored"))
+    factored = depths(tiny.before(tiny.uv(), "depths", lowrank="factored"))
     assert factored.depth == {"input": 0, "x2": 0, "n1": 2}
 
 
 def test_synapses_delay_the_shorter_path_and_name_each_group(tiny):
-    plan = synapses(tiny.before(uv_graph(tiny), "synapses", lowrank="factored"))
+    plan = synapses(tiny.before(tiny.uv(), "synapses", lowrank="factored"))
     [layer] = plan.layers
     by_name = {g.name: g for g in layer.synapses.groups}
     assert set(by_name) == {"x2->n1", "input->V", "V->n1"}

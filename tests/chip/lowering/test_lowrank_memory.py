@@ -18,21 +18,6 @@ from st2chip.converters.transformer import export_bundle
 from st2chip.graph.bundle_graph import bundle_graph
 from st2chip.learn.transformer import SpikingTransformer, STConfig
 
-RNG = np.random.default_rng(0)
-V, U = RNG.normal(size=(2, 30)), RNG.normal(size=(30, 2))
-
-
-def uv_graph(tiny) -> nir.NIRGraph:
-    """input (30) -> V (2 x 30) -> U (30 x 2) -> LIF (30), and x2 -> skip Affine -> the same LIF."""
-    graph = tiny.chain([U @ V], [tiny.lif(np.ones(30))], extra_nodes={
-        "V": nir.Affine(weight=V, bias=np.zeros(2)), "skip": nir.Affine(weight=np.eye(30) * 0.5, bias=np.zeros(30)),
-        "x2": nir.Input(input_type={"input": np.array([30])})})
-    graph.nodes["fc1"] = nir.Affine(weight=U, bias=np.zeros(30))
-    graph.edges = [("input", "V"), ("V", "fc1"), ("x2", "skip"), ("skip", "n1")] + [
-        e for e in graph.edges if e != ("input", "fc1")]
-    return graph
-
-
 def columns(layer, source: str) -> sp.csr_matrix:
     """The folded weight's columns of the path from ``source``."""
     offset = 0
@@ -45,7 +30,7 @@ def columns(layer, source: str) -> sp.csr_matrix:
 
 @pytest.mark.parametrize("mode", ["factored", "product"])
 def test_a_factored_path_leaves_no_product_in_the_folded_weight(tiny, mode):
-    before = tiny.before(uv_graph(tiny), "lowrank", lowrank=mode)
+    before = tiny.before(tiny.uv(), "lowrank", lowrank=mode)
     skip = columns(before.layers[0], "x2").toarray()
     assert columns(before.layers[0], "input").nnz == 30 * 30  # U V multiplied out by pass paths
     [layer] = lowrank_pass.lowrank(before).layers
