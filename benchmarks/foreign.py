@@ -82,30 +82,25 @@ class Net:
 
 def _norse(hidden: int) -> Net:
     """Linear -> LIFBoxCell -> Linear -> LIFBoxCell (norse's defaults: dt 1 ms, tau_mem 10 ms)."""
-    import norse.torch as norse
-    from st2chip.converters import norse as conv
-    net = norse.SequentialState(torch.nn.Linear(N_IN, hidden), norse.LIFBoxCell(), torch.nn.Linear(hidden, N_OUT),
-                                norse.LIFBoxCell())
-    with torch.no_grad():  # LIFBoxCell integrates dt/tau = 0.1 of its input per step
-        net[0].weight.mul_(20.0)
-        net[2].weight.mul_(20.0)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        state, out = None, []
-        for t in range(x.shape[1]):
-            y, state = net(x[:, t], state)
-            out.append(y)
-        return torch.stack(out, 1)
-    return Net("norse", "LIF MLP", net, forward, lambda s: conv.to_nir(net, s[:, 0]))
+    import torch.nn as nn
+    return _norse_net("LIF MLP", nn.Linear(N_IN, hidden), nn.Linear(hidden, N_OUT), lambda x: x, lambda s: s[:, 0])
 
 
 def _norse_cnn(channels: int) -> Net:
     """Conv2d(3x3, stride 2) -> LIFBoxCell -> Conv2d(4x4: one output per class) -> LIFBoxCell on the 8x8 digits
     (norse exports no Flatten, so the readout is a convolution over the whole 4x4 map)."""
+    import torch.nn as nn
+    return _norse_net("conv net", nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.Conv2d(channels, N_OUT, 4),
+                      _frames, lambda s: _frames(s[:1, 0])[0])
+
+
+def _norse_net(name: str, first: torch.nn.Module, second: torch.nn.Module,
+               shape: Callable[[torch.Tensor], torch.Tensor], sample: Callable[[torch.Tensor], torch.Tensor]) -> Net:
+    """``first -> LIFBoxCell -> second -> LIFBoxCell`` in norse, fed ``shape(x[:, t])`` at each step and exported
+    on ``sample(spikes)``."""
     import norse.torch as norse
     from st2chip.converters import norse as conv
-    net = norse.SequentialState(torch.nn.Conv2d(1, channels, 3, stride=2, padding=1), norse.LIFBoxCell(),
-                                torch.nn.Conv2d(channels, N_OUT, 4), norse.LIFBoxCell())
+    net = norse.SequentialState(first, norse.LIFBoxCell(), second, norse.LIFBoxCell())
     with torch.no_grad():  # LIFBoxCell integrates dt/tau = 0.1 of its input per step
         net[0].weight.mul_(20.0)
         net[2].weight.mul_(20.0)
@@ -113,10 +108,10 @@ def _norse_cnn(channels: int) -> Net:
     def forward(x: torch.Tensor) -> torch.Tensor:
         state, out = None, []
         for t in range(x.shape[1]):
-            y, state = net(_frames(x[:, t]), state)
+            y, state = net(shape(x[:, t]), state)
             out.append(y.reshape(x.shape[0], N_OUT))
         return torch.stack(out, 1)
-    return Net("norse", "conv net", net, forward, lambda s: conv.to_nir(net, _frames(s[:1, 0])[0]))
+    return Net("norse", name, net, forward, lambda s: conv.to_nir(net, sample(s)))
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:

@@ -42,12 +42,13 @@ def input_spikes(steps=STEPS, batch=BATCH, seed=0):
     return (np.random.default_rng(seed).random((batch, steps, N_IN)) < 0.3).astype(np.uint8)
 
 
-def run_snntorch(net, x):
-    """Spikes of both Leaky layers, (B, T, n) each, run step by step in snnTorch (float32)."""
+def run_snntorch(net, x, reset=snn_utils.reset):
+    """Spikes of the neuron layers '1' and '3', (B, T, n) each, run step by step in snnTorch (float32) after
+    ``reset(net)``."""
     recorded = {"1": [], "3": []}
     hooks = [net[int(k)].register_forward_hook(lambda m, i, o, k=k: recorded[k].append(o.clone()))
              for k in recorded]
-    snn_utils.reset(net)
+    reset(net)
     with torch.no_grad():
         for t in range(x.shape[1]):
             net(torch.as_tensor(x[:, t], dtype=torch.float32))
@@ -236,17 +237,10 @@ def make_recurrent_net(seed=0, reset="zero", **synaptic):
 
 def run_recurrent(net, x):
     """Spikes of the RSynaptic ('1') and Synaptic ('3') layers, (B, T, n), run step by step in snnTorch."""
-    recorded = {"1": [], "3": []}
-    hooks = [net[int(k)].register_forward_hook(lambda m, i, o, k=k: recorded[k].append(o.clone()))
-             for k in recorded]
-    for k in recorded:
-        net[int(k)].reset_mem()
-    with torch.no_grad():
-        for t in range(x.shape[1]):
-            net(torch.as_tensor(x[:, t], dtype=torch.float32))
-    for h in hooks:
-        h.remove()
-    return {k: torch.stack(v, 1).numpy().astype(np.uint8) for k, v in recorded.items()}
+    def reset(net):
+        for k in ("1", "3"):
+            net[int(k)].reset_mem()
+    return run_snntorch(net, x, reset)
 
 
 def _without_refractory(graph):
