@@ -35,7 +35,8 @@ Canonical form
   a cycle of linear nodes alone (``x = W x``) has no discrete-time meaning and
   is refused. A spiking node's ``metadata["reset"]``, if present, is ``"zero"``
   or ``"subtract"``; its ``metadata["refractory"]``, if present, 0 or 1 (steps; any
-  other node carrying it is refused).
+  other node carrying it is refused); its ``metadata["max_spikes"]``, if present, a whole number
+  in 1..255, above 1 only with reset by subtraction (any other node carrying one above 1 is refused).
 - ``graph.metadata`` is a copy of the input's (NumPy scalars turned into Python
   ones), with ``metadata["dt"]`` in seconds: the ``dt`` argument, else the
   graph's own ``metadata["dt"]``. dt is never guessed: a graph whose result
@@ -72,7 +73,7 @@ from st2chip import limits
 from st2chip.errors import GraphError, InputError, St2chipWarning
 from st2chip.graph import linear
 from st2chip.graph.nirfile import one_line, read_graph
-from st2chip.graph.reading import SPIKING, refractory_steps, reset_mode
+from st2chip.graph.reading import SPIKING, max_spikes, refractory_steps, reset_mode
 
 DEFAULT_DT = 1e-3  # seconds, recorded for a graph whose result does not depend on dt and that gives none
 
@@ -646,6 +647,7 @@ class _Context:
         """The canonical node: broadcast parameters, checked values, 1-D shapes (full shapes for convolutions)."""
         meta = _plain(getattr(node, "metadata", None) or {})
         refractory_steps(name, node)
+        max_spikes(name, node)
         if shapes is not None:
             return self.build_spatial(name, node, arrays, shapes, meta)
         if isinstance(node, SPIKING):

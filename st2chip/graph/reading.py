@@ -18,6 +18,11 @@ r"""The discrete-time reading of a canonical graph that the float interpreter an
   usual. snnTorch's ``Synaptic``/``RSynaptic``/``RLeaky`` with
   ``reset_mechanism="zero"`` hold ``mem`` at 0 for the step after a spike: that
   is reset to 0 plus ``refractory = 1``.
+- **Several spikes per step.** ``node.metadata["max_spikes"] = k`` on a spiking node that resets by
+  subtraction (a whole number in :data:`MAX_SPIKES`; no key: 1): per step, while ``v > v_threshold`` and
+  fewer than ``k`` spikes were sent, the node sends one more and ``v <- v - v_threshold``. Its output is
+  the count (a value in ``0..k``), which flows through weights like a spike. Xylo's hidden neurons send
+  up to 31 spikes per step this way.
 - **Delay.** A ``Delay`` node holds each element ``delay / dt`` whole steps.
 """
 
@@ -34,6 +39,8 @@ RESET_KEY = "reset"
 RESET_MODES = ("zero", "subtract")
 REFRACTORY_KEY = "refractory"
 REFRACTORY_STEPS = (0, 1)  # steps a spiking node may be held after a spike (the chip's neuron: 0 or 1)
+MAX_SPIKES_KEY = "max_spikes"
+MAX_SPIKES = range(1, 256)  # spikes a node may send per step (counts are kept as uint8)
 SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)  # neurons that spike (and reset)
 READOUT = (nir.LI, nir.CubaLI, nir.I)    # neurons that do not: their voltage is the output
 NEURONS = (*SPIKING, *READOUT)
@@ -67,6 +74,25 @@ def refractory_steps(name: str, node: nir.NIRNode) -> int:
         raise GraphError(f"metadata refractory applies to spiking neurons ({', '.join(t.__name__ for t in SPIKING)}), "
                          f"not to {type(node).__name__}", node=name, field="metadata.refractory")
     return int(steps)
+
+
+def max_spikes(name: str, node: nir.NIRNode) -> int:
+    """Spikes the node may send per step, from its metadata (see the module docstring); 1 without the key."""
+    meta = getattr(node, "metadata", None) or {}
+    k = meta.get(MAX_SPIKES_KEY, 1)
+    field = f"metadata.{MAX_SPIKES_KEY}"
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or int(k) not in MAX_SPIKES:
+        raise GraphError(f"metadata max_spikes must be a whole number in 1..{MAX_SPIKES[-1]}, got {k!r}",
+                         node=name, field=field)
+    if k == 1:
+        return 1
+    if not isinstance(node, SPIKING):
+        raise GraphError(f"metadata max_spikes applies to spiking neurons ({', '.join(t.__name__ for t in SPIKING)}), "
+                         f"not to {type(node).__name__}", node=name, field=field)
+    if reset_mode(name, node) != "subtract":
+        raise GraphError(f"metadata max_spikes = {int(k)} needs reset by subtraction (metadata reset = 'subtract'): "
+                         f"a reset to v_reset leaves nothing for a second spike", node=name, field=field)
+    return int(k)
 
 
 def delay_steps(name: str, node: nir.Delay, dt: float) -> np.ndarray:

@@ -18,6 +18,11 @@ With ``dt = graph.metadata["dt"]`` (forward Euler), per step:
   :math:`v \leftarrow v - v_{threshold}` for ``metadata["reset"] == "subtract"``).
   With ``metadata["refractory"] == 1`` a neuron that spiked at the step before keeps its ``v`` (the value
   after its reset) and does not spike; a current ``i`` integrates as usual.
+  With ``metadata["max_spikes"] == k > 1`` (reset by subtraction only) the node may spike several times
+  per step: while :math:`v > v_{threshold}` and fewer than :math:`k` spikes were sent, one more is sent and
+  :math:`v \leftarrow v - v_{threshold}` (the strict test each time, the subtractions one after the other:
+  :func:`spike_count`). Its output is the count :math:`0..k`, which the next ``Affine`` weighs like a spike;
+  recorded spikes and scores are counts. Xylo's hidden neurons spike so, up to 31 times.
   With :math:`\tau = dt/(1-\beta)`, :math:`r = 1/(1-\beta)`, :math:`v_{leak} = 0`
   this is sLIF's :math:`v \leftarrow \beta v + I`.
 - ``CubaLIF``: :math:`i \leftarrow (1 - \tfrac{dt}{\tau_{syn}}) i + \tfrac{dt}{\tau_{syn}} w_{in} I`, then
@@ -46,8 +51,8 @@ import torch.nn.functional as F
 
 from st2chip.errors import GraphError, InputError
 from st2chip.graph.product import SpikeProduct
-from st2chip.graph.reading import (NEURONS, SPIKING, back_edges, coefficients, delay_steps, refractory_steps,
-                                   reset_mode)
+from st2chip.graph.reading import (NEURONS, SPIKING, back_edges, coefficients, delay_steps, max_spikes,
+                                   refractory_steps, reset_mode)
 from st2chip.traces import Traces
 
 LINEAR = (nir.Affine, nir.Scale, nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d)
@@ -82,6 +87,20 @@ def _coef(value, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value, dtype=np.float64)).to(dtype)
 
 
+def spike_count(v: torch.Tensor, theta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes per neuron (a count ``0..k`` in ``v``'s dtype) and ``v`` after them: while ``v > theta`` and fewer
+    than ``k`` were sent, one more, ``v <- v - theta`` (see the module docstring; the trainable interpreter's
+    forward uses this same function, so the two agree bit for bit)."""
+    count = torch.zeros_like(v)
+    for _ in range(k):
+        fire = v > theta
+        if not bool(fire.any()):
+            break
+        count = count + fire.to(v.dtype)
+        v = torch.where(fire, v - theta, v)
+    return count, v
+
+
 class _Neuron:
     """One neuron node's state for a batch; :meth:`step` advances it by one time step."""
 
@@ -95,6 +114,7 @@ class _Neuron:
             self.theta, self.v_reset = _coef(node.v_threshold, dtype), _coef(node.v_reset, dtype)
             self.subtract = reset_mode(name, node) == "subtract"
         self.refractory = self.spiking and refractory_steps(name, node) > 0
+        self.max_spikes = max_spikes(name, node) if self.spiking else 1
         self.v: torch.Tensor | None = None
         self.i_syn: torch.Tensor | None = None
         self.fired: torch.Tensor | None = None  # the step before's spikes (refractory nodes)
@@ -110,12 +130,17 @@ class _Neuron:
         if not self.spiking:
             self.v = v
             return v
-        s = v > self.theta
+        if self.max_spikes > 1:
+            s, after = spike_count(v, self.theta, self.max_spikes)
+        else:
+            fire = v > self.theta
+            s = fire.to(v.dtype)
+            after = torch.where(fire, v - self.theta, v) if self.subtract \
+                else torch.where(fire, self.v_reset.expand_as(v), v)
         if self.refractory and self.fired is not None:  # held for the step after a spike: v kept, no spike
-            v, s = torch.where(self.fired, self.v, v), s & ~self.fired
-        self.v = torch.where(s, v - self.theta, v) if self.subtract else torch.where(s, self.v_reset.expand_as(v), v)
-        self.fired = s
-        return s.to(drive.dtype)
+            after, s = torch.where(self.fired, self.v, after), torch.where(self.fired, 0.0, s)
+        self.v, self.fired = after, s > 0
+        return s
 
 
 def _neuron(name: str, node: nir.NIRNode, dt: float, current: torch.Tensor, record: bool
@@ -290,8 +315,8 @@ def simulate(graph: nir.NIRGraph, inputs: np.ndarray, *, record: bool = True,
 
     Several Input nodes take consecutive slices of the last axis, in graph order.
     ``scores`` are what feeds the Output nodes (concatenated in graph order): spike
-    counts over all steps for a spiking node, otherwise the value at the last step
-    (an ``I``/``LI`` readout's voltage). With ``record=False`` spikes and voltages stay empty.
+    counts over all steps for a spiking node (a ``max_spikes`` node's counts summed), otherwise
+    the value at the last step (an ``I``/``LI`` readout's voltage). With ``record=False`` spikes and voltages stay empty.
     ``forced`` (layer -> spikes ``(B, T, n)``, e.g. a chip backend's) feeds every layer downstream of a
     forced one those spikes instead of its float output (backend ``float (layer by layer)``): each
     layer's recorded spikes are then what the float layer does with the chip's inputs.

@@ -6,7 +6,10 @@ operations in the same order, the same discrete-time reading of
 :mod:`st2chip.graph.reading`): run in float64 it reproduces ``simulate`` spike for
 spike. Spikes are Heaviside forward (strict :math:`v > \theta`) and the arctan
 surrogate backward (:func:`~st2chip.learn.neurons.spike_fn`) of
-:math:`(v - \theta)/|\theta|`; the reset is taken out of the gradient.
+:math:`(v - \theta)/|\theta|`; the reset is taken out of the gradient. A node with
+``metadata["max_spikes"] = k > 1`` outputs a count (:func:`~st2chip.graph.simulate.spike_count`,
+simulate's own function, forward) whose gradient is the sum of the surrogate's at
+:math:`(v - j\theta)/|\theta|` for :math:`j = 1..k`: a staircase of :math:`k` spike functions.
 
 What it trains: each ``Affine`` and convolution node's ``weight`` and ``bias``, and
 each leaky neuron's decays — its voltage decay :math:`\beta = 1 - dt/\tau` (``LIF``,
@@ -26,6 +29,7 @@ token weights, spike products) are not covered.
 from __future__ import annotations
 
 import copy
+import math
 
 import nir
 import numpy as np
@@ -35,9 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from st2chip.errors import GraphError, InputError
-from st2chip.graph.reading import (NEURONS, SPIKING, back_edges, coefficients, delay_steps, refractory_steps,
-                                   reset_mode)
-from st2chip.graph.simulate import LINEAR, PASS_THROUGH, topological_order
+from st2chip.graph.reading import (NEURONS, SPIKING, back_edges, coefficients, delay_steps, max_spikes,
+                                   refractory_steps, reset_mode)
+from st2chip.graph.simulate import LINEAR, PASS_THROUGH, spike_count, topological_order
 from st2chip.learn.neurons import spike_fn
 
 LEAKY = (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)  # neuron types with a voltage decay that trains
@@ -50,6 +54,30 @@ def _f64(value) -> torch.Tensor:
 
 def _ints(value) -> tuple[int, ...]:
     return tuple(int(i) for i in np.atleast_1d(value))
+
+
+class _SpikeCount(torch.autograd.Function):
+    """Forward: :func:`~st2chip.graph.simulate.spike_count` (the count, and ``v`` after it, not differentiated);
+    backward: the arctan surrogate (as :func:`~st2chip.learn.neurons.spike_fn`) summed over the ``k`` thresholds
+    :math:`v = j\\theta`, per unit of ``scale``."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor, k: int,  # type: ignore[override]
+                alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(v, theta, scale)
+        ctx.k, ctx.alpha = k, alpha
+        count, after = spike_count(v, theta, k)
+        ctx.mark_non_differentiable(after)
+        return count, after
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor, _grad_after: torch.Tensor | None):  # type: ignore[override]
+        v, theta, scale = ctx.saved_tensors
+        slope = torch.zeros_like(v)
+        for j in range(1, ctx.k + 1):
+            x = (v - j * theta) / scale
+            slope = slope + ctx.alpha / 2 / (1 + (math.pi / 2 * ctx.alpha * x) ** 2)
+        return grad_out * slope / scale, None, None, None, None
 
 
 class AffineNode(nn.Module):
@@ -135,7 +163,8 @@ class NeuronNode(nn.Module):
     Per step: :math:`i \\leftarrow \\beta_u i + g_u x` (CubaLIF/CubaLI), then
     :math:`v \\leftarrow \\beta v + g\\,x + o`; a spiking node fires where :math:`v > \\theta` and resets
     to ``v_reset`` (or subtracts :math:`\\theta`); with ``metadata["refractory"] = 1`` it keeps that ``v`` and
-    stays silent for the step after a spike. LI/I/CubaLI output their voltage.
+    stays silent for the step after a spike; with ``metadata["max_spikes"] = k > 1`` it sends up to ``k``
+    spikes per step, subtracting :math:`\\theta` for each. LI/I/CubaLI output their voltage.
     """
 
     def __init__(self, name: str, node: nir.NIRNode, dt: float, alpha: float) -> None:
@@ -155,6 +184,7 @@ class NeuronNode(nn.Module):
         self.spiking = isinstance(node, SPIKING)
         self.subtract = self.spiking and reset_mode(name, node) == "subtract"
         self.refractory = self.spiking and refractory_steps(name, node) > 0
+        self.max_spikes = max_spikes(name, node) if self.spiking else 1
         if self.spiking:
             theta = np.asarray(node.v_threshold, dtype=np.float64)
             self.register_buffer("theta", _f64(theta))
@@ -174,12 +204,24 @@ class NeuronNode(nn.Module):
         v = self.decay * v + self.gain * drive + self.offset
         if not self.spiking:
             return v, v, i, None
+        if self.max_spikes > 1:
+            return self._step_count(v, v_before, i, held)
         s = spike_fn((v - self.theta) / self.surrogate_scale, self.alpha)
         if held is not None:  # the step after a spike: v kept, no spike
             v, s = torch.where(held, v_before, v), s * (~held)
         fired = s.detach() > 0
         v = torch.where(fired, v - self.theta, v) if self.subtract else torch.where(fired, self.v_reset.expand_as(v), v)
         return s, v, i, (fired if self.refractory else None)
+
+    def _step_count(self, v: torch.Tensor, v_before: torch.Tensor, i: torch.Tensor, held: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`step`'s spikes and reset for a node sending up to ``max_spikes`` per step: the count, ``v`` after
+        the subtractions (simulate's values; the gradient passes ``v`` through them unchanged)."""
+        s, after = _SpikeCount.apply(v, self.theta, self.surrogate_scale, self.max_spikes, self.alpha)
+        v = after + (v - v.detach())
+        if held is not None:  # the step after a spike: v kept, no spike
+            v, s = torch.where(held, v_before, v), s * (~held)
+        return s, v, i, ((s.detach() > 0) if self.refractory else None)
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         """Outputs ``(T, ...)`` for input currents ``(T, ...)``, state zero at the start."""

@@ -8,7 +8,8 @@ with :math:`\beta_u = 1 - dt/\tau_{syn}`,
 :math:`g = (dt/\tau_{mem})\, r\, (dt/\tau_{syn})\, w_{in}`; its Affine bias enters ``u``
 as NIR adds it, :math:`u \leftarrow \beta_u u + g\,(W x + b)` (pass ``current_bias``).
 Reset by subtraction (``metadata["reset"]``) and the refractory step after a spike
-(``metadata["refractory"]``) are kept per layer.
+(``metadata["refractory"]``) are kept per layer; several spikes per step (``metadata["max_spikes"]``
+above 1, Xylo's neurons) are refused: Loihi's neurons spike at most once per step.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import nir
 import numpy as np
 
 from st2chip.errors import GraphError
-from st2chip.graph.reading import SPIKING, refractory_steps, reset_mode
+from st2chip.graph.reading import SPIKING, max_spikes, refractory_steps, reset_mode
 
 
 @dataclass
@@ -42,6 +43,11 @@ def read_neuron(name: str, node: nir.NIRNode, dt: float) -> FloatLayer:
     layer = _read_dynamics(name, node, dt)
     if layer.spiking:
         layer.refractory = refractory_steps(name, node)
+        k = max_spikes(name, node)
+        if k > 1:
+            raise GraphError(f"metadata max_spikes = {k}: Loihi's neurons spike at most once per step; lower it "
+                             f"with --target xylo-audio2|xylo-audio3|xylo-imu, or drop the key for Loihi 2",
+                             node=name, field="metadata.max_spikes")
     return layer
 
 
