@@ -22,6 +22,8 @@ class XyloSpec:
     outputs: int
     description: str = ""
     source: str = ""
+    input_expansion: int | None = None   # hidden neurons the input weights reach (the first ones); None: all
+    output_expansion: int | None = None  # hidden neurons the output weights read (the last ones); None: all
 
 
 def load_spec(name: str) -> XyloSpec:
@@ -30,4 +32,10 @@ def load_spec(name: str) -> XyloSpec:
         raise InputError(f"--target {name}: not a Xylo chip; choose one of {', '.join(XYLO_TARGETS)}")
     data = json.loads((RESOURCES / f"{name}.json").read_text())
     return XyloSpec(name=name, inputs=int(data["inputs"]), hidden=int(data["hidden"]), outputs=int(data["outputs"]),
-                    description=data.get("description", ""), source=data.get("source", ""))
+                    description=data.get("description", ""), source=data.get("source", ""),
+                    input_expansion=_optional(data.get("input_expansion")),
+                    output_expansion=_optional(data.get("output_expansion")))
+
+
+def _optional(value) -> int | None:
+    return None if value is None else int(value)
