@@ -17,8 +17,8 @@ try:
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "unknown"
 
-__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "import_model", "export", "quantize",
-           "quantize_graph", "inputs_for"]
+__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "compare", "import_model", "export",
+           "quantize", "quantize_graph", "inputs_for"]
 
 
 def __getattr__(name: str) -> Any:

@@ -28,17 +28,20 @@ import numpy as np
 from st2chip import defaults
 from st2chip.analysis.energy import EnergyReport
 from st2chip.analysis.verify import VerifyReport
+from st2chip.analysis.xylo_energy import XyloEnergyReport
+from st2chip.analysis.xylo_verify import XyloVerifyReport
 from st2chip.chip.chipgraph import ChipGraph
 from st2chip.chip.placement import Placement, Resources
-from st2chip.inputs import RunInputs, as_levels, input_sizes, limit, resolve_inputs
+from st2chip.inputs import RunInputs, as_levels, input_sizes, limit, mnist1d_training_inputs, resolve_inputs
 from st2chip.errors import InputError
 from st2chip.traces import Traces
+from st2chip.xylo.xylograph import XyloGraph
 
 Source = str | os.PathLike
 Stage = Callable[..., Any]  # ``stage(name, fn, *args, **kwargs) -> fn(*args, **kwargs)``, e.g. a timing log
 
-__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "import_model", "export", "quantize",
-           "quantize_graph", "inputs_for"]
+__all__ = ["load", "lower", "place", "run", "simulate", "verify", "energy", "compare", "import_model", "export",
+           "quantize", "quantize_graph", "inputs_for"]
 
 
 def _call(name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -59,10 +62,15 @@ def load(path: Source | nir.NIRGraph, *, dt: float | None = None, steps: int | N
     return graph
 
 
-def lower(graph: nir.NIRGraph | Source, *, decay_groups: int | None = None, lowrank: str = defaults.LOWRANK,
-          headroom: float = defaults.HEADROOM, precision: str | int = defaults.PRECISION,
-          resources: str | os.PathLike | Resources | None = defaults.RESOURCES) -> ChipGraph:
-    """Lower a graph (or a path, read with :func:`load`) to a :class:`~st2chip.chip.chipgraph.ChipGraph`.
+def lower(graph: nir.NIRGraph | Source, *, target: str = defaults.TARGET, decay_groups: int | None = None,
+          lowrank: str = defaults.LOWRANK, headroom: float = defaults.HEADROOM,
+          precision: str | int = defaults.PRECISION,
+          resources: str | os.PathLike | Resources | None = defaults.RESOURCES) -> ChipGraph | XyloGraph:
+    """Lower a graph (or a path, read with :func:`load`) for ``target`` (:data:`st2chip.families.TARGETS`):
+    ``loihi2`` gives a :class:`~st2chip.chip.chipgraph.ChipGraph`, ``xylo-audio2``, ``xylo-audio3`` or
+    ``xylo-imu`` a :class:`~st2chip.xylo.xylograph.XyloGraph` (Xylo's design rules broken: a
+    ``DesignRuleError`` listing every one). The options below are Loihi's; a Xylo target refuses them
+    set away from their defaults.
 
     ``decay_groups``: at most this many distinct decays per layer (default: the graph's metadata
     ``decay_groups``, else :data:`~st2chip.defaults.DEFAULT_DECAY_GROUPS`); ``lowrank``: ``"auto"``,
@@ -72,15 +80,14 @@ def lower(graph: nir.NIRGraph | Source, *, decay_groups: int | None = None, lowr
     ``resources``: the resource model (``loihi2``, ``loihi1``, a JSON file; None: none) whose per-core limits
     fan-in trees split a neuron's incoming synapses against.
     """
-    from st2chip.chip.lower import lower as lower_graph
+    from st2chip import families
     from st2chip.errors import GraphError
-    from st2chip.pipeline import decay_groups_of
     source = None
     if not isinstance(graph, nir.NIRGraph):
         source, graph = graph, load(graph)
     try:
-        return lower_graph(graph, decay_groups=decay_groups_of(graph, decay_groups), lowrank=lowrank,
-                           headroom=headroom, precision=str(precision), resources=resources)
+        return families.lower(graph, target, decay_groups=decay_groups, lowrank=lowrank, headroom=headroom,
+                              precision=precision, resources=resources)
     except GraphError as err:  # name the file as well as the node and field
         raise err.at(source) from None
 
@@ -163,20 +170,32 @@ def _chip_inputs(chip: ChipGraph, inputs: Any) -> dict[str, np.ndarray]:
     return _packed(spikes, None, "arrays").spikes
 
 
-def run(chip: ChipGraph, inputs: Any, *, backend: str = defaults.BACKEND, device: str | None = None,
+def run(chip: ChipGraph | XyloGraph, inputs: Any, *, backend: str = defaults.BACKEND, device: str | None = None,
         batch_size: int = defaults.BATCH_SIZE, voltages: bool = True, progress: bool = False,
-        ray: str | None = None, target: str = defaults.LAVA_TARGET) -> Traces:
-    """Run ``inputs`` through ``chip`` on ``backend``: ``"engine"`` (st2chip's bit-exact fixed-point engine,
-    on ``device``: CUDA when present, else CPU) or ``"lava"`` (Lava's fixed-point simulator).
+        ray: str | None = None, lava_target: str = defaults.LAVA_TARGET) -> Traces:
+    """Run ``inputs`` through ``chip`` on ``backend``: ``"engine"`` (st2chip's bit-exact engine of the chip's
+    arithmetic, on ``device``: CUDA when present, else CPU) or the chip's oracle: ``"lava"`` (Lava's
+    fixed-point simulator, on ``lava_target``) for a ChipGraph, ``"xylosim"`` for a XyloGraph.
 
     Returns :class:`~st2chip.traces.Traces`: per layer ``spikes`` and ``voltages`` ``(batch, steps, n)``
-    and the readout ``scores``. ``ray``: shard the engine's samples over Ray (``"local"`` or an address).
+    and the readout ``scores`` (a XyloGraph's layers each read at its own depth: see
+    :mod:`st2chip.targets.xylo_run`). ``ray``: shard the engine's samples over Ray (``"local"`` or an address).
     """
     from st2chip.pipeline import run_backend
     if backend == "float":
         raise InputError("backend 'float' runs a NIR graph, not a ChipGraph: use st2chip.simulate(graph, inputs)")
+    if isinstance(chip, XyloGraph):
+        from st2chip.targets.xylo_run import run_traces
+        return run_traces(chip, _xylo_inputs(chip, inputs), backend=backend, device=device, batch_size=batch_size)
     return run_backend(backend, None, chip, _chip_inputs(chip, inputs), voltages, device=device,
-                       batch_size=batch_size, progress=progress, ray=ray, target=target)
+                       batch_size=batch_size, progress=progress, ray=ray, target=lava_target)
+
+
+def _xylo_inputs(chip: XyloGraph, inputs: Any) -> dict[str, np.ndarray]:
+    """Inputs for a XyloGraph: one array of counts per Input node it reads."""
+    if isinstance(inputs, RunInputs):
+        return inputs.spikes
+    return _named(inputs, list(dict.fromkeys(chip.input_names)) or ["input"])
 
 
 def simulate(graph: nir.NIRGraph, inputs: Any) -> Traces:
@@ -185,15 +204,19 @@ def simulate(graph: nir.NIRGraph, inputs: Any) -> Traces:
     return run_backend("float", graph, None, inputs_for(graph, inputs).spikes)
 
 
-def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None, *,
-           backends: tuple[str, ...] = defaults.VERIFY_BACKENDS, lava_samples: int = defaults.LAVA_SAMPLES,
+def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None, *, target: str = defaults.TARGET,
+           backends: tuple[str, ...] | None = None, lava_samples: int = defaults.LAVA_SAMPLES,
            max_drop: float = defaults.MAX_DROP, min_agreement: float = defaults.MIN_AGREEMENT,
-           chip: ChipGraph | None = None, decay_groups: int | None = None, lowrank: str = defaults.LOWRANK,
-           headroom: float = defaults.HEADROOM, samples: int | None = None, steps: int | None = None,
-           device: str | None = None, batch_size: int = defaults.BATCH_SIZE, ray: str | None = None,
-           target: str = defaults.LAVA_TARGET, progress: bool = False, stage: Stage = _call,
-           allow_silent: bool = defaults.ALLOW_SILENT, lava_mode: str = defaults.LAVA_MODE) -> VerifyReport:
-    """Float vs st2chip's engine vs Lava on the same inputs, with the checks ``st2chip verify`` makes.
+           chip: ChipGraph | XyloGraph | None = None, decay_groups: int | None = None,
+           lowrank: str = defaults.LOWRANK, headroom: float = defaults.HEADROOM, samples: int | None = None,
+           steps: int | None = None, device: str | None = None, batch_size: int = defaults.BATCH_SIZE,
+           ray: str | None = None, lava_target: str = defaults.LAVA_TARGET, progress: bool = False,
+           stage: Stage = _call, allow_silent: bool = defaults.ALLOW_SILENT, lava_mode: str = defaults.LAVA_MODE,
+           xylosim_samples: int = defaults.XYLOSIM_SAMPLES) -> VerifyReport | XyloVerifyReport:
+    """Float vs st2chip's engine vs the chip's oracle on the same inputs, with the checks ``st2chip verify``
+    makes. ``target`` (default ``loihi2``): for a Xylo target (``xylo-audio2`` …) the oracle is xylosim, run
+    on the first ``xylosim_samples`` samples (:func:`st2chip.pipeline.verify_xylo`), ``backends`` from
+    ``float``, ``engine``, ``xylosim`` (default all three); what follows is Loihi's.
 
     ``model`` is a graph or a path; ``chip`` a ChipGraph already lowered from it (else it is lowered
     with ``decay_groups``, ``lowrank``, ``headroom``). ``inputs``: see :func:`inputs_for` (``None``: the
@@ -209,8 +232,14 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
     ``stage(name, fn, *args)`` wraps each step (the CLI's ``--verbose`` timing log).
     """
     from st2chip.analysis.verify import output_layers, verify as compare_traces
+    from st2chip.families import get_target
     from st2chip.pipeline import BACKENDS, chip_headroom, run_backend, run_layer_by_layer
-    backends = tuple(b.strip() for b in backends if b.strip())
+    if get_target(target).family == "xylo":
+        return _verify_xylo(model, inputs, labels, target=target, backends=backends, chip=chip,
+                            xylosim_samples=xylosim_samples, max_drop=max_drop, min_agreement=min_agreement,
+                            allow_silent=allow_silent, samples=samples, steps=steps, device=device,
+                            batch_size=batch_size, stage=stage)
+    backends = tuple(b.strip() for b in (defaults.VERIFY_BACKENDS if backends is None else backends) if b.strip())
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise InputError(f"--backends: unknown backend(s) {unknown} (choose from {', '.join(BACKENDS)})")
@@ -223,7 +252,7 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
         chip = stage("lower", lower, graph, decay_groups=decay_groups, lowrank=lowrank, headroom=headroom)
     run_inputs = inputs_for(graph, inputs, labels, samples=samples, steps=steps)
     engine_args = {"device": device, "batch_size": batch_size, "progress": progress and ray is None, "ray": ray,
-                   "target": target}
+                   "target": lava_target}
     everything = [b for b in backends if b != "lava"] or ["reference"]
     traces = [stage(f"simulate:{b}", run_backend, b, graph, chip, run_inputs.spikes, **engine_args)
               for b in everything]
@@ -231,9 +260,9 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
     if "lava" in backends and lava_samples:
         n = min(lava_samples, run_inputs.samples)
         head = {name: x[:n] for name, x in run_inputs.spikes.items()}
-        cross = ((stage("simulate:lava", run_backend, "lava", graph, chip, head, target=target,
+        cross = ((stage("simulate:lava", run_backend, "lava", graph, chip, head, target=lava_target,
                         progress=progress),) if lava_mode == "whole"
-                 else (stage("simulate:lava layer by layer", _lava_layers, chip, head, target, progress),))
+                 else (stage("simulate:lava layer by layer", _lava_layers, chip, head, lava_target, progress),))
     local = None
     if "float" in backends and any(b != "float" for b in everything):
         chip_traces = next(t for t in traces if t.backend != "float")
@@ -250,33 +279,77 @@ def verify(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None,
 LAVA_MODES = ("layers", "whole")
 
 
+def _verify_xylo(model: nir.NIRGraph | Source, inputs: Any, labels: Any, *, target: str,
+                 backends: tuple[str, ...] | None, chip: XyloGraph | None, samples: int | None, steps: int | None,
+                 stage: Stage, **options: Any) -> XyloVerifyReport:
+    """:func:`verify` for a Xylo target: lower (unless ``chip`` is given), then float vs engine vs xylosim."""
+    from st2chip.pipeline import XYLO_BACKENDS, verify_xylo
+    graph = model if isinstance(model, nir.NIRGraph) else stage("read+normalize", load, model)
+    if chip is None:
+        chip = stage("lower", lower, graph, target=target)
+    run_inputs = inputs_for(graph, inputs, labels, samples=samples, steps=steps)
+    backends = tuple(b.strip() for b in (XYLO_BACKENDS if backends is None else backends) if b.strip())
+    return verify_xylo(graph, chip, run_inputs.spikes, run_inputs.labels, target=target, backends=backends,
+                       stage=stage, **options)
+
+
 def _lava_layers(chip: ChipGraph, inputs: dict[str, np.ndarray], target: str, progress: bool) -> Traces:
     """Lava one population at a time on the engine's recorded inputs (:mod:`st2chip.targets.lava_layers`)."""
     if target != defaults.LAVA_TARGET:
-        raise InputError(f"--lava-mode layers runs on Lava's simulator ({defaults.LAVA_TARGET}); for --target "
-                         f"{target} use --lava-mode whole")
+        raise InputError(f"--lava-mode layers runs on Lava's simulator ({defaults.LAVA_TARGET}); for "
+                         f"--lava-target {target} use --lava-mode whole")
     from st2chip.targets import lava_layers
     return lava_layers.run(chip, inputs, max_processes=defaults.LAVA_PROCESSES, progress=progress)
 
 
-def energy(chip: ChipGraph, inputs: Any, *, profile: str | os.PathLike = defaults.PROFILE,
+def energy(chip: ChipGraph | XyloGraph, inputs: Any, *, profile: str | os.PathLike | None = None,
            resources: str | os.PathLike | Resources | None = None, placement: Placement | None = None,
            backend: str = defaults.BACKEND, device: str | None = None, batch_size: int = defaults.BATCH_SIZE,
-           progress: bool = False, ray: str | None = None, target: str = defaults.LAVA_TARGET) -> EnergyReport:
+           progress: bool = False, ray: str | None = None, lava_target: str = defaults.LAVA_TARGET,
+           dt: float | None = None) -> EnergyReport | XyloEnergyReport:
     """Synaptic operations and energy per layer, partition and core, counted from real spike traces.
 
     ``inputs`` are run on ``backend`` (or are :class:`~st2chip.traces.Traces` already run); ``profile``:
-    ``45nm``, ``loihi``, ``loihi2`` or a JSON file; the chip is placed on ``resources`` (default: the
-    profile's) unless a ``placement`` is given.
+    ``45nm`` (default), ``loihi``, ``loihi2`` or a JSON file; the chip is placed on ``resources`` (default:
+    the profile's) unless a ``placement`` is given. A XyloGraph runs on the Xylo engine and is priced by its
+    chip's profile (``xylo-audio2``, ``xylo-audio3`` or a JSON file) over steps of ``dt`` seconds
+    (:func:`st2chip.analysis.xylo_energy.xylo_energy`).
     """
     from st2chip.analysis.energy import energy_report, load_profile
-    prof = load_profile(profile)
+    if isinstance(chip, XyloGraph):
+        return _energy_xylo(chip, inputs, profile, dt=dt, device=device, batch_size=batch_size)
+    prof = load_profile(profile or defaults.PROFILE)
     if placement is None:
         placement = place(chip, resources or prof.resources, max_chips=None)
     traces = inputs if isinstance(inputs, Traces) else run(
         chip, inputs, backend=backend, device=device, batch_size=batch_size, voltages=False, progress=progress,
-        ray=ray, target=target)
+        ray=ray, lava_target=lava_target)
     return energy_report(chip, traces, prof, placement)
+
+
+def _energy_xylo(chip: XyloGraph, inputs: Any, profile: str | os.PathLike | None, *, dt: float | None,
+                 device: str | None, batch_size: int) -> XyloEnergyReport:
+    """:func:`energy` of a XyloGraph: the whole chip run on the engine, counted and priced by ``profile``."""
+    from st2chip.analysis.xylo_energy import xylo_energy
+    from st2chip.targets.xylo_run import counts_of, run_padded
+    if profile is None:
+        raise InputError("energy of a Xylo graph: name its chip's profile (--profile xylo-audio3, or a JSON file)")
+    counts = counts_of(chip, _xylo_inputs(chip, inputs))
+    chip_run = run_padded(chip, counts, device=device, batch_size=batch_size)
+    return xylo_energy(chip, chip_run, profile, dt=dt, counts=counts)
+
+
+def compare(model: nir.NIRGraph | Source, inputs: Any = None, labels: Any = None, *,
+            targets: tuple[str, ...] | list[str] = defaults.COMPARE_TARGETS, samples: int | None = None,
+            steps: int | None = None, device: str | None = None, batch_size: int = defaults.BATCH_SIZE):
+    """One model on several ``targets`` side by side, on the same inputs (see :func:`inputs_for`): per target
+    whether it fits (else every reason, one line each), float vs chip accuracy, synaptic operations and energy
+    per inference, latency in steps. Returns a :class:`~st2chip.analysis.compare.CompareReport`
+    (``to_markdown()``, ``to_dict()``; :func:`~st2chip.analysis.compare.write_compare_report` writes it)."""
+    from st2chip.comparison import compare as compare_targets
+    graph = model if isinstance(model, nir.NIRGraph) else load(model)
+    return compare_targets(graph, inputs, labels, targets=targets, samples=samples, steps=steps, device=device,
+                           batch_size=batch_size)
 
 
 def import_model(path: Source, framework: str, *, dt: float | None = None, steps: int | None = None,
@@ -345,6 +418,7 @@ def quantize(checkpoint: Source, output: Source, *, decay_groups: int = defaults
 
 
 def quantize_graph(model: nir.NIRGraph | Source, inputs: Any, labels: Any = None, *, output: Source | None = None,
+                   target: str = defaults.TARGET,
                    decay_groups: int = defaults.DEFAULT_DECAY_GROUPS, headroom: float = defaults.HEADROOM,
                    epochs: int = defaults.QUANTIZE_EPOCHS, lr: float = defaults.QUANTIZE_LR,
                    holdout: float = defaults.QUANTIZE_HOLDOUT, seed: int = 0, device: str | None = None,
@@ -356,12 +430,18 @@ def quantize_graph(model: nir.NIRGraph | Source, inputs: Any, labels: Any = None
     ``holdout`` fraction of the samples is kept out of training and measures float and chip accuracy before
     and after. Returns a :class:`~st2chip.chip.finetune_graph.GraphTuning` whose ``graph`` lowering
     reproduces exactly (:func:`~st2chip.chip.finetune_graph.finetune_graph`); ``output``: also written
-    there as a ``.nir`` file, atomically.
+    there as a ``.nir`` file, atomically. ``target`` a Xylo chip (``xylo-audio3`` …): the graph trains as that
+    chip computes it (:func:`~st2chip.xylo.finetune.finetune_xylo`, an ``XyloTuning``; ``decay_groups`` and
+    ``headroom`` are Loihi's), and an MNIST-1D model needs no ``inputs`` (its training split).
     """
     from st2chip.chip.finetune_graph import finetune_graph
+    from st2chip.families import get_target
     from st2chip.graph.nirfile import write_nir
     from st2chip.io import check_output
     from st2chip.learn.training import default_device
+    if get_target(target).family == "xylo":
+        return _quantize_xylo(model, inputs, labels, output=output, target=target, epochs=epochs, lr=lr,
+                              holdout=holdout, seed=seed, device=device or default_device(), progress=progress)
     if inputs is None:
         where = "quantize" if isinstance(model, nir.NIRGraph) else str(model)
         raise InputError(f"{where}: a NIR graph fine-tunes on your samples: pass --inputs FILE.npz (spikes per "
@@ -375,6 +455,27 @@ def quantize_graph(model: nir.NIRGraph | Source, inputs: Any, labels: Any = None
                             headroom=headroom, epochs=epochs, lr=lr, holdout=holdout,
                             run_chip=lambda chip, spikes: run(chip, spikes, voltages=False), seed=seed,
                             device=device or default_device(), progress=progress)
+    if output is not None:
+        write_nir(tuning.graph, output)
+    return tuning
+
+
+def _quantize_xylo(model: nir.NIRGraph | Source, inputs: Any, labels: Any, *, output: Source | None, target: str,
+                   **options: Any):
+    """:func:`quantize_graph` for a Xylo target: the graph fine-tuned as the chip computes it."""
+    from st2chip.graph.nirfile import write_nir
+    from st2chip.io import check_output
+    from st2chip.targets.xylo_run import run_traces
+    from st2chip.xylo.finetune import finetune_xylo
+    from st2chip.xylo.spec import load_spec
+    if output is not None:
+        sources = [] if isinstance(model, nir.NIRGraph) else [model]
+        check_output(output, [*sources, *([inputs] if isinstance(inputs, (str, os.PathLike)) else [])], flag="-o")
+    graph = model if isinstance(model, nir.NIRGraph) else load(model)
+    run_inputs = mnist1d_training_inputs(graph) if inputs is None else inputs_for(graph, inputs, labels)
+    tuning = finetune_xylo(graph, run_inputs.spikes, run_inputs.labels, spec=load_spec(target),
+                           run_chip=lambda chip, spikes: run_traces(chip, spikes, batch_size=defaults.BATCH_SIZE),
+                           **options)
     if output is not None:
         write_nir(tuning.graph, output)
     return tuning

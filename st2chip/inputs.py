@@ -332,6 +332,20 @@ def mnist1d_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) 
     return limit(RunInputs({name: spikes}, test.y, "the MNIST-1D test split"), samples, steps)
 
 
+def mnist1d_training_inputs(graph: nir.NIRGraph) -> RunInputs:
+    """The samples an MNIST-1D model (metadata ``encoding: sequence``) fine-tunes on without ``--inputs``: the
+    MNIST-1D training split, thermometer-coded as the model reads it (verify's default is the test split)."""
+    from st2chip.learn.data import load_mnist1d_split, sequence_encode
+    sizes = input_sizes(graph)
+    if graph.metadata.get("encoding") != "sequence" or len(sizes) != 1:
+        raise InputError("quantize: a NIR graph fine-tunes on your samples: pass --inputs FILE.npz (spikes per Input "
+                         "node and 'labels'); only an MNIST-1D model (metadata encoding 'sequence') has a default")
+    (name, levels), = sizes.items()
+    train, _ = load_mnist1d_split()
+    spikes = sequence_encode(train.x, levels).numpy().transpose(1, 0, 2).astype(np.uint8)
+    return RunInputs({name: spikes}, train.y, "the MNIST-1D training split")
+
+
 def rows_inputs(graph: nir.NIRGraph, samples: int | None, steps: int | None) -> RunInputs:
     """The digits test split read row by row (encoding ``rows``, :func:`~st2chip.learn.data.rows_encode`), with
     labels: ``levels`` = the input size / 8, ``hold`` from the metadata (else its ``steps`` / 8)."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import nir
 import numpy as np
 
 from st2chip import defaults
-from st2chip.analysis.verify import Headroom, headroom_use
+from st2chip.analysis.verify import Headroom, headroom_use, output_layers, verify as compare_traces
+from st2chip.analysis.xylo_verify import XyloVerifyReport, oracle_check
 from st2chip.chip.chipgraph import UV_MAX, ChipGraph
 from st2chip.converters.registry import framework_dt
 from st2chip.errors import GraphError, InputError
@@ -25,7 +26,9 @@ from st2chip.graph.bundle_graph import bundle_graph
 from st2chip.graph.normalize import normalize
 from st2chip.graph.reading import SPIKING
 from st2chip.graph.simulate import simulate
+from st2chip.targets.xylo_run import ENGINE, ORACLE, counts_of, run_padded, xylo_traces
 from st2chip.traces import Traces
+from st2chip.xylo.xylograph import XyloGraph
 
 BACKENDS = ("float", "reference", "engine", "lava")  # engine: another name of reference
 
@@ -74,7 +77,7 @@ LAVA_LOIHI_MODULES = ("lava.magma.compiler.subcompilers.nc.ncproc_compiler", "la
 
 
 def loihi2_hw_run_cfg():
-    """The ``Loihi2HwCfg`` for ``--target loihi2-hw``; an :class:`InputError` (exit 2) where lava-loihi is absent."""
+    """The ``Loihi2HwCfg`` for ``--lava-target loihi2-hw``; an :class:`InputError` (exit 2) where lava-loihi is absent."""
     import importlib
 
     from st2chip.targets.lava_compat import ensure_lava
@@ -87,10 +90,10 @@ def loihi2_hw_run_cfg():
         except ImportError:
             missing.append(module)
     if missing:
-        raise InputError(f"--target loihi2-hw: running on Loihi 2 (Loihi2HwCfg) needs lava-loihi, Intel's "
+        raise InputError(f"--lava-target loihi2-hw: running on Loihi 2 (Loihi2HwCfg) needs lava-loihi, Intel's "
                          f"Loihi 2 compiler and runtime extension of Lava (available to INRC members only), "
                          f"which is not installed here (no module {', '.join(missing)}); "
-                         f"--target lava-sim (the default) runs Lava's fixed-point CPU simulator")
+                         f"--lava-target lava-sim (the default) runs Lava's fixed-point CPU simulator")
     from lava.magma.core.run_configs import Loihi2HwCfg
     return Loihi2HwCfg()
 
@@ -111,7 +114,7 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if target not in LAVA_TARGETS:
-        raise InputError(f"unknown target '{target}' (choose from {', '.join(LAVA_TARGETS)})")
+        raise InputError(f"unknown Lava target '{target}' (--lava-target: choose from {', '.join(LAVA_TARGETS)})")
     if backend == "float":
         return simulate(graph, _graph_inputs(graph, inputs))
     if backend in ("reference", "engine") and ray is not None:
@@ -128,7 +131,7 @@ def run_backend(backend: str, graph: nir.NIRGraph, chip: ChipGraph, inputs: dict
             import inspect
             run_cfg = loihi2_hw_run_cfg()
             if "run_cfg" not in inspect.signature(lava.run).parameters:
-                raise InputError("--target loihi2-hw: lava-loihi is installed, but st2chip's Lava backend "
+                raise InputError("--lava-target loihi2-hw: lava-loihi is installed, but st2chip's Lava backend "
                                  "(targets/lava.py) builds Loihi2SimCfg runs only so far")
             return lava.run(chip, inputs, voltages=voltages, run_cfg=run_cfg)
         return lava.run(chip, inputs, voltages=voltages, progress=progress)
@@ -169,3 +172,44 @@ def run_layer_by_layer(graph: nir.NIRGraph, inputs: dict[str, np.ndarray], chip_
     :func:`~st2chip.graph.simulate.simulate`'s ``forced``): what each layer alone makes of the chip's inputs."""
     spiking = [name for name, node in graph.nodes.items() if isinstance(node, SPIKING) and name in chip_traces.spikes]
     return simulate(graph, _graph_inputs(graph, inputs), forced={name: chip_traces.spikes[name] for name in spiking})
+
+
+XYLO_BACKENDS = ("float", ENGINE, ORACLE)
+
+
+def verify_xylo(graph: nir.NIRGraph, chip: XyloGraph, inputs: dict[str, np.ndarray], labels: np.ndarray | None,
+                *, target: str, backends: tuple[str, ...] = XYLO_BACKENDS,
+                xylosim_samples: int = defaults.XYLOSIM_SAMPLES, max_drop: float = defaults.MAX_DROP,
+                min_agreement: float = defaults.MIN_AGREEMENT, allow_silent: bool = defaults.ALLOW_SILENT,
+                device: str | None = None, batch_size: int = defaults.BATCH_SIZE,
+                stage: Callable[..., Any] = lambda name, fn, *a, **k: fn(*a, **k)) -> XyloVerifyReport:
+    """A Xylo target checked end to end: float vs the engine on every sample (accuracy, agreement, output checks
+    as on Loihi, on the layers :mod:`st2chip.targets.xylo_run` reads), and the engine against xylosim on the
+    first ``xylosim_samples``, every array at every chip step (:mod:`st2chip.analysis.xylo_verify`)."""
+    unknown = [b for b in backends if b not in XYLO_BACKENDS]
+    if unknown or ENGINE not in backends:
+        raise InputError(f"--backends: a Xylo target compares {', '.join(XYLO_BACKENDS)} ({ENGINE} always); "
+                         f"got {', '.join(backends)}")
+    if xylosim_samples < 0:
+        raise InputError(f"--xylosim-samples must be 0 or more, got {xylosim_samples}")
+    counts = counts_of(chip, inputs)
+    steps = counts.shape[1]
+    engine_run = stage(f"simulate:{ENGINE}", run_padded, chip, counts, device=device, batch_size=batch_size)
+    traces = [xylo_traces(chip, engine_run, steps, inputs, ENGINE)]
+    local = None
+    if "float" in backends:
+        traces.insert(0, stage("simulate:float", run_backend, "float", graph, None, inputs))
+        local = stage("simulate:float layer by layer", run_layer_by_layer, graph, inputs, traces[1])
+    report = compare_traces(traces, labels, max_drop=max_drop, min_agreement=min_agreement,
+                            layer_by_layer=local, outputs=output_layers(graph), allow_silent=allow_silent)
+    oracle = None
+    n = min(xylosim_samples, counts.shape[0])
+    if ORACLE in backends and n:
+        oracle_run = stage(f"simulate:{ORACLE}", run_padded, chip, counts[:n], backend=ORACLE,
+                           batch_size=batch_size)
+        oracle = oracle_check(engine_run, oracle_run)
+        if labels is not None:
+            head = xylo_traces(chip, oracle_run, steps, {k: v[:n] for k, v in inputs.items()}, ORACLE)
+            report.accuracy[f"{ORACLE} (first {n})"] = head.accuracy(labels[:n])
+        report.checks.insert(0, oracle.check())
+    return XyloVerifyReport(target, report, oracle, dict(chip.report))

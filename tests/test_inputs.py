@@ -302,6 +302,24 @@ def test_a_sequence_model_runs_on_the_mnist1d_test_split_by_default(tmp_path, ca
     assert "50 samples x 40 steps from the MNIST-1D test split" in out and "accuracy" in out
 
 
+def test_an_mnist1d_model_fine_tunes_on_its_training_split_by_default():
+    import torch
+
+    import st2chip
+    from st2chip.converters.mlp import mlp_to_nir
+    from st2chip.inputs import mnist1d_training_inputs
+    from st2chip.learn.mlp import MLPConfig, SpikingMLP
+
+    torch.manual_seed(0)
+    graph = st2chip.load(mlp_to_nir(SpikingMLP(MLPConfig(sizes=[16, 8, 10], steps=40, encoding="sequence"))))
+    inputs = mnist1d_training_inputs(graph)
+    assert inputs.spikes["input"].shape == (4000, 40, 16) and inputs.labels.shape == (4000,)
+    assert "training split" in inputs.origin
+    graph.metadata.pop("encoding")
+    with pytest.raises(InputError, match="--inputs"):
+        mnist1d_training_inputs(graph)
+
+
 def test_run_width_counts_a_convolutions_outputs_not_its_kernel():
     from st2chip.inputs import graph_width
     from st2chip.graph.normalize import normalize

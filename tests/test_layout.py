@@ -15,15 +15,18 @@ LAYERS = [
     ("st2chip/graph", "st2chip.graph"),
     ("converters", "st2chip.converters"),
     ("st2chip/chip", "st2chip.chip"),
+    ("st2chip/xylo", "st2chip.xylo"),
     ("targets", "st2chip.targets"),
     ("st2chip/analysis", "st2chip.analysis"),
-    ("st2chip/api.py st2chip/pipeline.py st2chip/inputs.py st2chip/defaults.py", "api"),
+    ("st2chip/api.py st2chip/pipeline.py st2chip/inputs.py st2chip/defaults.py st2chip/families.py "
+     "st2chip/comparison.py", "api"),
     ("st2chip/cli", "st2chip.cli"),
 ]
 BASE_MODULES = {"st2chip.errors", "st2chip.io", "st2chip.traces", "st2chip.limits", "st2chip.attention",
                 "st2chip.text", "st2chip.progress"}
 # The Python API: the pipeline's stages as functions, above every stage; the CLI is a thin layer over it.
-API_MODULES = {"st2chip.api", "st2chip.pipeline", "st2chip.inputs", "st2chip.defaults"}
+API_MODULES = {"st2chip.api", "st2chip.pipeline", "st2chip.inputs", "st2chip.defaults", "st2chip.families",
+               "st2chip.comparison"}
 
 
 def _rank_of_module(name: str) -> int | None:

@@ -37,6 +37,7 @@ from st2chip.errors import InputError
 from st2chip.io import write_json, write_text
 from st2chip.analysis.traffic import HOPS, ROUTES, BoundaryCounts, GroupCounts, OpCounts, count_ops, measured_activity
 from st2chip.traces import Traces
+from st2chip.xylo.spec import XYLO_TARGETS
 
 # ChipGraph has no partition field yet: everything it holds runs on neurocores.
 NEUROCORE = "neurocore"
@@ -117,7 +118,7 @@ def available_profiles() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-def _profile_text(name_or_path: str | os.PathLike) -> tuple[str, str]:
+def profile_text(name_or_path: str | os.PathLike) -> tuple[str, str]:
     """Return (where, text): a bundled profile by name, else a file path."""
     spec = str(name_or_path)
     if spec in available_profiles():
@@ -139,7 +140,7 @@ def _profile_text(name_or_path: str | os.PathLike) -> tuple[str, str]:
                          f"file") from None
 
 
-def _nesting(text: str) -> int:
+def json_nesting(text: str) -> int:
     """How deeply arrays and objects nest in JSON ``text``, found without parsing it (strings skipped), so that
     a deeply nested file is refused before ``json.loads`` recurses into it."""
     depth = deepest = 0
@@ -190,8 +191,8 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     Raises InputError naming the file and the key when the file is missing, not JSON, lacks a
     key, has a negative or non-finite figure, an unknown key or unit, or a bad ``sources`` entry.
     """
-    where, text = _profile_text(name_or_path)
-    depth = _nesting(text)
+    where, text = profile_text(name_or_path)
+    depth = json_nesting(text)
     if depth > MAX_PROFILE_DEPTH:
         raise InputError(f"{where}: JSON nested {depth} levels deep; a profile nests at most {MAX_PROFILE_DEPTH} "
                          f"(an entry of 'sources' in the profile object)")
@@ -201,6 +202,8 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
         raise InputError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(data, dict):
         raise InputError(f"{where}: must hold a JSON object, got {type(data).__name__}")
+    if data.get("chip") in XYLO_TARGETS:
+        raise InputError(f"{where}: a Xylo energy profile; it prices a Xylo run: --target {data['chip']}")
     for key in _REQUIRED:
         if key not in data:
             raise InputError(f"{where}: missing key '{key}'")
@@ -313,7 +316,7 @@ def _nj(pj: float) -> str:
     return f"{nj:,.3f}" if abs(nj) >= 1 or nj == 0 else f"{nj:.4g}"
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     """A Markdown table, first column left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
@@ -411,23 +414,24 @@ class EnergyReport:
             f"{self.steps} steps of traces from {self.backend}, partition(s) {', '.join(self.partitions())}, "
             f"placed on {self.placement.n_cores} core(s) of {self.placement.n_chips} chip(s) "
             f"({self.placement.resources.name}).", "",
-            *_table(("layer", "synapses (nnz)", "ACs/sample", "MACs/sample", "nJ/sample", "share %"), layer_rows),
+            *markdown_table(("layer", "synapses (nnz)", "ACs/sample", "MACs/sample", "nJ/sample", "share %"),
+                            layer_rows),
             "", f"Per inference {_nj(total)} nJ; per time step {_nj(t['energy_per_step_pj'])} nJ.", "",
             *[f"Host partition `{r.layer}`: {r.host_ops:,.1f} operations per sample (the attention product's "
               f"accumulates on the host CPU; the spikes it reads are routed to the host)." for r in self.layers
               if r.partition == "host"],
-            "By term (nJ/sample):", "", *_table(("layer", *TERMS), term_rows), "",
+            "By term (nJ/sample):", "", *markdown_table(("layer", *TERMS), term_rows), "",
             "Spike rate (spikes per neuron per step), weight density (non-zero / stored) and spikes routed "
             "per sample:", "",
-            *_table(("layer", "rate", "density", *ROUTES), route_rows), "",
+            *markdown_table(("layer", "rate", "density", *ROUTES), route_rows), "",
             "Mesh paths of the messages between cores, per sample (into each layer; links per message = on-chip "
             "hops + chip links, averaged):", "",
-            *_table(("layer", "messages", "hops E-W", "hops N-S", "chip links", "links/msg"), hop_rows), "",
+            *markdown_table(("layer", "messages", "hops E-W", "hops N-S", "chip links", "links/msg"), hop_rows), "",
             "Boundary traffic, host <-> neurocores: non-zero values per time step (mean over samples; mean and "
             "peak over steps; every step in energy.json):", "",
-            *_table(("boundary", "kind", "to chip", "peak", "from chip", "peak"), boundary_rows), "",
+            *markdown_table(("boundary", "kind", "to chip", "peak", "from chip", "peak"), boundary_rows), "",
             f"Per core (the {len(shown)} costliest" + (f"; {more} more in energy.json" if more else "") + "):", "",
-            *_table(("core", "chip", "layers", "neurons", "nJ/sample"), core_rows), "",
+            *markdown_table(("core", "chip", "layers", "neurons", "nJ/sample"), core_rows), "",
             *([f"Counted but not priced by this profile: {', '.join(unpriced)}.", ""] if unpriced else []),
             f"Source: {self.profile.source}", ""])
 

@@ -267,7 +267,7 @@ def spike_rates(traces: Traces, layers: list[str]) -> list[SpikeRate]:
         if s is None or not s.size:
             continue
         out.append(SpikeRate(layer, traces.backend, float(s.mean()), float((s.max(axis=(0, 1)) == 0).mean()),
-                             float((s.min(axis=(0, 1)) == 1).mean()), int(s.shape[2])))
+                             float((s.min(axis=(0, 1)) >= 1).mean()), int(s.shape[2])))
     return out
 
 

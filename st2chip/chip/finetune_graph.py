@@ -117,19 +117,21 @@ def accuracy(graph: nir.NIRGraph, spikes: dict[str, np.ndarray], labels: np.ndar
              headroom: float, run_chip: ChipRun) -> Accuracy:
     """Float and chip accuracy of ``graph`` on ``spikes``, the chip lowered with ``decay_groups`` and run by
     ``run_chip`` (st2chip's engine, as the API passes it: the chip layer does not import a backend)."""
-    floating = simulate(graph, _side_by_side(graph, spikes), record=False).predictions()
+    floating = simulate(graph, side_by_side(graph, spikes), record=False).predictions()
     on_chip = run_chip(lower(graph, decay_groups=decay_groups, headroom=headroom), spikes).predictions()
     return Accuracy(float(np.mean(floating == labels)), float(np.mean(on_chip == labels)),
                     float(np.mean(floating == on_chip)))
 
 
-def _side_by_side(graph: nir.NIRGraph, spikes: dict[str, np.ndarray]) -> np.ndarray:
+def side_by_side(graph: nir.NIRGraph, spikes: dict[str, np.ndarray]) -> np.ndarray:
     """The Input nodes' spikes concatenated in graph order, as the interpreters take them."""
     names = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     return np.concatenate([spikes[n] for n in names], axis=2)
 
 
-def _check_labels(labels: np.ndarray | None, classes: int) -> np.ndarray:
+def check_labels(labels: np.ndarray | None, classes: int) -> np.ndarray:
+    """``labels`` as int64, each a class of a graph with ``classes`` scores; an :class:`InputError` naming
+    ``--inputs`` otherwise (fine-tuning needs labels)."""
     if labels is None:
         raise InputError("--inputs: fine-tuning needs labels: store an integer array 'labels' (batch,) in the .npz")
     labels = np.asarray(labels)
@@ -170,11 +172,11 @@ def finetune_graph(graph: nir.NIRGraph, spikes: dict[str, np.ndarray], labels: n
                    progress: bool = True) -> GraphTuning:
     """Fine-tune canonical ``graph`` on ``spikes`` (Input name -> ``(B, T, n)``) and ``labels`` with the chip in
     the loop (module docstring). The returned graph records ``decay_groups`` in its metadata."""
-    x = _side_by_side(graph, spikes)
+    x = side_by_side(graph, spikes)
     module = GraphModule(graph)
     for node in graph_adapter().weights(module).values():  # no bias where the graph has none: nothing new on chip
         node.bias.requires_grad_(bool(node.bias.detach().any()))
-    labels = _check_labels(labels, int(module(module.encode(torch.from_numpy(x[:1]))).shape[1]))
+    labels = check_labels(labels, int(module(module.encode(torch.from_numpy(x[:1]))).shape[1]))
     train, test = holdout_split(len(labels), holdout, seed)
     temperature = calibrate(module, x[train], labels[train])
     held_out = {n: s[test] for n, s in spikes.items()}

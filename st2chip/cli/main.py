@@ -13,9 +13,10 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 from st2chip import defaults
+from st2chip.cli.compare import register as register_compare
 from st2chip.cli.train import register as register_train
 from st2chip.converters.registry import EXPORT_DT, FRAMEWORKS
 from st2chip.errors import GraphError, InputError, St2chipError, St2chipWarning
@@ -27,7 +28,11 @@ EPILOG_EXIT = ("exit codes: 0 ok, 1 verification failed a check or a backend fai
 
 
 def _add_graph_args(p: argparse.ArgumentParser) -> None:
+    from st2chip.families import TARGETS
     p.add_argument("model", help="NIR file (.nir), as written by st2chip export or st2chip import")
+    p.add_argument("--target", default=defaults.TARGET, metavar="|".join(TARGETS),
+                   help=f"the chip to deploy to (default {defaults.TARGET}): Loihi 2, or Xylo Audio 2, Xylo "
+                        f"Audio 3 or Xylo IMU (one recurrent hidden population; checked against SynSense's xylosim)")
     p.add_argument("--decay-groups", type=int, default=None, metavar="K",
                    help=f"at most K distinct voltage decays per layer (default: the graph's metadata "
                         f"'decay_groups', which st2chip quantize records, else {defaults.DEFAULT_DECAY_GROUPS}); "
@@ -71,7 +76,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="shard the engine's samples over Ray: a local instance, or the cluster at ADDRESS "
                         "(e.g. ray://head:10001)")
-    p.add_argument("--target", choices=["lava-sim", "loihi2-hw"], default="lava-sim",
+    p.add_argument("--lava-target", choices=["lava-sim", "loihi2-hw"], default=defaults.LAVA_TARGET,
                    help="where the lava backend runs: lava-sim, Lava's fixed-point CPU simulator (default), or "
                         "loihi2-hw, a Loihi 2 chip through Loihi2HwCfg (needs Intel's lava-loihi; exit 2 "
                         "without it)")
@@ -82,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="st2chip",
         description="Deploy trained spiking networks (sLIF) to Loihi-class chips: NIR -> ChipGraph -> "
                     "Lava fixed_pt and st2chip's bit-exact fixed-point engine, with verification and energy "
-                    "reports.",
+                    "reports; or to SynSense Xylo (--target xylo-audio3 ...), checked against xylosim.",
         epilog=EPILOG_EXIT)
     parser.add_argument("-v", "--verbose", action="store_true", help="print each pipeline stage as it runs")
     parser.add_argument("--progress", action="store_true",
@@ -130,7 +135,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "and both numbers. Loihi 2's per-core figures are not public: the resource file "
                                    "(st2chip/chip/resources/loihi2.json) marks them uncertain and cites a source "
                                    "for each figure; copy it, edit a figure and pass --resources FILE.json. "
-                                   "A mapping does not depend on run length. "
+                                   "A mapping does not depend on run length. With --target xylo-audio2, "
+                                   "xylo-audio3 or xylo-imu: Xylo's design rules (every broken one in one error, "
+                                   "exit 2), then per layer its slice of the hidden population, depth, leak "
+                                   "shifts, errors and weight shift, and the chip's inputs, hidden and output "
+                                   "neurons used (--json writes them). "
                                    "Example: st2chip map model.nir --decay-groups 2 --cores",
                        epilog=EPILOG_EXIT)
     _add_graph_args(p)
@@ -156,14 +165,15 @@ def _parser() -> argparse.ArgumentParser:
                                    "--inputs x.npy --dt 1e-4 --backend lava -o traces.npz",
                        epilog=EPILOG_EXIT)
     _add_run_args(p)
-    p.add_argument("--backend", default="reference", choices=["float", "reference", "engine", "lava"],
-                   help="float NIR simulation, the fixed-point engine (reference, alias engine) or Lava "
-                        "fixed_pt (default reference)")
+    p.add_argument("--backend", default="reference", choices=["float", "reference", "engine", "lava", "xylosim"],
+                   help="float NIR simulation, the fixed-point engine (reference, alias engine) or the chip's "
+                        "oracle: Lava fixed_pt (--target loihi2) or xylosim (a Xylo target) (default reference)")
     p.add_argument("-o", "--output", help="write the traces (.npz) here")
 
     p = sub.add_parser("verify", help="float vs fixed-point engine vs Lava, with pass/fail checks",
                        description="Accuracy of each backend, per-layer spike agreement and the first "
-                                   "diverging layer/step/neuron. Exit 0 when reference and Lava agree "
+                                   "diverging layer/step/neuron. Exit 0 when reference and Lava (a Xylo "
+                                   "target: engine and xylosim, on named samples) agree "
                                    "exactly, the chip stays faithful to float (--max-drop, "
                                    "--min-agreement) and no output layer is silent or saturated on every "
                                    "sample (--allow-silent), 1 otherwise, naming the failed check. "
@@ -171,9 +181,13 @@ def _parser() -> argparse.ArgumentParser:
                                    "--inputs spikes.npz",
                        epilog=EPILOG_EXIT)
     _add_run_args(p)
-    p.add_argument("--backends", default=",".join(defaults.VERIFY_BACKENDS),
-                   help=f"comma-separated backends to compare (default {','.join(defaults.VERIFY_BACKENDS)}); "
-                        "lava runs the first --lava-samples samples only")
+    p.add_argument("--backends", default=None,
+                   help=f"comma-separated backends to compare (default {','.join(defaults.VERIFY_BACKENDS)}; for a "
+                        "Xylo target float,engine,xylosim); lava runs the first --lava-samples samples only, "
+                        "xylosim the first --xylosim-samples")
+    p.add_argument("--xylosim-samples", type=int, default=defaults.XYLOSIM_SAMPLES, metavar="N",
+                   help=f"a Xylo target: samples cross-checked on SynSense's xylosim, spikes, membranes and "
+                        f"currents at every step against the engine (default {defaults.XYLOSIM_SAMPLES})")
     p.add_argument("--lava-samples", type=int, default=defaults.LAVA_SAMPLES, metavar="N",
                    help=f"samples cross-checked on Lava, bit for bit against the engine (default "
                         f"{defaults.LAVA_SAMPLES})")
@@ -204,8 +218,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="reference", choices=["reference", "engine", "lava"],
                    help="where the spike traces come from (default reference: the engine, bit-exact with "
                         "Lava, faster)")
-    p.add_argument("--profile", default=defaults.PROFILE,
-                   help="energy profile: 45nm, loihi (Loihi 1, Davies 2018), loihi2 (estimates), or a JSON file")
+    p.add_argument("--profile", default=None,
+                   help=f"energy profile: 45nm (default for --target loihi2), loihi (Loihi 1, Davies 2018), loihi2 "
+                        f"(estimates), a Xylo chip's (xylo-audio2, xylo-audio3: the default for that target), or "
+                        f"a JSON file")
     p.add_argument("--resources", default=None, metavar="MODEL",
                    help="chip resource model the network is placed on for per-core counts and routing: loihi1, "
                         "loihi2 or a JSON file (default: the profile's, loihi2 for 45nm)")
@@ -235,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
 
     register_train(sub)
     _register_export_netx(sub)
+    register_compare(sub)
     return parser
 
 
@@ -286,7 +303,8 @@ def _pipeline(args: argparse.Namespace, resources=defaults.RESOURCES):
     graph = log.stage("read+normalize", st2chip.load, args.model, dt=args.dt)
     # export-netx has no --lowrank or --precision: netx has one group per layer and cannot express a graded relay
     try:
-        chip = log.stage("lower", st2chip.lower, graph, decay_groups=args.decay_groups,
+        chip = log.stage("lower", st2chip.lower, graph, target=getattr(args, "target", defaults.TARGET),
+                         decay_groups=args.decay_groups,
                          lowrank=getattr(args, "lowrank", "product"), headroom=args.headroom,
                          precision=getattr(args, "precision", "8"), resources=resources)
     except GraphError as err:  # name the file as well as the node and field
@@ -320,7 +338,7 @@ def _engine_args(args: argparse.Namespace) -> dict:
             raise InputError("--device cuda: no CUDA device is available here")
     from st2chip import progress
     return {"device": args.device, "batch_size": args.batch_size, "progress": progress.shown(), "ray": args.ray,
-            "target": getattr(args, "target", defaults.LAVA_TARGET)}
+            "lava_target": args.lava_target}
 
 
 def _print(text: str) -> None:
@@ -328,15 +346,49 @@ def _print(text: str) -> None:
     print("\n".join(printable(line) for line in text.split("\n")))
 
 
+def write_folder(folder: str, write: Callable[[Path], Iterable[Path]]) -> None:
+    """``write(tmp)`` into a temporary folder renamed to ``folder`` (atomically), then the files' names printed."""
+    from st2chip.io import atomic_folder
+    with atomic_folder(folder) as tmp:
+        names = [p.name for p in write(tmp)]
+    print("written: " + ", ".join(str(Path(folder) / name) for name in names))
+
+
 def _check_target(args: argparse.Namespace, runs_lava: bool) -> None:
-    """``--target loihi2-hw``: refuse at once (exit 2) where it cannot run, before any model is read."""
-    if getattr(args, "target", defaults.LAVA_TARGET) != "loihi2-hw":
+    """``--lava-target loihi2-hw``: refuse at once (exit 2) where it cannot run, before any model is read."""
+    if args.lava_target != "loihi2-hw":
         return
     if not runs_lava:
-        raise InputError("--target loihi2-hw runs the lava backend on a Loihi 2 chip: choose the lava backend "
-                         "(--backend lava, or lava in --backends with --lava-samples above 0)")
+        raise InputError("--lava-target loihi2-hw runs the lava backend on a Loihi 2 chip: choose the lava "
+                         "backend (--backend lava, or lava in --backends with --lava-samples above 0)")
     from st2chip.pipeline import loihi2_hw_run_cfg
     loihi2_hw_run_cfg()
+
+
+def _target(args: argparse.Namespace):
+    """The chip ``--target`` names (:data:`st2chip.families.TARGETS`), checked before any file is read."""
+    from st2chip.families import get_target
+    return get_target(args.target)
+
+
+def _check_backend(target, backend: str, flag: str = "--backend") -> None:
+    """An oracle backend of another chip family (lava on Xylo, xylosim on Loihi) is exit 2."""
+    oracle = {"lava": "loihi", "xylosim": "xylo"}
+    if oracle.get(backend, target.family) != target.family:
+        raise InputError(f"{flag} {backend} does not run --target {target.name}: its oracle is {target.oracle}")
+
+
+def _loihi_only(args: argparse.Namespace, flags: dict[str, object]) -> None:
+    """Refuse (exit 2) a Loihi flag given with a Xylo target: ``flags`` maps each to its default."""
+    for flag, default in flags.items():
+        if getattr(args, flag.lstrip("-").replace("-", "_")) != default:
+            raise InputError(f"{flag} applies to --target loihi2, not to --target {args.target}")
+
+
+def _xylo_runs(args: argparse.Namespace, flags: dict[str, object]) -> None:
+    """A Xylo target runs on its engine and xylosim: Lava's and Ray's flags (and ``flags``) are refused."""
+    if _target(args).family == "xylo":
+        _loihi_only(args, {"--lava-target": defaults.LAVA_TARGET, "--ray": None, **flags})
 
 
 def _max_chips(text: str) -> int | None:
@@ -357,6 +409,8 @@ def _cmd_map(args: argparse.Namespace) -> int:
     from st2chip.chip.table import format_cores, format_table, layer_rows
     from st2chip.io import atomic_folder, write_json
     _check_outputs(args, [args.model, args.resources], files=("json",), folders=("report",))
+    if _target(args).family == "xylo":
+        return _map_xylo(args)
     max_chips = _max_chips(args.max_chips)
     resources = None if args.resources == "none" else load_resources(args.resources)
     log, _, chip = _pipeline(args, resources)
@@ -385,10 +439,27 @@ def _cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _map_xylo(args: argparse.Namespace) -> int:
+    """``map --target xylo-…``: the design rules (every broken one in one error), then the per-layer table."""
+    from st2chip.io import write_json
+    from st2chip.xylo.spec import load_spec
+    from st2chip.xylo.table import chip_use, format_table, layer_rows
+    _loihi_only(args, {"--report": None, "--cores": False, "--no-pack": False, "--max-chips": "1"})
+    _, _, chip = _pipeline(args, args.resources)
+    spec = load_spec(args.target)
+    _print(format_table(chip, spec))
+    if args.json:
+        write_json(args.json, {"target": args.target, "layers": layer_rows(chip), "use": chip_use(chip, spec),
+                               "report": chip.report})
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import st2chip
     from st2chip.io import write_npz
     _check_outputs(args, [args.model, args.inputs], files=("output",))
+    _check_backend(_target(args), args.backend)
+    _xylo_runs(args, {})
     _check_target(args, args.backend == "lava")
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
@@ -416,14 +487,20 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     import st2chip
     from st2chip.io import write_json
-    backends = tuple(args.backends.split(","))
     _check_outputs(args, [args.model, args.inputs], files=("json",))
-    _check_target(args, "lava" in backends and args.lava_samples > 0)
+    target = _target(args)
+    backends = None if args.backends is None else tuple(args.backends.split(","))
+    for backend in backends or ():
+        _check_backend(target, backend.strip(), "--backends")
+    _xylo_runs(args, {"--lava-samples": defaults.LAVA_SAMPLES, "--lava-mode": defaults.LAVA_MODE})
+    _check_target(args, "lava" in (defaults.VERIFY_BACKENDS if backends is None else backends)
+                  and args.lava_samples > 0)
     log, graph, chip = _pipeline(args)
     inputs = _run_inputs(args, graph)
-    report = st2chip.verify(graph, inputs, chip=chip, backends=backends, lava_samples=args.lava_samples,
-                            lava_mode=args.lava_mode, max_drop=args.max_drop, min_agreement=args.min_agreement,
-                            stage=log.stage, allow_silent=args.allow_silent, **_engine_args(args))
+    report = st2chip.verify(graph, inputs, chip=chip, target=args.target, backends=backends,
+                            lava_samples=args.lava_samples, lava_mode=args.lava_mode, max_drop=args.max_drop,
+                            min_agreement=args.min_agreement, stage=log.stage, allow_silent=args.allow_silent,
+                            xylosim_samples=args.xylosim_samples, **_engine_args(args))
     _print(report.to_text())
     if args.json:
         write_json(args.json, report.to_dict())
@@ -437,21 +514,40 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     import st2chip
     from st2chip.analysis.energy import load_profile, write_energy_report
     from st2chip.chip.placement import load_resources
-    from st2chip.io import atomic_folder
     _check_outputs(args, [args.model, args.inputs, args.profile, args.resources], folders=("output",))
-    profile = load_profile(args.profile)
+    target = _target(args)
+    _check_backend(target, args.backend)
+    if target.family == "xylo":
+        return _energy_xylo(args, target)
+    profile = load_profile(args.profile or target.profile)
     resources = load_resources(args.resources or profile.resources)
     _check_target(args, args.backend == "lava")
     log, graph, chip = _pipeline(args, resources)
     placement = log.stage("place", st2chip.place, chip, resources, max_chips=None)
     inputs = _run_inputs(args, graph)
-    report = log.stage("energy", st2chip.energy, chip, inputs, profile=args.profile, placement=placement,
-                       backend=args.backend, **_engine_args(args))
+    report = log.stage("energy", st2chip.energy, chip, inputs, profile=args.profile or target.profile,
+                       placement=placement, backend=args.backend, **_engine_args(args))
     _print(report.to_markdown())
     if args.output:
-        with atomic_folder(args.output) as tmp:
-            paths = write_energy_report(report, tmp)
-        print("written: " + ", ".join(str(Path(args.output) / p.name) for p in paths.values()))
+        write_folder(args.output, lambda tmp: write_energy_report(report, tmp).values())
+    return 0
+
+
+def _energy_xylo(args: argparse.Namespace, target) -> int:
+    """``energy --target xylo-…``: the engine's run counted per layer and priced by the chip's profile."""
+    import st2chip
+    from st2chip.io import write_json, write_text
+    from st2chip.analysis.xylo_energy import load_xylo_profile
+    _xylo_runs(args, {})
+    profile = load_xylo_profile(args.profile or target.profile)  # before anything runs
+    log, graph, chip = _pipeline(args, args.resources or defaults.RESOURCES)
+    inputs = _run_inputs(args, graph)
+    report = log.stage("energy", st2chip.energy, chip, inputs, profile=profile,
+                       dt=float(graph.metadata["dt"]), device=args.device, batch_size=args.batch_size)
+    _print(report.to_markdown())
+    if args.output:
+        write_folder(args.output, lambda tmp: [write_json(tmp / "energy.json", report.to_dict()),
+                                               write_text(tmp / "energy.md", report.to_markdown())])
     return 0
 
 

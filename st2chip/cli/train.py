@@ -18,7 +18,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from st2chip.defaults import DEFAULT_DECAY_GROUPS, HEADROOM, QUANTIZE_EPOCHS, QUANTIZE_HOLDOUT, QUANTIZE_LR
+from st2chip.defaults import DEFAULT_DECAY_GROUPS, HEADROOM, QUANTIZE_EPOCHS, QUANTIZE_HOLDOUT, QUANTIZE_LR, TARGET
 from st2chip.learn import compensation, pruning
 from st2chip.learn.cnn import CNNConfig
 from st2chip.learn.data import (DATASETS, DIGITS_SIDE, MNIST1D_CLASSES, MNIST1D_LEVELS, MNIST1D_STEPS, ROWS_HOLD,
@@ -268,14 +268,38 @@ def _quantize_graph(args: argparse.Namespace, device: torch.device) -> int:
                             headroom=HEADROOM if args.headroom is None else args.headroom, epochs=args.epochs,
                             lr=args.lr, holdout=QUANTIZE_HOLDOUT if args.holdout is None else args.holdout,
                             seed=args.seed, device=device, progress=True)
+    exact = "exactly" if tuning.last_change == 0 else f"up to {tuning.last_change:.2g} (not converged)"
+    _print_tuning(f"chip-in-the-loop {args.checkpoint}: {args.decay_groups} decay groups per layer,", tuning, args,
+                  f"the chip holds its weights {exact}", "--inputs FILE")
+    return 0
+
+
+def _print_tuning(head: str, tuning, args: argparse.Namespace, held: str, verify_flags: str) -> None:
+    """One line: what fine-tuning a graph did to its held-out float and chip accuracy, and what to run next."""
     before, after = tuning.before, tuning.after
     pct = lambda a: f"{100 * a:.1f}%"  # noqa: E731
-    exact = "exactly" if tuning.last_change == 0 else f"up to {tuning.last_change:.2g} (not converged)"
-    print(f"chip-in-the-loop {args.checkpoint}: {args.decay_groups} decay groups per layer, {args.epochs} epochs on "
-          f"{tuning.train_samples} samples; on {tuning.holdout_samples} held-out samples float {pct(before.float)} "
-          f"-> {pct(after.float)}, chip {pct(before.chip)} -> {pct(after.chip)} (same prediction "
-          f"{pct(before.agreement)} -> {pct(after.agreement)}); the chip holds its weights {exact} -> {args.out} "
-          f"(st2chip verify {args.out} --inputs FILE)")
+    print(f"{head} {args.epochs} epochs on {tuning.train_samples} samples; on {tuning.holdout_samples} held-out "
+          f"samples float {pct(before.float)} -> {pct(after.float)}, chip {pct(before.chip)} -> {pct(after.chip)} "
+          f"(same prediction {pct(before.agreement)} -> {pct(after.agreement)}); {held} -> {args.out} "
+          f"(st2chip verify {args.out} {verify_flags})")
+
+
+def _quantize_xylo(args: argparse.Namespace, device: torch.device) -> int:
+    """``st2chip quantize model.nir --target xylo-audio3 -o tuned.nir``: fine-tune a NIR graph as Xylo computes it."""
+    if not _is_graph(args.checkpoint):
+        raise InputError(f"--target {args.target}: quantize fine-tunes a NIR graph for Xylo; export the checkpoint "
+                         f"first (st2chip export {args.checkpoint} --out model.nir)")
+    for flag, value in (("--decay-groups", args.decay_groups != DEFAULT_DECAY_GROUPS), ("--headroom", args.headroom),
+                        ("--data-root", args.data_root)):
+        if value:
+            raise InputError(f"{flag} applies to --target loihi2, not to --target {args.target}")
+    from st2chip.api import quantize_graph
+    tuning = quantize_graph(args.checkpoint, args.inputs, output=args.out, target=args.target, epochs=args.epochs,
+                            lr=args.lr, holdout=QUANTIZE_HOLDOUT if args.holdout is None else args.holdout,
+                            seed=args.seed, device=device, progress=True)
+    moved = "exactly" if tuning.changed == 0 else f"but for {tuning.changed} weight(s) the last rescaling moved"
+    _print_tuning(f"{args.target} in the loop {args.checkpoint}:", tuning, args,
+                  f"the chip holds the trained weights {moved}", f"--target {args.target}")
     return 0
 
 
@@ -288,6 +312,9 @@ def run_quantize(args: argparse.Namespace) -> int:
                          f"{args.decay_groups}")
     _rate(args, "headroom")
     device = _common_flags(args)
+    from st2chip.families import get_target
+    if get_target(args.target).family == "xylo":
+        return _quantize_xylo(args, device)
     if _is_graph(args.checkpoint):
         return _quantize_graph(args, device)
     if args.inputs is not None or args.holdout is not None:
@@ -417,6 +444,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--inputs", default=None, metavar="FILE",
                    help="a NIR graph's training samples: .npz with one spike array (batch, steps, n) per Input "
                         "node and integer 'labels' (batch,) (required with a NIR graph)")
+    from st2chip.families import TARGETS
+    q.add_argument("--target", default=TARGET, metavar="|".join(TARGETS),
+                   help=f"the chip to fine-tune for (default {TARGET}); a Xylo chip trains the NIR graph as the chip "
+                        "computes it (synaptic filter, shift leaks, 8-bit weights, up to 31 spikes per step) and "
+                        "writes that graph; an MNIST-1D model trains on its training split without --inputs")
     q.add_argument("--holdout", type=float, default=None, metavar="F",
                    help=f"fraction of --inputs held out (seeded) to measure float and chip accuracy before and "
                         f"after (default {QUANTIZE_HOLDOUT:g})")

@@ -1,6 +1,6 @@
-"""``--target loihi2-hw``: the Lava run on a Loihi 2 chip (``Loihi2HwCfg``) needs Intel's lava-loihi; where it is
-absent (as in this environment) every command that would run Lava stops at once with one clear line and
-exit code 2, pointing at ``--target lava-sim``."""
+"""``--lava-target loihi2-hw``: the Lava run on a Loihi 2 chip (``Loihi2HwCfg``) needs Intel's lava-loihi; where it
+is absent (as in this environment) every command that would run Lava stops at once with one clear line and
+exit code 2, pointing at ``--lava-target lava-sim``."""
 
 from __future__ import annotations
 
@@ -51,20 +51,21 @@ def _run(capsys, *argv):
 def test_hw_target_without_lava_loihi_exits_2(argv, good_nir, tmp_path, capsys):
     out = tmp_path / "traces.npz"
     extra = ["-o", str(out)] if argv[0] == "simulate" else []
-    code, stdout, stderr = _run(capsys, *argv, str(good_nir), "--target", "loihi2-hw", *extra)
+    code, stdout, stderr = _run(capsys, *argv, str(good_nir), "--lava-target", "loihi2-hw", *extra)
     assert code == 2
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("st2chip: error: --target loihi2-hw")
-    assert "lava-loihi" in stderr and "INRC" in stderr and "--target lava-sim" in stderr
+    assert len(lines) == 1 and lines[0].startswith("st2chip: error: --lava-target loihi2-hw")
+    assert "lava-loihi" in stderr and "INRC" in stderr and "--lava-target lava-sim" in stderr
     assert "lava.magma.compiler.subcompilers.nc" in stderr  # what exactly is missing
     assert "Traceback" not in stderr and stdout == ""  # refused before anything ran
     assert not out.exists()
 
 
 def test_hw_target_needs_the_lava_backend(good_nir, capsys):
-    code, _, stderr = _run(capsys, "simulate", str(good_nir), "--backend", "reference", "--target", "loihi2-hw")
+    code, _, stderr = _run(capsys, "simulate", str(good_nir), "--backend", "reference", "--lava-target", "loihi2-hw")
     assert code == 2 and "choose the lava backend" in stderr
-    code, _, stderr = _run(capsys, "verify", str(good_nir), "--backends", "float,reference", "--target", "loihi2-hw")
+    code, _, stderr = _run(capsys, "verify", str(good_nir), "--backends", "float,reference",
+                           "--lava-target", "loihi2-hw")
     assert code == 2 and "choose the lava backend" in stderr
 
 
@@ -75,7 +76,7 @@ def test_run_backend_refuses_the_hw_target(random_mlp):
     x = {"input": np.zeros((1, 2, 64), np.uint8)}
     with pytest.raises(InputError, match="lava-loihi"):
         pipeline.run_backend("lava", graph, chip, x, target="loihi2-hw")
-    with pytest.raises(InputError, match="unknown target"):
+    with pytest.raises(InputError, match="unknown Lava target"):
         pipeline.run_backend("reference", graph, chip, x, target="loihi3")
 
 
@@ -93,6 +94,6 @@ def test_the_check_looks_for_lava_loihi_precisely(monkeypatch):
 def test_console_exit_code_is_2(good_nir):
     """The real process: exit status 2 and one line on stderr."""
     proc = subprocess.run([sys.executable, "-m", "st2chip.cli", "simulate", str(good_nir), "--backend", "lava",
-                           "--target", "loihi2-hw"], capture_output=True, text=True, timeout=120)
+                           "--lava-target", "loihi2-hw"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("st2chip: error: --target loihi2-hw")
+    assert proc.stderr.strip().splitlines()[-1].startswith("st2chip: error: --lava-target loihi2-hw")
