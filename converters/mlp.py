@@ -12,7 +12,9 @@ so :math:`\tau_i = dt / (1 - \beta_i)`, :math:`r_i = \tau_i / dt = 1/(1-\beta_i)
 :math:`v_{leak} = 0`, :math:`v_{threshold,i} = \theta_i`, :math:`v_{reset} = 0`;
 and back, :math:`\beta_i = 1 - dt/\tau_i`. The integrating readout is
 ``nir.I`` with :math:`r = 1/dt` (:math:`v[t] = v[t-1] + I[t]`); its voltage after
-the last step is ``T`` times the torch model's scores.
+the last step is ``T`` times the torch model's scores. A layer trained to send up to
+``k > 1`` spikes per step gets ``metadata["max_spikes"] = k`` (the float interpreter's
+count, :func:`~st2chip.learn.neurons.spike_count`).
 """
 
 from __future__ import annotations
@@ -37,14 +39,23 @@ def slif_to_nir(neuron: SLIF, shape: tuple[int, ...], dt: float) -> nir.LIF:
     """The NIR LIF of an sLIF layer (mapping above), parameters broadcast to ``shape``.
 
     A neuron that resets by subtraction gets ``metadata["reset"] = "subtract"``
-    (st2chip's convention, :mod:`st2chip.graph.reading`; NIR 1.0 has no field for it).
+    (st2chip's convention, :mod:`st2chip.graph.reading`; NIR 1.0 has no field for it), and one
+    that sends up to ``k > 1`` spikes per step ``metadata["max_spikes"] = k``.
     """
     beta = np.broadcast_to(to_numpy(neuron.beta), shape).copy()
     theta = np.broadcast_to(to_numpy(neuron.theta), shape).copy()
     zeros = np.zeros(shape)
-    metadata = {"reset": "subtract"} if neuron.reset == "subtract" else {}
+    metadata = spiking_metadata(neuron.reset, neuron.max_spikes)
     return nir.LIF(tau=dt / (1 - beta), r=1 / (1 - beta), v_leak=zeros, v_threshold=theta, v_reset=zeros.copy(),
                    metadata=metadata)
+
+
+def spiking_metadata(reset: str, max_spikes: int) -> dict:
+    """A spiking node's st2chip metadata: ``reset`` when it subtracts, ``max_spikes`` when above 1."""
+    metadata: dict = {"reset": "subtract"} if reset == "subtract" else {}
+    if max_spikes > 1:
+        metadata["max_spikes"] = int(max_spikes)
+    return metadata
 
 
 def check_finite(model: torch.nn.Module) -> None:

@@ -18,7 +18,8 @@ is NIR's forward-Euler CubaLIF
 - :math:`v_{leak} = b / (1 - \beta)`, :math:`v_{threshold} = \theta`, :math:`v_{reset} = 0`,
 
 and ``metadata["reset"] = "subtract"`` on the node for reset by subtraction
-(st2chip's convention; NIR 1.0 has no field for it). The leaky readout
+(st2chip's convention; NIR 1.0 has no field for it), ``metadata["max_spikes"] = k`` for a
+model trained to send up to ``k > 1`` spikes per step. The leaky readout
 :math:`y \leftarrow c\, y + (1 - c) I` is an ``LI`` with :math:`\tau = dt / (1 - c)`,
 :math:`r = 1`, :math:`v_{leak} = 0`, its voltage after the last step equal to the
 torch scores; the ``integrate`` readout is an ``I`` with :math:`r = 1/dt`, its
@@ -32,7 +33,7 @@ from __future__ import annotations
 import nir
 import numpy as np
 
-from st2chip.converters.mlp import DEFAULT_DT, check_finite, to_numpy
+from st2chip.converters.mlp import DEFAULT_DT, check_finite, spiking_metadata, to_numpy
 from st2chip.learn.rnn import SpikingRNN
 
 
@@ -47,7 +48,7 @@ def rnn_to_nir(model: SpikingRNN, dt: float = DEFAULT_DT) -> nir.NIRGraph:
     bias = to_numpy(model.bias)
     lif = nir.CubaLIF(tau_syn=dt / (1 - alpha), tau_mem=dt / (1 - beta), r=1 / (1 - beta), v_leak=bias / (1 - beta),
                       v_threshold=theta, v_reset=np.zeros(n), w_in=1 / (1 - alpha),
-                      metadata={"reset": "subtract"} if c.reset == "subtract" else {})
+                      metadata=spiking_metadata(c.reset, c.max_spikes))
     if c.readout == "integrate":
         readout: nir.NIRNode = nir.I(r=np.full(c.classes, 1 / dt))
     else:

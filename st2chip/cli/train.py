@@ -28,6 +28,7 @@ from st2chip.learn.checkpoint import (MAX_DECAY_GROUPS, check_config, load_check
                                       save_checkpoint)
 from st2chip.errors import InputError
 from st2chip.learn.mlp import MLPConfig
+from st2chip.learn.neurons import MAX_SPIKES
 from st2chip.learn.rnn import READOUTS, RNNConfig
 from st2chip.analysis.model_sops import count_sops
 from st2chip.learn.training import default_device, evaluate, seed_everything, train_classifier
@@ -47,9 +48,25 @@ def _reset(args: argparse.Namespace) -> dict:
     return {} if reset is None else {"reset": reset}
 
 
+def _max_spikes(args: argparse.Namespace) -> dict:
+    """``--max-spikes K`` as a config field (none when not given: the config's default, one spike per step)."""
+    k = args.max_spikes
+    if k is None:
+        return {}
+    if not 1 <= k <= MAX_SPIKES:
+        raise InputError(f"--max-spikes must be from 1 to {MAX_SPIKES}, got {k}")
+    if k > 1 and args.model not in ("mlp", "rnn"):
+        raise InputError(f"--max-spikes {k} applies to --model mlp and rnn, not to --model {args.model}")
+    if k > 1 and args.reset != "subtract":
+        raise InputError(f"--max-spikes {k} needs --reset subtract (a reset to zero leaves nothing for a second "
+                         f"spike in the same step)")
+    return {"max_spikes": k}
+
+
 def _config(args: argparse.Namespace):
     """The config of the model the flags ask for (the model is built once its size is checked)."""
     neuron = args.neuron
+    spikes = _max_spikes(args)
     if args.model in ("mlp", "cnn", "st") and (args.levels is not None or args.readout is not None):
         raise InputError("--levels and --readout are options of --model rnn")
     if args.model != "cnn" and args.channels is not None:
@@ -67,7 +84,7 @@ def _config(args: argparse.Namespace):
             return RNNConfig.mnist1d(hidden=args.hidden, neuron=neuron, levels=_or(args.levels, MNIST1D_LEVELS),
                                      **_rnn_options(args))
         return MLPConfig(sizes=[MNIST1D_LEVELS, args.hidden, MNIST1D_CLASSES], steps=MNIST1D_STEPS, neuron=neuron,
-                         encoding="sequence", **_reset(args))
+                         encoding="sequence", **_reset(args), **spikes)
     if args.model in ("mlp", "cnn", "rnn") and args.data != "digits":
         raise InputError(f"--model {args.model} takes the 8x8 digits (or, for mlp and rnn, the mnist1d sequences); "
                          f"use --model st for {args.data}")
@@ -75,7 +92,8 @@ def _config(args: argparse.Namespace):
         raise InputError(f"--preset {args.preset} is a 32x32x3 spiking Transformer: use it with --model st and "
                          f"--data {' or '.join(IMAGES32)}")
     if args.model == "mlp":
-        return MLPConfig(sizes=[64, args.hidden, 10], steps=_or(args.steps, 16), neuron=neuron, **_reset(args))
+        return MLPConfig(sizes=[64, args.hidden, 10], steps=_or(args.steps, 16), neuron=neuron, **_reset(args),
+                         **spikes)
     if args.model == "cnn":
         channels = {} if args.channels is None else {"channels": list(args.channels)}
         return CNNConfig(steps=_or(args.steps, 16), neuron=neuron, **channels, **_reset(args))
@@ -101,7 +119,7 @@ def _or(value: int | None, default: int) -> int:
 
 
 def _rnn_options(args: argparse.Namespace) -> dict:
-    options = _reset(args)
+    options = {**_reset(args), **_max_spikes(args)}
     if args.readout is not None:
         options["readout"] = args.readout
     return options
@@ -359,7 +377,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "examples:\n  st2chip train --model st --neuron lif --epochs 30 --out st.pt\n"
                     "  st2chip train --model cnn --out cnn.pt\n"
                     "  st2chip train --model rnn --reset subtract --out rnn.pt\n"
-                    "  st2chip train --model rnn --data mnist1d --out rnn-mnist1d.pt")
+                    "  st2chip train --model rnn --data mnist1d --out rnn-mnist1d.pt\n"
+                    "  st2chip train --model mlp --data mnist1d --reset subtract --max-spikes 31 --out m.pt"
+                    "   # for Xylo")
     t.add_argument("--model", choices=MODELS, default="st", help="mlp, cnn, rnn or st (default st)")
     t.add_argument("--neuron", choices=["slif", "lif"], default="slif",
                    help="sLIF (per-neuron learnable threshold and leak) or plain LIF (default slif)")
@@ -377,6 +397,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--reset", choices=["zero", "subtract"], default=None,
                    help="membrane reset after a spike: to zero (default; what the chip does) or by subtracting "
                         "the threshold (mlp, cnn, rnn)")
+    t.add_argument("--max-spikes", type=int, default=None, metavar="K",
+                   help=f"mlp, rnn with --reset subtract: a hidden neuron sends up to K spikes per step "
+                        f"(1..{MAX_SPIKES}; default 1), subtracting the threshold for each, as Xylo's do (K = 31: "
+                        f"train for Xylo); the export records K; Loihi 2 takes K = 1 only")
     t.add_argument("--dim", type=int, default=None, help="ST token width (default 32)")
     t.add_argument("--depth", type=int, default=None, help="ST blocks (default 1)")
     t.add_argument("--heads", type=int, default=None, help="ST attention heads (default 2)")

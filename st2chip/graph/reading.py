@@ -34,13 +34,14 @@ import nir
 import numpy as np
 
 from st2chip.errors import GraphError
+from st2chip.learn.neurons import MAX_SPIKES as MOST_SPIKES
 
 RESET_KEY = "reset"
 RESET_MODES = ("zero", "subtract")
 REFRACTORY_KEY = "refractory"
 REFRACTORY_STEPS = (0, 1)  # steps a spiking node may be held after a spike (the chip's neuron: 0 or 1)
 MAX_SPIKES_KEY = "max_spikes"
-MAX_SPIKES = range(1, 256)  # spikes a node may send per step (counts are kept as uint8)
+MAX_SPIKES = range(1, MOST_SPIKES + 1)  # spikes a node may send per step (counts are kept as uint8)
 SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)  # neurons that spike (and reset)
 READOUT = (nir.LI, nir.CubaLI, nir.I)    # neurons that do not: their voltage is the output
 NEURONS = (*SPIKING, *READOUT)

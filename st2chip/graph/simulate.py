@@ -53,6 +53,7 @@ from st2chip.errors import GraphError, InputError
 from st2chip.graph.product import SpikeProduct
 from st2chip.graph.reading import (NEURONS, SPIKING, back_edges, coefficients, delay_steps, max_spikes,
                                    refractory_steps, reset_mode)
+from st2chip.learn.neurons import spike_count
 from st2chip.traces import Traces
 
 LINEAR = (nir.Affine, nir.Scale, nir.Conv1d, nir.Conv2d, nir.SumPool2d, nir.AvgPool2d)
@@ -85,20 +86,6 @@ def topological_order(graph: nir.NIRGraph) -> list[str] | None:
 
 def _coef(value, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value, dtype=np.float64)).to(dtype)
-
-
-def spike_count(v: torch.Tensor, theta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spikes per neuron (a count ``0..k`` in ``v``'s dtype) and ``v`` after them: while ``v > theta`` and fewer
-    than ``k`` were sent, one more, ``v <- v - theta`` (see the module docstring; the trainable interpreter's
-    forward uses this same function, so the two agree bit for bit)."""
-    count = torch.zeros_like(v)
-    for _ in range(k):
-        fire = v > theta
-        if not bool(fire.any()):
-            break
-        count = count + fire.to(v.dtype)
-        v = torch.where(fire, v - theta, v)
-    return count, v
 
 
 class _Neuron:

@@ -7,8 +7,8 @@ operations in the same order, the same discrete-time reading of
 spike. Spikes are Heaviside forward (strict :math:`v > \theta`) and the arctan
 surrogate backward (:func:`~st2chip.learn.neurons.spike_fn`) of
 :math:`(v - \theta)/|\theta|`; the reset is taken out of the gradient. A node with
-``metadata["max_spikes"] = k > 1`` outputs a count (:func:`~st2chip.graph.simulate.spike_count`,
-simulate's own function, forward) whose gradient is the sum of the surrogate's at
+``metadata["max_spikes"] = k > 1`` outputs a count (:func:`~st2chip.learn.neurons.count_fn`: forward
+:func:`~st2chip.learn.neurons.spike_count`, simulate's own function) whose gradient is the sum of the surrogate's at
 :math:`(v - j\theta)/|\theta|` for :math:`j = 1..k`: a staircase of :math:`k` spike functions.
 
 What it trains: each ``Affine`` and convolution node's ``weight`` and ``bias``, and
@@ -29,7 +29,6 @@ token weights, spike products) are not covered.
 from __future__ import annotations
 
 import copy
-import math
 
 import nir
 import numpy as np
@@ -41,8 +40,8 @@ from torch import nn
 from st2chip.errors import GraphError, InputError
 from st2chip.graph.reading import (NEURONS, SPIKING, back_edges, coefficients, delay_steps, max_spikes,
                                    refractory_steps, reset_mode)
-from st2chip.graph.simulate import LINEAR, PASS_THROUGH, spike_count, topological_order
-from st2chip.learn.neurons import spike_fn
+from st2chip.graph.simulate import LINEAR, PASS_THROUGH, topological_order
+from st2chip.learn.neurons import count_fn, spike_fn
 
 LEAKY = (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)  # neuron types with a voltage decay that trains
 CURRENT = (nir.CubaLIF, nir.CubaLI)                  # ... and a current decay
@@ -54,30 +53,6 @@ def _f64(value) -> torch.Tensor:
 
 def _ints(value) -> tuple[int, ...]:
     return tuple(int(i) for i in np.atleast_1d(value))
-
-
-class _SpikeCount(torch.autograd.Function):
-    """Forward: :func:`~st2chip.graph.simulate.spike_count` (the count, and ``v`` after it, not differentiated);
-    backward: the arctan surrogate (as :func:`~st2chip.learn.neurons.spike_fn`) summed over the ``k`` thresholds
-    :math:`v = j\\theta`, per unit of ``scale``."""
-
-    @staticmethod
-    def forward(ctx, v: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor, k: int,  # type: ignore[override]
-                alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.save_for_backward(v, theta, scale)
-        ctx.k, ctx.alpha = k, alpha
-        count, after = spike_count(v, theta, k)
-        ctx.mark_non_differentiable(after)
-        return count, after
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor, _grad_after: torch.Tensor | None):  # type: ignore[override]
-        v, theta, scale = ctx.saved_tensors
-        slope = torch.zeros_like(v)
-        for j in range(1, ctx.k + 1):
-            x = (v - j * theta) / scale
-            slope = slope + ctx.alpha / 2 / (1 + (math.pi / 2 * ctx.alpha * x) ** 2)
-        return grad_out * slope / scale, None, None, None, None
 
 
 class AffineNode(nn.Module):
@@ -217,7 +192,7 @@ class NeuronNode(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """:meth:`step`'s spikes and reset for a node sending up to ``max_spikes`` per step: the count, ``v`` after
         the subtractions (simulate's values; the gradient passes ``v`` through them unchanged)."""
-        s, after = _SpikeCount.apply(v, self.theta, self.surrogate_scale, self.max_spikes, self.alpha)
+        s, after = count_fn(v, self.theta, self.max_spikes, self.alpha, self.surrogate_scale)
         v = after + (v - v.detach())
         if held is not None:  # the step after a spike: v kept, no spike
             v, s = torch.where(held, v_before, v), s * (~held)

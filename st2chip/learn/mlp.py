@@ -6,6 +6,8 @@ readout that integrates its input current over the ``T`` steps:
 .. math::  y = \frac{1}{T}\sum_{t} \big(W_{out}\, s[t] + b_{out}\big)
 
 Its input is a spike train ``(T, B, features)`` (see :func:`st2chip.data.rate_encode`).
+With ``max_spikes = k > 1`` (reset by subtraction) each hidden neuron sends up to ``k``
+spikes per step and the next layer weighs the count (:func:`~st2chip.learn.neurons.count_fn`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class MLPConfig:
     leak: float = 0.9
     reset: str = "zero"
     encoding: str = "rate"  # "rate": images rate-coded over T steps; "sequence": one value per step (MNIST-1D)
+    max_spikes: int = 1  # spikes a hidden neuron may send per step (above 1: reset "subtract"; Xylo sends 31)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,8 +56,8 @@ class SpikingMLP(nn.Module):
     def _neuron(self, n: int) -> SLIF:
         c = self.config
         if c.neuron == "lif":
-            return SLIF.plain(c.threshold, c.leak, reset=c.reset)  # type: ignore[arg-type]
-        return SLIF(n, c.threshold, c.leak, reset=c.reset)  # type: ignore[arg-type]
+            return SLIF.plain(c.threshold, c.leak, reset=c.reset, max_spikes=c.max_spikes)  # type: ignore[arg-type]
+        return SLIF(n, c.threshold, c.leak, reset=c.reset, max_spikes=c.max_spikes)  # type: ignore[arg-type]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Spikes ``(T, B, sizes[0])``: rate-coded images ``(B, features)`` in [0, 1], or thermometer-coded

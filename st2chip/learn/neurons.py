@@ -19,6 +19,15 @@ weights; the backward pass replaces :math:`\Theta'` by the arctan surrogate
 
 A plain LIF is the same module with one shared, frozen threshold and leak
 (:meth:`SLIF.plain`). Lowering to the chip preserves exactly these equations.
+
+With reset by subtraction a neuron may send up to :math:`k` spikes per step
+(``max_spikes``, as Xylo's hidden neurons do with :math:`k = 31`): while
+:math:`v > \theta` and fewer than :math:`k` were sent, one more and
+:math:`v \leftarrow v - \theta` (:func:`spike_count`). The count flows on like a
+spike; its gradient is the staircase of :math:`k` arctan surrogates at
+:math:`v = j\theta`, :math:`j = 1..k` (:func:`count_fn`). NIR writes :math:`k` as
+``metadata["max_spikes"]``; st2chip's float interpreters read it with this same
+:func:`spike_count`.
 """
 
 from __future__ import annotations
@@ -54,6 +63,79 @@ def spike_fn(x: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
     return _ArctanSpike.apply(x, alpha)
 
 
+MAX_SPIKES = 255  # spikes a neuron may send per step (NIR's metadata max_spikes allows 1..255)
+
+
+def spike_count(v: torch.Tensor, theta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes per neuron (a count ``0..k`` in ``v``'s dtype) and ``v`` after them: while ``v > theta`` and fewer
+    than ``k`` were sent, one more, ``v <- v - theta``. The one definition of a multi-spike step: the float
+    interpreter, the trainable one and the training neurons all call it, so they agree bit for bit."""
+    count = torch.zeros_like(v)
+    for _ in range(k):
+        fire = v > theta
+        if not bool(fire.any()):
+            break
+        count = count + fire.to(v.dtype)
+        v = torch.where(fire, v - theta, v)
+    return count, v
+
+
+class _ArctanCount(torch.autograd.Function):
+    """Forward: :func:`spike_count` (the count, and ``v`` after it, not differentiated); backward: the arctan
+    surrogate of :func:`spike_fn` at ``(v - j theta) / scale`` summed over ``j = 1..k``, per unit of ``scale``
+    (to ``v``, and ``-j`` times it to ``theta``)."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor, k: int,  # type: ignore[override]
+                alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(v, theta, scale)
+        ctx.k, ctx.alpha = k, alpha
+        count, after = spike_count(v, theta, k)
+        ctx.mark_non_differentiable(after)
+        return count, after
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor, _grad_after: torch.Tensor | None):  # type: ignore[override]
+        v, theta, scale = ctx.saved_tensors
+        slope, weighted = torch.zeros_like(v), torch.zeros_like(v)
+        for j in range(1, ctx.k + 1):
+            x = (v - j * theta) / scale
+            bump = ctx.alpha / 2 / (1 + (math.pi / 2 * ctx.alpha * x) ** 2)
+            slope, weighted = slope + bump, weighted + j * bump
+        grad_v = grad_out * slope / scale
+        grad_theta = (-grad_out * weighted / scale).sum_to_size(theta.shape) if ctx.needs_input_grad[1] else None
+        return grad_v, grad_theta, None, None, None
+
+
+def count_fn(v: torch.Tensor, theta: torch.Tensor, k: int, alpha: float = 2.0,
+             scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``k`` spikes per step where ``v`` crosses ``theta``, ``2 theta``, ...: the count and ``v`` after the
+    subtractions (:func:`spike_count`), differentiable through a staircase of ``k`` arctan surrogates of
+    ``(v - j theta) / scale`` (``scale`` 1 when None; ``k = 1`` is :func:`spike_fn`'s gradient). ``v`` after
+    is not differentiated: a caller adds the reset's gradient itself."""
+    scale = torch.ones((), dtype=v.dtype, device=v.device) if scale is None else scale
+    return _ArctanCount.apply(v, theta, scale, k, alpha)
+
+
+def check_max_spikes(k: object, reset: str) -> int:
+    """``k`` as spikes per step (a whole number in 1..:data:`MAX_SPIKES`; above 1 only with reset by
+    subtraction); a ValueError otherwise."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SPIKES:
+        raise ValueError(f"max_spikes must be a whole number in 1..{MAX_SPIKES}, got {k!r}")
+    if k > 1 and reset != "subtract":
+        raise ValueError(f"max_spikes = {k} needs reset 'subtract' (a reset to zero leaves nothing for a second "
+                         f"spike)")
+    return k
+
+
+def subtract_counts(v: torch.Tensor, after: torch.Tensor, theta: torch.Tensor, count: torch.Tensor,
+                    detach_reset: bool = True) -> torch.Tensor:
+    """``v`` after sending ``count`` spikes by subtraction: ``after``'s values (:func:`spike_count`'s, exactly),
+    with the gradient of ``v - theta * count`` (``count`` detached when ``detach_reset``)."""
+    reset = theta * (count.detach() if detach_reset else count)
+    return after + (v - v.detach()) - (reset - reset.detach())
+
+
 class SLIF(nn.Module):
     """Synergistic LIF neurons over a sequence (time-first input ``(T, *batch, *shape)``).
 
@@ -67,11 +149,14 @@ class SLIF(nn.Module):
         reset: ``"zero"`` (as on Loihi) or ``"subtract"``.
         alpha: surrogate sharpness.
         detach_reset: stop gradients through the reset (more stable training).
+        max_spikes: spikes a neuron may send per step (1..255; above 1 needs ``reset="subtract"``): the
+            output is then a count (:func:`count_fn`).
     """
 
     def __init__(self, shape: int | tuple[int, ...], threshold: float = 1.0, leak: float = 0.9,
                  learn_threshold: bool = True, learn_leak: bool = True,
-                 reset: ResetMode = "zero", alpha: float = 2.0, detach_reset: bool = True) -> None:
+                 reset: ResetMode = "zero", alpha: float = 2.0, detach_reset: bool = True,
+                 max_spikes: int = 1) -> None:
         super().__init__()
         if reset not in ("zero", "subtract"):
             raise ValueError(f"reset must be 'zero' or 'subtract', not {reset!r}")
@@ -79,6 +164,7 @@ class SLIF(nn.Module):
             raise ValueError(f"leak must lie in (0, 1), got {leak}")
         if threshold <= 0:
             raise ValueError(f"threshold must be positive, got {threshold}")
+        self.max_spikes = check_max_spikes(max_spikes, reset)
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.shape = shape
         self.reset = reset
@@ -91,9 +177,10 @@ class SLIF(nn.Module):
 
     @classmethod
     def plain(cls, threshold: float = 1.0, leak: float = 0.9, reset: ResetMode = "zero",
-              alpha: float = 2.0) -> "SLIF":
+              alpha: float = 2.0, max_spikes: int = 1) -> "SLIF":
         """A plain LIF: one shared threshold and leak, both frozen."""
-        return cls((), threshold, leak, learn_threshold=False, learn_leak=False, reset=reset, alpha=alpha)
+        return cls((), threshold, leak, learn_threshold=False, learn_leak=False, reset=reset, alpha=alpha,
+                   max_spikes=max_spikes)
 
     @property
     def beta(self) -> torch.Tensor:
@@ -117,9 +204,13 @@ class SLIF(nn.Module):
         spikes, volts = [], []
         for i_t in current:
             v = beta * v + i_t
-            s = spike_fn(v - theta, self.alpha)
-            s_reset = s.detach() if self.detach_reset else s
-            v = v * (1 - s_reset) if self.reset == "zero" else v - theta * s_reset
+            if self.max_spikes > 1:
+                s, after = count_fn(v, theta, self.max_spikes, self.alpha)
+                v = subtract_counts(v, after, theta, s, self.detach_reset)
+            else:
+                s = spike_fn(v - theta, self.alpha)
+                s_reset = s.detach() if self.detach_reset else s
+                v = v * (1 - s_reset) if self.reset == "zero" else v - theta * s_reset
             spikes.append(s)
             if self.record_v:
                 volts.append(v.detach())
@@ -128,4 +219,5 @@ class SLIF(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "LIF" if self.is_plain else "sLIF"
-        return f"{kind}, shape={self.shape}, reset={self.reset}"
+        most = f", max_spikes={self.max_spikes}" if self.max_spikes > 1 else ""
+        return f"{kind}, shape={self.shape}, reset={self.reset}{most}"

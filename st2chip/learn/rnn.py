@@ -28,6 +28,10 @@ non-spiking, driven by :math:`c[t] = W_{out} s[t] + b_{out}`:
   has read the whole input only at the end (NIR ``LI``);
 - ``readout="integrate"``: scores :math:`\frac{1}{T}\sum_t c[t]`, as the MLP's (NIR ``I``).
 
+With ``max_spikes = k > 1`` (reset "subtract") a neuron sends up to ``k`` spikes per step,
+:math:`s_i[t]` the count (while :math:`v_i > \theta_i`, one more and :math:`v_i \leftarrow v_i - \theta_i`;
+:func:`~st2chip.learn.neurons.count_fn`), which the recurrence and the readout weigh like a spike.
+
 ``dropout`` (training only) drops hidden spikes on their way to the readout and
 to the recurrence; evaluation and the exported graph never drop anything.
 
@@ -49,7 +53,7 @@ import torch
 from torch import nn
 
 from st2chip.learn.data import DIGITS_SIDE, rows_encode, sequence_encode
-from st2chip.learn.neurons import ResetMode, spike_fn
+from st2chip.learn.neurons import ResetMode, check_max_spikes, count_fn, spike_fn, subtract_counts
 
 ENCODINGS = ("rows", "sequence")
 READOUTS = ("leaky", "integrate")
@@ -76,6 +80,7 @@ class RNNConfig:
     dropout: float = 0.0  # training only: drops hidden spikes on their way to the readout and the recurrence
     readout: str = "leaky"  # "leaky" (NIR LI) or "integrate" (NIR I)
     readout_leak: float = 0.7  # "leaky": the readout voltage's decay per step
+    max_spikes: int = 1  # spikes a neuron may send per step (above 1: reset "subtract"; Xylo sends 31)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +135,7 @@ class SpikingRNN(nn.Module):
             raise ValueError(f"readout_leak must lie in [0, 1), got {c.readout_leak}")
         if not 0.0 <= c.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {c.dropout}")
+        check_max_spikes(c.max_spikes, c.reset)
         if c.encoding == "rows" and (c.inputs != DIGITS_SIDE * c.levels or c.steps != DIGITS_SIDE * c.hold):
             raise ValueError(f"encoding 'rows' needs inputs = {DIGITS_SIDE} * levels and steps = {DIGITS_SIDE} * "
                              f"hold; got inputs {c.inputs}, levels {c.levels}, steps {c.steps}, hold {c.hold}")
@@ -174,6 +180,7 @@ class SpikingRNN(nn.Module):
 
     def run(self, spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden spikes ``(T, B, hidden)`` and readout inputs ``W_out s[t] + b_out`` ``(T, B, classes)``."""
+        c = self.config
         drive = self.fc_in(spikes)
         alpha, beta, theta = self.alpha, self.beta, self.theta
         i = torch.zeros_like(drive[0])
@@ -183,9 +190,13 @@ class SpikingRNN(nn.Module):
         for x_t in drive:
             i = alpha * i + x_t + self.rec(self.drop(s) if self.training else s)
             v = beta * v + i + self.bias
-            s = spike_fn(v - theta, self.alpha_surrogate)
-            s_reset = s.detach()
-            v = v * (1 - s_reset) if self.reset == "zero" else v - theta * s_reset
+            if c.max_spikes > 1:
+                s, after = count_fn(v, theta, c.max_spikes, self.alpha_surrogate)
+                v = subtract_counts(v, after, theta, s)
+            else:
+                s = spike_fn(v - theta, self.alpha_surrogate)
+                s_reset = s.detach()
+                v = v * (1 - s_reset) if self.reset == "zero" else v - theta * s_reset
             out.append(s)
         hidden = torch.stack(out)
         return hidden, self.fc_out(self.drop(hidden) if self.training else hidden)
