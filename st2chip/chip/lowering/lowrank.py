@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, replace
 from importlib import resources
 
+import nir
 import numpy as np
 import scipy.sparse as sp
 
@@ -64,8 +65,8 @@ def without_factored(layer: LayerPlan) -> LayerPlan:
         if key in layer.lowrank.factored:
             keep[offset:offset + width] = False
         offset += width
-    kept = keep[weight.indices]
-    indptr = np.concatenate([[0], np.cumsum(kept)])[weight.indptr]
+    kept = np.flatnonzero(keep[weight.indices])
+    indptr = np.searchsorted(kept, weight.indptr)  # entries kept before each row's start
     rest = sp.csr_matrix((weight.data[kept], weight.indices[kept], indptr), shape=weight.shape)
     rest.indices, rest.indptr = rest.indices.astype(weight.indices.dtype), rest.indptr.astype(weight.indptr.dtype)
     return replace(layer, incoming=replace(layer.incoming, weight=rest), folded=replace(layer.folded, weight=rest))
@@ -117,6 +118,7 @@ def chosen(plan: Plan, layer: LayerPlan) -> Lowrank:
             out.choices[key.source] = LowrankChoice("product", f"not factorable: {found.why}")
         else:
             by_relay.setdefault(found.relay, {})[key] = found
+    stored = _stored_per_key(layer) if by_relay else {}
     for relay_name, found in by_relay.items():
         keys = list(found)
         blocked = [k.source for k, p in paths.items() if k not in found and relay_name in p.nodes]
@@ -129,12 +131,42 @@ def chosen(plan: Plan, layer: LayerPlan) -> Lowrank:
                                  node=name)
             out.choices[relay_name] = LowrankChoice("product", f"not factorable: {why}")
             continue
-        out.choices[relay_name] = _relay_choice(plan, layer, relay_name, found, out)
+        out.choices[relay_name] = _relay_choice(plan, layer, relay_name, found, stored, out)
     return out
 
 
+def _stored_per_key(layer: LayerPlan) -> dict[PathKey, int]:
+    """How many weights the layer's multiplied-out weight stores in each key's columns."""
+    weight = layer.folded.weight
+    indices = weight.indices[:weight.nnz]
+    ends = np.cumsum(layer.incoming.widths)
+    below = [0, *(int(np.count_nonzero(indices < end)) for end in ends[:-1]), indices.size]
+    return {key: below[i + 1] - below[i] for i, key in enumerate(layer.incoming.keys)}
+
+
+def product_nnz(graph: nir.NIRGraph, found: dict[PathKey, Factors], stored: dict[PathKey, int],
+                u: sp.csr_matrix) -> int:
+    """``count_nonzero(U V)`` of the paths through one relay (``V`` their factors side by side), without
+    multiplying it out again where pass ``paths`` did.
+
+    Pass ``paths`` multiplied each path out as ``(U V) P``, ``P`` whatever lies between V and the source.
+    Where that is only permutations (any Affine after V is one: a factorable path's only other Affines are
+    U and V), each sum is the one ``U (V P)`` forms, term by term in the same order (a permutation's
+    products are copies), and both drop the zeros: the path's columns of the multiplied-out weight store
+    exactly the non-zeros of ``U (V P)`` (pass ``fold`` scales them in place, dropping none). A path through
+    anything else (a Scale, a pooling) is multiplied out again here, since its sums may round differently.
+    """
+    total = 0
+    for key, factors in found.items():
+        if all(isinstance(graph.nodes[node], nir.Affine) for node in factors.nodes[2:]):
+            total += stored[key]
+        else:
+            total += sp.csr_matrix(u @ factors.v).count_nonzero()
+    return total
+
+
 def _relay_choice(plan: Plan, layer: LayerPlan, relay_name: str, found: dict[PathKey, Factors],
-                  out: Lowrank) -> LowrankChoice:
+                  stored: dict[PathKey, int], out: Lowrank) -> LowrankChoice:
     """The choice for the factorable paths through V node ``relay_name``; a relay kept factored goes into
     ``out`` with its groups."""
     keys = list(found)
@@ -149,7 +181,7 @@ def _relay_choice(plan: Plan, layer: LayerPlan, relay_name: str, found: dict[Pat
         offset += found[k].v.shape[1]
     u_fold = sp.csr_matrix(sp.diags(layer.folded.factor) @ u)
     u_fold.sum_duplicates()  # canonical: sorted indices
-    cost = costs(u, v, sp.csr_matrix(u @ v).count_nonzero())
+    cost = costs(u, v, product_nnz(plan.graph, found, stored, u))
     keep, why = choose(plan.options.lowrank, cost)
     choice = LowrankChoice("product", why, relay_name, int(v.shape[0]), (int(u_fold.shape[0]), int(v.shape[1])),
                            cost, [k.source for k in keys] if len(keys) > 1 else None)
@@ -204,13 +236,17 @@ def factored_groups(relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matrix, me
 
 def _with_relay_exponent(relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matrix, members: list[Population],
                          scales: dict[str, int], blocks: list[Block], e_v: int, r_scale: float) -> Built | None:
-    """The relay and its groups at relay exponent ``e_v`` (unit ``r_scale``); None where a range breaks."""
+    """The relay and its groups at relay exponent ``e_v`` (unit ``r_scale``); None where a range breaks.
+
+    The product errors (one sparse product each of ``U V`` and of its quantized form, per population) are
+    computed only once every range holds.
+    """
     u_parts = [(pop, take(u_fold, pop.index, axis=0)) for pop in members]
     needs = [encoding.exp_needed(sp.csr_matrix(w / r_scale), scales[pop.name]) for pop, w in u_parts]
     if min(needs) < WEIGHT_EXP_RANGE[0] or max(needs) > WEIGHT_EXP_RANGE[1]:
         return None
     relay = Relay(relay_name, relay_name, np.arange(v.shape[0]), scale=r_scale)
-    groups, v_errors, u_errors, product_errors = [], [], [], []
+    groups, v_errors, u_errors, u_values = [], [], [], []
     for block in blocks:
         mant, exp, err = encoding.quantize(sp.csr_matrix(take(v, block.index, axis=1)), r_scale)
         groups.append(SynapseGroup(f"{block.source}->{relay_name}", block.source, relay_name, stored(mant), exp,
@@ -219,7 +255,6 @@ def _with_relay_exponent(relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matri
     bound = sum(g.input_bound()[1] for g in groups)
     if bound.max(initial=0) >= 2 ** (MESSAGE_BITS - 1):
         return None
-    v_eff = _dequantized(groups, v.shape, [b.index for b in blocks], r_scale)
     for pop, w in u_parts:
         mant, exp, err = encoding.quantize(sp.csr_matrix(w / r_scale), scales[pop.name])
         group = SynapseGroup(f"{relay_name}->{pop.name}", relay_name, pop.name, stored(mant), exp, "factored", err)
@@ -228,8 +263,9 @@ def _with_relay_exponent(relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matri
             return None
         groups.append(group)
         u_errors.append(err)
-        u_eff = sp.csr_matrix(mant, dtype=np.float64) * (2.0 * 2.0**exp / scales[pop.name] * r_scale)
-        product_errors.append(encoding.rel_error(u_eff @ v_eff, w @ v))
+        u_values.append(sp.csr_matrix(mant, dtype=np.float64) * (2.0 * 2.0**exp / scales[pop.name] * r_scale))
+    v_eff = _dequantized(groups[:len(blocks)], v.shape, [b.index for b in blocks], r_scale)
+    product_errors = [encoding.rel_error(u_eff @ v_eff, w @ v) for u_eff, (_, w) in zip(u_values, u_parts)]
     return Built(relay, groups, FactoredErrors(r_scale, max(v_errors), max(u_errors), max(product_errors), e_v))
 
 
