@@ -1,10 +1,12 @@
 """Tiny graphs and plans for testing each lowering pass alone."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import nir
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from st2chip.chip.lower import PASSES, start
 from st2chip.chip.lowering.plan import Options, Plan
@@ -64,8 +66,29 @@ def plan_before(graph: nir.NIRGraph, pass_name: str, **options) -> Plan:
     raise KeyError(pass_name)
 
 
+def record_bytes(value) -> object:
+    """A comparable form of a chip record, bit for bit: arrays and floats by their bytes, CSR by its arrays."""
+    if sp.issparse(value):
+        m = sp.csr_matrix(value)
+        return ("csr", m.shape, *((a.dtype.str, a.tobytes()) for a in (m.data, m.indices, m.indptr)))
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, float):
+        return ("float", np.float64(value).tobytes())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__,
+                *((f.name, record_bytes(getattr(value, f.name))) for f in dataclasses.fields(value)))
+    if isinstance(value, dict):
+        return tuple((k, record_bytes(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(record_bytes(v) for v in value)
+    return value
+
+
 @pytest.fixture
 def tiny() -> SimpleNamespace:
     """The builders: ``lif(thresholds, tau, reset)``, ``li(n)``, ``chain(weights, neurons, extra_nodes,
-    extra_edges)``, ``uv()`` (a low-rank path V -> U beside a skip) and ``before(graph, pass_name, **options)``."""
-    return SimpleNamespace(lif=lif, li=li, chain=chain_graph, uv=uv_graph, before=plan_before)
+    extra_edges)``, ``uv()`` (a low-rank path V -> U beside a skip), ``before(graph, pass_name, **options)`` and
+    ``record_bytes(record)`` (a chip record in a form compared bit for bit)."""
+    return SimpleNamespace(lif=lif, li=li, chain=chain_graph, uv=uv_graph, before=plan_before,
+                           record_bytes=record_bytes)
