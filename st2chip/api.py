@@ -439,10 +439,8 @@ def quantize_graph(model: nir.NIRGraph | Source, inputs: Any, labels: Any = None
     from st2chip.graph.nirfile import write_nir
     from st2chip.io import check_output
     from st2chip.learn.training import default_device
-    if get_target(target).family == "xylo":
-        return _quantize_xylo(model, inputs, labels, output=output, target=target, epochs=epochs, lr=lr,
-                              holdout=holdout, seed=seed, device=device or default_device(), progress=progress)
-    if inputs is None:
+    xylo = get_target(target).family == "xylo"
+    if inputs is None and not xylo:
         where = "quantize" if isinstance(model, nir.NIRGraph) else str(model)
         raise InputError(f"{where}: a NIR graph fine-tunes on your samples: pass --inputs FILE.npz (spikes per "
                          "Input node and 'labels')")
@@ -450,32 +448,20 @@ def quantize_graph(model: nir.NIRGraph | Source, inputs: Any, labels: Any = None
     if output is not None:
         check_output(output, [*sources, *([inputs] if isinstance(inputs, (str, os.PathLike)) else [])], flag="-o")
     graph = model if isinstance(model, nir.NIRGraph) else load(model)
-    run_inputs = inputs_for(graph, inputs, labels)
-    tuning = finetune_graph(graph, run_inputs.spikes, run_inputs.labels, decay_groups=decay_groups,
-                            headroom=headroom, epochs=epochs, lr=lr, holdout=holdout,
-                            run_chip=lambda chip, spikes: run(chip, spikes, voltages=False), seed=seed,
-                            device=device or default_device(), progress=progress)
-    if output is not None:
-        write_nir(tuning.graph, output)
-    return tuning
-
-
-def _quantize_xylo(model: nir.NIRGraph | Source, inputs: Any, labels: Any, *, output: Source | None, target: str,
-                   **options: Any):
-    """:func:`quantize_graph` for a Xylo target: the graph fine-tuned as the chip computes it."""
-    from st2chip.graph.nirfile import write_nir
-    from st2chip.io import check_output
-    from st2chip.targets.xylo_run import run_traces
-    from st2chip.xylo.finetune import finetune_xylo
-    from st2chip.xylo.spec import load_spec
-    if output is not None:
-        sources = [] if isinstance(model, nir.NIRGraph) else [model]
-        check_output(output, [*sources, *([inputs] if isinstance(inputs, (str, os.PathLike)) else [])], flag="-o")
-    graph = model if isinstance(model, nir.NIRGraph) else load(model)
     run_inputs = mnist1d_training_inputs(graph) if inputs is None else inputs_for(graph, inputs, labels)
-    tuning = finetune_xylo(graph, run_inputs.spikes, run_inputs.labels, spec=load_spec(target),
-                           run_chip=lambda chip, spikes: run_traces(chip, spikes, batch_size=defaults.BATCH_SIZE),
-                           **options)
+    device = device or default_device()
+    if xylo:
+        from st2chip.targets.xylo_run import run_traces
+        from st2chip.xylo.finetune import finetune_xylo
+        from st2chip.xylo.spec import load_spec
+        tuning = finetune_xylo(graph, run_inputs.spikes, run_inputs.labels, spec=load_spec(target),
+                               run_chip=lambda chip, spikes: run_traces(chip, spikes, batch_size=defaults.BATCH_SIZE),
+                               epochs=epochs, lr=lr, holdout=holdout, seed=seed, device=device, progress=progress)
+    else:
+        tuning = finetune_graph(graph, run_inputs.spikes, run_inputs.labels, decay_groups=decay_groups,
+                                headroom=headroom, epochs=epochs, lr=lr, holdout=holdout,
+                                run_chip=lambda chip, spikes: run(chip, spikes, voltages=False), seed=seed,
+                                device=device, progress=progress)
     if output is not None:
         write_nir(tuning.graph, output)
     return tuning

@@ -378,7 +378,7 @@ def _check_backend(target, backend: str, flag: str = "--backend") -> None:
         raise InputError(f"{flag} {backend} does not run --target {target.name}: its oracle is {target.oracle}")
 
 
-def _loihi_only(args: argparse.Namespace, flags: dict[str, object]) -> None:
+def loihi_only(args: argparse.Namespace, flags: dict[str, object]) -> None:
     """Refuse (exit 2) a Loihi flag given with a Xylo target: ``flags`` maps each to its default."""
     for flag, default in flags.items():
         if getattr(args, flag.lstrip("-").replace("-", "_")) != default:
@@ -388,7 +388,7 @@ def _loihi_only(args: argparse.Namespace, flags: dict[str, object]) -> None:
 def _xylo_runs(args: argparse.Namespace, flags: dict[str, object]) -> None:
     """A Xylo target runs on its engine and xylosim: Lava's and Ray's flags (and ``flags``) are refused."""
     if _target(args).family == "xylo":
-        _loihi_only(args, {"--lava-target": defaults.LAVA_TARGET, "--ray": None, **flags})
+        loihi_only(args, {"--lava-target": defaults.LAVA_TARGET, "--ray": None, **flags})
 
 
 def _max_chips(text: str) -> int | None:
@@ -444,7 +444,7 @@ def _map_xylo(args: argparse.Namespace) -> int:
     from st2chip.io import write_json
     from st2chip.xylo.spec import load_spec
     from st2chip.xylo.table import chip_use, format_table, layer_rows
-    _loihi_only(args, {"--report": None, "--cores": False, "--no-pack": False, "--max-chips": "1"})
+    loihi_only(args, {"--report": None, "--cores": False, "--no-pack": False, "--max-chips": "1"})
     _, _, chip = _pipeline(args, args.resources)
     spec = load_spec(args.target)
     _print(format_table(chip, spec))

@@ -307,11 +307,9 @@ def _quantize_xylo(args: argparse.Namespace, device: torch.device) -> int:
     if not _is_graph(args.checkpoint):
         raise InputError(f"--target {args.target}: quantize fine-tunes a NIR graph for Xylo; export the checkpoint "
                          f"first (st2chip export {args.checkpoint} --out model.nir)")
-    for flag, value in (("--decay-groups", args.decay_groups != DEFAULT_DECAY_GROUPS), ("--headroom", args.headroom),
-                        ("--data-root", args.data_root)):
-        if value:
-            raise InputError(f"{flag} applies to --target loihi2, not to --target {args.target}")
     from st2chip.api import quantize_graph
+    from st2chip.cli.main import loihi_only
+    loihi_only(args, {"--decay-groups": DEFAULT_DECAY_GROUPS, "--headroom": None, "--data-root": None})
     tuning = quantize_graph(args.checkpoint, args.inputs, output=args.out, target=args.target, epochs=args.epochs,
                             lr=args.lr, holdout=QUANTIZE_HOLDOUT if args.holdout is None else args.holdout,
                             seed=args.seed, device=device, progress=True)
