@@ -56,7 +56,7 @@ from st2chip.chip.lower import lower  # noqa: E402
 from st2chip.converters.mlp import mlp_to_nir  # noqa: E402
 from st2chip.errors import St2chipWarning  # noqa: E402
 from st2chip.graph.normalize import normalize  # noqa: E402
-from st2chip.io import atomic_path, write_json  # noqa: E402
+from st2chip.io import write_json, write_png  # noqa: E402
 from st2chip.learn import compensation, pruning  # noqa: E402
 from st2chip.learn.data import MNIST1D_LEVELS, MNIST1D_STEPS, Split, load_split  # noqa: E402
 from st2chip.learn.mlp import MLPConfig, SpikingMLP  # noqa: E402
@@ -267,8 +267,7 @@ def plot(table: list[dict], target: Path, title: str) -> Path:
     axes[0][0].legend(fontsize=6, title="fine-tune", title_fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    write_png(target, fig)
     plt.close(fig)
     return target
 

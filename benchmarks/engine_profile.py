@@ -41,7 +41,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_vs_lava import _inputs, _network  # noqa: E402
 
-from st2chip.io import atomic_path, write_json  # noqa: E402
+from st2chip.io import write_json, write_png  # noqa: E402
 from st2chip.targets import engine  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_title(f"engine, 784-512-512-10, {args.threads} CPU threads ({card})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(RESULTS / "engine_profile.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    write_png(RESULTS / "engine_profile.png", fig)
     d, s = nets["dense"], nets["90% sparse"]
     print(f"products' share of the engine's time at batch {BATCH}: {100 * d['products_share']:.0f} % (dense; "
           f"{100 * s['products_share']:.0f} % at 90 % sparsity): free products would make a run at most "

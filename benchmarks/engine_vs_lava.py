@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 from st2chip.chip.lower import lower  # noqa: E402
 from st2chip.converters.mlp import mlp_to_nir  # noqa: E402
-from st2chip.io import atomic_path, write_json  # noqa: E402
+from st2chip.io import write_json, write_png  # noqa: E402
 from st2chip.learn.mlp import MLPConfig, SpikingMLP  # noqa: E402
 from st2chip.learn.pruning import magnitude_prune, make_permanent  # noqa: E402
 from st2chip.targets import engine, engine_kernels  # noqa: E402
@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_title(f"engine ({device}, {card}) vs Lava fixed_pt")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    with atomic_path(RESULTS / f"engine_vs_lava_{device}.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    write_png(RESULTS / f"engine_vs_lava_{device}.png", fig)
     exact = all(res["lava"]["engine_equals_lava"] for res in results.values())
     print(f"engine/lava speedup: {headline['speedup_vs_lava_steady']:.0f}x (dense 784-512-512-10, batch 256, "
           f"{device} {card}: engine {headline['steps_per_s']:.0f} vs Lava steady-state "

@@ -56,7 +56,7 @@ import torch  # noqa: E402
 import st2chip  # noqa: E402
 from st2chip.analysis.verify import output_layers  # noqa: E402
 from st2chip.errors import GraphError, InputError  # noqa: E402
-from st2chip.io import atomic_path, write_json  # noqa: E402
+from st2chip.io import write_json, write_png  # noqa: E402
 from st2chip.learn.data import load_digits_split, rate_encode  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -468,8 +468,7 @@ def _plot(rows: dict, path: Path) -> None:
     ax.set_title("networks trained in other frameworks, digits: framework vs st2chip")
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    write_png(path, fig)
 
 
 def main(argv: list[str] | None = None) -> int:

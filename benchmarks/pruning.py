@@ -41,7 +41,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from st2chip.learn import compensation, pruning  # noqa: E402
 from st2chip.learn.data import load_digits_split  # noqa: E402
-from st2chip.io import atomic_path, write_json  # noqa: E402
+from st2chip.io import write_json, write_png  # noqa: E402
 from st2chip.analysis.energy import energy_report, load_profile  # noqa: E402
 from st2chip.chip.lower import lower  # noqa: E402
 from st2chip.inputs import direct_inputs  # noqa: E402
@@ -203,8 +203,7 @@ def pareto_plot(table: list[dict], target: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
+    write_png(target, fig, dpi=130)
     plt.close(fig)
     return target
 

@@ -50,7 +50,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_vs_lava import RATE, SEED, _network  # noqa: E402
 
-from st2chip.io import atomic_path, write_json  # noqa: E402
+from st2chip.io import write_json, write_png  # noqa: E402
 from st2chip.targets import engine_kernels  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_title(f"one synaptic product, {args.threads} CPU threads ({card})")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    with atomic_path(RESULTS / "sparse_products.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    write_png(RESULTS / "sparse_products.png", fig)
     for name, times in sparse.items():
         print(f"90% sparse, {name}: " + ", ".join(f"batch {b} {t:.3f} ms" for b, t in zip(BATCHES, times)),
               file=sys.stderr)

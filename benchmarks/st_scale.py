@@ -51,7 +51,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from st2chip.io import atomic_path, write_json  # noqa: E402
+from st2chip.io import write_json, write_png  # noqa: E402
 from st2chip.learn import compensation, pruning  # noqa: E402
 from st2chip.learn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from st2chip.learn.data import Split, load_split  # noqa: E402
@@ -202,8 +202,7 @@ def plot(result: dict, target: Path) -> Path:
     axes[1].set_ylabel("energy per inference (uJ, Loihi 2 profile)")
     fig.suptitle(f"CIFAR-size spiking Transformer on Loihi 2 ({result['mode']} run)")
     fig.tight_layout()
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    write_png(target, fig)
     plt.close(fig)
     return target
 

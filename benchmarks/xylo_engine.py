@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from st2chip.io import atomic_path, write_json
-from st2chip.targets.xylo_engine import FIELDS, run_xylo
+from st2chip.io import write_json, write_png
+from st2chip.targets.xylo_engine import run_xylo
 from st2chip.targets.xylosim_run import run_xylosim
-from st2chip.xylo.xylograph import XyloGraph, XyloLayer, XyloNeurons
+from st2chip.xylo.xylograph import RUN_FIELDS, XyloGraph, XyloLayer, XyloNeurons
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -66,7 +66,7 @@ def main() -> None:
     start = time.perf_counter()
     oracle = run_xylosim(graph, counts[:n])
     xylosim_s = time.perf_counter() - start
-    equal = all(np.array_equal(getattr(run, f)[:n], getattr(oracle, f)) for f in FIELDS)
+    equal = all(np.array_equal(getattr(run, f)[:n], getattr(oracle, f)) for f in RUN_FIELDS)
     engine_rate = args.batch * args.steps / min(engine_s)
     xylosim_rate = n * args.steps / xylosim_s
     out = {"machine": platform.machine(), "processor": platform.processor(), "torch_threads": torch.get_num_threads(),
@@ -85,8 +85,7 @@ def main() -> None:
     ax.set_ylabel("sample-steps per second")
     ax.set_title(f"Xylo 16-{args.hidden}-32, batch {args.batch}, {args.steps} steps")
     fig.tight_layout()
-    with atomic_path(RESULTS / "xylo_engine.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    write_png(RESULTS / "xylo_engine.png", fig)
     print(f"xylo engine: {engine_rate:,.0f} sample-steps/s, {engine_rate / xylosim_rate:.1f}x xylosim "
           f"({xylosim_rate:,.0f} sample-steps/s), {'equal' if equal else 'DIFFERENT'} on {n} samples")
 

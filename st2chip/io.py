@@ -233,6 +233,13 @@ def write_text(target: str | os.PathLike, text: str) -> Path:
     return Path(target)
 
 
+def write_png(target: str | os.PathLike, figure: Any, dpi: int = 120) -> Path:
+    """Save a matplotlib ``figure`` as PNG to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return Path(target)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from st2chip.errors import InputError
-from st2chip.xylo.xylograph import (MAX_HIDDEN_SPIKES, MAX_INPUT_SPIKES, MAX_OUTPUT_SPIKES, STATE_RANGE,
+from st2chip.xylo.xylograph import (MAX_HIDDEN_SPIKES, MAX_INPUT_SPIKES, MAX_OUTPUT_SPIKES, RUN_FIELDS, STATE_RANGE,
                                     XyloGraph, XyloNeurons, XyloRun)
 
 LOW, HIGH = STATE_RANGE
@@ -46,7 +46,6 @@ F32_EXACT = 1 << 24
 EVENT_RATE = 0.1  # on CPU, a step's product is sparse below this fraction of non-zero source counts
 EXACT_BLOCK = 1 << 22  # elements (entries x sources) the exact path gathers at once
 COUNT_MAX = 255  # counts are passed on to xylosim as uint8
-FIELDS = ("hidden_spikes", "output_spikes", "hidden_v", "hidden_i", "output_v", "output_i")  # of a XyloRun
 
 
 def check_counts(graph: XyloGraph, counts) -> np.ndarray:
@@ -181,7 +180,7 @@ class _Engine:
         x = x.to(self.dtype)
         zeros = lambda n: torch.zeros((batch, n), dtype=self.dtype, device=self.device)  # noqa: E731
         i_h, v_h, s_h, i_o, v_o = (zeros(n) for n in (self.n_hidden,) * 3 + (self.n_outputs,) * 2)
-        names = FIELDS if record else FIELDS[:2]
+        names = RUN_FIELDS if record else RUN_FIELDS[:2]
         sizes = {"hidden": self.n_hidden, "output": self.n_outputs}
         rec = {name: torch.zeros((batch, steps, sizes[name.split("_")[0]]), dtype=torch.int16, device=self.device)
                for name in names}

@@ -17,11 +17,10 @@ import numpy as np
 
 from st2chip.errors import InputError
 from st2chip.traces import Traces
-from st2chip.xylo.xylograph import STATE_RANGE, XyloGraph, XyloLayer, XyloRun
+from st2chip.xylo.xylograph import READOUT_THRESHOLD, RUN_FIELDS, XyloGraph, XyloLayer, XyloRun
 
 ENGINE = "engine"
 ORACLE = "xylosim"
-RUN_FIELDS = ("hidden_spikes", "output_spikes", "hidden_v", "hidden_i", "output_v", "output_i")
 
 
 def counts_of(graph: XyloGraph, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -62,7 +61,7 @@ def run_padded(graph: XyloGraph, counts: np.ndarray, *, backend: str = ENGINE, d
 
 def scored_by_voltage(graph: XyloGraph, layer: XyloLayer) -> bool:
     """An output layer whose neurons never spike (threshold at the top of the 16-bit range): a readout."""
-    return layer.output and bool(np.all(graph.outputs.threshold[layer.start:layer.stop] == STATE_RANGE[1]))
+    return layer.output and bool(np.all(graph.outputs.threshold[layer.start:layer.stop] == READOUT_THRESHOLD))
 
 
 def xylo_traces(graph: XyloGraph, run: XyloRun, steps: int, inputs: dict[str, np.ndarray], backend: str) -> Traces:

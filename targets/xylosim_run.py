@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from st2chip.errors import InputError
-from st2chip.targets.xylo_engine import FIELDS, check_counts
-from st2chip.xylo.xylograph import XyloGraph, XyloRun
+from st2chip.targets.xylo_engine import check_counts
+from st2chip.xylo.xylograph import RUN_FIELDS, XyloGraph, XyloRun
 
 
 class XylosimLayer:
@@ -56,7 +56,7 @@ def run_xylosim(graph: XyloGraph, counts, *, record: bool = True) -> XyloRun:
     runs = [sim.run(sample, record) for sample in x]
     steps = x.shape[1]
     sizes = {"hidden": graph.n_hidden, "output": graph.n_outputs}
-    names = FIELDS if record else FIELDS[:2]
+    names = RUN_FIELDS if record else RUN_FIELDS[:2]
     return XyloRun(**{name: np.stack([r[name] for r in runs]) if runs else
                       np.zeros((0, steps, sizes[name.split("_")[0]]), np.int16) for name in names})
 

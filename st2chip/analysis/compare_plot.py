@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from st2chip.analysis.compare import CompareReport
-from st2chip.analysis.energy_plots import _figure, _save
+from st2chip.analysis.energy_plots import agg_figure
+from st2chip.io import write_png
 
 
 def plot_compare(report: CompareReport, target: str | os.PathLike) -> Path:
@@ -17,7 +18,7 @@ def plot_compare(report: CompareReport, target: str | os.PathLike) -> Path:
     names = [t.target + ("\n(does not fit)" if not t.fits else "\n(no energy figure)" if t.energy_pj is None else "")
              for t in report.targets]
     x = np.arange(len(names))
-    fig = _figure(max(6.0, 1.6 * len(names) + 3.0), 3.6)
+    fig = agg_figure(max(6.0, 1.6 * len(names) + 3.0), 3.6)
     energy, accuracy = fig.subplots(1, 2)
     nj = [np.nan if t.energy_pj is None else t.energy_pj / 1e3 for t in report.targets]
     energy.bar(x, nj, color="tab:orange")
@@ -35,4 +36,4 @@ def plot_compare(report: CompareReport, target: str | os.PathLike) -> Path:
     for ax, title in ((energy, "Energy per inference"), (accuracy, "Accuracy")):
         ax.set_xticks(x, names, fontsize="small")
         ax.set_title(title)
-    return _save(fig, target)
+    return write_png(target, fig)

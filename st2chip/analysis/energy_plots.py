@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from st2chip.analysis.energy import TERMS, EnergyReport
-from st2chip.io import atomic_path
+from st2chip.io import write_png
 
 _LABELS = {"ac": "synaptic (AC)", "mac": "synaptic (MAC)", "neuron": "neuron updates", "routing": "routing",
            "static": "static", "host": "host boundary"}
 
 
-def _figure(width: float, height: float):
+def agg_figure(width: float, height: float):
+    """A matplotlib figure on the Agg canvas (no display, no pyplot state), laid out constrained."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -23,16 +24,10 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, target: str | os.PathLike) -> Path:
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return Path(target)
-
-
 def plot_layers(report: EnergyReport, target: str | os.PathLike) -> Path:
     """Per-layer stacked bars of nJ per sample by term (synaptic, neuron, routing, static, host)."""
     long_names = max((len(r.layer) for r in report.layers), default=0) > 10
-    fig = _figure(max(4.0, (0.6 if long_names else 1.2) * len(report.layers) + 2.0), 5.0 if long_names else 3.5)
+    fig = agg_figure(max(4.0, (0.6 if long_names else 1.2) * len(report.layers) + 2.0), 5.0 if long_names else 3.5)
     ax = fig.add_subplot()
     names = [r.layer for r in report.layers]
     bottom = np.zeros(len(names))
@@ -49,7 +44,7 @@ def plot_layers(report: EnergyReport, target: str | os.PathLike) -> Path:
     ax.set_title(f"Energy per layer, profile {report.profile.name}")
     if bottom.any():
         ax.legend(fontsize="small")
-    return _save(fig, target)
+    return write_png(target, fig)
 
 
 def core_grid(report: EnergyReport) -> np.ndarray:
@@ -61,11 +56,11 @@ def core_grid(report: EnergyReport) -> np.ndarray:
 def plot_cores(report: EnergyReport, target: str | os.PathLike) -> Path:
     """Heat map of nJ per sample per neurocore at its mesh position (chips on the board's grid); unused blank."""
     grid = core_grid(report)
-    fig = _figure(min(12.0, 2.5 + 0.3 * grid.shape[1]), min(12.0, 1.2 + 0.3 * grid.shape[0]))
+    fig = agg_figure(min(12.0, 2.5 + 0.3 * grid.shape[1]), min(12.0, 1.2 + 0.3 * grid.shape[0]))
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="nJ per sample")
     ax.set_xlabel("x (cores on the mesh; chips side by side)")
     ax.set_ylabel("y (chips stacked)")
     ax.set_title(f"Energy per core, profile {report.profile.name}, {report.placement.n_cores} core(s) used")
-    return _save(fig, target)
+    return write_png(target, fig)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from st2chip.analysis.verify import Check, VerifyReport
-from st2chip.targets.xylo_run import ENGINE, ORACLE, RUN_FIELDS
-from st2chip.xylo.xylograph import XyloRun
+from st2chip.targets.xylo_run import ENGINE, ORACLE
+from st2chip.xylo.xylograph import RUN_FIELDS, XyloRun
 
 
 @dataclass

@@ -33,7 +33,7 @@ from st2chip.chip.lowering.lowrank import SPIKE_RATE
 from st2chip.chip.mesh import CROSSING_HOPS
 from st2chip.chip.placement import Placement
 from st2chip.chip.table import format_cores, format_table, layer_rows
-from st2chip.io import atomic_path, write_json, write_text
+from st2chip.io import write_json, write_png, write_text
 
 MARKDOWN_CHIPS = 16  # chip rows shown in Markdown; report.json has every chip
 
@@ -135,8 +135,7 @@ def _plot(data: dict, path: Path) -> None:
     ax.set_xlabel("non-zero synapses (bars), operations per step (dots)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    write_png(path, fig)
     plt.close(fig)
 
 
@@ -204,8 +203,7 @@ def _plot_floorplan(placement: Placement, path: Path) -> None:
     ax.set_ylabel("y (cores; chips stacked)")
     ax.set_title(f"Floorplan: {placement.n_cores} cores on {placement.n_chips} chip(s) "
                  f"({placement.resources.rows_by_columns} each)", fontsize="small")
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    write_png(path, fig)
 
 
 def write_report(chip: ChipGraph, placement: Placement | None, folder: str | os.PathLike) -> list[Path]:

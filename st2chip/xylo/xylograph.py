@@ -22,7 +22,7 @@ sample's step ``t`` at chip step ``t + depth``; the outputs see it at ``t + late
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -35,6 +35,7 @@ DASH_RANGE = (0, 15)              # leak shifts of a 16-bit state
 MAX_INPUT_SPIKES = 15             # counts per input channel and step that reach the chip
 MAX_HIDDEN_SPIKES = 31            # spikes a hidden neuron emits per step
 MAX_OUTPUT_SPIKES = 1             # spikes an output neuron emits per step
+READOUT_THRESHOLD = STATE_RANGE[1]  # an output neuron that never spikes (lowering keeps its v below): read by v
 
 
 def _ints(record: str, name: str, value, shape: tuple[int, ...], lo: int, hi: int) -> np.ndarray:
@@ -146,5 +147,7 @@ class XyloRun:
     def aligned(self, latency: int, steps: int) -> "XyloRun":
         """The ``steps`` chip steps from ``latency`` on: the sample's own steps as the outputs saw them."""
         cut = lambda a: None if a is None else a[:, latency:latency + steps]  # noqa: E731
-        return XyloRun(*(cut(getattr(self, name)) for name in
-                         ("hidden_spikes", "output_spikes", "hidden_v", "hidden_i", "output_v", "output_i")))
+        return XyloRun(*(cut(getattr(self, name)) for name in RUN_FIELDS))
+
+
+RUN_FIELDS = tuple(f.name for f in fields(XyloRun))  # spikes first (what a run without records fills), then v, i

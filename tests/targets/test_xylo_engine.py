@@ -12,13 +12,12 @@ from st2chip.errors import InputError
 from st2chip.targets import xylo_engine
 from st2chip.targets.xylo_engine import run_xylo, saturating_sums
 from st2chip.targets.xylosim_run import run_xylosim
-from st2chip.xylo.xylograph import XyloGraph, XyloNeurons
+from st2chip.xylo.xylograph import RUN_FIELDS, XyloGraph, XyloNeurons
 
-FIELDS = ("hidden_spikes", "output_spikes", "hidden_v", "hidden_i", "output_v", "output_i")
 
 
 def _assert_same(a, b) -> None:
-    for name in FIELDS:
+    for name in RUN_FIELDS:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 

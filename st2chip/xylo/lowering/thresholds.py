@@ -23,9 +23,8 @@ import numpy as np
 
 from st2chip.xylo.lowering.plan import Layer, XyloPlan
 from st2chip.xylo.lowering.weights import chip_thresholds
-from st2chip.xylo.xylograph import STATE_RANGE
+from st2chip.xylo.xylograph import READOUT_THRESHOLD, STATE_RANGE
 
-READOUT_THRESHOLD = STATE_RANGE[1]  # an output neuron that never spikes: read by its v
 
 
 def thresholds(plan: XyloPlan) -> XyloPlan:
