@@ -26,6 +26,7 @@ sample-steps/s, Lava layer-wise exact``.
 
     python benchmarks/st_scale.py --quick   # cifar10 preset, small training, few samples
     python benchmarks/st_scale.py           # both presets
+    python benchmarks/st_scale.py --presets cifar10   # the full settings, one preset
 """
 
 from __future__ import annotations
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the cifar10 preset only, small training, few samples")
     parser.add_argument("--data-root", default=None,
                         help="folder holding torchvision's 'cifar-10-batches-py' (default: the digits32 stand-in)")
+    parser.add_argument("--presets", default=None, metavar="NAME[,NAME]",
+                        help=f"which presets to run, of {', '.join(PRESETS)} (default: the mode's; the JSON names them)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and data order (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output, PNG beside it")
     parser.add_argument("--cache", type=Path, default=RESULTS.parent.parent / "runs" / "st_scale",
@@ -224,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         return report(json.loads(args.replot.read_text()), args.replot)
     torch.set_num_threads(int(os.environ.get("ST2CHIP_THREADS", "2")))
     mode = "quick" if args.quick else "full"
-    s = SETTINGS[mode]
+    s = dict(SETTINGS[mode])
+    if args.presets is not None:
+        s["presets"] = [name.strip() for name in args.presets.split(",")]
+        unknown = [name for name in s["presets"] if name not in PRESETS]
+        if unknown:
+            parser.error(f"--presets: unknown {', '.join(unknown)} (known: {', '.join(PRESETS)})")
     data = "cifar10" if args.data_root else "digits32"
     out = args.out or RESULTS / f"st_scale{'_quick' if args.quick else ''}.json"
     result = {"benchmark": "st_scale", "mode": mode, "data": data, "settings": s,
