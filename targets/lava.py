@@ -15,8 +15,9 @@ as ``Dense``/``Sparse`` (``Delay*`` when delayed). A relay (a factored
 low-rank layer's middle, :class:`~st2chip.chip.chipgraph.Relay`) is lava-nc's
 ``GradedVec`` with ``vth = 0`` (stateless: it sends its input as a graded
 spike), and the groups out of it take graded input (``num_message_bits = 24``).
-Spikes and voltages are recorded with ``Monitor`` processes (a relay's values
-with its spike sink) and cut back into per-sample windows.
+Spikes and voltages are recorded by one process of st2chip's
+(:mod:`.lava_record`, in place of a sink and a ``Monitor`` per population; a
+relay's values are what it sends) and cut back into per-sample windows.
 
 The simulation runs in a child process in its own process group
 (:mod:`.lava_process`): Ctrl-C or SIGTERM, to this process or its whole group,
@@ -31,6 +32,7 @@ Lava runtime is stopped on every path, errors included.
 from __future__ import annotations
 
 import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -51,15 +53,14 @@ PROCESS_BYTES = 17 * 2**20  # memory per Lava process (each an OS process): 16.5
 
 
 def _monitored(pop: Population, voltages: bool) -> bool:
-    """Whether a run records ``pop``'s voltage with a Monitor (a relay's value is what its spike sink receives)."""
+    """Whether a run records ``pop``'s voltage (a relay's value is what the recorder receives as its spike)."""
     return (voltages or pop.readout) and not pop.graded
 
 
 def process_count(chip: ChipGraph, n_inputs: int, voltages: bool) -> int:
-    """Lava processes a run of ``chip`` starts, each an OS process: input sources, populations and their
-    spike sinks, host products, synapse groups and voltage monitors."""
-    monitors = sum(1 for p in chip.populations if _monitored(p, voltages))
-    return n_inputs + 2 * len(chip.populations) + len(chip.hosts) + len(chip.synapses) + monitors
+    """Lava processes a run of ``chip`` starts, each an OS process: input sources, populations, host
+    products, synapse groups and the one recorder (:mod:`.lava_record`; ``voltages`` costs no process)."""
+    return n_inputs + len(chip.populations) + len(chip.hosts) + len(chip.synapses) + 1
 
 
 def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int):
@@ -152,15 +153,12 @@ def _import_lava() -> None:
     import lava.proc.dense.process  # noqa: F401
     import lava.proc.graded.models  # noqa: F401
     import lava.proc.graded.process  # noqa: F401
-    import lava.proc.io.sink  # noqa: F401
     import lava.proc.io.source  # noqa: F401
     import lava.proc.lif.models  # noqa: F401
     import lava.proc.lif.process  # noqa: F401
-    import lava.proc.monitor.models  # noqa: F401
-    import lava.proc.monitor.process  # noqa: F401
     import lava.proc.sparse.models  # noqa: F401
     import lava.proc.sparse.process  # noqa: F401
-    from . import lava_host, lava_neuron  # noqa: F401 - st2chip's processes and their models
+    from . import lava_host, lava_neuron, lava_record  # noqa: F401 - st2chip's processes and their models
 
 
 def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, total: int,
@@ -172,18 +170,20 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
     """
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.io.sink import RingBuffer as SpikeSink
-    from lava.proc.monitor.process import Monitor
+
+    from .lava_record import load, recorder
 
     procs = _processes(chip, source_data, window)
-    # Spikes go to a RingBuffer sink, voltages to a Monitor (a Monitor takes one Var probe).
-    sinks, monitors = {}, {}
-    for pop in chip.populations:
-        sinks[pop.name] = SpikeSink(shape=(pop.size,), buffer=total)
-        procs[pop.name].s_out.connect(sinks[pop.name].a_in)
-        if _monitored(pop, voltages):
-            monitors[pop.name] = Monitor()
-            monitors[pop.name].probe(procs[pop.name].v, total)
+    # One recorder takes every population's spikes and the monitored voltages and writes them to files
+    # (reading Lava Vars back sends each value as a message of its own)
+    monitored = [p for p in chip.populations if _monitored(p, voltages)]
+    folder = tempfile.TemporaryDirectory(prefix="st2chip-lava-")
+    rec = recorder(spikes=[p.size for p in chip.populations], voltages=[p.size for p in monitored], steps=total,
+                   folder=folder.name)
+    for i, pop in enumerate(chip.populations):
+        procs[pop.name].s_out.connect(getattr(rec, f"s{i}"))
+    for i, pop in enumerate(monitored):
+        getattr(rec, f"v{i}").connect_var(procs[pop.name].v)
     anchor = procs[chip.populations[0].name]
     # Lava's compiler flattens its process list by recursion, one level per process: a graph with many
     # populations (K decay groups make up to K^2 of them per layer, and a group per pair) needs more
@@ -200,11 +200,13 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
             n = min(per_run, samples - done)
             anchor.run(condition=RunSteps(num_steps=n * window), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
             bar.update(n)
-        raw_s = {p.name: np.asarray(sinks[p.name].data.get()).T for p in chip.populations}
-        raw_v = {name: np.asarray(mon.get_data()[name]["v"]).reshape(total, -1) for name, mon in monitors.items()}
+        spikes, volts = load(folder.name, len(chip.populations), len(monitored))
+        raw_s = {p.name: s for p, s in zip(chip.populations, spikes)}
+        raw_v = {p.name: v for p, v in zip(monitored, volts)}
     finally:
         bar.close()
         anchor.stop()
+        folder.cleanup()
     return raw_s, raw_v
 
 
@@ -214,8 +216,7 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
     progress bar over samples).
 
     ``voltages=False`` records voltages of readout populations only (their final
-    voltage is the output): each Monitor is one more OS process, and dropping the
-    others about halves the run time.
+    voltage is the output): each recorded voltage is one more read per step.
     """
     batch, steps = batch_steps(inputs)
     n = process_count(chip, len(inputs), voltages)

@@ -12,15 +12,17 @@ run, as many as fit ``max_processes`` processes (and the memory budget), so
 Lava's process count stays bounded whatever the model's size.
 
 Timing: in the whole graph a population ``P`` at depth ``d`` reads, at global
-step ``g``, what a source sent at step ``g - 1 - delay``; cut out, ``P`` gets depth
-``d' = max(1 + delay - lag)`` over its groups (ports are at depth 0), and each
-group keeps ``delay - lag`` as its delay, so port row ``j`` (sent at local step
-``j + 1``) replays what the source sent at global step ``j + 1 + d - d' - lag``.
-A feedback group becomes a plain group from a port (a recurrent population
-reads its own recorded spikes). ``P``'s window, local steps ``d' + 1 ..``, is
-then its global steps ``d + 1 ..``, the steps the engine's traces hold. A relay
-that sums relays (a fan-in tree's upper level; a relay takes no graded port) runs
-with the relays below it, down to those fed by spikes, under the same offset.
+step ``g``, what a source sent at step ``g - 1 - delay``; cut out, ``P`` (fed by
+ports only) is at depth ``d' = 1`` (ports are at depth 0) and its groups from ports take no delay:
+the port shifts by it instead, so port row ``j`` (sent at local step ``j + 1``)
+replays what the source sent at global step ``j + 1 + d - d' - delay``. A
+feedback group becomes a plain group from a port (a recurrent population reads
+its own recorded spikes). ``P``'s window, local steps ``d' + 1 ..``, is then its
+global steps ``d + 1 ..``, the steps the engine's traces hold. A relay that sums
+relays (a fan-in tree's upper level; a relay takes no graded port) runs with the
+relays below it, down to those fed by spikes, under the same offset, and the
+groups between them keep ``delay - lag``. Each sample then takes ``T + d'`` Lava
+steps instead of ``T`` plus the whole pipeline's depth.
 
 Host products are not themselves run on Lava here: the populations they feed
 replay the engine's counts (``--lava-mode whole`` runs Lava's host process).
@@ -37,15 +39,14 @@ from tqdm.auto import tqdm
 
 from st2chip import limits
 from st2chip.attention import attention_counts
-from st2chip.chip.chipgraph import DECAY_MAX, VTH_MAX, ChipGraph, InputPort, Population, SynapseGroup
+from st2chip.chip.chipgraph import ChipGraph, InputPort, Population, SynapseGroup
 from st2chip.traces import Traces
 
 from . import lava
 from .engine import Engine, assemble, batch_steps
 
-IDLE_PORT = "(idle)"  # a one-neuron silent port for a Lava run whose populations take no input
+IDLE_PORT = "(idle)"  # a one-neuron silent port (connected to nothing) for a run whose populations take no input
 RECORD_BYTES = 14  # per sample, step and neuron: the engine's spike and int64 voltage, then their numpy copies
-HUB = "(hub)"  # a silent neuron that joins the networks of one Lava run into one (see _cut)
 
 
 @dataclass
@@ -149,50 +150,31 @@ def _unit(chip: ChipGraph, pop: Population, depth: int) -> _Unit:
     names = {m.name: m.name if m is pop else f"{m.name} (into {pop.name})" for m in members}
     inside = {m.name for m in members[:-1]}  # the relays run with it; every other source is a port
     local: dict[str, int] = {}
-    for m in members:  # depths in the cut-out graph, ports at depth 0
-        local[m.name] = max(((local[s.source] if s.source in inside else 0) + 1 + s.delay - s.lag
+    for m in members:  # depths in the cut-out graph, ports at depth 0, a port's group undelayed
+        local[m.name] = max((local[s.source] + 1 + s.delay - s.lag if s.source in inside else 1
                              for s in chip.incoming(m.name)), default=0 if m.always_on else 1)
     offset = depth - local[pop.name]
     cut, feeds = [], {}
     for m in members:
         for s in chip.incoming(m.name):
-            shift = offset - s.lag
-            source = names[s.source] if s.source in inside else _port(s.source, shift)
-            cut.append(replace(s, name=s.name if m is pop else f"{s.name} (into {pop.name})", source=source,
-                               target=names[m.name], delay=s.delay - s.lag, lag=0, feedback=False))
-            if s.source not in inside:
-                feeds[source] = (s.source, shift)
+            name = s.name if m is pop else f"{s.name} (into {pop.name})"
+            if s.source in inside:
+                cut.append(replace(s, name=name, source=names[s.source], target=names[m.name],
+                                   delay=s.delay - s.lag, lag=0, feedback=False))
+                continue
+            shift = offset - s.delay
+            port = _port(s.source, shift)
+            cut.append(replace(s, name=name, source=port, target=names[m.name], delay=0, lag=0, feedback=False))
+            feeds[port] = (s.source, shift)
     pops = [replace(m, name=names[m.name], layer=names[m.name], index=np.arange(m.size)) for m in members]
     return _Unit(pops, cut, feeds, local[pop.name])
-
-
-def _components(units: list[_Unit]) -> list[list[_Unit]]:
-    """The units grouped by the ports they share (each group one connected Lava network)."""
-    owner: dict[str, int] = {}
-    parent = list(range(len(units)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, unit in enumerate(units):
-        for port in unit.feeds:
-            parent[root(i)] = root(owner.setdefault(port, i))
-    out: dict[int, list[_Unit]] = {}
-    for i, unit in enumerate(units):
-        out.setdefault(root(i), []).append(unit)
-    return list(out.values())
 
 
 def _cut(units: list[_Unit], bounds: dict[str, np.ndarray]) -> ChipGraph:
     """The cut-out graph of ``units``: their populations and groups, one port per fed (source, shift), a
     graded source's port analog and bounded by the source's largest value (``bounds``: the whole graph's
-    :meth:`~st2chip.chip.chipgraph.ChipGraph.source_bounds`).
-
-    Lava compiles only what is connected to the process it runs, so when the units fall apart into
-    several networks a silent one-neuron hub joins them, one zero-weight group from each.
+    :meth:`~st2chip.chip.chipgraph.ChipGraph.source_bounds`). The units need not be connected: Lava's
+    run joins them through the one process that records them all.
     """
     sizes = {g.source: g.shape[1] for u in units for g in u.groups}
     ports = []
@@ -200,18 +182,8 @@ def _cut(units: list[_Unit], bounds: dict[str, np.ndarray]) -> ChipGraph:
         top = bounds.get(source)
         ports.append(InputPort(name, sizes[name]) if top is None
                      else InputPort(name, sizes[name], "analog", max(1, int(np.abs(top).max(initial=1)))))
-    pops = [p for u in units for p in u.populations]
-    groups = [g for u in units for g in u.groups]
-    parts = _components(units)
-    if not ports:
-        ports = [InputPort(IDLE_PORT, 1)]
-        parts.append([])
-    if len(parts) > 1:
-        pops.append(Population(HUB, HUB, [0], du=DECAY_MAX, dv=0, vth=VTH_MAX, bias_mant=0, bias_exp=0))
-        heads = [part[0].target for part in parts if part] + [p for p in ports if p.name == IDLE_PORT]
-        groups += [SynapseGroup(f"{head.name} -> {HUB}", head.name, HUB, np.zeros((1, head.size), np.int64), 0)
-                   for head in heads]
-    return ChipGraph(ports, pops, groups)
+    return ChipGraph(ports or [InputPort(IDLE_PORT, 1)], [p for u in units for p in u.populations],
+                     [g for u in units for g in u.groups])
 
 
 def _chunks(units: list[_Unit], bounds: dict[str, np.ndarray], bound: int) -> list[list[_Unit]]:
@@ -237,6 +209,13 @@ def _replay(sent: np.ndarray, shift: int, rows: int) -> np.ndarray:
     if hi > lo:
         out[:, lo:hi] = sent[:, lo + shift:hi + shift]
     return out
+
+
+def _rows(units: list[_Unit], steps: int) -> int:
+    """Port rows a run of ``units`` replays: a port's row ``j`` reaches a population at local step ``j + 2`` at
+    the earliest, and the deepest population's last step is ``depth + steps`` (and Lava records as many
+    steps of every population as there are rows)."""
+    return steps + max(0, max(u.depth for u in units) - 1)
 
 
 def _data(units: list[_Unit], rec: Record, batch: int, rows: int) -> dict[str, np.ndarray]:
@@ -288,7 +267,7 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, max_processes: int, r
         for chunk in chunks:
             small = _cut(chunk, bounds)
             most = max(most, _processes(small))
-            lav = simulate(small, _data(chunk, rec, batch, steps + max(u.depth for u in chunk)), voltages=True)
+            lav = simulate(small, _data(chunk, rec, batch, _rows(chunk, steps)), voltages=True)
             for unit in chunk:
                 pop = chip.population(unit.target.name)
                 pop_s[pop.name] = lav.spikes[pop.name][:, :steps]

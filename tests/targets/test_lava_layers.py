@@ -128,7 +128,7 @@ def test_each_run_stays_within_its_process_bound_and_a_larger_unit_runs_alone(ch
 
     def counted(graph, inputs, voltages):
         runs.append((lava.process_count(graph, len(inputs), voltages),
-                     [p.name for p in graph.populations if p.name != lava_layers.HUB]))
+                     [p.name for p in graph.populations]))
         return engine.run(graph, inputs, voltages=voltages)
 
     for bound in (1, 12, 20, 40):
@@ -161,3 +161,92 @@ def test_a_fan_in_tree_is_checked_relay_by_relay_with_the_relays_it_sums():
     for out in (on_engine, on_lava):
         assert out.meta["differences"] == []
         _assert_same(eng, out)
+
+
+@pytest.fixture(scope="module")
+def skip_chip():
+    """input -> A (CubaLIF, Affine bias: an always-on source) -> B, and input -> B directly: that group is
+    delayed one step to align with the path through A."""
+    rng = np.random.default_rng(7)
+    nodes = {"input": nir.Input(input_type={"input": np.array([8])}),
+             "fa": nir.Affine(weight=rng.normal(0.3, 0.4, (6, 8)), bias=np.full(6, 0.2)),
+             "A": nir.CubaLIF(tau_syn=np.full(6, 8e-3), tau_mem=np.full(6, 10e-3), r=np.full(6, 10.0),
+                              v_leak=np.zeros(6), v_threshold=np.ones(6), v_reset=np.zeros(6), w_in=np.full(6, 10.0)),
+             "fab": nir.Affine(weight=rng.normal(0.3, 0.5, (5, 6)), bias=np.zeros(5)),
+             "fskip": nir.Affine(weight=rng.normal(0.2, 0.5, (5, 8)), bias=np.zeros(5)), "B": _lif(rng, 5),
+             "output": nir.Output(output_type={"output": np.array([5])})}
+    edges = [("input", "fa"), ("fa", "A"), ("A", "fab"), ("fab", "B"), ("input", "fskip"), ("fskip", "B"),
+             ("B", "output")]
+    graph = normalize(nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": DT}, type_check=False))
+    out = lower(graph, decay_groups=1)
+    assert any(s.delay for s in out.synapses) and any(p.always_on for p in out.populations)
+    return out
+
+
+def _skip_inputs() -> dict[str, np.ndarray]:
+    """Three samples of 6 steps: dense, silent, sparse (a silent sample right after a busy one)."""
+    x = (np.random.default_rng(4).random((3, 6, 8)) < 0.3).astype(np.uint8)
+    x[0], x[1] = 1, 0
+    return {"input": x}
+
+
+def test_ports_take_the_delays_so_each_sample_takes_its_steps_plus_one(skip_chip):
+    """Each cut-out run gets T port rows, its groups from ports undelayed and its populations at depth 1 (an
+    always-on one at 0): a sample takes T + 1 Lava steps, not T + the pipeline's depth; still exact."""
+    x = _skip_inputs()
+    runs = []
+
+    def seen(graph, inputs, voltages):
+        runs.append((graph, {name: rows.shape[1] for name, rows in inputs.items()}))
+        return engine.run(graph, inputs, voltages=voltages)
+
+    out = lava_layers.run(skip_chip, x, max_processes=10 ** 6, simulate=seen)
+    assert out.meta["differences"] == [] and len(runs) == 1
+    _assert_same(engine.run(skip_chip, x), out)
+    graph, rows = runs[0]
+    assert set(rows.values()) == {6} and graph.depth == 1
+    assert all(s.delay == 0 for s in graph.synapses)
+
+
+def test_samples_back_to_back_on_lava_do_not_leak_and_an_idle_run_works(skip_chip):
+    """On Lava, each population alone (the always-on one in a run of its own, with no input): a silent sample
+    after a busy one and the delayed skip path equal the engine bit for bit."""
+    x = _skip_inputs()
+    eng = engine.run(skip_chip, x)
+    out = lava_layers.run(skip_chip, x, max_processes=1)
+    assert out.meta["differences"] == [] and out.meta["runs"] == len(skip_chip.populations)
+    _assert_same(eng, out)
+    assert eng.spikes["B"][0].any() and eng.spikes["B"][2].any()
+
+
+def test_a_flipped_input_through_the_delayed_path_is_named_where_the_engine_says(skip_chip):
+    """A recorded input spike flipped (sample 2): Lava's B differs first at the sample, step and neuron where the
+    engine fed the flipped input differs from the engine's run (the skip group's delay counted once)."""
+    x = _skip_inputs()
+    rec = lava_layers.record(skip_chip, x)
+    flipped = {"input": x["input"].copy()}
+    flipped["input"][2, 1, :] ^= 1
+    rec.sent["input"][2, 1, :] ^= 1
+    want, got = engine.run(skip_chip, x), engine.run(skip_chip, flipped)
+    diff_s = want.spikes["B"] != got.spikes["B"]
+    diff_v = want.voltages["B"] != got.voltages["B"]
+    step = int(np.nonzero((diff_s | diff_v).any(axis=(0, 2)))[0][0])
+    what, diff = ("spike", diff_s) if diff_s[:, step].any() else ("voltage", diff_v)
+    sample, neuron = (int(i[0]) for i in np.nonzero(diff[:, step]))
+    out = lava_layers.run(skip_chip, x, max_processes=10 ** 6, rec=rec)
+    found = {d.population: d for d in out.meta["differences"]}
+    b = found[skip_chip.layer_populations("B")[0].name]
+    assert (b.sample, b.step, b.neuron, b.what) == (sample, step, neuron, what)
+
+
+def test_a_lava_run_records_with_one_process():
+    """One recorder takes every population's spikes and voltages: no sink or Monitor per population."""
+    rng = np.random.default_rng(0)
+    nodes = {"input": nir.Input(input_type={"input": np.array([4])}),
+             "fc": nir.Affine(weight=rng.normal(size=(3, 4)), bias=np.zeros(3)), "lif": _lif(rng, 3),
+             "output": nir.Output(output_type={"output": np.array([3])})}
+    graph = normalize(nir.NIRGraph(nodes=nodes, edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")],
+                                   metadata={"dt": DT}, type_check=False))
+    small = lower(graph, decay_groups=1)
+    for voltages in (True, False):
+        assert lava.process_count(small, 1, voltages) == 1 + len(small.populations) + len(small.synapses) + 1

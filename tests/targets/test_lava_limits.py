@@ -31,10 +31,10 @@ def _recurrent_chip(decay_groups: int):
 def test_process_count_grows_with_the_populations():
     one, four = _recurrent_chip(1), _recurrent_chip(4)
     assert len(four.populations) == 4 and len(four.synapses) == 4 + 16
-    # input source, 4 x (population + its spike sink + its voltage monitor), 20 synapse groups
-    assert lava.process_count(four, 1, voltages=True) == 1 + 3 * 4 + 20
-    assert lava.process_count(four, 1, voltages=False) < lava.process_count(four, 1, voltages=True)
-    assert lava.process_count(one, 1, voltages=True) == 1 + 3 + 2
+    # input source, 4 populations, 20 synapse groups, one recorder
+    assert lava.process_count(four, 1, voltages=True) == 1 + 4 + 20 + 1
+    assert lava.process_count(four, 1, voltages=False) == lava.process_count(four, 1, voltages=True)
+    assert lava.process_count(one, 1, voltages=True) == 1 + 1 + 2 + 1
 
 
 def test_a_run_over_the_memory_budget_is_refused_before_lava_starts():
@@ -42,7 +42,7 @@ def test_a_run_over_the_memory_budget_is_refused_before_lava_starts():
     x = {"input": np.ones((1, 5, 4), np.uint8)}
     limits.set_memory_budget("200M")
     try:
-        with pytest.raises(InputError, match=r"lava: 33 Lava processes .*decay-groups.* would need 561"):
+        with pytest.raises(InputError, match=r"lava: 26 Lava processes .*decay-groups.* would need 442"):
             lava.run(chip, x)
     finally:
         limits.set_memory_budget(None)
