@@ -29,7 +29,8 @@ integer state (int64), exactly as Lava's ``PyLifModelBitAcc`` with ``Dense`` /
 - a :class:`~st2chip.chip.chipgraph.HostProduct` (the host partition of a spiking
   Transformer: its attention product) reads its three layers' spikes of the step
   and sends the integer counts :math:`(Q K^\top) V` per head, graded, like a relay
-  (exact: a float64 product of 0/1 matrices, far below 2^53); an analog input
+  (exact: a product of 0/1 matrices, in float32 while its largest count stays below
+  2^24, else float64); an analog input
   port sends its integer levels the same way;
 - reset to zero, or by subtraction of the threshold for ``reset="subtract"``
   populations; a ``refractory=1`` population's neurons that spiked at the step
@@ -46,13 +47,19 @@ On a CPU where a C compiler builds them, :mod:`~st2chip.targets.engine_kernels` 
 same arithmetic with the same bits in one compiled pass per step (synaptic inputs summed,
 neurons updated, records written; int32 state where the graph's bounds prove it fits) and
 event-driven products (int16 weight rows or a sparse group's columns of the sources that
-spiked); ``use_kernels=False`` keeps the torch path, which CUDA always runs.
+spiked, a sparse group without a right shift added straight into the step's input; a graded
+source's sparse groups by int32 rows); ``use_kernels=False`` keeps the torch path, which CUDA
+always runs. The kernels compute a population only from its depth on (before, its state is
+zero), and :func:`run`, which reads each population's own ``T`` steps, only as long as some
+population's window depends on it (:meth:`Engine.run_batch` ``window``): a pipeline of depth
+``d`` then costs about ``T`` steps per population instead of ``T + d``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -91,16 +98,25 @@ def product_dtype(mantissa: np.ndarray | sp.csr_matrix, source_max: np.ndarray |
     if not np.size(mantissa):
         fan_in = np.zeros(1)
     elif source_max is None:
-        fan_in = np.asarray(abs(mantissa).sum(axis=1)).ravel() * 2
+        fan_in = _fan_in(mantissa)
     else:
         fan_in = np.asarray(abs(sp.csr_matrix(mantissa, dtype=np.float64)) @ np.asarray(source_max, np.float64)
                             ).ravel() * 2
-    worst = float(fan_in.max(initial=0))
+    return _exact_dtype(float(fan_in.max(initial=0)))
+
+
+def _exact_dtype(worst: float) -> torch.dtype:
+    """The narrowest float type whose products are exact for a largest fan-in sum ``worst``."""
     if worst < F32_EXACT:
         return torch.float32
     if worst < F64_EXACT:
         return torch.float64
     raise ValueError(f"fan-in sum {worst:g} exceeds 2^53: no exact float product")
+
+
+def _fan_in(mantissa: np.ndarray | sp.csr_matrix) -> np.ndarray:
+    """``Σ_j |2 m_ij|`` per target, int64."""
+    return np.asarray(abs(mantissa).sum(axis=1), dtype=np.int64).ravel() * 2
 
 
 class Synapses:
@@ -109,40 +125,65 @@ class Synapses:
     def __init__(self, group: SynapseGroup, device: torch.device, source_max: np.ndarray | None = None,
                  act_shift: int = ACT_SHIFT) -> None:
         self.group, self.name, self.exp, self.act_shift = group, group.name, group.exp, act_shift
+        self.device = device
         self.graded = source_max is not None  # the source sends values (a relay), not 0/1 spikes
-        self.dtype = product_dtype(group.mantissa, source_max)
+        self.fan_in = _fan_in(group.mantissa)  # Σ_j |2 m_ij|: the bound of a 0/1 source's sums
+        self.dtype = (product_dtype(group.mantissa, source_max) if self.graded
+                      else _exact_dtype(float(self.fan_in.max(initial=0))))
         size = group.shape[0] * group.shape[1]
         dense_bytes = size * torch.finfo(self.dtype).bits // 8
         self.sparse = sp.issparse(group.mantissa) and (group.nnz < DENSE_FROM * size or dense_bytes > DENSE_BYTES)
         self.n_tgt = group.shape[0]
         self.empty = group.nnz == 0
-        self.rows = self.columns = self.fan_in = None  # the CPU kernels' event forms (0/1 sources, sums < 2^31)
+        self.rows = self.columns = None  # the CPU kernels' event forms (0/1 sources, sums < 2^31)
+        self.graded_rows = None  # the CPU kernels' form of a sparse group out of a graded source (sums < 2^31)
+        self.direct = None  # ... of a sparse group of 0/1 sources without a right shift: added into the step's input
         if self.empty:
             return
-        if self.sparse:
-            csr = sp.csr_matrix(2 * group.mantissa)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                self.weight = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr).long(),
-                                                      torch.from_numpy(csr.indices).long(),
-                                                      torch.from_numpy(csr.data).to(self.dtype),
-                                                      size=csr.shape, device=device, check_invariants=True)
-        else:  # (n_src, n_tgt): rows are what one source spike adds to every target
+        if not self.sparse:  # (n_src, n_tgt): rows are what one source spike adds to every target
             self.weight_t = torch.from_numpy(2 * group.dense().T).to(self.dtype).to(device).contiguous()
         self.events = not self.sparse and not self.graded and self.n_tgt >= EVENT_MIN_TARGETS
-        self.fan_in = np.asarray(abs(group.mantissa).sum(axis=1), dtype=np.int64).ravel() * 2  # Σ_j |2 m_ij|
-        if device.type == "cpu" and not self.graded and int(self.fan_in.max(initial=0)) < I32_EXACT:
-            if self.sparse:  # per source: its targets and weights
-                csc = sp.csc_matrix(2 * group.mantissa)
-                self.columns = (torch.from_numpy(csc.indptr.astype(np.int64)),
-                                torch.from_numpy(csc.indices.astype(np.int32)),
-                                torch.from_numpy(csc.data.astype(np.int16)))
-            else:
+        if device.type == "cpu":
+            self._kernel_forms(source_max)
+
+    @functools.cached_property
+    def weight(self) -> torch.Tensor:
+        """A sparse group's ``2 m`` as a torch CSR matrix, for the torch path's product (built on first use:
+        the CPU kernels mostly run without it)."""
+        csr = sp.csr_matrix(2 * self.group.mantissa)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(torch.from_numpy(csr.indptr).long(), torch.from_numpy(csr.indices).long(),
+                                           torch.from_numpy(csr.data).to(self.dtype), size=csr.shape,
+                                           device=self.device, check_invariants=True)
+
+    def _kernel_forms(self, source_max: np.ndarray | None) -> None:
+        """The CPU kernels' integer forms where their sums fit int32: a 0/1 source's dense rows (int16) or sparse
+        columns (per source: its targets and weights, shifted to the current's scale without a right shift),
+        a graded source's sparse rows."""
+        group = self.group
+        if not self.graded and int(self.fan_in.max(initial=0)) < I32_EXACT:
+            if not self.sparse:
                 self.rows = self.weight_t.to(torch.int16)
+                return
+            csc = sp.csc_matrix(group.mantissa)
+            rshift, lshift = self.shifts
+            weights = (csc.data.astype(np.int32) * 2) << lshift if rshift == 0 else csc.data.astype(np.int16) * 2
+            form = (torch.from_numpy(csc.indptr.astype(np.int64)), torch.from_numpy(csc.indices.astype(np.int32)),
+                    torch.from_numpy(weights))
+            if rshift == 0:
+                self.direct = form
+            else:
+                self.columns = form
+        elif self.graded and self.sparse and int(group.input_bound(source_max)[0].max(initial=0)) < I32_EXACT:
+            csr = sp.csr_matrix(group.mantissa)
+            self.graded_rows = (torch.from_numpy(csr.indptr.astype(np.int64)),
+                                torch.from_numpy(csr.indices.astype(np.int32)),
+                                torch.from_numpy(csr.data.astype(np.int16) * 2))
 
     def input_bound(self, source_max: np.ndarray | None) -> np.ndarray:
         """Worst-case ``|a|`` per target: the group's input at the current's scale (after both shifts)."""
-        if source_max is None and self.fan_in is not None:  # 0/1 spikes: the fan-in sum, shifted
+        if source_max is None:  # 0/1 spikes: the fan-in sum, shifted
             acc = self.fan_in
             shifted = acc << self.exp if self.exp >= 0 else -((-acc) >> -self.exp)
         else:
@@ -155,12 +196,26 @@ class Synapses:
         activation shift) that turn this group's sum into its target's input."""
         return max(0, -self.exp), max(0, self.exp) + self.act_shift
 
+    def scatter(self, src: torch.Tensor, lo: int) -> kernels.Scatter:
+        """This group's part of a step's :func:`~st2chip.targets.engine_kernels.event_csc_add` (``src``: the
+        source's spikes ``(B, n_src)``, unit column stride; ``lo``: the target's first state column)."""
+        ptr, idx, val = self.direct
+        return kernels.Scatter(src.data_ptr(), src.stride(0), src.shape[1], lo, ptr.data_ptr(), idx.data_ptr(),
+                               val.data_ptr())
+
     def kernel_sum(self, src: torch.Tensor, out: torch.Tensor, threads: int) -> torch.Tensor:
         """``Σ_j 2 m_ij x_j`` ``(B, n_tgt)``, before the exponent, for the CPU kernels: int32 into ``out`` from
-        the event kernels (0/1 ``src`` below :data:`KERNEL_EVENT_RATE`, or a sparse group), else the float
-        product. ``src``: ``(B, n_src)`` with unit column stride (bool spikes, or a graded source's integers)."""
+        the event kernels (0/1 ``src`` below :data:`KERNEL_EVENT_RATE`, or a sparse group) and from a sparse
+        group's rows for a graded ``src`` (where its sums fit int32), else the float product. ``src``:
+        ``(B, n_src)`` with unit column stride (bool spikes, or a graded source's integers)."""
         lib = kernels.library()
         batch, n_src = src.shape
+        if self.graded_rows is not None:
+            ptr, idx, val = self.graded_rows
+            xt = src.to(torch.int32).T.contiguous()  # (n_src, B): |x| < 2^30 wherever a weight reads it
+            lib.graded_csr(batch, self.n_tgt, xt.data_ptr(), ptr.data_ptr(), idx.data_ptr(), val.data_ptr(),
+                           out.data_ptr(), out.stride(0), threads)
+            return out
         if self.columns is not None:
             ptr, idx, val = self.columns
             lib.event_csc(batch, n_src, self.n_tgt, src.data_ptr(), src.stride(0), ptr.data_ptr(), idx.data_ptr(),
@@ -245,6 +300,7 @@ class Engine:
         relays, graded = chip.relay_bounds(), chip.source_bounds()
         self.relays = {name: self._slice(name) for name in relays}
         self.hosts = [(h, [self._layer_index(layer) for layer in h.inputs]) for h in chip.hosts]
+        self.host_names = {h.name for h in chip.hosts}
         self.analog = {i.name for i in chip.inputs if i.kind == "analog"}
         fed: set[str] = set()
         self.synapses = []
@@ -316,11 +372,15 @@ class Engine:
             index[p.index] = self.layout.start[p.name] + np.arange(p.size)
         return torch.from_numpy(index).to(self.device)
 
-    def _host_step(self, fired: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each host product's counts ``(Q K^T) V`` per head from this step's spikes of its input layers."""
+    def _host_step(self, fired: torch.Tensor, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+        """Each host product's (of ``names`` only, when given) counts ``(Q K^T) V`` per head from this step's
+        spikes of its input layers."""
         out = {}
         for h, inputs in self.hosts:
-            q, k, v = (fired[:, i].to(torch.float64) for i in inputs)
+            if names is not None and h.name not in names:
+                continue
+            exact = torch.float32 if h.max_value < F32_EXACT else torch.float64  # every partial sum <= max_value
+            q, k, v = (fired[:, i].to(exact) for i in inputs)
             out[h.name] = attention_counts(q, k, v, h.tokens, h.heads).round_().to(torch.int64)
         return out
 
@@ -358,13 +418,15 @@ class Engine:
             out[name] = x
         return out
 
-    def run_batch(self, inputs: dict[str, torch.Tensor], voltages: bool = True, voltage_cols: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def run_batch(self, inputs: dict[str, torch.Tensor], voltages: bool = True,
+                  voltage_cols: torch.Tensor | None = None, window: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Spikes of every neuron at every global step, ``(T + depth, B, N)``, and voltages (of the state
         positions ``voltage_cols`` only, when given; none without ``voltages``; int64, or int32 with the CPU
-        kernels where the state fits)."""
+        kernels where the state fits). ``window``: only each population's own ``T`` steps (global steps
+        ``d + 1 .. d + T``, what :func:`run` reads) are sure to be recorded; the CPU kernels then skip the steps
+        after a population's window that no window reads (its later spikes stay zero, its voltages stale)."""
         if self.use_kernels:
-            return self._run_kernels(inputs, voltages, voltage_cols)
+            return self._run_kernels(inputs, voltages, voltage_cols, window)
         batch, steps = inputs[next(iter(inputs))].shape[:2]
         horizon = steps + self.chip.depth
         dev, n = self.device, self.n
@@ -433,10 +495,11 @@ class Engine:
                        for name, x in inputs.items()}
         return rec_s, rec_v
 
-    def _run_kernels(self, inputs: dict[str, torch.Tensor], voltages: bool, voltage_cols: torch.Tensor | None
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run_kernels(self, inputs: dict[str, torch.Tensor], voltages: bool, voltage_cols: torch.Tensor | None,
+                     window: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`run_batch` on the CPU kernels: per step each group's sum (its term), then one compiled pass
-        adds the terms, updates the neurons and writes the step's records."""
+        adds the terms, updates the neurons and writes the step's records -- of the active populations only
+        (:meth:`_schedule`; the others' records stay zero)."""
         lib, threads = kernels.library(), torch.get_num_threads()
         batch, steps = inputs[next(iter(inputs))].shape[:2]
         horizon, n = steps + self.chip.depth, self.n
@@ -444,37 +507,100 @@ class Engine:
         state = torch.int32 if self.narrow else torch.int64
         u = torch.zeros(batch, n, dtype=state)
         v = torch.zeros_like(u)
-        rec_s = torch.empty(horizon, batch, n, dtype=torch.bool)  # every step writes its row
+        rec_s = torch.zeros(horizon, batch, n, dtype=torch.bool)  # a population's inactive steps: no spikes
         cols = torch.arange(n) if voltage_cols is None else voltage_cols.contiguous()
         rec_v = torch.empty(horizon, batch, cols.numel(), dtype=state) if voltages else None
         before = torch.zeros(batch, n, dtype=torch.bool)  # the spikes of step 0
-        sums = [torch.empty(batch, syn.n_tgt, dtype=torch.int32) for syn, *_ in self.synapses]
-        terms = (kernels.Term * max(1, len(self.synapses)))()
-        for term, (syn, _, target, _, _) in zip(terms, self.synapses):
-            cols_t = self._slice(target)
-            term.lo, term.hi, (term.rshift, term.lshift) = cols_t.start, cols_t.stop, syn.shifts
+        sums = [None if syn.empty or syn.direct is not None else torch.empty(batch, syn.n_tgt, dtype=torch.int32)
+                for syn, *_ in self.synapses]
         hosts = {h.name: torch.zeros(batch, h.size, dtype=torch.int64) for h, _ in self.hosts}
+        acc = torch.zeros(batch, n, dtype=torch.int64)  # the direct groups' input of a step (lif_step zeroes it)
         step = lib.lif_step_i32 if self.narrow else lib.lif_step_i64
         params = [t.data_ptr() for t in self.neuron_params]
         v_row = 0 if rec_v is None else rec_v[0].numel() * rec_v.element_size()
-        for g in range(1, horizon + 1):
-            kept = []  # the terms' tensors, alive until the step has read them
-            for term, out, (syn, source, _, _, delay) in zip(terms, sums, self.synapses):
-                src = None if syn.empty else self._kernel_source(source, delay, g, x, rec_s, v, hosts)
+        for g, (groups, ranges, active_hosts) in enumerate(self._schedule(steps, window), start=1):
+            terms = (kernels.Term * max(1, len(groups)))()
+            kept, scatters = [], []  # the terms' (and scatters') tensors, alive until the step has read them
+            for term, i in zip(terms, groups):
+                syn, source, target, _, delay = self.synapses[i]
+                src = self._kernel_source(source, delay, g, x, rec_s, v, hosts)
+                term.kind = -1
                 if src is None:
-                    term.kind = -1
                     continue
-                acc = syn.kernel_sum(src, out, threads)
-                kept.append(acc)
-                term.x, term.ld, term.kind = acc.data_ptr(), acc.stride(0), kernels.KIND[acc.dtype]
+                cols_t = self._slice(target)
+                if syn.direct is not None:
+                    kept.append(src)
+                    scatters.append(syn.scatter(src, cols_t.start))
+                    continue
+                out = syn.kernel_sum(src, sums[i], threads)
+                kept.append(out)
+                term.lo, term.hi, (term.rshift, term.lshift) = cols_t.start, cols_t.stop, syn.shifts
+                term.x, term.ld, term.kind = out.data_ptr(), out.stride(0), kernels.KIND[out.dtype]
+            if scatters:
+                lib.event_csc_add(batch, n, (kernels.Scatter * len(scatters))(*scatters), len(scatters), acc.data_ptr(),
+                                  threads)
             prev = rec_s[g - 2] if g > 1 else before
-            step(batch, n, g, ctypes.addressof(terms), len(self.synapses), u.data_ptr(), v.data_ptr(), *params,
+            step(batch, n, g, ctypes.addressof(terms), len(groups), u.data_ptr(), v.data_ptr(), *params,
                  prev.data_ptr(), n, rec_s[g - 1].data_ptr(), n,
                  None if rec_v is None else rec_v.data_ptr() + (g - 1) * v_row, cols.numel(), cols.data_ptr(),
-                 0 if rec_v is None else cols.numel(), threads)
-            if self.hosts:
-                hosts = self._host_step(rec_s[g - 1])
+                 0 if rec_v is None else cols.numel(), ranges.data_ptr(), ranges.shape[0], acc.data_ptr(), threads)
+            if active_hosts:
+                hosts |= self._host_step(rec_s[g - 1], active_hosts)
         return rec_s, rec_v
+
+    def _schedule(self, steps: int, window: bool) -> list[tuple[list[int], torch.Tensor, set[str]]]:
+        """Per global step: the synapse groups whose sum can be non-zero and reaches an active target, the
+        state column ranges ``(k, 2)`` of the active populations, and the host products to compute.
+
+        A population is active from its depth on (before, its state is zero and it does not spike: skipping
+        it changes nothing) to the last step anything recorded depends on: the run's last step, or with
+        ``window`` the end of its own window or, if later, of a window it reaches (:meth:`_last_steps`). A
+        group's sum is zero while its source has not reached its own first active step."""
+        horizon = steps + self.chip.depth
+        first = {name: d + 1 for name, d in self.layout.depth.items()}
+        for h, _ in self.hosts:
+            first[h.name] = min(first[p.name] for layer in h.inputs for p in self.chip.layer_populations(layer))
+        last = self._last_steps(steps) if window else dict.fromkeys(first, horizon)
+        plan = []
+        for g in range(1, horizon + 1):
+            on = [name for name in self.layout.names if first[name] <= g <= last[name]]
+            groups = [i for i, (syn, source, target, _, delay) in enumerate(self.synapses)
+                      if not syn.empty and first[target] <= g <= last[target]
+                      and g - self._latency(source, delay) >= first.get(source, 1)]
+            ranges: list[list[int]] = []
+            for name in on:
+                cols = self._slice(name)
+                if ranges and ranges[-1][1] == cols.start:
+                    ranges[-1][1] = cols.stop
+                elif cols.stop > cols.start:
+                    ranges.append([cols.start, cols.stop])
+            hosts = {h.name for h, _ in self.hosts if first[h.name] <= g <= last[h.name]}
+            plan.append((groups, torch.tensor(ranges, dtype=torch.int64).reshape(-1, 2), hosts))
+        return plan
+
+    def _latency(self, source: str, delay: int) -> int:
+        """Steps from a source's value to the target that reads it: a relay's or host's values of the step
+        before, a population's (or input's) spikes ``1 + delay`` steps before."""
+        return 1 if source in self.relays or source in self.host_names else 1 + delay
+
+    def _last_steps(self, steps: int) -> dict[str, int]:
+        """Per population and host product, the last global step that a population's window (global steps
+        ``d + 1 .. d + T``) depends on: its own window's end, or a step ``latency`` before one of its targets'
+        last steps (a shorter path into a deeper population, a feedback group), relaxed until nothing changes."""
+        horizon = steps + self.chip.depth
+        last = {name: min(horizon, d + steps) for name, d in self.layout.depth.items()}
+        last |= {h.name: 0 for h, _ in self.hosts}
+        edges = [(source, target, self._latency(source, delay))
+                 for _, source, target, _, delay in self.synapses if source in last]
+        edges += [(p.name, h.name, 0) for h, _ in self.hosts for layer in h.inputs
+                  for p in self.chip.layer_populations(layer)]
+        changed = True
+        while changed:
+            changed = False
+            for source, target, latency in edges:
+                if last[target] - latency > last[source]:
+                    last[source], changed = last[target] - latency, True
+        return last
 
     def _kernel_source(self, source: str, delay: int, g: int, x: dict[str, torch.Tensor], rec_s: torch.Tensor,
                        v: torch.Tensor, hosts: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -531,7 +657,7 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, device: str | None = 
         for lo in starts:
             hi = min(lo + size, batch)
             chunk = {name: torch.from_numpy(np.ascontiguousarray(x[lo:hi])) for name, x in inputs.items()}
-            rec_s, rec_v = engine.run_batch(chunk, voltages=bool(record_v), voltage_cols=cols)
+            rec_s, rec_v = engine.run_batch(chunk, voltages=bool(record_v), voltage_cols=cols, window=True)
             for layer in layers:  # one device-to-host copy, straight into the result arrays
                 engine.layer_record(rec_s, layer, steps, out=torch.from_numpy(spikes[layer][lo:hi]))
                 if layer in volts:

@@ -12,7 +12,11 @@ cost about two thirds of a step (``benchmarks/engine_profile.py``). Here one pas
   stored as int32 where the graph's bounds prove it fits (the engine checks), int64 otherwise.
 - :func:`event_dense` adds, per sample, the int16 weight rows of the sources that spiked (int32 sums, exact
   while the fan-in bound stays below 2^31), or declines when too many spiked (the caller then multiplies);
-  :func:`event_csc` does the same for a sparse group from its columns (non-zeros per source).
+  :func:`event_csc` does the same for a sparse group from its columns (non-zeros per source), and
+  :func:`event_csc_add`, for the groups without a right shift, adds their weights (shifted to the current's
+  scale) straight into the step's int64 input, which :func:`lif_step` reads (one call for all of a step's);
+- :func:`graded_csr` multiplies a graded source's values (an analog port, a host product, a relay) by a sparse
+  group's rows, in int32 where the group's bound proves the sums fit, 64 samples at a time.
 
 The library needs a C compiler (``$CC``, else ``cc``/``gcc``) with OpenMP; it is compiled for this CPU once
 and cached under ``$XDG_CACHE_HOME/st2chip/kernels`` (``~/.cache`` by default), keyed by its source, flags and
@@ -51,9 +55,8 @@ typedef struct {
   int32_t pad;
 } term_t;
 
-/* a[c - c0] = sum over terms of ((int64) x >> rshift) << lshift, for the columns [c0, c1) of row b */
+/* a[c - c0] += sum over terms of ((int64) x >> rshift) << lshift, for the columns [c0, c1) of row b */
 static void add_terms(const term_t *terms, int64_t n_terms, int64_t b, int64_t c0, int64_t c1, int64_t *a) {
-  for (int64_t c = c0; c < c1; c++) a[c - c0] = 0;
   for (int64_t t = 0; t < n_terms; t++) {
     const term_t *tm = terms + t;
     int64_t lo = tm->lo > c0 ? tm->lo : c0, hi = tm->hi < c1 ? tm->hi : c1;
@@ -105,20 +108,24 @@ static void NAME(int64_t n, int64_t g, const int64_t *restrict a, T *restrict ub
   }                                                                                                         \
 }
 
-/* one step for every sample: the terms summed, the neurons updated (on int64 copies of a tile of the
-   state), spikes and voltages recorded */
+/* one step for every sample: the input acc (B, N) read (and zeroed for the next step) and the terms added,
+   the neurons of the column ranges [cols[2r], cols[2r + 1]) updated (on int64 copies of a tile of the state),
+   their spikes and the voltages recorded; the other columns keep their state and records */
 #define LIF_STEP(NAME, T)                                                                                    \
 void NAME(int64_t B, int64_t N, int64_t g, const term_t *terms, int64_t n_terms, T *u, T *v,                \
           const int32_t *fu, const int32_t *fv, const int32_t *vth, const int32_t *bias,                    \
           const int32_t *depth, const uint8_t *mode, const uint8_t *prev, int64_t ld_p,                     \
           uint8_t *fired, int64_t ld_f, T *rec_v, int64_t ld_v, const int64_t *vcols, int64_t n_vcols,       \
-          int nth) {                                                                                        \
+          const int64_t *cols, int64_t n_ranges, int64_t *acc, int nth) {                                   \
   _Pragma("omp parallel for num_threads(nth) schedule(static)")                                             \
   for (int64_t b = 0; b < B; b++) {                                                                         \
     int64_t a[TILE], ut[TILE], vt[TILE];                                                                    \
     T *ub = u + b * N, *vb = v + b * N;                                                                     \
-    for (int64_t c0 = 0; c0 < N; c0 += TILE) {                                                              \
-      int64_t c1 = c0 + TILE < N ? c0 + TILE : N;                                                           \
+    int64_t *ab = acc + b * N;                                                                              \
+    for (int64_t r = 0; r < n_ranges; r++)                                                                  \
+    for (int64_t c0 = cols[2 * r]; c0 < cols[2 * r + 1]; c0 += TILE) {                                      \
+      int64_t c1 = c0 + TILE < cols[2 * r + 1] ? c0 + TILE : cols[2 * r + 1];                               \
+      for (int64_t c = c0; c < c1; c++) { a[c - c0] = ab[c]; ab[c] = 0; }                                   \
       add_terms(terms, n_terms, b, c0, c1, a);                                                              \
       for (int64_t c = c0; c < c1; c++) { ut[c - c0] = ub[c]; vt[c - c0] = vb[c]; }                         \
       lif_columns(c1 - c0, g, a, ut, vt, fu + c0, fv + c0, vth + c0, bias + c0, depth + c0,                 \
@@ -164,6 +171,30 @@ int64_t event_dense(int64_t B, int64_t S, int64_t T, const uint8_t *s, int64_t l
   return n;
 }
 
+typedef struct {
+  const uint8_t *s;              /* (B, S) 0/1 spikes, rows ld_s apart */
+  int64_t ld_s, n_src, lo;       /* the group's target columns start at lo in the state */
+  const int64_t *ptr;            /* source j: targets idx[k], shifted weights val[k], k in [ptr[j], ptr[j + 1]) */
+  const int32_t *idx, *val;
+} scatter_t;
+
+/* acc (B, N) += every group's input at the current's scale: each source j that spiked adds val[k] (its weight,
+   shifted) to target lo + idx[k]; all of a step's groups in one pass, a sample per thread */
+void event_csc_add(int64_t B, int64_t N, const scatter_t *groups, int64_t n_groups, int64_t *acc, int nth) {
+  #pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t q = 0; q < n_groups; q++) {
+      const scatter_t *gr = groups + q;
+      const uint8_t *sb = gr->s + b * gr->ld_s;
+      int64_t *o = acc + b * N + gr->lo;
+      for (int64_t j = 0; j < gr->n_src; j++) {
+        if (!sb[j]) continue;
+        for (int64_t k = gr->ptr[j]; k < gr->ptr[j + 1]; k++) o[gr->idx[k]] += gr->val[k];
+      }
+    }
+  }
+}
+
 /* the same from a sparse group's columns: source j adds val[k] to target idx[k], k in [ptr[j], ptr[j + 1]) */
 int64_t event_csc(int64_t B, int64_t S, int64_t T, const uint8_t *s, int64_t ld_s, const int64_t *ptr,
                   const int32_t *idx, const int16_t *val, int32_t *out, int nth) {
@@ -179,6 +210,25 @@ int64_t event_csc(int64_t B, int64_t S, int64_t T, const uint8_t *s, int64_t ld_
   }
   return 0;
 }
+
+/* out (B, T), rows ld_out apart, = the sums over a sparse group's rows (targets): target i adds val[k] x[idx[k]],
+   k in [ptr[i], ptr[i + 1]), for a graded source's values xt (S, B), one source's samples contiguous: int32
+   sums (the caller checks the group's bound), 64 samples at a time in registers */
+void graded_csr(int64_t B, int64_t T, const int32_t *xt, const int64_t *ptr, const int32_t *idx,
+                const int16_t *val, int32_t *out, int64_t ld_out, int nth) {
+  #pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t i = 0; i < T; i++) {
+    for (int64_t b0 = 0; b0 < B; b0 += 64) {
+      int64_t nb = B - b0 < 64 ? B - b0 : 64;
+      int32_t acc[64] = {0};
+      for (int64_t k = ptr[i]; k < ptr[i + 1]; k++) {
+        const int32_t w = val[k], *x = xt + idx[k] * B + b0;
+        for (int64_t b = 0; b < nb; b++) acc[b] += w * x[b];
+      }
+      for (int64_t b = 0; b < nb; b++) out[(b0 + b) * ld_out + i] = acc[b];
+    }
+  }
+}
 """
 
 
@@ -188,6 +238,13 @@ class Term(ctypes.Structure):
     _fields_ = [("x", ctypes.c_void_p), ("ld", ctypes.c_int64), ("lo", ctypes.c_int64), ("hi", ctypes.c_int64),
                 ("kind", ctypes.c_int32), ("rshift", ctypes.c_int32), ("lshift", ctypes.c_int32),
                 ("pad", ctypes.c_int32)]
+
+
+class Scatter(ctypes.Structure):
+    """One sparse group of a step for :func:`event_csc_add`: its source's spikes and its columns."""
+
+    _fields_ = [("s", ctypes.c_void_p), ("ld_s", ctypes.c_int64), ("n_src", ctypes.c_int64), ("lo", ctypes.c_int64),
+                ("ptr", ctypes.c_void_p), ("idx", ctypes.c_void_p), ("val", ctypes.c_void_p)]
 
 
 def _cpu_id() -> str:
@@ -235,10 +292,14 @@ def library() -> ctypes.CDLL | None:
     i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for name in ("lif_step_i32", "lif_step_i64"):
         getattr(lib, name).argtypes = [i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64,
-                                       ptr, i64, ptr, i64, ptr, i64, i32]
+                                       ptr, i64, ptr, i64, ptr, i64, ptr, i64, ptr, i32]
         getattr(lib, name).restype = None
     lib.event_dense.argtypes = [i64, i64, i64, ptr, i64, ptr, ptr, i64, i32]
     lib.event_dense.restype = i64
     lib.event_csc.argtypes = [i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i32]
     lib.event_csc.restype = i64
+    lib.event_csc_add.argtypes = [i64, i64, ptr, i64, ptr, i32]
+    lib.event_csc_add.restype = None
+    lib.graded_csr.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, i64, i32]
+    lib.graded_csr.restype = None
     return lib
