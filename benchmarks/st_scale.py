@@ -193,15 +193,32 @@ def run_child(checkpoint: str, data: str, root: str | None, s: dict) -> dict:
 
 
 def plot(result: dict, target: Path) -> Path:
-    """Cores and energy per inference of each preset and variant."""
+    """Per preset and variant: cores, energy per inference split into computation, routing and static power,
+    and float against chip accuracy."""
     rows = [(f"{p}\n{v}", r) for p, entry in result["presets"].items() for v, r in entry["variants"].items()]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     labels = [label for label, _ in rows]
-    axes[0].bar(labels, [r["cores"] for _, r in rows], color="tab:blue")
+    at = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    axes[0].bar(at, [r["cores"] for _, r in rows], color="tab:blue")
     axes[0].set_ylabel("Loihi 2 neurocores")
-    axes[1].bar(labels, [r["energy"]["total"]["energy_per_inference_pj"] / 1e6 for _, r in rows], color="tab:orange")
-    axes[1].set_ylabel("energy per inference (uJ, Loihi 2 profile)")
-    fig.suptitle(f"CIFAR-size spiking Transformer on Loihi 2 ({result['mode']} run)")
+    parts = {"computation": ("ac", "mac", "neuron", "host"), "routing": ("routing",), "static": ("static",)}
+    bottom = np.zeros(len(rows))
+    for (name, keys), color in zip(parts.items(), ("tab:orange", "tab:red", "tab:gray")):
+        mj = np.array([sum(r["energy"]["total"]["energy_pj"][k] for k in keys) / 1e9 for _, r in rows])
+        axes[1].bar(at, mj, bottom=bottom, color=color, label=name)
+        bottom += mj
+    axes[1].set_ylabel("energy per inference (mJ, Loihi 2 profile)")
+    axes[1].legend(fontsize=8)
+    width = 0.38
+    axes[2].bar(at - width / 2, [100 * r["float_accuracy"] for _, r in rows], width, label="float", color="tab:green")
+    axes[2].bar(at + width / 2, [100 * r["chip_accuracy"] for _, r in rows], width, label="chip (engine)",
+                color="tab:purple")
+    axes[2].set_ylabel(f"test accuracy (%, {result['data']})")
+    axes[2].set_ylim(0, 100)
+    axes[2].legend(fontsize=8, loc="lower right")
+    for ax in axes:
+        ax.set_xticks(at, labels)
+    fig.suptitle(f"CIFAR-size spiking Transformer on Loihi 2 ({result['mode']} run, {result['date']})")
     fig.tight_layout()
     write_png(target, fig)
     plt.close(fig)
