@@ -18,14 +18,20 @@ measured spike counts: :func:`st2chip.chip.placement.place`), it minimises
 .. math::  C = \sum_{\{a, b\}} t_{ab} \, \big(\mathrm{hops}_{ab} + H \cdot \mathrm{crossings}_{ab}\big)
 
 over the cores' slots on the chips the placement uses, with :data:`CROSSING_HOPS` :math:`= H`: a
-chip-to-chip link weighs as much as ``H`` on-chip hops. The start is greedy and cheap: cores in placement
-(layer) order along a snake path through each chip's rows, chips in snake order over the board, so
-consecutive cores are neighbours (on one chip, a near-square block of columns first). Local improvement
+chip-to-chip link weighs as much as ``H`` on-chip hops. The start fills a snake path through each chip's rows,
+chips in snake order over the board, so consecutive cores are neighbours (on one chip, a near-square block of
+columns first), in one of two core orders, whichever gives the lower :math:`C`: placement (layer) order, or the
+*traffic order*: the cores sorted by the Fiedler vector of the traffic graph (the second eigenvector of
+:math:`D^{-1/2} T D^{-1/2}`, :math:`D` the cores' total traffic; a 1-D spectral embedding that keeps cores
+that talk much close in the order). Where a layer's cores split an image or a sequence into regions (a
+convolution's channels, a Transformer's tokens), layer order puts the cores of one region in consecutive layers
+far apart and the traffic order puts them together. Local improvement
 then visits every core in turn and tries to swap it with the core in (or move it to the free) slot at its
 neighbours' traffic-weighted median (which minimises the sum of Manhattan distances), the four slots around
 that one, and its own four mesh neighbours; a swap is taken only when it lowers :math:`C` exactly, so the
 result is never worse than the start. At most :data:`SWEEPS` sweeps, fewer when a sweep changes nothing,
-and on large graphs only as many core visits as :data:`WORK` allows (in core order); no randomness.
+and on large graphs only as many core visits as :data:`WORK` allows (in core order); no randomness (the
+eigenvector's start vector and sign are fixed).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
 #: weight of one chip-to-chip link in the placement objective, in on-chip hops: about the ratio of the Loihi
 #: energy profiles' ``E_CHIP_LINK_pJ`` (an estimate) to their ``E_HOP_X_pJ`` / ``E_HOP_Y_pJ``
@@ -45,6 +52,10 @@ SWEEPS = 3
 #: on large graphs, improvement stops once this many traffic entries have been read (a visit reads its core's
 #: entries once per candidate slot and those of each core it might displace): about 5 s of CPU here
 WORK = 80_000_000
+#: below this many cores the traffic order's eigenvector comes from a dense eigensolver (exact, fast)
+DENSE_EIGEN = 600
+#: the sparse eigensolver's relative tolerance and iteration bound (the order needs no more precision)
+EIGEN_TOL, EIGEN_ITERATIONS = 1e-3, 3000
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,8 @@ class Mesh:
 
 @dataclass
 class Arrangement:
-    """Each core's slot and what the objective (module docstring) was at the start and at the end."""
+    """Each core's slot, which core order the start took (``layers`` or ``traffic``), and what the objective
+    (module docstring) was for the layer-order start, at the start taken and at the end."""
 
     slots: np.ndarray     # (cores,) the slot of each core
     start_cost: float
@@ -134,6 +146,8 @@ class Arrangement:
     swaps: int
     sweeps: int
     seconds: float
+    start: str           # the core order of the start taken: "layers" or "traffic"
+    layer_cost: float    # the objective of the layer-order start
 
 
 def traffic_matrix(n_cores: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> sp.csr_matrix:
@@ -263,14 +277,60 @@ def _best_move(board: _Board, traffic: sp.csr_matrix, a: int) -> tuple[int, int]
     return (int(cands[best]) if change[best] < -1e-9 else -1), read
 
 
+def traffic_order(traffic: sp.csr_matrix) -> np.ndarray:
+    """The cores sorted by the Fiedler vector of the normalised traffic graph (module docstring); ties and cores
+    without traffic keep their placement order. Deterministic: fixed start vector, sign fixed so the order runs
+    with placement order; layer order where the eigensolver does not converge."""
+    n = traffic.shape[0]
+    degree = np.asarray(traffic.sum(axis=1), dtype=np.float64).ravel()
+    if n < 3 or not np.any(degree > 0):
+        return np.arange(n)
+    scale = 1.0 / np.sqrt(np.where(degree > 0, degree, 1.0))
+    vector = _second_eigenvector(traffic, scale)
+    if vector is None:
+        return np.arange(n)
+    position = vector * scale
+    if np.dot(position, np.arange(n) - (n - 1) / 2) < 0:
+        position = -position
+    return np.argsort(position, kind="stable")
+
+
+def _second_eigenvector(traffic: sp.csr_matrix, scale: np.ndarray) -> np.ndarray | None:
+    """The eigenvector of :math:`D^{-1/2} T D^{-1/2}` with the second-largest eigenvalue (``scale`` is
+    :math:`D^{-1/2}`), or None when the sparse solver does not converge."""
+    n = traffic.shape[0]
+    if n <= DENSE_EIGEN:
+        _, vectors = np.linalg.eigh(scale[:, None] * traffic.toarray() * scale[None, :])
+        return vectors[:, -2]
+    data = traffic.astype(np.float32)
+
+    def product(x: np.ndarray) -> np.ndarray:
+        return scale * (data @ (scale * x.ravel()).astype(np.float32))
+
+    start = np.linspace(1.0, 2.0, n) / scale  # near the top eigenvector D^{1/2} 1, not equal to it
+    try:
+        values, vectors = eigsh(LinearOperator((n, n), matvec=product, dtype=np.float64), k=2, which="LA",
+                                v0=start, tol=EIGEN_TOL, maxiter=EIGEN_ITERATIONS)
+    except (ArpackNoConvergence, ArpackError):
+        return None
+    return vectors[:, int(np.argmin(values))]
+
+
 def arrange(mesh: Mesh, traffic: sp.csr_matrix, sweeps: int = SWEEPS) -> Arrangement:
-    """Slots for ``traffic.shape[0]`` cores on ``mesh``: snake-order start, then exact-improvement swaps."""
+    """Slots for ``traffic.shape[0]`` cores on ``mesh``: snake-order start in layer or traffic order (the lower
+    objective), then exact-improvement swaps."""
     t0 = time.perf_counter()
     n = traffic.shape[0]
     traffic = traffic.tocsr()
     traffic.sort_indices()
-    board = _Board(mesh, mesh.snake(n)[:n])
-    start = cost(mesh, traffic, board.slot_of)
+    path = mesh.snake(n)[:n]
+    layer_cost = cost(mesh, traffic, path)
+    order = traffic_order(traffic)
+    slots = np.empty(n, dtype=np.int64)
+    slots[order] = path
+    spectral_cost = cost(mesh, traffic, slots)
+    start, start_cost = ("traffic", spectral_cost) if spectral_cost < layer_cost else ("layers", layer_cost)
+    board = _Board(mesh, slots if start == "traffic" else path)
     swaps = done = visited = 0
     while done < sweeps and visited <= WORK:
         done += 1
@@ -288,5 +348,6 @@ def arrange(mesh: Mesh, traffic: sp.csr_matrix, sweeps: int = SWEEPS) -> Arrange
         swaps += moved
         if not moved:
             break
-    return Arrangement(slots=board.slot_of, start_cost=start, cost=cost(mesh, traffic, board.slot_of), swaps=swaps,
-                       sweeps=done, seconds=time.perf_counter() - t0)
+    return Arrangement(slots=board.slot_of, start_cost=start_cost, cost=cost(mesh, traffic, board.slot_of),
+                       swaps=swaps, sweeps=done, seconds=time.perf_counter() - t0, start=start,
+                       layer_cost=layer_cost)

@@ -43,8 +43,9 @@ dense copy of a sparse matrix.
    Manhattan hops, a chip-to-chip link counting :data:`~st2chip.chip.mesh.CROSSING_HOPS` hops. Messages
    per step are counted per (source neuron, destination core) with a synapse between them, each weighted
    by the source's spike count: measured ones when ``activity`` is given (``st2chip energy`` passes the
-   traces'), else expected ones (:func:`expected_activity`). Greedy start (cores in layer order along a snake
-   path), then pairwise swaps that each lower the objective (within a fixed work budget on large graphs):
+   traces'), else expected ones (:func:`expected_activity`). Start: cores along a snake path in layer order
+   or in traffic order (sorted by the traffic graph's Fiedler vector), whichever has the lower objective; then
+   pairwise swaps that each lower the objective (within a fixed work budget on large graphs):
    deterministic, never worse than the start.
 
 Inputs (:class:`~st2chip.chip.chipgraph.InputPort`) stay off-core: the host sends their spikes;
@@ -296,13 +297,15 @@ class Core:
 @dataclass
 class MeshUse:
     """Traffic between cores on the mesh (policy stage 5), per time step: ``messages`` between distinct cores,
-    the on-chip ``hops`` and chip-to-chip ``crossings`` they take (summed over messages), and the objective at
-    the greedy start and after the swaps. ``activity`` says whether spike counts were ``measured`` or
-    ``expected``."""
+    the on-chip ``hops`` and chip-to-chip ``crossings`` they take (summed over messages), the objective with
+    layer order, at the start taken (``start``: ``layers`` or ``traffic`` order) and after the swaps.
+    ``activity`` says whether spike counts were ``measured`` or ``expected``."""
 
     messages: float
     hops: float
     crossings: float
+    layer_cost: float
+    start: str
     start_cost: float
     cost: float
     swaps: int
@@ -395,7 +398,8 @@ class Placement:
             line += (f"\nmesh ({res.rows_by_columns}, chips on a grid {res.chip_grid_columns} wide): "
                      f"{use.mean_hops:.2f} links per message between cores ({use.activity} traffic), "
                      f"{use.crossings / use.messages:.3f} of them chip-to-chip; objective {use.cost:,.0f} "
-                     f"(greedy start {use.start_cost:,.0f}, {use.swaps} swaps)")
+                     f"({use.start} order start {use.start_cost:,.0f}, layer order {use.layer_cost:,.0f}; "
+                     f"{use.swaps} swaps)")
         uncertain = res.uncertain()
         if uncertain:
             line += (f"\nuncertain figures of {res.name} (estimates, not public figures; options in a resource file): "
@@ -782,7 +786,7 @@ def _arrange(placement: Placement, traffic: sp.csr_matrix, activity: str) -> Mes
         core.core = core.y * mesh.columns + core.x
     hops, crossings = traffic_hops(mesh, traffic, done.slots)
     return MeshUse(messages=float(traffic.data.sum(dtype=np.float64)) / 2, hops=hops, crossings=crossings,
-                   start_cost=done.start_cost, cost=done.cost,
+                   layer_cost=done.layer_cost, start=done.start, start_cost=done.start_cost, cost=done.cost,
                    swaps=done.swaps, sweeps=done.sweeps, seconds=done.seconds, activity=activity)
 
 

@@ -157,7 +157,8 @@ def _chip_lines(placement: Placement) -> list[str]:
         lines += ["", f"Mesh traffic ({use.activity} spike rates): {use.messages:,.1f} messages per step between "
                       f"cores, {per(use.hops):.2f} on-chip hops and {per(use.crossings):.3f} chip-to-chip links per "
                       f"message on average. Placement objective (messages x (hops + {CROSSING_HOPS} x chip links)): "
-                      f"{use.cost:,.1f}, from {use.start_cost:,.1f} at the greedy start ({use.swaps} swaps in "
+                      f"{use.cost:,.1f}, from {use.start_cost:,.1f} at the start in {use.start} order (layer order: "
+                      f"{use.layer_cost:,.1f}; {use.swaps} swaps in "
                       f"{use.sweeps} sweeps). `st2chip energy` counts the real hops from spike traces."]
     if placement.cores:
         lines += ["", "![floorplan](floorplan.png)"]

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from st2chip.analysis.energy import energy_report, load_profile
 from st2chip.chip.chipgraph import ChipGraph, InputPort, Population, SynapseGroup
 from st2chip.chip.lowering.report import LoweringReport
-from st2chip.chip.mesh import CROSSING_HOPS, Mesh, arrange, cost, traffic_matrix
+from st2chip.chip.mesh import CROSSING_HOPS, Mesh, arrange, cost, traffic_hops, traffic_matrix, traffic_order
 from st2chip.chip.placement import load_resources, place
 from st2chip.chip.report import floorplan, write_report
 from st2chip.traces import Traces
@@ -54,12 +54,50 @@ def test_improvement_is_never_worse_than_the_greedy_start(seed):
     mesh = Mesh(cores_per_chip=32, columns=8, chip_columns=2, n_chips=5)
     done = arrange(mesh, traffic)
     start = cost(mesh, traffic, mesh.snake(n)[:n])
-    assert done.start_cost == pytest.approx(start)
-    assert done.cost <= start + 1e-6 and done.swaps > 0 and done.cost < start
+    assert done.layer_cost == pytest.approx(start) and done.start_cost <= start + 1e-6
+    assert done.cost <= done.start_cost + 1e-6 and done.swaps > 0 and done.cost < done.start_cost
     assert done.cost == pytest.approx(cost(mesh, traffic, done.slots))
     assert np.unique(done.slots).size == n and done.slots.max() < mesh.n_slots
     # deterministic: the same input gives the same slots
     assert np.array_equal(arrange(mesh, traffic).slots, done.slots)
+
+
+def _ladder(k: int) -> sp.csr_matrix:
+    """Two layers of ``k`` cores each, layer order ``a0 .. a{k-1}, b0 .. b{k-1}``: ``a_i`` talks much with
+    ``b_i`` (the same token or image region), little with ``a_{i+1}`` and ``b_{i+1}`` (its spatial neighbours)."""
+    i = np.arange(k)
+    src = np.concatenate([i, i[:-1], k + i[:-1]])
+    dst = np.concatenate([k + i, i[1:], k + i[1:]])
+    weight = np.concatenate([np.full(k, 10.0), np.ones(2 * (k - 1))])
+    return traffic_matrix(2 * k, src, dst, weight)
+
+
+@pytest.mark.parametrize("k", [8, 400])  # a dense eigensolver below DENSE_EIGEN cores, the sparse one above
+def test_the_traffic_order_start_keeps_a_region_s_layers_together(k):
+    """Layer order puts a_i and b_i k cores apart (on different chips); the traffic order puts them side by side."""
+    traffic = _ladder(k)
+    mesh = Mesh(cores_per_chip=8, columns=4, chip_columns=2, n_chips=-(-2 * k // 8))
+    layers = mesh.snake(2 * k)[:2 * k]
+    done = arrange(mesh, traffic)
+    assert done.start == "traffic" and done.start_cost < done.layer_cost == pytest.approx(cost(mesh, traffic, layers))
+    assert done.cost <= done.start_cost + 1e-6 and done.cost < 0.5 * done.layer_cost
+    _, crossings = traffic_hops(mesh, traffic, done.slots)
+    _, layer_crossings = traffic_hops(mesh, traffic, layers)
+    assert crossings < 0.5 * layer_crossings
+    order = traffic_order(traffic)
+    assert sorted(order) == list(range(2 * k))
+    # deterministic: the same input gives the same order and slots
+    assert np.array_equal(traffic_order(traffic), order) and np.array_equal(arrange(mesh, traffic).slots, done.slots)
+
+
+def test_the_start_is_never_worse_than_layer_order():
+    """A chain in layer order: layer order is already best, and the start must not be worse."""
+    n = 40
+    traffic = traffic_matrix(n, np.arange(n - 1), np.arange(1, n), np.ones(n - 1))
+    mesh = Mesh(cores_per_chip=8, columns=4, chip_columns=2, n_chips=5)
+    done = arrange(mesh, traffic)
+    assert done.start_cost <= done.layer_cost and done.cost <= done.layer_cost
+    assert traffic_order(traffic_matrix(2, np.array([0]), np.array([1]), np.array([1.0]))).tolist() == [0, 1]
 
 
 def test_the_objective_counts_chip_links_as_crossing_hops():
