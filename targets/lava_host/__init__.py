@@ -21,7 +21,6 @@ folder because Lava's model search also scans the process module's folder.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from functools import cache
 
@@ -33,14 +32,13 @@ from st2chip.targets.lava_compat import ensure_lava
 
 ensure_lava()
 
-from lava.magma.core.decorator import implements, requires, tag  # noqa: E402
 from lava.magma.core.model.py.model import PyLoihiProcessModel  # noqa: E402
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort  # noqa: E402
 from lava.magma.core.model.py.type import LavaPyType  # noqa: E402
 from lava.magma.core.process.ports.ports import InPort, OutPort  # noqa: E402
 from lava.magma.core.process.process import AbstractProcess  # noqa: E402
-from lava.magma.core.resources import CPU  # noqa: E402
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol  # noqa: E402
+
+from st2chip.targets.lava_ports import fixed_point_classes  # noqa: E402
 
 ROLES = ("q", "k", "v")
 
@@ -95,15 +93,8 @@ class _HostProductModel(PyLoihiProcessModel):
 def _classes(ports: tuple[int, int, int]) -> tuple[type, type]:
     """The process subclass with ``ports`` input ports per role and its fixed-point model, registered in
     this module (where Lava's compiler searches for models)."""
-    suffix = "_".join(map(str, ports))
-    module = sys.modules[__name__]
-    proc = type(f"HostProductProcess_{suffix}", (HostProductProcess,), {"ports": ports, "__module__": __name__})
     members = {f"{role}{i}": LavaPyType(PyInPort.VEC_DENSE, bool) for role, n in zip(ROLES, ports) for i in range(n)}
-    model = type(f"PyHostProductModel_{suffix}", (_HostProductModel,), {**members, "__module__": __name__})
-    model = implements(proc=proc, protocol=LoihiProtocol)(requires(CPU)(tag("fixed_pt")(model)))
-    setattr(module, proc.__name__, proc)
-    setattr(module, model.__name__, model)
-    return proc, model
+    return fixed_point_classes(__name__, HostProductProcess, _HostProductModel, ports, members)
 
 
 def host_product(*, heads: int, tokens: int, dim: int, parts: Sequence[Sequence[np.ndarray]],

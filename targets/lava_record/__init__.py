@@ -13,16 +13,16 @@ step as the sink (spike phase) and the Monitor (management phase after it) do,
 and at the run's last step writes them to ``.npy`` files in a folder the caller
 owns: ``s{i}.npy`` and ``v{i}.npy``, ``(steps, n)`` int32 each.
 
-As in :mod:`st2chip.targets.lava_host`, the process and its model are made per
-number of ports (:func:`recorder`) and kept in this module's namespace, where
-Lava's compiler looks for models; the package is a folder of its own because
-that search also scans the process module's folder.
+As for :mod:`st2chip.targets.lava_host`, the process and its model are made per
+number of ports (:func:`recorder`, through
+:func:`~st2chip.targets.lava_ports.fixed_point_classes`) and kept in this module's
+namespace, where Lava's compiler looks for models; the package is a folder of its
+own because that search also scans the process module's folder.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from functools import cache
 
 import numpy as np
@@ -31,14 +31,13 @@ from st2chip.targets.lava_compat import ensure_lava
 
 ensure_lava()
 
-from lava.magma.core.decorator import implements, requires, tag  # noqa: E402
 from lava.magma.core.model.py.model import PyLoihiProcessModel  # noqa: E402
 from lava.magma.core.model.py.ports import PyInPort, PyRefPort  # noqa: E402
 from lava.magma.core.model.py.type import LavaPyType  # noqa: E402
 from lava.magma.core.process.ports.ports import InPort, RefPort  # noqa: E402
 from lava.magma.core.process.process import AbstractProcess  # noqa: E402
-from lava.magma.core.resources import CPU  # noqa: E402
-from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol  # noqa: E402
+
+from st2chip.targets.lava_ports import fixed_point_classes  # noqa: E402
 
 
 class Recorder(AbstractProcess):
@@ -97,16 +96,9 @@ class _RecorderModel(PyLoihiProcessModel):
 def _classes(ports: tuple[int, int]) -> tuple[type, type]:
     """The recorder subclass with ``ports`` (spike inputs, voltage references) and its fixed-point model,
     registered in this module (where Lava's compiler searches for models)."""
-    suffix = "_".join(map(str, ports))
-    module = sys.modules[__name__]
-    proc = type(f"Recorder_{suffix}", (Recorder,), {"ports": ports, "__module__": __name__})
     members = {**{f"s{i}": LavaPyType(PyInPort.VEC_DENSE, np.int32) for i in range(ports[0])},
                **{f"v{i}": LavaPyType(PyRefPort.VEC_DENSE, np.int32) for i in range(ports[1])}}
-    model = type(f"PyRecorderModel_{suffix}", (_RecorderModel,), {**members, "__module__": __name__})
-    model = implements(proc=proc, protocol=LoihiProtocol)(requires(CPU)(tag("fixed_pt")(model)))
-    setattr(module, proc.__name__, proc)
-    setattr(module, model.__name__, model)
-    return proc, model
+    return fixed_point_classes(__name__, Recorder, _RecorderModel, ports, members)
 
 
 def recorder(*, spikes: list[int], voltages: list[int], steps: int, folder: str) -> Recorder:
