@@ -301,6 +301,7 @@ class Engine:
         self.relays = {name: self._slice(name) for name in relays}
         self.hosts = [(h, [self._layer_index(layer) for layer in h.inputs]) for h in chip.hosts]
         self.host_names = {h.name for h in chip.hosts}
+        self._plans: dict[tuple[int, bool], list] = {}  # _schedule's per (steps, window): the same for every batch
         self.analog = {i.name for i in chip.inputs if i.kind == "analog"}
         fed: set[str] = set()
         self.synapses = []
@@ -419,7 +420,8 @@ class Engine:
         return out
 
     def run_batch(self, inputs: dict[str, torch.Tensor], voltages: bool = True,
-                  voltage_cols: torch.Tensor | None = None, window: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  voltage_cols: torch.Tensor | None = None, window: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Spikes of every neuron at every global step, ``(T + depth, B, N)``, and voltages (of the state
         positions ``voltage_cols`` only, when given; none without ``voltages``; int64, or int32 with the CPU
         kernels where the state fits). ``window``: only each population's own ``T`` steps (global steps
@@ -550,12 +552,19 @@ class Engine:
 
     def _schedule(self, steps: int, window: bool) -> list[tuple[list[int], torch.Tensor, set[str]]]:
         """Per global step: the synapse groups whose sum can be non-zero and reaches an active target, the
-        state column ranges ``(k, 2)`` of the active populations, and the host products to compute.
+        state column ranges ``(k, 2)`` of the active populations, and the host products to compute (made once
+        per ``(steps, window)``: every batch of a run reads the same plan).
 
         A population is active from its depth on (before, its state is zero and it does not spike: skipping
         it changes nothing) to the last step anything recorded depends on: the run's last step, or with
         ``window`` the end of its own window or, if later, of a window it reaches (:meth:`_last_steps`). A
         group's sum is zero while its source has not reached its own first active step."""
+        if (steps, window) not in self._plans:
+            self._plans[steps, window] = self._plan(steps, window)
+        return self._plans[steps, window]
+
+    def _plan(self, steps: int, window: bool) -> list[tuple[list[int], torch.Tensor, set[str]]]:
+        """:meth:`_schedule`'s plan, made."""
         horizon = steps + self.chip.depth
         first = {name: d + 1 for name, d in self.layout.depth.items()}
         for h, _ in self.hosts:
