@@ -38,24 +38,26 @@ from st2chip.targets import lava_layers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-BASELINE = "2ca4dd6"  # the last revision before the recorder and the delays folded into the ports
+BASELINE = "79276c9"  # the last revision before Lava ran in a slim process of its own (a fork of this one before)
 
 
 def baseline_modules(revision: str) -> ModuleType:
-    """``targets/lava.py`` and ``targets/lava_layers.py`` at ``revision`` as modules of the ``st2chip.targets``
-    package (``_baseline_lava``, ``_baseline_lava_layers``: its relative imports resolve there); returns the
-    latter."""
+    """``targets/lava_process.py``, ``targets/lava.py`` and ``targets/lava_layers.py`` at ``revision`` as modules
+    of the ``st2chip.targets`` package (``_baseline_lava_process``, ``_baseline_lava``, ``_baseline_lava_layers``:
+    their relative imports resolve there, each other's to the baseline's); returns the last."""
     import st2chip.targets as package
 
     def source(path: str) -> str:
         return subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:{path}"], check=True,
                               capture_output=True, text=True).stdout
 
-    lava_src = source("targets/lava.py")
+    process_src = source("targets/lava_process.py")
+    lava_src = source("targets/lava.py").replace("from .lava_process import", "from ._baseline_lava_process import")
     layers_src = source("targets/lava_layers.py").replace("from . import lava\n",
                                                           "from . import _baseline_lava as lava\n")
     module = None
-    for name, text in (("_baseline_lava", lava_src), ("_baseline_lava_layers", layers_src)):
+    for name, text in (("_baseline_lava_process", process_src), ("_baseline_lava", lava_src),
+                       ("_baseline_lava_layers", layers_src)):
         spec = importlib.util.spec_from_loader(f"st2chip.targets.{name}", loader=None)
         module = importlib.util.module_from_spec(spec)
         module.__package__ = "st2chip.targets"

@@ -19,14 +19,18 @@ Spikes and voltages are recorded by one process of st2chip's
 (:mod:`.lava_record`, in place of a sink and a ``Monitor`` per population; a
 relay's values are what it sends) and cut back into per-sample windows.
 
-The simulation runs in a child process in its own process group
-(:mod:`.lava_process`): Ctrl-C or SIGTERM, to this process or its whole group,
-ends the child and every Lava process under it within seconds instead of
-hanging in Lava's ``runtime.stop()`` or leaving workers orphaned; a Lava worker
-or the child itself that dies (SIGKILL, the out-of-memory killer) ends the run
-with a :class:`~st2chip.errors.BackendError` (one line, exit 1) instead of a
-stall. Only the raw recordings come back (numpy arrays). Inside the child the
-Lava runtime is stopped on every path, errors included.
+The simulation runs in st2chip's Lava process, a slim interpreter of its own in
+its own process group, started once and reused by later runs (:mod:`.lava_process`):
+Lava forks its workers from there, not from a caller that may hold gigabytes.
+Ctrl-C or SIGTERM, to this process or its whole group, ends that process and
+every Lava process under it within seconds instead of hanging in Lava's
+``runtime.stop()`` or leaving workers orphaned; a Lava worker or that process
+itself that dies (SIGKILL, the out-of-memory killer) ends the run with a
+:class:`~st2chip.errors.BackendError` (one line, exit 1) instead of a stall. The
+graph and its input go there pickled; only the raw recordings come back (numpy
+arrays). There the Lava runtime is stopped on every path, errors included. This
+module imports no torch at import time (the engine's helpers are imported by
+:func:`run`), so the Lava process stays slim.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from st2chip.traces import Traces
 
 from .lava_compat import ensure_lava
 from .lava_process import call_in_own_group
-from .engine import assemble, batch_steps
 
 
 PROGRESS_CHUNKS = 50  # with a progress bar, the run is split into at most this many Lava runs
@@ -71,7 +74,6 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
     from lava.proc.sparse.process import DelaySparse, Sparse
     from lava.utils.weightutils import SignMode
 
-    from .lava_host import host_product
     from .lava_neuron import CubaNeuron
 
     depths = chip.depths()
@@ -89,6 +91,8 @@ def _processes(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int)
         procs[pop.name] = (CubaNeuron(**common, reset_mode=pop.reset, refractory=pop.refractory,
                                       quiet=quiet.get(pop.name, 0)) if own else LIFReset(**common))
     for h in chip.hosts:
+        from .lava_host import host_product  # imports torch: only where a graph has host products
+
         pops = [chip.layer_populations(layer) for layer in h.inputs]
         procs[h.name] = host_product(heads=h.heads, tokens=h.tokens, dim=h.dim, name=h.name,
                                      parts=[[p.index for p in role] for role in pops])
@@ -142,7 +146,7 @@ def _sparse_delays(weights: sp.csr_matrix, delay: int) -> sp.csr_matrix:
 
 
 def _import_lava() -> None:
-    """Import what a run uses here, once, so that each forked child does not import it again."""
+    """Import what a run uses (in the Lava process, once: later runs there find it imported)."""
     ensure_lava()
     import lava.magma.compiler.compiler  # noqa: F401 - imported lazily by Process.run
     import lava.magma.core.run_conditions  # noqa: F401
@@ -158,12 +162,12 @@ def _import_lava() -> None:
     import lava.proc.lif.process  # noqa: F401
     import lava.proc.sparse.models  # noqa: F401
     import lava.proc.sparse.process  # noqa: F401
-    from . import lava_host, lava_neuron, lava_record  # noqa: F401 - st2chip's processes and their models
+    from . import lava_neuron, lava_record  # noqa: F401 - st2chip's processes and their models
 
 
 def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, total: int,
               voltages: bool, progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Build, run and stop the Lava network (in the child); raw spikes ``(total, n)`` and voltages.
+    """Build, run and stop the Lava network (in the Lava process); raw spikes ``(total, n)`` and voltages.
 
     With ``progress`` the run is split into at most :data:`PROGRESS_CHUNKS` runs of whole sample
     windows (Lava continues where the last run stopped) under a progress bar over samples.
@@ -171,6 +175,7 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
 
+    _import_lava()
     from .lava_record import load, recorder
 
     procs = _processes(chip, source_data, window)
@@ -187,12 +192,12 @@ def _simulate(chip: ChipGraph, source_data: dict[str, np.ndarray], window: int, 
     anchor = procs[chip.populations[0].name]
     # Lava's compiler flattens its process list by recursion, one level per process: a graph with many
     # populations (K decay groups make up to K^2 of them per layer, and a group per pair) needs more
-    # than Python's default of 1000 (this runs in a child process of its own)
+    # than Python's default of 1000 (this runs in the Lava process)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 4 * process_count(chip, len(source_data), voltages)))
     samples = total // window
     per_run = max(1, -(-samples // PROGRESS_CHUNKS)) if progress else samples
-    # tqdm's default lock is a multiprocessing semaphore shared with the caller since the fork: this process
-    # may be SIGKILLed holding it, which would block the caller's next bar; this one keeps a lock of its own
+    # tqdm's default lock makes a multiprocessing semaphore, which Lava's workers would inherit and the
+    # caller's resource tracker would track: a thread lock does for the one bar here
     tqdm.set_lock(threading.RLock())
     bar = tqdm(total=samples, desc="lava", unit="sample", leave=False, disable=not progress)
     try:
@@ -218,12 +223,14 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
     ``voltages=False`` records voltages of readout populations only (their final
     voltage is the output): each recorded voltage is one more read per step.
     """
+    from .engine import assemble, batch_steps
+
     batch, steps = batch_steps(inputs)
     n = process_count(chip, len(inputs), voltages)
     limits.check_bytes(f"{n:,} Lava processes (each an OS process of about {limits.human(PROCESS_BYTES)}; fewer "
                        f"--decay-groups make fewer populations and synapse groups; verify --lava-mode layers "
                        f"bounds them; --backends float,reference leaves Lava out)", n * PROCESS_BYTES, where="lava")
-    _import_lava()
+    ensure_lava()  # a missing Lava is one line here, before the Lava process starts
     # a sample's window: T steps, the pipeline depth, and room for spikes a graph-level delay (lag)
     # still holds, so that none of them reaches the next sample
     window = steps + chip.depth + max((s.lag for s in chip.synapses), default=0)

@@ -155,67 +155,83 @@ def test_signal_during_lava_run_stops_everything(model_and_inputs, case):
         _kill_all(sid, proc)
 
 
-# --- the child-process runner itself -------------------------------------------------------------
+# --- the Lava process itself ----------------------------------------------------------------------
+# What runs there is pickled by reference: the functions below, from this file imported under its plain name
+# (pytest's name for it, tests.targets..., is not importable: site-packages holds another 'tests').
 
-def test_call_in_own_group_returns_results_from_its_own_group():
+
+@pytest.fixture
+def here(monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    return importlib.import_module(Path(__file__).stem)
+
+
+def _work(x):
+    return x * 2, os.getpgid(0) == os.getpid(), os.getpid()
+
+
+def _fail():
+    raise ValueError("bad weights")
+
+
+def _die(marker: str) -> None:
+    grandchild = os.fork()  # stands in for a Lava worker: it holds the result pipe open
+    if grandchild == 0:
+        time.sleep(60)
+        os._exit(0)
+    Path(marker).write_text(str(grandchild))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for_a_dead_worker() -> None:
+    import multiprocessing as mp
+
+    worker = mp.get_context("fork").Process(target=time.sleep, args=(60,))  # stands in for a Lava worker
+    worker.start()
+    os.kill(worker.pid, signal.SIGKILL)
+    time.sleep(60)  # stands in for Lava's runtime, which waits for its workers' messages for ever
+
+
+def test_call_in_own_group_returns_results_from_its_own_group(here):
     from st2chip.targets.lava_process import call_in_own_group
 
-    def work(x):
-        return x * 2, os.getpgid(0) == os.getpid(), os.getpid()
-
-    doubled, own_group, pid = call_in_own_group(work, np.arange(5))
+    doubled, own_group, pid = call_in_own_group(here._work, np.arange(5))
     np.testing.assert_array_equal(doubled, np.arange(5) * 2)
     assert own_group and pid != os.getpid()
 
 
-def test_call_in_own_group_raises_the_childs_exception():
+def test_call_in_own_group_raises_the_childs_exception(here):
     from st2chip.targets.lava_process import call_in_own_group
 
-    def fail():
-        raise ValueError("bad weights")
-
     with pytest.raises(ValueError, match="bad weights") as info:
-        call_in_own_group(fail)
+        call_in_own_group(here._fail)
     assert any("Lava process" in note for note in getattr(info.value, "__notes__", []))
 
 
-def test_child_dying_alone_takes_its_descendants_along(tmp_path):
+def test_child_dying_alone_takes_its_descendants_along(here, tmp_path):
     from st2chip.targets.lava_process import ChildProcessDied, call_in_own_group
 
     marker = tmp_path / "grandchild"
-
-    def die():
-        grandchild = os.fork()  # stands in for a Lava worker: it holds the result pipe open
-        if grandchild == 0:
-            time.sleep(60)
-            os._exit(0)
-        marker.write_text(str(grandchild))
-        os.kill(os.getpid(), signal.SIGKILL)
-
     with pytest.raises(ChildProcessDied):
-        call_in_own_group(die)
+        call_in_own_group(here._die, str(marker))
     grandchild = marker.read_text()
     assert _wait_for(lambda: _stat(grandchild) is None or _stat(grandchild)[0] == "Z", 5)
 
 
-def test_a_dead_worker_ends_the_wait_with_one_error():
-    """A worker of the child killed by a signal while the function still waits: WorkerDied, not a stall."""
-    import multiprocessing as mp
-
+def test_a_dead_worker_ends_the_wait_with_one_error(here):
+    """A worker of the Lava process killed by a signal while the function still waits: WorkerDied, not a stall;
+    the next call gets a fresh Lava process."""
     from st2chip.errors import BackendError
     from st2chip.targets.lava_process import WorkerDied, call_in_own_group
 
-    def wait_for_a_dead_worker():
-        worker = mp.get_context("fork").Process(target=time.sleep, args=(60,))  # stands in for a Lava worker
-        worker.start()
-        os.kill(worker.pid, signal.SIGKILL)
-        time.sleep(60)  # stands in for Lava's runtime, which waits for its workers' messages for ever
-
     t0 = time.monotonic()
     with pytest.raises(WorkerDied, match=r"a Lava worker process died \(signal 9, pid \d+\)") as info:
-        call_in_own_group(wait_for_a_dead_worker)
+        call_in_own_group(here._wait_for_a_dead_worker)
     assert time.monotonic() - t0 < 10
     assert isinstance(info.value, BackendError) and info.value.exit_code == 1
+    assert call_in_own_group(here._work, 1)[0] == 2
 
 
 # --- a Lava process killed from outside during a CLI run ----------------------------------------
