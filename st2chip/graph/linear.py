@@ -100,6 +100,39 @@ def output_shape(name: str, node: nir.NIRNode, in_shape: tuple[int, ...]) -> tup
     return (channels, *spatial)
 
 
+STACK_CHUNK = 2**20  # synapses per block of output channels that :func:`_channels_stacked` writes at a time
+
+
+def _channels_stacked(weight: np.ndarray, tap: np.ndarray, offset: np.ndarray, indptr_one: np.ndarray,
+                      first: np.ndarray, n_in: int) -> sp.csr_matrix:
+    """The convolution's CSR matrix, one output channel's rows after another, zero weights dropped.
+
+    Output channel ``co`` holds ``weight[co, tap]`` at input indices ``offset + first[co]`` in the rows that
+    ``indptr_one`` (one channel's) gives. Blocks of channels are written into arrays made once: a block's
+    index arrays stay small, and no per-channel matrices are stacked (a copy of the whole matrix).
+    """
+    c_out, per_channel = weight.shape[0], tap.size
+    total = c_out * per_channel
+    data = np.empty(total, dtype=np.float64)
+    indices = np.empty(total, dtype=np.int64 if max(n_in, total) > np.iinfo(np.int32).max else np.int32)
+    counts = np.empty((c_out, indptr_one.size - 1), dtype=np.int64)
+    step = max(1, STACK_CHUNK // max(per_channel, 1))
+    at = 0
+    for lo in range(0, c_out, step):
+        values = weight[lo:lo + step][:, tap]
+        keep = values != 0
+        kept = np.concatenate([np.zeros((keep.shape[0], 1), np.int64), np.cumsum(keep, axis=1)], axis=1)
+        counts[lo:lo + step] = kept[:, indptr_one[1:]] - kept[:, indptr_one[:-1]]
+        n = int(kept[:, -1].sum())
+        data[at:at + n] = values[keep]
+        indices[at:at + n] = (offset[None, :] + first[lo:lo + step, None])[keep]
+        at += n
+    if at < total:
+        data, indices = data[:at].copy(), indices[:at].copy()
+    indptr = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts.reshape(-1))])
+    return sp.csr_matrix((data, indices, indptr), shape=(c_out * (indptr_one.size - 1), n_in))
+
+
 def as_matrix(name: str, node: nir.NIRNode, in_shape: tuple[int, ...]) -> tuple[sp.csr_matrix, np.ndarray]:
     """The node as ``(W, b)`` with ``y = W x + b`` on flat C-order vectors, ``W`` sparse ``(n_out, n_in)``."""
     geo = geometry(name, node)
@@ -123,7 +156,7 @@ def as_matrix(name: str, node: nir.NIRNode, in_shape: tuple[int, ...]) -> tuple[
     _, h_out, w_out = out_shape2
     per_out = h_out * w_out
     limits.check_alloc(f"the matrix of {name}", c_out * per_out * c_in_group * kh * kw, 12)
-    # one output channel at a time: index arrays of one channel's synapses, never of the whole matrix
+    # index arrays of one output channel's synapses, never of the whole matrix
     oy, ox, ci, ky, kx = np.meshgrid(np.arange(h_out), np.arange(w_out), np.arange(c_in_group), np.arange(kh),
                                      np.arange(kw), indexing="ij")
     y = oy * geo.stride[0] - geo.pad[0] + ky * geo.dilation[0]
@@ -136,15 +169,8 @@ def as_matrix(name: str, node: nir.NIRNode, in_shape: tuple[int, ...]) -> tuple[
     order = np.argsort(row, kind="stable")  # CSR order: by output position
     row, offset, tap = row[order], offset[order], tap[order]
     indptr_one = np.searchsorted(row, np.arange(per_out + 1))
-    blocks = []
-    n_in = int(np.prod(in_shape))
-    for co in range(c_out):
-        first_channel = (co // (c_out // groups)) * c_in_group
-        values = weight[co].reshape(-1)[tap]
-        block = sp.csr_matrix((values, (offset + first_channel * h_in * w_in).astype(np.int32), indptr_one),
-                              shape=(per_out, n_in))
-        block.eliminate_zeros()
-        blocks.append(block)
-    matrix = sp.csr_matrix(sp.vstack(blocks, format="csr"))
+    matrix = _channels_stacked(weight.reshape(c_out, -1), tap, offset, indptr_one,
+                               (np.arange(c_out) // (c_out // groups)) * c_in_group * h_in * w_in,
+                               int(np.prod(in_shape)))
     full_bias = np.repeat(np.broadcast_to(bias, (c_out,)), h_out * w_out)
     return matrix, full_bias.astype(np.float64)

@@ -238,8 +238,8 @@ def _with_relay_exponent(relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matri
                          scales: dict[str, int], blocks: list[Block], e_v: int, r_scale: float) -> Built | None:
     """The relay and its groups at relay exponent ``e_v`` (unit ``r_scale``); None where a range breaks.
 
-    The product errors (one sparse product each of ``U V`` and of its quantized form, per population) are
-    computed only once every range holds.
+    The product errors (per population, from the factors' Gram matrices: :func:`~st2chip.chip.encoding.lowrank_errors`)
+    are computed only once every range holds.
     """
     u_parts = [(pop, take(u_fold, pop.index, axis=0)) for pop in members]
     needs = [encoding.exp_needed(sp.csr_matrix(w / r_scale), scales[pop.name]) for pop, w in u_parts]
@@ -265,7 +265,7 @@ def _with_relay_exponent(relay_name: str, v: sp.csr_matrix, u_fold: sp.csr_matri
         u_errors.append(err)
         u_values.append(sp.csr_matrix(mant, dtype=np.float64) * (2.0 * 2.0**exp / scales[pop.name] * r_scale))
     v_eff = _dequantized(groups[:len(blocks)], v.shape, [b.index for b in blocks], r_scale)
-    product_errors = [encoding.rel_error(u_eff @ v_eff, w @ v) for u_eff, (_, w) in zip(u_values, u_parts)]
+    product_errors = encoding.lowrank_errors([(u_eff, w) for u_eff, (_, w) in zip(u_values, u_parts)], v_eff, v)
     return Built(relay, groups, FactoredErrors(r_scale, max(v_errors), max(u_errors), max(product_errors), e_v))
 
 
