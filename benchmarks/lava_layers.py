@@ -16,10 +16,13 @@ and ``.png`` (seconds per sample, both ways) and prints, last,
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import atexit
+import importlib
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -38,33 +41,28 @@ from st2chip.targets import lava_layers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-BASELINE = "79276c9"  # the last revision before Lava ran in a slim process of its own (a fork of this one before)
+BASELINE = "2c0de84"  # the last revision before Lava's workers forked from a frozen heap
 
 
 def baseline_modules(revision: str) -> ModuleType:
-    """``targets/lava_process.py``, ``targets/lava.py`` and ``targets/lava_layers.py`` at ``revision`` as modules
-    of the ``st2chip.targets`` package (``_baseline_lava_process``, ``_baseline_lava``, ``_baseline_lava_layers``:
-    their relative imports resolve there, each other's to the baseline's); returns the last."""
-    import st2chip.targets as package
-
+    """``targets/lava_process.py``, ``targets/lava.py`` and ``targets/lava_layers.py`` at ``revision`` as top-level
+    modules ``_baseline_lava_process``, ``_baseline_lava`` and ``_baseline_lava_layers`` in a temporary folder on the
+    import path (st2chip's Lava process imports the baseline's functions from there by name); their relative
+    imports point to each other or to ``st2chip.targets``. Returns the last."""
     def source(path: str) -> str:
         return subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:{path}"], check=True,
                               capture_output=True, text=True).stdout
 
-    process_src = source("targets/lava_process.py")
-    lava_src = source("targets/lava.py").replace("from .lava_process import", "from ._baseline_lava_process import")
-    layers_src = source("targets/lava_layers.py").replace("from . import lava\n",
-                                                          "from . import _baseline_lava as lava\n")
-    module = None
-    for name, text in (("_baseline_lava_process", process_src), ("_baseline_lava", lava_src),
-                       ("_baseline_lava_layers", layers_src)):
-        spec = importlib.util.spec_from_loader(f"st2chip.targets.{name}", loader=None)
-        module = importlib.util.module_from_spec(spec)
-        module.__package__ = "st2chip.targets"
-        sys.modules[spec.name] = module
-        setattr(package, name, module)
-        exec(compile(text, f"{revision}:{name}", "exec"), module.__dict__)
-    return module
+    folder = Path(tempfile.mkdtemp(prefix="st2chip-baseline-"))
+    atexit.register(shutil.rmtree, folder, True)
+    for name, path in (("_baseline_lava_process", "targets/lava_process.py"), ("_baseline_lava", "targets/lava.py"),
+                       ("_baseline_lava_layers", "targets/lava_layers.py")):
+        text = (source(path).replace("from .lava_process import", "from _baseline_lava_process import")
+                .replace("from . import lava\n", "import _baseline_lava as lava\n")
+                .replace("from . import ", "from st2chip.targets import ").replace("from .", "from st2chip.targets."))
+        (folder / f"{name}.py").write_text(text)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("_baseline_lava_layers")
 
 
 def timed(module: ModuleType, chip, x: dict, rec) -> tuple[float, object]:

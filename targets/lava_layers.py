@@ -9,7 +9,8 @@ that replay what the engine recorded for them (spikes, or a relay's, host
 product's or analog input's graded values), and runs on Lava. Its spikes and
 voltages must equal the engine's bit for bit. Several such units share one Lava
 run, as many as fit ``max_processes`` processes (and the memory budget), so
-Lava's process count stays bounded whatever the model's size.
+Lava's process count stays bounded whatever the model's size; one Lava process
+replays all the ports of a run (:mod:`.lava_record`).
 
 Timing: in the whole graph a population ``P`` at depth ``d`` reads, at global
 step ``g``, what a source sent at step ``g - 1 - delay``; cut out, ``P`` (fed by
@@ -199,7 +200,7 @@ def _chunks(units: list[_Unit], bounds: dict[str, np.ndarray], bound: int) -> li
 
 def _processes(small: ChipGraph) -> int:
     """Lava processes a run of a cut-out graph starts (every population's voltage recorded)."""
-    return lava.process_count(small, len(small.inputs), voltages=True)
+    return lava.process_count(small)
 
 
 def _replay(sent: np.ndarray, shift: int, rows: int) -> np.ndarray:

@@ -1,8 +1,12 @@
 """Lava layer by layer: each population alone on Lava, fed what the engine recorded for its inputs, equals the
 engine bit for bit; a wrong record is caught and the population named; Lava's processes per run stay bounded."""
 
+import gc
 import importlib.util
+import os
+import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import nir
@@ -90,7 +94,7 @@ def test_recurrence_and_a_relay_replay_the_engine_exactly_on_the_engine(chip):
 def test_layers_and_whole_agree_with_the_engine_on_lava_within_the_process_bound(chip):
     eng = engine.run(chip, X)
     _assert_same(eng, lava.run(chip, X))
-    whole = lava.process_count(chip, 1, voltages=True)
+    whole = lava.process_count(chip)
     limits.set_memory_budget(20 * lava.PROCESS_BYTES)  # the budget bounds a run, below max_processes
     try:
         out = lava_layers.run(chip, X, max_processes=10 ** 6)
@@ -127,7 +131,7 @@ def test_each_run_stays_within_its_process_bound_and_a_larger_unit_runs_alone(ch
     runs = []
 
     def counted(graph, inputs, voltages):
-        runs.append((lava.process_count(graph, len(inputs), voltages),
+        runs.append((lava.process_count(graph),
                      [p.name for p in graph.populations]))
         return engine.run(graph, inputs, voltages=voltages)
 
@@ -239,14 +243,59 @@ def test_a_flipped_input_through_the_delayed_path_is_named_where_the_engine_says
     assert (b.sample, b.step, b.neuron, b.what) == (sample, step, neuron, what)
 
 
-def test_a_lava_run_records_with_one_process():
-    """One recorder takes every population's spikes and voltages: no sink or Monitor per population."""
-    rng = np.random.default_rng(0)
-    nodes = {"input": nir.Input(input_type={"input": np.array([4])}),
-             "fc": nir.Affine(weight=rng.normal(size=(3, 4)), bias=np.zeros(3)), "lif": _lif(rng, 3),
-             "output": nir.Output(output_type={"output": np.array([3])})}
-    graph = normalize(nir.NIRGraph(nodes=nodes, edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")],
-                                   metadata={"dt": DT}, type_check=False))
-    small = lower(graph, decay_groups=1)
-    for voltages in (True, False):
-        assert lava.process_count(small, 1, voltages) == 1 + len(small.populations) + len(small.synapses) + 1
+def _one_run(chip) -> tuple:
+    """The cut-out graph and port data of ``chip`` checked layer by layer in a single run."""
+    runs = []
+
+    def grab(graph, inputs, voltages):
+        runs.append((graph, inputs))
+        return engine.run(graph, inputs, voltages=voltages)
+
+    lava_layers.run(chip, X, max_processes=10 ** 6, simulate=grab)
+    (small, inputs), = runs
+    return small, inputs
+
+
+def test_one_source_sends_every_input_and_one_recorder_records_every_population(chip):
+    """A run layer by layer replays several recorded sources: one Lava process sends them all, one records all
+    populations, and Lava compiles exactly ``process_count`` processes."""
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    small, inputs = _one_run(chip)
+    assert len(small.inputs) >= 4
+    source_data, window, total = lava._source_data(small, inputs)
+    lava._import_lava()
+    monitored = [p for p in small.populations if lava._monitored(p, True)]
+    with tempfile.TemporaryDirectory() as folder:
+        anchor = lava._network(small, source_data, window, total, monitored, folder)
+        compiled = anchor.compile(Loihi2SimCfg(select_tag="fixed_pt")).process_list
+    kinds = Counter(type(p).__name__ for p in compiled)
+    assert kinds[f"Source_{len(small.inputs)}"] == 1
+    assert kinds[f"Recorder_{len(small.populations)}_{len(monitored)}"] == 1
+    assert len(compiled) == lava.process_count(small) == 1 + len(small.populations) + len(small.synapses) + 1
+
+
+_forks: list[int] | None = None  # while a test watches: the frozen objects at each fork of this process
+
+
+def _count_frozen_at_fork() -> None:
+    if _forks is not None:
+        _forks.append(gc.get_freeze_count())
+
+
+os.register_at_fork(before=_count_frozen_at_fork)
+
+
+def test_lava_forks_its_workers_from_a_frozen_heap_and_unfreezes_it_after(chip):
+    """Lava's workers fork from the process that runs it (here this one): with its heap frozen, their garbage
+    collectors leave the inherited pages alone; the heap is unfrozen once Lava has stopped."""
+    global _forks
+    small, inputs = _one_run(chip)
+    source_data, window, total = lava._source_data(small, inputs)
+    _forks = []
+    try:
+        spikes, _ = lava._simulate(small, source_data, window, total, True)
+    finally:
+        forks, _forks = _forks, None
+    assert len(forks) >= lava.process_count(small) and min(forks) > 0
+    assert gc.get_freeze_count() == 0 and set(spikes) == {p.name for p in small.populations}

@@ -31,10 +31,9 @@ def _recurrent_chip(decay_groups: int):
 def test_process_count_grows_with_the_populations():
     one, four = _recurrent_chip(1), _recurrent_chip(4)
     assert len(four.populations) == 4 and len(four.synapses) == 4 + 16
-    # input source, 4 populations, 20 synapse groups, one recorder
-    assert lava.process_count(four, 1, voltages=True) == 1 + 4 + 20 + 1
-    assert lava.process_count(four, 1, voltages=False) == lava.process_count(four, 1, voltages=True)
-    assert lava.process_count(one, 1, voltages=True) == 1 + 1 + 2 + 1
+    # the one input source, 4 populations, 20 synapse groups, one recorder
+    assert lava.process_count(four) == 1 + 4 + 20 + 1
+    assert lava.process_count(one) == 1 + 1 + 2 + 1
 
 
 def test_a_run_over_the_memory_budget_is_refused_before_lava_starts():
