@@ -139,7 +139,9 @@ def _engine(chip, n_in: int, batches: list[int], device: str, use_kernels: bool 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="engine device (default cpu)")
-    parser.add_argument("--lava-samples", type=int, default=8, help="samples of Lava's smaller run (default 8)")
+    parser.add_argument("--lava-samples", type=int, default=64,
+                        help="samples of Lava's smaller run (default 64: with fewer, start-up noise of a few tenths of a "
+                             "second is a large part of the two runs' difference)")
     parser.add_argument("--lava-json", help="take Lava's rates from this earlier result file instead of running Lava")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
