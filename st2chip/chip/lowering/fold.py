@@ -24,8 +24,8 @@ def fold(plan: Plan) -> Plan:
 
 
 def folded(layer: LayerPlan, dt: float) -> Folded:
-    """``layer``'s incoming weights (scaled in place: pass ``paths`` made them fresh) and bias over its
-    thresholds, times its input gain."""
+    """``layer``'s incoming weights (scaled in place: pass ``paths`` made them fresh; its deferred low-rank
+    products alike) and bias over its thresholds, times its input gain."""
     name, neuron, weight, bias = layer.name, layer.neuron, layer.incoming.weight, layer.incoming.bias
     n = weight.shape[0]
     if n == 0:
@@ -38,12 +38,14 @@ def folded(layer: LayerPlan, dt: float) -> Folded:
         raise GraphError("thresholds must be positive", node=name, field="v_threshold")
     with np.errstate(over="ignore", invalid="ignore"):
         factor = neuron.gain / neuron.threshold
-        weight.data *= np.repeat(factor, np.diff(weight.indptr))
+        matrices = [weight, *layer.incoming.deferred.values()]
+        for m in matrices:
+            m.data *= np.repeat(factor, np.diff(m.indptr))
         keeps_current = neuron.beta_u is not None  # NIR adds its Affine bias to the current, not to v
         current = bias * factor if keeps_current else None
         b_fold = (0.0 if keeps_current else bias * neuron.gain / neuron.threshold) + neuron.bias / neuron.threshold
-        rows = np.repeat(np.arange(n), np.diff(weight.indptr))
-        for field, value, where in (("weight", weight.data, rows), ("bias", b_fold, np.arange(n)),
+        checks = [("weight", m.data, np.repeat(np.arange(n), np.diff(m.indptr))) for m in matrices]
+        for field, value, where in (*checks, ("bias", b_fold, np.arange(n)),
                                     ("bias", np.zeros(n) if current is None else current, np.arange(n))):
             bad = ~np.isfinite(value)
             if bad.any():
@@ -51,4 +53,4 @@ def folded(layer: LayerPlan, dt: float) -> Folded:
                 raise GraphError(f"{field}s divided by the threshold overflow (neuron {i}: threshold "
                                  f"{neuron.threshold[i]:g}, gain {neuron.gain[i]:g}); the chip cannot hold them",
                                  node=name, field=field)
-    return Folded(weight, b_fold, factor, current)
+    return Folded(weight, b_fold, factor, current, layer.incoming.deferred)

@@ -44,7 +44,29 @@ MAC_PER_AC = _mac_per_ac()
 
 def lowrank(plan: Plan) -> Plan:
     """Every layer's :class:`~st2chip.chip.lowering.plan.Lowrank`: its relays, factored groups and choices."""
-    return plan.map_layers(lambda p, layer: without_factored(replace(layer, lowrank=chosen(p, layer))))
+    return plan.map_layers(lambda p, layer: without_factored(settled(replace(layer, lowrank=chosen(p, layer)))))
+
+
+def settled(layer: LayerPlan) -> LayerPlan:
+    """``layer`` whose deferred low-rank products (:class:`~st2chip.chip.lowering.plan.Incoming`) are placed in
+    their columns of the folded weight where they stay multiplied out, and dropped where kept factored.
+
+    Each is already folded and canonical, and its columns of the weight are empty: the sum places its
+    entries, values unchanged, as pass ``paths`` would have stacked them.
+    """
+    deferred = layer.folded.deferred
+    if not deferred:
+        return layer
+    weight = layer.folded.weight
+    offsets = dict(zip(layer.incoming.keys, np.cumsum([0, *layer.incoming.widths[:-1]])))
+    for key, product in deferred.items():
+        if key in layer.lowrank.factored:
+            continue
+        placed = sp.csr_matrix((product.data, product.indices + int(offsets[key]), product.indptr),
+                               shape=weight.shape)
+        weight = sp.csr_matrix(weight + placed)
+    return replace(layer, incoming=replace(layer.incoming, weight=weight, deferred={}),
+                   folded=replace(layer.folded, weight=weight, deferred={}))
 
 
 def without_factored(layer: LayerPlan) -> LayerPlan:
@@ -136,12 +158,14 @@ def chosen(plan: Plan, layer: LayerPlan) -> Lowrank:
 
 
 def _stored_per_key(layer: LayerPlan) -> dict[PathKey, int]:
-    """How many weights the layer's multiplied-out weight stores in each key's columns."""
+    """How many weights the layer's multiplied-out weight stores in each key's columns (a deferred product's,
+    for a key held apart)."""
     weight = layer.folded.weight
     indices = weight.indices[:weight.nnz]
     ends = np.cumsum(layer.incoming.widths)
     below = [0, *(int(np.count_nonzero(indices < end)) for end in ends[:-1]), indices.size]
-    return {key: below[i + 1] - below[i] for i, key in enumerate(layer.incoming.keys)}
+    return {key: below[i + 1] - below[i] + (layer.folded.deferred[key].nnz if key in layer.folded.deferred else 0)
+            for i, key in enumerate(layer.incoming.keys)}
 
 
 def product_nnz(graph: nir.NIRGraph, found: dict[PathKey, Factors], stored: dict[PathKey, int],

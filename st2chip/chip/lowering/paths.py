@@ -213,9 +213,28 @@ def incoming(plan: Plan, name: str) -> Incoming:
     keys = list(by_key)
     nnz = sum(by_key[k][0].nnz for k in keys)
     limits.check_alloc(f"the folded weights of layer '{name}'", nnz, BYTES_PER_WEIGHT)
-    weight = side_by_side([by_key[k][0] for k in keys])
+    deferred: dict[PathKey, sp.csr_matrix] = {}
+    for k in keys:
+        if plan.options.lowrank != "product" and _deferrable(graph, lowrank.get(k)):
+            product = by_key[k][0]
+            # branches of a residual sum right before V share one matrix: pass fold scales each in place
+            shared = any(np.may_share_memory(product.data, other.data) for other in deferred.values())
+            deferred[k] = _canonical(product.copy() if shared else product)
+    weight = side_by_side([sp.csr_matrix(by_key[k][0].shape) if k in deferred else by_key[k][0] for k in keys])
     return Incoming(keys, _widths(graph, keys), weight, sum(by_key[k][1] for k in keys), affines,
-                    list(dict.fromkeys(kinds)), {k: c for k, c in convs.items() if c is not None}, lowrank)
+                    list(dict.fromkeys(kinds)), {k: c for k, c in convs.items() if c is not None}, lowrank,
+                    deferred)
+
+
+def _deferrable(graph: nir.NIRGraph, found: Factors | Refused | None) -> bool:
+    """A path pass ``lowrank`` may keep factored, whose multiplied-out weight it can count without multiplying
+    again (only permutations on the source side of V: see :func:`~st2chip.chip.lowering.lowrank.product_nnz`)."""
+    return isinstance(found, Factors) and all(isinstance(graph.nodes[n], nir.Affine) for n in found.nodes[2:])
+
+
+def _canonical(m: sp.spmatrix) -> sp.csr_matrix:
+    """``m`` as :func:`side_by_side` would store it: CSR, indices sorted, duplicates summed, zeros dropped."""
+    return side_by_side([m])
 
 
 def side_by_side(mats: list[sp.spmatrix]) -> sp.csr_matrix:

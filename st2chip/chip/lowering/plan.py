@@ -98,6 +98,10 @@ class Incoming:
     ``lowrank`` per key with a low-rank path its factors or why it has none. Pass
     ``lowrank`` drops the columns of the paths it keeps factored (their U·V was needed
     only to set the scales; it would otherwise be held through every later pass).
+    ``deferred``: the multiplied-out U·V of the paths pass ``lowrank`` may keep factored
+    (canonical CSR, each its key's columns only), held apart, with their columns of
+    ``weight`` empty, until it decides: stacking, scaling and then dropping them was
+    most of lowering a DSP model.
     """
 
     keys: list[PathKey]
@@ -108,6 +112,7 @@ class Incoming:
     chains: list[str]
     convs: dict[PathKey, str]
     lowrank: dict[PathKey, Factors | Refused]
+    deferred: dict[PathKey, sp.csr_matrix] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +125,7 @@ class Folded:
     bias: np.ndarray
     factor: np.ndarray
     current_bias: np.ndarray | None = None
+    deferred: dict[PathKey, sp.csr_matrix] = field(default_factory=dict)  # Incoming.deferred, folded alike
 
 
 @dataclass(frozen=True)

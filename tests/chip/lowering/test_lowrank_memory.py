@@ -1,6 +1,7 @@
 """What lowering keeps in memory: pass ``lowrank`` drops the multiplied-out weights of the paths it keeps
 factored, pass ``synapses`` writes a dense group only where it is non-zero; the chip stays the same."""
 
+import copy
 import os
 from pathlib import Path
 
@@ -28,12 +29,17 @@ def columns(layer, source: str) -> sp.csr_matrix:
 
 
 @pytest.mark.parametrize("mode", ["factored", "product"])
-def test_a_factored_path_leaves_no_product_in_the_folded_weight(tiny, mode):
+def test_a_factorable_path_is_held_apart_then_placed_or_dropped(tiny, mode):
     before = tiny.before(tiny.uv(), "lowrank", lowrank=mode)
     skip = columns(before.layers[0], "x2").toarray()
-    assert columns(before.layers[0], "input").nnz == 30 * 30  # U V multiplied out by pass paths
+    if mode == "factored":  # U V multiplied out by pass paths, held apart until pass lowrank decides
+        [deferred] = before.layers[0].folded.deferred.values()
+        assert deferred.nnz == 30 * 30 and columns(before.layers[0], "input").nnz == 0
+    else:  # always multiplied out: stacked with the rest
+        assert not before.layers[0].folded.deferred and columns(before.layers[0], "input").nnz == 30 * 30
     [layer] = lowrank_pass.lowrank(before).layers
     assert layer.folded.weight is layer.incoming.weight and layer.folded.weight.shape == (30, 60)
+    assert not layer.folded.deferred and not layer.incoming.deferred
     assert columns(layer, "input").nnz == (0 if mode == "factored" else 30 * 30)
     assert np.array_equal(columns(layer, "x2").toarray(), skip)
 
@@ -59,6 +65,22 @@ def test_dropping_the_product_changes_no_population_group_or_report(dsp_graph, m
     assert [g.name for g in chip.synapses] == [g.name for g in kept.synapses]
     assert tiny.record_bytes(chip.synapses) == tiny.record_bytes(kept.synapses)
     assert chip.report == kept.report
+
+
+@pytest.mark.parametrize("mode", ["factored", "auto"])
+def test_holding_the_products_apart_changes_no_population_group_or_report(dsp_graph, mode, monkeypatch, tiny):
+    from st2chip.chip.lowering import paths as paths_pass
+    rng = np.random.default_rng(0)
+    graph = copy.deepcopy(dsp_graph)
+    for node in graph.nodes.values():  # per-neuron thresholds, as sLIF learns them: folding scales each row
+        if hasattr(node, "v_threshold") and np.size(node.v_threshold) > 1:
+            node.v_threshold = 0.6 + 0.8 * rng.random(np.shape(node.v_threshold))
+    chip = lower(graph, decay_groups=2, lowrank=mode)
+    monkeypatch.setattr(paths_pass, "_deferrable", lambda graph, found: False)  # stacked with the rest, as before
+    stacked = lower(graph, decay_groups=2, lowrank=mode)
+    assert tiny.record_bytes(chip.populations) == tiny.record_bytes(stacked.populations)
+    assert tiny.record_bytes(chip.synapses) == tiny.record_bytes(stacked.synapses)
+    assert chip.report == stacked.report
 
 
 def resident_bytes() -> int:
