@@ -82,9 +82,9 @@ def lowrank_errors(u_pairs: list[tuple[sp.spmatrix, sp.spmatrix]], v_approx: sp.
     scaled by their largest magnitudes first, so huge weights cannot overflow.
     """
     v_approx, v = sp.csr_matrix(v_approx, dtype=np.float64), sp.csr_matrix(v, dtype=np.float64)
-    sv = _largest(v)
+    sv = _largest(v) or 1.0
     rank = v.shape[0]
-    y = sp.vstack([v_approx / (sv or 1.0), v / (sv or 1.0)], format="csr")
+    y = sp.vstack([v_approx / sv, v / sv], format="csr")
     gy = (y @ y.T).toarray()
     out = []
     for u_approx, u in u_pairs:
@@ -93,7 +93,7 @@ def lowrank_errors(u_pairs: list[tuple[sp.spmatrix, sp.spmatrix]], v_approx: sp.
         x = sp.hstack([u_approx / su, -u / su], format="csc")
         gx = (x.T @ x).toarray()
         err2, exact2 = max(float(np.sum(gx * gy)), 0.0), float(np.sum(gx[rank:, rank:] * gy[rank:, rank:]))
-        out.append(math.sqrt(err2 / exact2) if exact2 > 0 else math.sqrt(err2) * su * (sv or 1.0))
+        out.append(math.sqrt(err2 / exact2) if exact2 > 0 else math.sqrt(err2) * su * sv)
     return out
 
 

@@ -52,6 +52,15 @@ def test_overflowing_fold_names_the_layer_and_field(random_mlp):
         lower(graph)
 
 
+def test_overflowing_fold_names_the_neuron_after_empty_rows(random_mlp):
+    graph = normalize(mlp_to_nir(random_mlp()))
+    graph.nodes["lif1"].r[:] = 1e300
+    graph.nodes["fc1"].weight[:3] = 0.0  # neurons 0-2 read nothing: empty rows before the overflowing one
+    graph.nodes["fc1"].weight[3, 1] = 1e12
+    with pytest.raises(GraphError, match=r"overflow \(neuron 3:"):
+        lower(graph)
+
+
 def test_empty_layer_is_refused():
     g = nir.NIRGraph(nodes={
         "in": nir.Input(input_type={"input": np.array([3])}),

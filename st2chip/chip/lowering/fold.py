@@ -44,12 +44,14 @@ def folded(layer: LayerPlan, dt: float) -> Folded:
         keeps_current = neuron.beta_u is not None  # NIR adds its Affine bias to the current, not to v
         current = bias * factor if keeps_current else None
         b_fold = (0.0 if keeps_current else bias * neuron.gain / neuron.threshold) + neuron.bias / neuron.threshold
-        checks = [("weight", m.data, np.repeat(np.arange(n), np.diff(m.indptr))) for m in matrices]
-        for field, value, where in (*checks, ("bias", b_fold, np.arange(n)),
-                                    ("bias", np.zeros(n) if current is None else current, np.arange(n))):
+        # each value array with its row pointers (None: one value per neuron); the neuron is found only for an error
+        checks = [*(("weight", m.data, m.indptr) for m in matrices), ("bias", b_fold, None),
+                  ("bias", np.zeros(n) if current is None else current, None)]
+        for field, value, rows in checks:
             bad = ~np.isfinite(value)
             if bad.any():
-                i = int(where[np.argmax(bad)])
+                at = int(np.argmax(bad))
+                i = at if rows is None else int(np.searchsorted(rows, at, side="right")) - 1
                 raise GraphError(f"{field}s divided by the threshold overflow (neuron {i}: threshold "
                                  f"{neuron.threshold[i]:g}, gain {neuron.gain[i]:g}); the chip cannot hold them",
                                  node=name, field=field)
