@@ -124,9 +124,10 @@ def refined_scale(scale: int, headroom: float) -> int:
 
 
 def exp_needed(w: sp.csr_matrix, scale: float) -> int:
-    """The smallest weight exponent that holds ``w · scale`` in 8-bit mantissas, unclipped."""
+    """The smallest weight exponent that holds ``w · scale`` in 8-bit mantissas, unclipped (in logarithms, so
+    that a weight near float's largest, which the chip clips anyway, does not overflow the product)."""
     smax = float(np.abs(w.data).max(initial=0.0))
-    return 0 if smax == 0 else int(np.ceil(np.log2(smax * scale / MANT_FULL / (1 + ROUNDOFF))))
+    return 0 if smax == 0 else int(np.ceil(np.log2(smax) + np.log2(scale) - np.log2(MANT_FULL * (1 + ROUNDOFF))))
 
 
 def quantize(w: sp.csr_matrix, scale: float, exp: int | None = None) -> tuple[sp.csr_matrix, int, float]:
@@ -134,7 +135,8 @@ def quantize(w: sp.csr_matrix, scale: float, exp: int | None = None) -> tuple[sp
     CSR with pruned zeros dropped, and the relative error."""
     if exp is None:
         exp = int(np.clip(exp_needed(w, scale), *WEIGHT_EXP_RANGE))
-    values = np.clip(np.rint(w.data * scale / 2.0**exp / 2), -128, 127).astype(np.int16)
+    with np.errstate(over="ignore"):  # a product beyond float's range clips like any weight too large
+        values = np.clip(np.rint(w.data * scale / 2.0**exp / 2), -128, 127).astype(np.int16)
     err = rel_error(weight_value(values, exp, scale), w.data)
     mant = sp.csr_matrix((values, w.indices.copy(), w.indptr.copy()), shape=w.shape)
     mant.eliminate_zeros()  # in place: on copies, so that ``w`` (maybe the caller's matrix) keeps its structure

@@ -61,6 +61,18 @@ def test_overflowing_fold_names_the_neuron_after_empty_rows(random_mlp):
         lower(graph)
 
 
+@pytest.mark.parametrize("gain, weight", [(1e300, 1e8), (1.0, 1.5e308), (1e308, 1.0)])
+def test_folded_weights_near_floats_largest_warn_like_any_too_large(random_mlp, gain, weight):
+    graph = normalize(mlp_to_nir(random_mlp()))
+    graph.nodes["lif1"].r[:] = gain
+    graph.nodes["fc1"].weight[0, 0] = weight
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lower(graph)
+    assert any(issubclass(w.category, QuantizationWarning) and "layer 'lif1'" in str(w.message) for w in caught)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
 def test_empty_layer_is_refused():
     g = nir.NIRGraph(nodes={
         "in": nir.Input(input_type={"input": np.array([3])}),

@@ -45,7 +45,7 @@ def scale_parts(index: np.ndarray, row_max: np.ndarray) -> tuple[np.ndarray, np.
     live = row_max[row_max > 0]
     if live.size < 2:
         return index, index[:0]
-    outlier = row_max > OUTLIER_FACTOR * np.median(live)
+    outlier = row_max / OUTLIER_FACTOR > np.median(live)  # divided: times the factor may pass float's largest
     return index[~outlier], index[outlier]
 
 
@@ -76,7 +76,8 @@ def made(layer: LayerPlan, headroom: float) -> Populations:
         if neuron.spiking:
             scale = encoding.refined_scale(scale, headroom)
         b_fold = layer.folded.bias[index]
-        mant, exp = encoding.bias_fixed(b_fold * scale * encoding.VOLTAGE_PER_SCALE)
+        with np.errstate(over="ignore"):  # a bias beyond float's range clips to the largest mantissa
+            mant, exp = encoding.bias_fixed(b_fold * scale * encoding.VOLTAGE_PER_SCALE)
         bias_errors.append(encoding.rel_error((mant << exp) / (scale * encoding.VOLTAGE_PER_SCALE), b_fold))
         members.append(Population(pname, name, index, du=pair.du, dv=pair.dv, vth=scale if neuron.spiking else VTH_MAX,
                                   bias_mant=mant, bias_exp=exp, readout=not neuron.spiking, reset=neuron.reset,
