@@ -18,6 +18,9 @@ Base layer: imports only :mod:`st2chip.errors`, the standard library and numpy.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import math
 import numbers
 import os
@@ -147,3 +150,25 @@ def check_run(what: str, batch: int, steps: int, width: int, where: str | None =
     """A run of ``batch`` samples x ``steps`` steps over ``width`` node values, against the budget."""
     check_alloc(f"{what} ({batch} samples x {steps} steps x {width} values)", int(batch) * int(steps) * int(width),
                 RUN_BYTES_PER_VALUE, where)
+
+
+def release_freed() -> None:
+    """Collect garbage and hand the heap's freed pages back to the OS.
+
+    glibc keeps what numpy and torch free in pieces below its mmap threshold: a
+    process that built and dropped an engine of gigabytes goes on holding them
+    (3.5 of 7.9 GB after the engine's record of a Spikformer-4-384), and so does
+    every process forked from it. ``malloc_trim`` returns them; a no-op without glibc.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl without it)
+        return None

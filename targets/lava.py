@@ -56,11 +56,19 @@ from .lava_process import call_in_own_group
 
 PROGRESS_CHUNKS = 50  # with a progress bar, the run is split into at most this many Lava runs
 PROCESS_BYTES = 17 * 2**20  # memory per Lava process (each an OS process): 16.5 MB measured (README)
+WEIGHT_BYTES = 48  # per stored weight of a Lava run, all copies together: 45 measured (Spikformer-4-384, 270 M)
 
 
 def _monitored(pop: Population, voltages: bool) -> bool:
     """Whether a run records ``pop``'s voltage (a relay's value is what the recorder receives as its spike)."""
     return (voltages or pop.readout) and not pop.graded
+
+
+def memory_bytes(chip: ChipGraph) -> int:
+    """What a Lava run of ``chip`` holds at its peak: its processes, and every stored weight in the pickled graph
+    and in the int32 copies Lava's Lava-side process and the worker make of it (:data:`WEIGHT_BYTES` each)."""
+    stored = sum(g.mantissa.nnz if sp.issparse(g.mantissa) else g.mantissa.size for g in chip.synapses)
+    return process_count(chip) * PROCESS_BYTES + stored * WEIGHT_BYTES
 
 
 def process_count(chip: ChipGraph) -> int:
@@ -239,7 +247,7 @@ def _frozen_heap() -> Iterator[None]:
     so copy the pages it touches (copy on write): measured in st2chip's Lava process, which serves run after
     run, 21.5 MiB private per worker instead of 7.3 MiB from its second run on, and seconds more per run.
     """
-    gc.collect()
+    limits.release_freed()  # the workers inherit no freed pages either
     gc.freeze()
     try:
         yield
@@ -276,9 +284,10 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, voltages: bool = True
 
     batch, steps = batch_steps(inputs)
     n = process_count(chip)
-    limits.check_bytes(f"{n:,} Lava processes (each an OS process of about {limits.human(PROCESS_BYTES)}; fewer "
-                       f"--decay-groups make fewer populations and synapse groups; verify --lava-mode layers "
-                       f"bounds them; --backends float,reference leaves Lava out)", n * PROCESS_BYTES, where="lava")
+    limits.check_bytes(f"{n:,} Lava processes (each an OS process of about {limits.human(PROCESS_BYTES)}) and "
+                       f"their weights (fewer --decay-groups make fewer populations and synapse groups; verify "
+                       f"--lava-mode layers bounds them; --backends float,reference leaves Lava out)",
+                       memory_bytes(chip), where="lava")
     ensure_lava()  # a missing Lava is one line here, before the Lava process starts
     source_data, window, total = _source_data(chip, inputs)
     raw_s, raw_v = call_in_own_group(_simulate, chip, source_data, window, total, voltages, progress)

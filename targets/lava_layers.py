@@ -188,19 +188,21 @@ def _cut(units: list[_Unit], bounds: dict[str, np.ndarray]) -> ChipGraph:
 
 
 def _chunks(units: list[_Unit], bounds: dict[str, np.ndarray], bound: int) -> list[list[_Unit]]:
-    """Consecutive units, as many per Lava run as keep it within ``bound`` processes (a larger unit runs alone)."""
+    """Consecutive units, as many per Lava run as keep it within ``bound`` processes and the memory budget (a
+    larger unit runs alone)."""
     out: list[list[_Unit]] = []
     for unit in units:
-        if out and _processes(_cut(out[-1] + [unit], bounds)) <= bound:
+        if out and _fits(_cut(out[-1] + [unit], bounds), bound):
             out[-1].append(unit)
         else:
             out.append([unit])
     return out
 
 
-def _processes(small: ChipGraph) -> int:
-    """Lava processes a run of a cut-out graph starts (every population's voltage recorded)."""
-    return lava.process_count(small)
+def _fits(small: ChipGraph, bound: int) -> bool:
+    """Whether a Lava run of a cut-out graph (every population's voltage recorded) stays within ``bound``
+    processes and the memory budget."""
+    return lava.process_count(small) <= bound and lava.memory_bytes(small) <= limits.memory_budget()
 
 
 def _replay(sent: np.ndarray, shift: int, rows: int) -> np.ndarray:
@@ -256,9 +258,10 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, max_processes: int, r
     each population whose spikes or voltages differ from ``rec`` (``differences``: :class:`Difference`).
     """
     rec = rec or record(chip, inputs)
+    limits.release_freed()  # the record's engine, gone: Lava's processes fork from a lean process
     batch, steps = batch_steps(inputs)
     depths = chip.depths()
-    bound = max(1, min(max_processes, limits.memory_budget() // lava.PROCESS_BYTES))
+    bound = max(1, max_processes)
     units = [_unit(chip, pop, depths[pop.name]) for pop in chip.populations]
     bounds = chip.source_bounds()
     chunks = _chunks(units, bounds, bound)
@@ -267,7 +270,7 @@ def run(chip: ChipGraph, inputs: dict[str, np.ndarray], *, max_processes: int, r
               disable=not progress) as bar:
         for chunk in chunks:
             small = _cut(chunk, bounds)
-            most = max(most, _processes(small))
+            most = max(most, lava.process_count(small))
             lav = simulate(small, _data(chunk, rec, batch, _rows(chunk, steps)), voltages=True)
             for unit in chunk:
                 pop = chip.population(unit.target.name)

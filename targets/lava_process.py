@@ -55,6 +55,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from st2chip import limits
 from st2chip.errors import BackendError
 from st2chip.targets.lava_compat import ensure_lava
 
@@ -99,8 +100,10 @@ def call_in_own_group(fn: Callable[..., Any], *args: Any, grace: float = GRACE_S
     with _calls:
         slim = _running()
         try:
-            # the function comes pickled on its own: the Lava process takes the import path first
-            slim.conn.send((list(sys.path), bytes(mp.reduction.ForkingPickler.dumps((fn, args)))))
+            # the import path first, then the function and its arguments pickled, sent as they are (no copy of
+            # a graph as large as its weights)
+            slim.conn.send(list(sys.path))
+            slim.conn.send_bytes(mp.reduction.ForkingPickler.dumps((fn, args)))
             message = _receive(slim.conn, slim.popen.pid)
         except BaseException:
             _stop(slim, grace)
@@ -109,6 +112,7 @@ def call_in_own_group(fn: Callable[..., Any], *args: Any, grace: float = GRACE_S
             _stop(slim, 0.0)
             raise ChildProcessDied(f"st2chip's Lava process died ({_ending(slim.popen.returncode)}) before "
                                    f"sending its result; it and every process it started were stopped")
+        limits.release_freed()  # the pickled graph sent and the results received
         if message[0] == "ok":
             return message[1]
         _stop(slim, grace)  # after a dead worker its runtime waits forever; after an error, a fresh one next time
@@ -275,7 +279,7 @@ def _serve(fd: int, tracker: int | None) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     while True:
         try:
-            path, request = call.conn.recv()
+            path, request = call.conn.recv(), call.conn.recv_bytes()
         except (EOFError, OSError):  # the caller closed its end
             return
         with call.lock:
@@ -284,15 +288,19 @@ def _serve(fd: int, tracker: int | None) -> None:
             sys.path[:] = path  # each call on the caller's import path of the moment
             ensure_lava()  # ``import lava...`` works here, as it does in the caller (once; then a no-op)
             fn, args = pickle.loads(request)
+            del request  # the pickled graph, as large as its weights: not held while they run
             message = ("ok", fn(*args))
         except BaseException as err:  # noqa: BLE001 - everything goes back to the caller
             message = ("error", err, traceback.format_exc())
+        fn = args = None  # the run's graph and inputs: freed for the trim below
         with call.lock:
             call.running = False
             if call.decided:  # the watcher reported a dead worker: the caller stops this process
                 continue
             call.decided = True
             _send_result(call.conn, message)
+        message = None
+        limits.release_freed()  # a served run's graph and records: this process waits lean for the next
 
 
 def _send_result(conn: mp.connection.Connection, message: tuple) -> None:

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from st2chip import limits
 from st2chip.analysis.verify import verify
 from st2chip.chip.lower import lower
+from st2chip.errors import InputError
 from st2chip.graph.normalize import normalize
 from st2chip.targets import engine, lava, lava_layers
 
@@ -104,6 +105,30 @@ def test_layers_and_whole_agree_with_the_engine_on_lava_within_the_process_bound
     assert out.meta["max_processes"] <= 20 < whole and out.meta["runs"] > 1
     _assert_same(eng, out)
     assert eng.spikes["A"].any() and eng.spikes["B"].any() and eng.spikes["V"].any()
+
+
+def test_the_memory_budget_bounds_each_runs_weights_not_only_its_processes(chip):
+    """A budget that holds every process of the whole graph but not its weights: the check splits into runs whose
+    processes and weights fit, and a lone population too large for the budget is refused, naming Lava."""
+    whole = lava.memory_bytes(chip)
+    assert whole > lava.process_count(chip) * lava.PROCESS_BYTES  # the weights count
+    budget = lava.process_count(chip) * lava.PROCESS_BYTES + (whole - lava.process_count(chip) * lava.PROCESS_BYTES) // 2
+    sizes = []
+
+    def simulate(small, data, voltages):
+        sizes.append(lava.memory_bytes(small))
+        return engine.run(small, data, voltages=voltages)
+
+    limits.set_memory_budget(budget)
+    try:
+        out = lava_layers.run(chip, X, max_processes=10 ** 6, simulate=simulate)
+        limits.set_memory_budget(lava.PROCESS_BYTES)
+        with pytest.raises(InputError, match="lava: .*Lava processes .* and their weights"):
+            lava.run(chip, X)
+    finally:
+        limits.set_memory_budget(None)
+    assert out.meta["differences"] == [] and out.meta["runs"] == len(sizes) > 1
+    assert max(sizes) <= budget < whole
 
 
 def test_a_wrong_record_is_caught_and_the_populations_named(chip):
