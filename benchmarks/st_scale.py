@@ -27,6 +27,8 @@ sample-steps/s, Lava layer-wise exact``.
     python benchmarks/st_scale.py --quick   # cifar10 preset, small training, few samples
     python benchmarks/st_scale.py           # both presets
     python benchmarks/st_scale.py --presets cifar10   # the full settings, one preset
+    ST2CHIP_MEMORY_BUDGET=10G python benchmarks/st_scale.py --presets spikformer-4-384 --variants l1p90 \
+        --out benchmarks/results/st_scale_spikformer.json   # the larger preset, one variant
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ SETTINGS = {
                  lava_samples=4, rank=32),
 }
 SPARSITY = 0.9
+VARIANTS = ("l1p90", "dsp")
 
 
 def _subset(split: Split, n: int) -> Split:
@@ -99,7 +102,7 @@ def train_variants(preset: str, s: dict, data: str, root: str | None, seed: int,
     dense = train_classifier(model, train, test, epochs=s["epochs"], lr=5e-3, seed=seed, desc=f"train {preset}")
     out = {"train_seconds": round(time.perf_counter() - start, 1), "float_dense": dense.test_accuracy,
            "parameters": sum(p.numel() for p in model.parameters()), "variants": {}}
-    for variant in ("l1p90", "dsp"):
+    for variant in VARIANTS:
         pruned = pruning.copy_model(model)
         if variant == "l1p90":
             pruning.magnitude_prune(pruned, SPARSITY, "global")
@@ -232,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding torchvision's 'cifar-10-batches-py' (default: the digits32 stand-in)")
     parser.add_argument("--presets", default=None, metavar="NAME[,NAME]",
                         help=f"which presets to run, of {', '.join(PRESETS)} (default: the mode's; the JSON names them)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), metavar="NAME[,NAME]",
+                        help=f"which pruned variants to map and measure (default {','.join(VARIANTS)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and data order (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output, PNG beside it")
     parser.add_argument("--cache", type=Path, default=RESULTS.parent.parent / "runs" / "st_scale",
@@ -250,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [name for name in s["presets"] if name not in PRESETS]
         if unknown:
             parser.error(f"--presets: unknown {', '.join(unknown)} (known: {', '.join(PRESETS)})")
+    variants = [name.strip() for name in args.variants.split(",")]
+    if [name for name in variants if name not in VARIANTS] or not variants:
+        parser.error(f"--variants: choose from {', '.join(VARIANTS)}")
     data = "cifar10" if args.data_root else "digits32"
     out = args.out or RESULTS / f"st_scale{'_quick' if args.quick else ''}.json"
     result = {"benchmark": "st_scale", "mode": mode, "data": data, "settings": s,
@@ -262,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
         entry = train_variants(preset, s, data, args.data_root, args.seed, folder)
+        entry["variants"] = {name: info for name, info in entry["variants"].items() if name in variants}
         for variant, info in entry["variants"].items():
             info.update(run_child(info.pop("checkpoint"), data, args.data_root, s))
         result["presets"][preset] = entry
