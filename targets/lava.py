@@ -66,7 +66,7 @@ def _monitored(pop: Population, voltages: bool) -> bool:
 
 def memory_bytes(chip: ChipGraph) -> int:
     """What a Lava run of ``chip`` holds at its peak: its processes, and every stored weight in the pickled graph
-    and in the int32 copies Lava's Lava-side process and the worker make of it (:data:`WEIGHT_BYTES` each)."""
+    and in the int32 copies st2chip's Lava process and the worker make of it (:data:`WEIGHT_BYTES` each)."""
     stored = sum(g.mantissa.nnz if sp.issparse(g.mantissa) else g.mantissa.size for g in chip.synapses)
     return process_count(chip) * PROCESS_BYTES + stored * WEIGHT_BYTES
 
