@@ -53,6 +53,33 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 256,
     return correct / max(len(split), 1)
 
 
+@torch.no_grad()
+def recalibrate_norms(model: nn.Module, split: Split, batch_size: int = 256,
+                      device: torch.device | str = "cpu") -> None:
+    """Recompute every BatchNorm's running statistics over ``split`` (a cumulative average, the rest of the model
+    in eval mode); weights are untouched.
+
+    Training normalizes with each batch's statistics and keeps running averages (momentum 0.1) for evaluation and
+    export. After pruning, a short fine-tuning (22 batches) leaves a tenth of the unpruned model's statistics in
+    them: a Spikformer-4-384 pruned to 90 % scored 47.2 % in eval mode after a fine-tuning that ended at a
+    training loss of 0.19, and 97.2 % with its statistics recomputed.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+        m.train()
+    for start in range(0, len(split), batch_size):
+        model(model.encode(torch.as_tensor(split.x[start:start + batch_size], device=device)))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        m.eval()
+
+
 def train_classifier(model: nn.Module, train: Split, test: Split, *, epochs: int = 30,
                      lr: float = 1e-2, batch_size: int = 64, seed: int = 0,
                      device: torch.device | str | None = None,
@@ -105,6 +132,9 @@ def train_classifier(model: nn.Module, train: Split, test: Split, *, epochs: int
             count += len(idx)
         bar.set_postfix(loss=f"{total / count:.4f}")
         if after_epoch is not None:
+            recalibrate_norms(model, train, device=device)
             after_epoch(epoch + 1, model)
+    if after_epoch is None:
+        recalibrate_norms(model, train, device=device)
     return TrainResult(evaluate(model, train, device=device), evaluate(model, test, device=device),
                        epochs, str(device))
