@@ -24,8 +24,8 @@ def fold(plan: Plan) -> Plan:
 
 
 def folded(layer: LayerPlan, dt: float) -> Folded:
-    """``layer``'s incoming weights (scaled in place: pass ``paths`` made them fresh; its deferred low-rank
-    products alike) and bias over its thresholds, times its input gain."""
+    """``layer``'s incoming weights (scaled in place: pass ``paths`` made them fresh; its low-rank products held
+    apart by a row factor) and bias over its thresholds, times its input gain."""
     name, neuron, weight, bias = layer.name, layer.neuron, layer.incoming.weight, layer.incoming.bias
     n = weight.shape[0]
     if n == 0:
@@ -38,14 +38,14 @@ def folded(layer: LayerPlan, dt: float) -> Folded:
         raise GraphError("thresholds must be positive", node=name, field="v_threshold")
     with np.errstate(over="ignore", invalid="ignore"):
         factor = neuron.gain / neuron.threshold
-        matrices = [weight, *layer.incoming.deferred.values()]
-        for m in matrices:
-            m.data *= np.repeat(factor, np.diff(m.indptr))
+        weight.data *= np.repeat(factor, np.diff(weight.indptr))
+        deferred = {key: product.scaled(factor) for key, product in layer.incoming.deferred.items()}
         keeps_current = neuron.beta_u is not None  # NIR adds its Affine bias to the current, not to v
         current = bias * factor if keeps_current else None
         b_fold = (0.0 if keeps_current else bias * neuron.gain / neuron.threshold) + neuron.bias / neuron.threshold
         # each value array with its row pointers (None: one value per neuron); the neuron is found only for an error
-        checks = [*(("weight", m.data, m.indptr) for m in matrices), ("bias", b_fold, None),
+        checks = [("weight", weight.data, weight.indptr),
+                  *(("weight", product.row_absmax(), None) for product in deferred.values()), ("bias", b_fold, None),
                   ("bias", np.zeros(n) if current is None else current, None)]
         for field, value, rows in checks:
             bad = ~np.isfinite(value)
@@ -55,4 +55,4 @@ def folded(layer: LayerPlan, dt: float) -> Folded:
                 raise GraphError(f"{field}s divided by the threshold overflow (neuron {i}: threshold "
                                  f"{neuron.threshold[i]:g}, gain {neuron.gain[i]:g}); the chip cannot hold them",
                                  node=name, field=field)
-    return Folded(weight, b_fold, factor, current, layer.incoming.deferred)
+    return Folded(weight, b_fold, factor, current, deferred)

@@ -51,8 +51,8 @@ def settled(layer: LayerPlan) -> LayerPlan:
     """``layer`` whose deferred low-rank products (:class:`~st2chip.chip.lowering.plan.Incoming`) are placed in
     their columns of the folded weight where they stay multiplied out, and dropped where kept factored.
 
-    Each is already folded and canonical, and its columns of the weight are empty: the sum places its
-    entries, values unchanged, as pass ``paths`` would have stacked them.
+    Each is multiplied out, folded and canonical, and its columns of the weight are empty: the sum places
+    its entries, values unchanged, as pass ``paths`` would have stacked them.
     """
     deferred = layer.folded.deferred
     if not deferred:
@@ -62,6 +62,7 @@ def settled(layer: LayerPlan) -> LayerPlan:
     for key, product in deferred.items():
         if key in layer.lowrank.factored:
             continue
+        product = product.multiplied_out(f"the low-rank product from '{key.source}' into layer '{layer.name}'")
         placed = sp.csr_matrix((product.data, product.indices + int(offsets[key]), product.indptr),
                                shape=weight.shape)
         weight = sp.csr_matrix(weight + placed)

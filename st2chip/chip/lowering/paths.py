@@ -11,7 +11,9 @@ through a back edge (:mod:`st2chip.graph.reading`) is recurrent. A path that is 
 Conv2d is noted (pass ``synapses`` may store it as a convolution), and so is a
 low-rank path: its factors ``U``, ``V`` for pass ``lowrank``, or why it has none.
 An Affine that only reorders (a permutation matrix, e.g. a bundle's token reshape)
-is not a factor.
+is not a factor. A path that pass ``lowrank`` may keep factored is not multiplied
+out here: it is handed on as a :class:`~st2chip.chip.lowering.lowrank_product.LowrankProduct`
+of its factors, and its columns of the layer's weight stay empty.
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip import limits
+from st2chip.chip.lowering.lowrank_product import BYTES_PER_WEIGHT, LowrankProduct
 from st2chip.chip.lowering.plan import Factors, Incoming, PathKey, Plan, Refused
 from st2chip.errors import GraphError
 from st2chip.graph import linear
 from st2chip.graph.product import SpikeProduct
 from st2chip.graph.reading import SPIKING, delay_steps
-
-BYTES_PER_WEIGHT = 48    # budget per stored weight while lowering: a few CSR copies (8-byte value, 4-byte index)
-
 
 def paths(plan: Plan) -> Plan:
     """Every layer's :class:`~st2chip.chip.lowering.plan.Incoming`."""
@@ -42,7 +42,7 @@ class Chain:
     """One chain of linear nodes from a source (Input or neuron) into a neuron layer, multiplied out."""
 
     source: str
-    weight: sp.csr_matrix | None  # None: the chain holds no weights (only Flatten / Delay)
+    weight: sp.csr_matrix | LowrankProduct | None  # None: the chain holds no weights (only Flatten / Delay)
     bias: np.ndarray | None
     affines: int  # Affine nodes on the chain (more than one: a low-rank U·V product)
     lag: int  # steps the chain's Delay nodes hold the signal
@@ -67,6 +67,7 @@ class _Trail:
     mats: tuple[sp.csr_matrix, ...] = ()  # each weighted node's matrix, in the order of ``weighted``
     affines_at: tuple[int, ...] = ()  # positions in ``weighted`` of the Affines that are not permutations
     branched_at: int | None = None  # weighted nodes collected when the walk first split (a residual sum)
+    pending: tuple[sp.csr_matrix, ...] = ()  # V, then what only reorders: ``weight`` (U) not yet multiplied by them
 
 
 def chains(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[str]], back: set,
@@ -111,7 +112,12 @@ def _walk(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]], back: set
 
 
 def _weighted(name: str, node: nir.NIRNode, trail: _Trail) -> _Trail:
-    """The trail with a weighted node's matrix and bias multiplied in (source side of what it holds)."""
+    """The trail with a weighted node's matrix and bias multiplied in (source side of what it holds).
+
+    A low-rank ``U V`` stays apart while only permutations without bias follow V
+    (``pending``): the first node that does more multiplies it out as it would have
+    been, product after product.
+    """
     if isinstance(node, nir.Affine):
         w, b = sp.csr_matrix(node.weight, copy=True), node.bias  # folded in place later: never the graph's
     elif isinstance(node, nir.Scale):
@@ -119,17 +125,34 @@ def _weighted(name: str, node: nir.NIRNode, trail: _Trail) -> _Trail:
     else:
         w, b = linear.as_matrix(name, node, tuple(int(d) for d in node.input_type["input"]))
     permutation = isinstance(node, nir.Affine) and _is_permutation(w)
+    affine = isinstance(node, nir.Affine) and not permutation
+    if trail.pending and permutation and not np.any(b):
+        return replace(trail, bias=trail.bias + 0.0, kinds=(*trail.kinds, "Permutation"),
+                       weighted=(*trail.weighted, name), mats=(*trail.mats, w), pending=(*trail.pending, w))
+    trail = _multiplied(trail)
+    if affine and trail.affines_at == (0,) and len(trail.weighted) == 1 and trail.branched_at is None:
+        return replace(trail, bias=trail.bias + trail.weight @ b, affines=trail.affines + 1, kinds=(*trail.kinds, "Affine"),
+                       weighted=(*trail.weighted, name), mats=(*trail.mats, w), affines_at=(0, 1), pending=(w,))
     if trail.weight is None:
         weight, bias = w, b.copy()
     else:
         weight = _times_permutation(trail.weight, w) if permutation else trail.weight @ w
         bias = trail.bias + trail.weight @ b
-    affine = isinstance(node, nir.Affine) and not permutation
     return replace(
         trail, weight=weight, bias=bias, affines=trail.affines + affine,
         kinds=(*trail.kinds, type(node).__name__ if affine or not isinstance(node, nir.Affine)
                else "Permutation"), weighted=(*trail.weighted, name), mats=(*trail.mats, w),
         affines_at=(*trail.affines_at, len(trail.weighted)) if affine else trail.affines_at)
+
+
+def _multiplied(trail: _Trail) -> _Trail:
+    """``trail`` with its pending ``U V`` and permutations multiplied out, in the order the walk met them."""
+    if not trail.pending:
+        return trail
+    weight = trail.weight @ trail.pending[0]
+    for perm in trail.pending[1:]:
+        weight = _times_permutation(weight, perm)
+    return replace(trail, weight=weight, pending=())
 
 
 def _times_permutation(weight: sp.csr_matrix, perm: sp.csr_matrix) -> sp.csr_matrix:
@@ -168,7 +191,8 @@ def _chain(graph: nir.NIRGraph, source: str, trail: _Trail) -> Chain:
     between them; whatever reorders or scales on the source side of ``V`` (a
     bundle's token permutation) is multiplied into ``V``, so the relay still has
     ``rank`` neurons. Paths that branch before ``V`` (a residual sum into it) share
-    its relay (see :mod:`st2chip.chip.lowering.lowrank`).
+    its relay (see :mod:`st2chip.chip.lowering.lowrank`). Its weight is then the
+    factors held apart, unless something that is not a permutation was multiplied in.
     """
     weighted = trail.weighted
     conv = weighted[0] if len(weighted) == 1 and isinstance(graph.nodes[weighted[0]], nir.Conv2d) else None
@@ -180,7 +204,8 @@ def _chain(graph: nir.NIRGraph, source: str, trail: _Trail) -> Chain:
         v = sp.csr_matrix(v)
         v.sum_duplicates()  # canonical: sorted indices (products leave them unsorted)
         factors = Factors(trail.mats[0], v, weighted[1], weighted)
-    return Chain(source, trail.weight, trail.bias, trail.affines, trail.lag, trail.recurrent,
+    weight = LowrankProduct(factors.u, factors.v) if trail.pending else trail.weight
+    return Chain(source, weight, trail.bias, trail.affines, trail.lag, trail.recurrent,
                  tuple(reversed(trail.kinds)), conv, factors, weighted)
 
 
@@ -188,7 +213,7 @@ def incoming(plan: Plan, name: str) -> Incoming:
     """Every path into neuron layer ``name`` as one matrix over its keys, side by side (paths with the same
     key add up)."""
     graph = plan.graph
-    by_key: dict[PathKey, tuple[sp.csr_matrix, np.ndarray]] = {}
+    by_key: dict[PathKey, tuple[sp.csr_matrix | LowrankProduct, np.ndarray]] = {}
     affines = 0
     kinds: list[str] = []
     convs: dict[PathKey, str | None] = {}
@@ -198,7 +223,8 @@ def incoming(plan: Plan, name: str) -> Incoming:
         _check(graph, name, path)
         key = PathKey(path.source, path.lag, path.recurrent)
         old = by_key.get(key)
-        by_key[key] = (path.weight, path.bias) if old is None else (old[0] + path.weight, old[1] + path.bias)
+        by_key[key] = ((path.weight, path.bias) if old is None else
+                       (_stored(old[0], key, name) + _stored(path.weight, key, name), old[1] + path.bias))
         convs[key] = path.conv if old is None else None
         if old is not None and (key in lowrank or path.affines > 1):
             nodes = (*lowrank[key].nodes, *path.nodes) if key in lowrank else path.nodes
@@ -211,30 +237,33 @@ def incoming(plan: Plan, name: str) -> Incoming:
     if not by_key:
         raise GraphError("a neuron layer must be fed through an Affine or Linear node", node=name)
     keys = list(by_key)
-    nnz = sum(by_key[k][0].nnz for k in keys)
-    limits.check_alloc(f"the folded weights of layer '{name}'", nnz, BYTES_PER_WEIGHT)
-    deferred: dict[PathKey, sp.csr_matrix] = {}
+    deferred: dict[PathKey, LowrankProduct] = {}
     for k in keys:
-        if plan.options.lowrank != "product" and _deferrable(graph, lowrank.get(k)):
-            product = by_key[k][0]
-            # branches of a residual sum right before V share one matrix: pass fold scales each in place
-            shared = any(np.may_share_memory(product.data, other.data) for other in deferred.values())
-            deferred[k] = _canonical(product.copy() if shared else product)
+        weight, bias = by_key[k]
+        if plan.options.lowrank != "product" and isinstance(weight, LowrankProduct) \
+                and _deferrable(graph, lowrank.get(k)):
+            deferred[k] = weight
+        else:
+            by_key[k] = (_stored(weight, k, name), bias)
+    nnz = sum(by_key[k][0].nnz for k in keys if k not in deferred)
+    limits.check_alloc(f"the folded weights of layer '{name}'", nnz, BYTES_PER_WEIGHT)
     weight = side_by_side([sp.csr_matrix(by_key[k][0].shape) if k in deferred else by_key[k][0] for k in keys])
     return Incoming(keys, _widths(graph, keys), weight, sum(by_key[k][1] for k in keys), affines,
                     list(dict.fromkeys(kinds)), {k: c for k, c in convs.items() if c is not None}, lowrank,
                     deferred)
 
 
+def _stored(weight: sp.csr_matrix | LowrankProduct, key: PathKey, name: str) -> sp.csr_matrix:
+    """A path's weight as a matrix: a low-rank product held apart is multiplied out."""
+    if isinstance(weight, LowrankProduct):
+        return weight.multiplied_out(f"the low-rank product from '{key.source}' into layer '{name}'")
+    return weight
+
+
 def _deferrable(graph: nir.NIRGraph, found: Factors | Refused | None) -> bool:
-    """A path pass ``lowrank`` may keep factored, whose multiplied-out weight it can count without multiplying
-    again (only permutations on the source side of V: see :func:`~st2chip.chip.lowering.lowrank.product_nnz`)."""
+    """A path pass ``lowrank`` may keep factored, whose product it can count from the factors held apart (only
+    permutations on the source side of V: see :func:`~st2chip.chip.lowering.lowrank.product_nnz`)."""
     return isinstance(found, Factors) and all(isinstance(graph.nodes[n], nir.Affine) for n in found.nodes[2:])
-
-
-def _canonical(m: sp.spmatrix) -> sp.csr_matrix:
-    """``m`` as :func:`side_by_side` would store it: CSR, indices sorted, duplicates summed, zeros dropped."""
-    return side_by_side([m])
 
 
 def side_by_side(mats: list[sp.spmatrix]) -> sp.csr_matrix:

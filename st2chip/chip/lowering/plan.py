@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip.chip.chipgraph import AlwaysOn, HostProduct, InputPort, Population, Relay, SynapseGroup
+from st2chip.chip.lowering.lowrank_product import LowrankProduct
 from st2chip.chip.lowering.neurons import FloatLayer
 from st2chip.chip.lowering.report import FaninReport, LowrankChoice, PrecisionChoice
 from st2chip.chip.placement import Resources
@@ -98,10 +99,10 @@ class Incoming:
     ``lowrank`` per key with a low-rank path its factors or why it has none. Pass
     ``lowrank`` drops the columns of the paths it keeps factored (their U·V was needed
     only to set the scales; it would otherwise be held through every later pass).
-    ``deferred``: the multiplied-out U·V of the paths pass ``lowrank`` may keep factored
-    (canonical CSR, each its key's columns only), held apart, with their columns of
-    ``weight`` empty, until it decides: stacking, scaling and then dropping them was
-    most of lowering a DSP model.
+    ``deferred``: the U·V of the paths pass ``lowrank`` may keep factored, held as their
+    factors (each its key's columns only), with their columns of ``weight`` empty,
+    until it decides: multiplying out, stacking, scaling and then dropping them was
+    most of lowering a DSP model, and most of its memory.
     """
 
     keys: list[PathKey]
@@ -112,7 +113,7 @@ class Incoming:
     chains: list[str]
     convs: dict[PathKey, str]
     lowrank: dict[PathKey, Factors | Refused]
-    deferred: dict[PathKey, sp.csr_matrix] = field(default_factory=dict)
+    deferred: dict[PathKey, LowrankProduct] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,7 +126,7 @@ class Folded:
     bias: np.ndarray
     factor: np.ndarray
     current_bias: np.ndarray | None = None
-    deferred: dict[PathKey, sp.csr_matrix] = field(default_factory=dict)  # Incoming.deferred, folded alike
+    deferred: dict[PathKey, LowrankProduct] = field(default_factory=dict)  # Incoming.deferred, scaled alike
 
 
 @dataclass(frozen=True)

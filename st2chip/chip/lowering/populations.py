@@ -54,7 +54,7 @@ def made(layer: LayerPlan, headroom: float) -> Populations:
     name, neuron, decay = layer.name, layer.neuron, layer.decays
     row_max = row_absmax(layer.folded.weight)
     for product in layer.folded.deferred.values():  # the low-rank paths pass lowrank decides on
-        row_max = np.maximum(row_max, row_absmax(product))
+        row_max = np.maximum(row_max, product.row_absmax())
     groups, outliers = [], []
     for g, pair in enumerate(decay.pairs):
         bulk, odd = scale_parts(np.flatnonzero((decay.dv == pair.dv) & (decay.du == pair.du)), row_max)
