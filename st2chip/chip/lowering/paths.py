@@ -127,12 +127,14 @@ def _weighted(name: str, node: nir.NIRNode, trail: _Trail) -> _Trail:
     permutation = isinstance(node, nir.Affine) and _is_permutation(w)
     affine = isinstance(node, nir.Affine) and not permutation
     if trail.pending and permutation and not np.any(b):
+        # its zero bias through U V adds +0.0 to the bias, as multiplying out would
         return replace(trail, bias=trail.bias + 0.0, kinds=(*trail.kinds, "Permutation"),
                        weighted=(*trail.weighted, name), mats=(*trail.mats, w), pending=(*trail.pending, w))
     trail = _multiplied(trail)
     if affine and trail.affines_at == (0,) and len(trail.weighted) == 1 and trail.branched_at is None:
-        return replace(trail, bias=trail.bias + trail.weight @ b, affines=trail.affines + 1, kinds=(*trail.kinds, "Affine"),
-                       weighted=(*trail.weighted, name), mats=(*trail.mats, w), affines_at=(0, 1), pending=(w,))
+        return replace(trail, bias=trail.bias + trail.weight @ b, affines=trail.affines + 1,
+                       kinds=(*trail.kinds, "Affine"), weighted=(*trail.weighted, name), mats=(*trail.mats, w),
+                       affines_at=(0, 1), pending=(w,))
     if trail.weight is None:
         weight, bias = w, b.copy()
     else:
