@@ -4,7 +4,8 @@ For each preset (``STConfig.cifar10()``: dim 256, 2 blocks, 64 tokens; and, in t
 full run, ``STConfig.spikformer_4_384()``: dim 384, 4 blocks, 12 heads) on 32x32x3
 images:
 
-1. train it (``--epochs`` on ``--train`` images) on CIFAR-10 from ``--data-root`` when
+1. train it (``--epochs`` on ``--train`` images; in a child process of its own, whose memory
+   is given back before mapping starts) on CIFAR-10 from ``--data-root`` when
    given, else on ``digits32`` (the shipped digits upscaled to 32x32x3: CIFAR-10's
    shape, not its content; the JSON says which);
 2. derive the variants: ``l1p90`` (global magnitude pruning of the block matrices to
@@ -178,11 +179,13 @@ def slim(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("cores", "groups", "boundaries")}
 
 
-def run_child(checkpoint: str, data: str, root: str | None, s: dict) -> dict:
-    """:func:`measure_variant` in a fresh process (its own peak memory)."""
+def in_fresh_process(target, *args) -> dict:
+    """``target(*args, queue)`` in a freshly spawned process, returning what it puts on the queue: the
+    training's memory (13-15 GB for the larger preset) is given back before a mapping starts, and each
+    mapping's peak is its own."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=measure_variant, args=(checkpoint, data, root, s, queue))
+    child = ctx.Process(target=target, args=(*args, queue))
     child.start()
     while True:
         try:
@@ -190,9 +193,16 @@ def run_child(checkpoint: str, data: str, root: str | None, s: dict) -> dict:
             break
         except Empty:
             if not child.is_alive():
-                raise RuntimeError(f"measuring {checkpoint} failed (exit {child.exitcode}); see its traceback above")
+                raise RuntimeError(f"{target.__name__}{args[:1]} failed (exit {child.exitcode}); see its traceback "
+                                   f"above")
     child.join()
     return result
+
+
+def train_child(preset: str, s: dict, data: str, root: str | None, seed: int, folder: Path, queue: mp.Queue) -> None:
+    """Child process: :func:`train_variants`."""
+    torch.set_num_threads(int(os.environ.get("ST2CHIP_THREADS", "2")))
+    queue.put(train_variants(preset, s, data, root, seed, folder))
 
 
 def plot(result: dict, target: Path) -> Path:
@@ -269,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.retrain:
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
-        entry = train_variants(preset, s, data, args.data_root, args.seed, folder)
+        entry = in_fresh_process(train_child, preset, s, data, args.data_root, args.seed, folder)
         entry["variants"] = {name: info for name, info in entry["variants"].items() if name in variants}
         for variant, info in entry["variants"].items():
-            info.update(run_child(info.pop("checkpoint"), data, args.data_root, s))
+            info.update(in_fresh_process(measure_variant, info.pop("checkpoint"), data, args.data_root, s))
         result["presets"][preset] = entry
     return report(result, out)
 
