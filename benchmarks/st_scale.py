@@ -193,8 +193,8 @@ def in_fresh_process(target, *args) -> dict:
             break
         except Empty:
             if not child.is_alive():
-                raise RuntimeError(f"{target.__name__}{args[:1]} failed (exit {child.exitcode}); see its traceback "
-                                   f"above")
+                raise RuntimeError(f"{target.__name__}({args[0]!r}, ...) failed (exit {child.exitcode}); see its "
+                                   f"traceback above")
     child.join()
     return result
 
