@@ -36,13 +36,17 @@ class LowrankProduct:
     ``V`` already holds whatever only reorders on the source side of the V node (a
     bundle's token permutation), so the product's values are those of the matrix
     pass ``paths`` multiplies out along the path: permuting columns copies values,
-    and each entry sums the same terms in the same order.
+    and each entry sums the same terms in the same order. For the same reason its
+    non-zeros and row maxima are those of ``U`` times ``unpermuted`` (the V node's
+    own matrix): the branches of a residual sum into one V node share them, computed
+    once (``shared``).
     """
 
     u: sp.csr_matrix
     v: sp.csr_matrix
     factor: np.ndarray | None = None
-    _stats: list = field(default_factory=list, repr=False, compare=False)  # computed once, shared by copies
+    unpermuted: sp.csr_matrix | None = None  # V before the permutations multiplied into ``v`` (None: ``v``)
+    shared: list = field(default_factory=list, repr=False, compare=False)  # the statistics, once computed
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -77,9 +81,9 @@ class LowrankProduct:
         return out
 
     def _computed(self) -> _Stats:
-        if not self._stats:
-            self._stats.append(_stats(self.u, self.v))
-        return self._stats[0]
+        if not self.shared:
+            self.shared.append(_stats(self.u, self.v if self.unpermuted is None else self.unpermuted))
+        return self.shared[0]
 
 
 def canonical(m: sp.spmatrix) -> sp.csr_matrix:

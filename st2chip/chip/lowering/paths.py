@@ -68,6 +68,7 @@ class _Trail:
     affines_at: tuple[int, ...] = ()  # positions in ``weighted`` of the Affines that are not permutations
     branched_at: int | None = None  # weighted nodes collected when the walk first split (a residual sum)
     pending: tuple[sp.csr_matrix, ...] = ()  # V, then what only reorders: ``weight`` (U) not yet multiplied by them
+    statistics: list | None = None  # of U times the pending V, shared by the branches below V (LowrankProduct)
 
 
 def chains(graph: nir.NIRGraph, start: str, target: str, preds: dict[str, list[str]], back: set,
@@ -134,7 +135,7 @@ def _weighted(name: str, node: nir.NIRNode, trail: _Trail) -> _Trail:
     if affine and trail.affines_at == (0,) and len(trail.weighted) == 1 and trail.branched_at is None:
         return replace(trail, bias=trail.bias + trail.weight @ b, affines=trail.affines + 1,
                        kinds=(*trail.kinds, "Affine"), weighted=(*trail.weighted, name), mats=(*trail.mats, w),
-                       affines_at=(0, 1), pending=(w,))
+                       affines_at=(0, 1), pending=(w,), statistics=[])
     if trail.weight is None:
         weight, bias = w, b.copy()
     else:
@@ -154,7 +155,7 @@ def _multiplied(trail: _Trail) -> _Trail:
     weight = trail.weight @ trail.pending[0]
     for perm in trail.pending[1:]:
         weight = _times_permutation(weight, perm)
-    return replace(trail, weight=weight, pending=())
+    return replace(trail, weight=weight, pending=(), statistics=None)
 
 
 def _times_permutation(weight: sp.csr_matrix, perm: sp.csr_matrix) -> sp.csr_matrix:
@@ -206,7 +207,8 @@ def _chain(graph: nir.NIRGraph, source: str, trail: _Trail) -> Chain:
         v = sp.csr_matrix(v)
         v.sum_duplicates()  # canonical: sorted indices (products leave them unsorted)
         factors = Factors(trail.mats[0], v, weighted[1], weighted)
-    weight = LowrankProduct(factors.u, factors.v) if trail.pending else trail.weight
+    weight = (LowrankProduct(factors.u, factors.v, unpermuted=trail.pending[0], shared=trail.statistics)
+              if trail.pending else trail.weight)
     return Chain(source, weight, trail.bias, trail.affines, trail.lag, trail.recurrent,
                  tuple(reversed(trail.kinds)), conv, factors, weighted)
 

@@ -68,3 +68,17 @@ def test_a_low_rank_layer_kept_factored_never_multiplies_its_product_out(small_b
     assert sum(g.nnz for g in chip.synapses) <= 2 * 1200 * 4  # the factors (mantissas that round to 0 dropped)
     with pytest.raises(InputError, match=r"the low-rank product from 'input' into layer 'lif' \(1,440,000 x 48"):
         lower(graph, lowrank="product")
+
+
+def test_branches_through_one_v_node_share_the_statistics_of_its_own_matrix():
+    """Permuting V's columns (a bundle's token reshape on one branch of a residual sum) copies the product's
+    values: the count and row maxima of U times the V node's own matrix are each branch's."""
+    u, v = factors(np.random.default_rng(3))
+    perm = sp.csr_matrix(np.eye(25)[np.random.default_rng(4).permutation(25)])
+    shared: list = []
+    plain = LowrankProduct(u, v, unpermuted=v, shared=shared)
+    permuted = LowrankProduct(u, lowrank_product.canonical(v @ perm), unpermuted=v, shared=shared)
+    assert plain.nnz == permuted.nnz and len(shared) == 1  # computed once
+    alone = LowrankProduct(u, lowrank_product.canonical(v @ perm))
+    assert alone.nnz == permuted.nnz and np.array_equal(alone.row_absmax(), permuted.row_absmax())
+    assert np.array_equal(row_absmax(permuted.multiplied_out("U V P")), permuted.row_absmax())
