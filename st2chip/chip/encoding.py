@@ -85,14 +85,16 @@ def lowrank_errors(u_pairs: list[tuple[sp.spmatrix, sp.spmatrix]], v_approx: sp.
     sv = _largest(v) or 1.0
     rank = v.shape[0]
     y = sp.vstack([v_approx / sv, v / sv], format="csr")
-    gy = (y @ y.T).toarray()
+    gy = sp.csr_matrix(y @ y.T)  # sparse: a bundle's factors are block-diagonal over tokens, and so are these
+    gy_exact = gy[rank:, rank:]
     out = []
     for u_approx, u in u_pairs:
         u_approx, u = sp.csr_matrix(u_approx, dtype=np.float64), sp.csr_matrix(u, dtype=np.float64)
         su = _largest(u) or 1.0
         x = sp.hstack([u_approx / su, -u / su], format="csc")
-        gx = (x.T @ x).toarray()
-        err2, exact2 = max(float(np.sum(gx * gy)), 0.0), float(np.sum(gx[rank:, rank:] * gy[rank:, rank:]))
+        gx = sp.csr_matrix(x.T @ x)
+        err2 = max(float(gx.multiply(gy).sum()), 0.0)
+        exact2 = float(gx[rank:, rank:].multiply(gy_exact).sum())
         out.append(math.sqrt(err2 / exact2) if exact2 > 0 else math.sqrt(err2) * su * sv)
     return out
 
