@@ -47,6 +47,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from queue import Empty
+from typing import Callable
 
 import matplotlib
 
@@ -179,7 +180,7 @@ def slim(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("cores", "groups", "boundaries")}
 
 
-def in_fresh_process(target, *args) -> dict:
+def in_fresh_process(target: Callable[..., None], *args: object) -> dict:
     """``target(*args, queue)`` in a freshly spawned process, returning what it puts on the queue: the
     training's memory (13-15 GB for the larger preset) is given back before a mapping starts, and each
     mapping's peak is its own."""

@@ -63,7 +63,7 @@ def test_affine_chain_product_and_bias():
     preds = {dst: [src] for src, dst in graph.edges}
     [path] = _chains(graph, "U", "n", preds, set(), 1e-3)  # from the edge into neuron n
     assert (path.source, path.affines, path.lag, path.recurrent) == ("in", 2, 0, False)
-    np.testing.assert_allclose(path.weight.multiplied_out("U V").toarray(), u_w @ v_w)  # held as its factors
+    np.testing.assert_allclose(path.weight.multiplied_out("in", "n").toarray(), u_w @ v_w)  # held as its factors
     np.testing.assert_allclose(path.bias, u_w @ v_b + u_b)
 
 

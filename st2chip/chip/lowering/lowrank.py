@@ -62,7 +62,7 @@ def settled(layer: LayerPlan) -> LayerPlan:
     for key, product in deferred.items():
         if key in layer.lowrank.factored:
             continue
-        product = product.multiplied_out(f"the low-rank product from '{key.source}' into layer '{layer.name}'")
+        product = product.multiplied_out(key.source, layer.name)
         placed = sp.csr_matrix((product.data, product.indices + int(offsets[key]), product.indptr),
                                shape=weight.shape)
         weight = sp.csr_matrix(weight + placed)

@@ -70,10 +70,10 @@ class LowrankProduct:
         """The product with each row times ``factor`` (pass ``fold``): applied when multiplied out."""
         return replace(self, factor=factor if self.factor is None else self.factor * factor)
 
-    def multiplied_out(self, what: str) -> sp.csr_matrix:
-        """The product as canonical CSR (indices sorted, zeros dropped), rows times ``factor``; ``what`` names it
-        in the error when it would not fit the memory budget."""
-        limits.check_alloc(what, self.nnz, BYTES_PER_WEIGHT)
+    def multiplied_out(self, source: str, layer: str) -> sp.csr_matrix:
+        """The product as canonical CSR (indices sorted, zeros dropped), rows times ``factor``; the path's
+        ``source`` and ``layer`` name it in the error when it would not fit the memory budget."""
+        limits.check_alloc(f"the low-rank product from '{source}' into layer '{layer}'", self.nnz, BYTES_PER_WEIGHT)
         out = canonical(self.u @ self.v)
         if self.factor is not None:
             with np.errstate(over="ignore", invalid="ignore"):

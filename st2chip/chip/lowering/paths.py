@@ -260,7 +260,7 @@ def incoming(plan: Plan, name: str) -> Incoming:
 def _stored(weight: sp.csr_matrix | LowrankProduct, key: PathKey, name: str) -> sp.csr_matrix:
     """A path's weight as a matrix: a low-rank product held apart is multiplied out."""
     if isinstance(weight, LowrankProduct):
-        return weight.multiplied_out(f"the low-rank product from '{key.source}' into layer '{name}'")
+        return weight.multiplied_out(key.source, name)
     return weight
 
 

@@ -36,7 +36,7 @@ def test_counts_and_row_maxima_are_the_multiplied_out_matrixs_in_any_blocks(bloc
     folded.data *= np.repeat(factor, np.diff(folded.indptr))
     assert held.nnz == whole.nnz < 40 * 25 - 2 * 25
     assert np.array_equal(held.row_absmax(), row_absmax(folded))
-    out = held.multiplied_out("U V")
+    out = held.multiplied_out("input", "lif")
     assert out.has_canonical_format and np.array_equal(out.indptr, folded.indptr)
     assert np.array_equal(out.indices, folded.indices) and np.array_equal(out.data, folded.data)
 
@@ -81,4 +81,4 @@ def test_branches_through_one_v_node_share_the_statistics_of_its_own_matrix():
     assert plain.nnz == permuted.nnz and len(shared) == 1  # computed once
     alone = LowrankProduct(u, lowrank_product.canonical(v @ perm))
     assert alone.nnz == permuted.nnz and np.array_equal(alone.row_absmax(), permuted.row_absmax())
-    assert np.array_equal(row_absmax(permuted.multiplied_out("U V P")), permuted.row_absmax())
+    assert np.array_equal(row_absmax(permuted.multiplied_out("input", "lif")), permuted.row_absmax())
