@@ -99,6 +99,15 @@ def lowrank_errors(u_pairs: list[tuple[sp.spmatrix, sp.spmatrix]], v_approx: sp.
     return out
 
 
+def row_absmax(matrix: sp.csr_matrix) -> np.ndarray:
+    """Largest ``|w|`` of each row of a CSR matrix (0 for an empty row), from its stored values only."""
+    out = np.zeros(matrix.shape[0])
+    filled = np.diff(matrix.indptr) > 0
+    if matrix.nnz:
+        out[filled] = np.maximum.reduceat(np.abs(matrix.data), matrix.indptr[:-1][filled])
+    return out
+
+
 def _largest(m: sp.csr_matrix) -> float:
     return float(np.abs(m.data).max(initial=0.0))
 

@@ -2,7 +2,7 @@
 
 Multiplied out, a DSP path is as dense as the matrix it replaced: on a
 Spikformer-4-384-size spiking Transformer at rank 32 the products into one MLP layer
-came to 264 M weights, where its factors hold 1.6 M. Pass ``paths`` hands such a path
+came to 264 M weights. Pass ``paths`` hands such a path
 on as a :class:`LowrankProduct`; what the passes before ``lowrank`` need of the
 product (its count of non-zeros, each row's largest magnitude) is computed a block
 of rows at a time, and the product is multiplied out only where pass ``lowrank``
@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip import limits
+from st2chip.chip import encoding
 
 BYTES_PER_WEIGHT = 48    # budget per stored weight while lowering: a few CSR copies (8-byte value, 4-byte index)
 BLOCK_ENTRIES = 1 << 23  # products summed per block of rows while counting: ~100 MB of scipy's work arrays
@@ -72,9 +73,17 @@ class LowrankProduct:
 
     def multiplied_out(self, source: str, layer: str) -> sp.csr_matrix:
         """The product as canonical CSR (indices sorted, zeros dropped), rows times ``factor``; the path's
-        ``source`` and ``layer`` name it in the error when it would not fit the memory budget."""
-        limits.check_alloc(f"the low-rank product from '{source}' into layer '{layer}'", self.nnz, BYTES_PER_WEIGHT)
+        ``source`` and ``layer`` name it in the error when it would not fit the memory budget.
+
+        Checked before multiplying where the product was counted already; else after, as pass ``paths``
+        checks what it stacks (counting first would multiply it out twice).
+        """
+        what, counted = f"the low-rank product from '{source}' into layer '{layer}'", bool(self.shared)
+        if counted:
+            limits.check_alloc(what, self.nnz, BYTES_PER_WEIGHT)
         out = canonical(self.u @ self.v)
+        if not counted:
+            limits.check_alloc(what, out.nnz, BYTES_PER_WEIGHT)
         if self.factor is not None:
             with np.errstate(over="ignore", invalid="ignore"):
                 out.data *= np.repeat(self.factor, np.diff(out.indptr))
@@ -109,7 +118,5 @@ def _stats(u: sp.csr_matrix, v: sp.csr_matrix) -> _Stats:
     for start, stop in zip(bounds[:-1], bounds[1:]):
         block = canonical(u[start:stop] @ v)
         nnz += block.nnz
-        filled = np.diff(block.indptr) > 0
-        if block.nnz:
-            row_max[start:stop][filled] = np.maximum.reduceat(np.abs(block.data), block.indptr[:-1][filled])
+        row_max[start:stop] = encoding.row_absmax(block)
     return _Stats(nnz, row_max)

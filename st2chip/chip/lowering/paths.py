@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from st2chip import limits
-from st2chip.chip.lowering.lowrank_product import BYTES_PER_WEIGHT, LowrankProduct
+from st2chip.chip.lowering.lowrank_product import BYTES_PER_WEIGHT, LowrankProduct, canonical
 from st2chip.chip.lowering.plan import Factors, Incoming, PathKey, Plan, Refused
 from st2chip.errors import GraphError
 from st2chip.graph import linear
@@ -280,9 +280,7 @@ def side_by_side(mats: list[sp.spmatrix]) -> sp.csr_matrix:
     """
     blocks = [sp.csr_matrix(m) for m in mats]
     if len(blocks) == 1:
-        blocks[0].sum_duplicates()
-        blocks[0].eliminate_zeros()
-        return blocks[0]
+        return canonical(blocks[0])
     for b in blocks:
         b.sort_indices()
     if any(_has_duplicates(b) for b in blocks):

@@ -15,7 +15,6 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
-import scipy.sparse as sp
 
 from st2chip.chip import encoding
 from st2chip.chip.chipgraph import UV_MAX, VTH_MAX, Population
@@ -27,15 +26,6 @@ OUTLIER_FACTOR = 64.0    # a neuron whose folded weights exceed 64x its group's 
 def populations(plan: Plan) -> Plan:
     """Every layer's :class:`~st2chip.chip.lowering.plan.Populations`."""
     return plan.map_layers(lambda p, layer: replace(layer, populations=made(layer, p.options.headroom)))
-
-
-def row_absmax(matrix: sp.csr_matrix) -> np.ndarray:
-    """Largest ``|w|`` of each row of a CSR matrix (0 for an empty row), from its stored values only."""
-    out = np.zeros(matrix.shape[0])
-    filled = np.diff(matrix.indptr) > 0
-    if matrix.nnz:
-        out[filled] = np.maximum.reduceat(np.abs(matrix.data), matrix.indptr[:-1][filled])
-    return out
 
 
 def scale_parts(index: np.ndarray, row_max: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +42,7 @@ def scale_parts(index: np.ndarray, row_max: np.ndarray) -> tuple[np.ndarray, np.
 def made(layer: LayerPlan, headroom: float) -> Populations:
     """``layer``'s populations: one per decay pair, outliers split off, each scaled, biases encoded."""
     name, neuron, decay = layer.name, layer.neuron, layer.decays
-    row_max = row_absmax(layer.folded.weight)
+    row_max = encoding.row_absmax(layer.folded.weight)
     for product in layer.folded.deferred.values():  # the low-rank paths pass lowrank decides on
         row_max = np.maximum(row_max, product.row_absmax())
     groups, outliers = [], []

@@ -10,7 +10,7 @@ from st2chip import limits
 from st2chip.chip.lower import lower
 from st2chip.chip.lowering import lowrank_product
 from st2chip.chip.lowering.lowrank_product import LowrankProduct
-from st2chip.chip.lowering.populations import row_absmax
+from st2chip.chip.encoding import row_absmax
 from st2chip.errors import InputError
 
 
